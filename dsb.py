@@ -1,0 +1,784 @@
+"""Load the 2018 Data Science Bowl nuclei data, split it by image cluster, cut it into tiles.
+
+NumPy, scikit-image, scikit-learn and pandas only: nothing here imports Keras.
+
+The data flow (see ``../shared/docs/DESIGN.md``)::
+
+    stage1_train(.zip) -> load_dataset() -> [ImageRecord(image_id, image, labels, stats)]
+                       -> image_statistics() -> cluster_images() -> stratified_split() (saved, reused)
+                       -> make_tiles() / stitch_tiles()
+
+Run ``python dsb.py`` to find (or download) the training set and print where it is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import sys
+import tempfile
+import threading
+import urllib.request
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import pandas as pd
+import skimage.color
+import skimage.exposure
+import skimage.io
+from sklearn.cluster import KMeans
+from sklearn.preprocessing import StandardScaler
+from tqdm.auto import tqdm
+
+log = logging.getLogger("dsb")
+
+PROJECT_DIR = Path(__file__).resolve().parent
+DATASETS_DIR = PROJECT_DIR / "datasets"
+DEFAULT_CACHE_DIR = DATASETS_DIR / "cache"
+DEFAULT_SPLIT_PATH = DATASETS_DIR / "split.csv"
+TEAM_MIRROR = PROJECT_DIR.parent / "shared" / "datasets" / "stage1_train.zip"
+PUBLIC_URL = "https://data.broadinstitute.org/bbbc/BBBC038/stage1_train.zip"
+
+TILE_SIZE = 256
+N_CLUSTERS = 8
+SUBSETS = ("train", "cv", "test")
+
+# Bump when the decoded arrays change meaning, so older caches are not trusted.
+CACHE_VERSION = 1
+
+STAT_COLUMNS = (
+    "min", "max", "mean", "std", "width", "height",
+    "mean_red", "mean_green", "mean_blue", "saturation", "channel_spread", "median",
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Records and preprocessing
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class ImageRecord:
+    """One training image with its nuclei.
+
+    Attributes
+    ----------
+    image_id : str
+        The DSB ImageId (the folder name).
+    image : ndarray, shape (H, W), float32 in [0, 1]
+        Grayscale, contrast-stretched, nuclei bright (dark-on-light images are inverted).
+    labels : ndarray, shape (H, W), int32, 0 = background
+        One label per mask file, numbered 1..n in the sorted order of the mask file names.
+    stats : dict
+        Statistics of the raw image (see ``STAT_COLUMNS``), used for clustering.
+    """
+
+    image_id: str
+    image: np.ndarray
+    labels: np.ndarray
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def mask(self) -> np.ndarray:
+        """Union of all nuclei: ndarray, shape (H, W), bool."""
+        return self.labels > 0
+
+
+def _scale_to_unit(image: np.ndarray) -> np.ndarray:
+    """Integer images to float32 [0, 1] by their dtype's range; floats are clipped to [0, 1]."""
+    if np.issubdtype(image.dtype, np.integer):
+        return image.astype(np.float32) / np.float32(np.iinfo(image.dtype).max)
+    if np.issubdtype(image.dtype, np.floating) or image.dtype == bool:
+        return np.clip(image.astype(np.float32), 0.0, 1.0)
+    raise ValueError(f"unsupported image dtype {image.dtype}")
+
+
+def _colour_channels(image: np.ndarray) -> np.ndarray:
+    """Any supported layout to shape (H, W, 3) float32 in [0, 1] (alpha dropped, gray repeated)."""
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3 or image.shape[-1] not in (1, 2, 3, 4):
+        raise ValueError(
+            f"expected an image of shape (H, W) or (H, W, C) with C in 1..4, got shape {image.shape}"
+        )
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise ValueError(f"empty image of shape {image.shape}")
+    image = _scale_to_unit(image)
+    channels = image.shape[-1]
+    if channels in (1, 2):  # gray, or gray + alpha
+        return np.repeat(image[..., :1], 3, axis=-1)
+    return image[..., :3]
+
+
+def to_grayscale(image: np.ndarray) -> np.ndarray:
+    """Convert an image of any supported layout to grayscale.
+
+    Parameters
+    ----------
+    image : ndarray, shape (H, W) or (H, W, C) with C = 1 (gray), 2 (gray + alpha), 3 (RGB) or 4 (RGBA)
+        uint8, uint16 (scaled by the dtype's maximum) or float in [0, 1].
+
+    Returns
+    -------
+    gray : ndarray, shape (H, W), float32 in [0, 1]
+        Luminance (ITU-R 709 weights), or the one channel of gray stored as RGB; alpha is ignored.
+
+    Examples
+    --------
+    >>> to_grayscale(np.full((2, 2, 4), 255, np.uint8)).tolist()
+    [[1.0, 1.0], [1.0, 1.0]]
+    """
+    rgb = _colour_channels(np.asarray(image))
+    if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
+        return np.ascontiguousarray(rgb[..., 0])  # gray stored as RGB: keep its values exactly
+    return skimage.color.rgb2gray(rgb).astype(np.float32)
+
+
+def is_dark_on_light(gray: np.ndarray) -> bool:
+    """Whether the background is brighter than the nuclei (brightfield, stained histology).
+
+    The background covers most of a DSB image, so the median decides: above the middle of the
+    image's own intensity range means a light background.
+    """
+    low, high = float(gray.min()), float(gray.max())
+    if high <= low:
+        return False
+    return float(np.median(gray)) > (low + high) / 2
+
+
+def preprocess(image: np.ndarray) -> np.ndarray:
+    """Grayscale, stretch to [0, 1], and invert dark-on-light images so nuclei are bright.
+
+    Parameters
+    ----------
+    image : ndarray, shape (H, W) or (H, W, C), uint8, uint16 or float in [0, 1]
+
+    Returns
+    -------
+    ndarray, shape (H, W), float32 in [0, 1]
+        The stretch maps the minimum to 0 and the 99.95th percentile to 1 (a few hot pixels
+        do not squash the rest), so dim and bright exposures look alike to the model.
+
+    Examples
+    --------
+    >>> preprocess(np.array([[0, 100], [200, 200]], np.uint8)).round(2).tolist()  # light background
+    [[1.0, 0.5], [0.0, 0.0]]
+    """
+    gray = to_grayscale(image)
+    low, high = float(gray.min()), float(np.percentile(gray, 99.95))
+    if high <= low:
+        return np.zeros_like(gray)
+    gray = skimage.exposure.rescale_intensity(gray, in_range=(low, high), out_range=(0.0, 1.0))
+    gray = gray.astype(np.float32)
+    if is_dark_on_light(gray):
+        gray = 1.0 - gray
+    return gray
+
+
+def image_stats(image: np.ndarray) -> dict:
+    """Statistics of a raw image that tell its kind apart (see ``STAT_COLUMNS``).
+
+    The reference's min, max, mean, std, width and height (of the grayscale), and colour
+    features: fluorescence is gray with a dark median, brightfield gray with a light median,
+    stained histology coloured (saturation and channel spread well above zero).
+    """
+    rgb = _colour_channels(np.asarray(image))
+    gray = skimage.color.rgb2gray(rgb)
+    hsv = skimage.color.rgb2hsv(rgb)
+    return {
+        "min": float(gray.min()),
+        "max": float(gray.max()),
+        "mean": float(gray.mean()),
+        "std": float(gray.std()),
+        "width": int(gray.shape[1]),
+        "height": int(gray.shape[0]),
+        "mean_red": float(rgb[..., 0].mean()),
+        "mean_green": float(rgb[..., 1].mean()),
+        "mean_blue": float(rgb[..., 2].mean()),
+        "saturation": float(hsv[..., 1].mean()),
+        "channel_spread": float((rgb.max(axis=-1) - rgb.min(axis=-1)).mean()),
+        "median": float(np.median(gray)),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Finding and reading the DSB layout
+# --------------------------------------------------------------------------------------------
+
+def find_dataset(explicit: str | os.PathLike | None = None, *, download: bool = False) -> Path:
+    """Locate the training set: a DSB-layout folder or zip.
+
+    Order: ``explicit`` (``--data``), ``$DSB_DATA``, ``datasets/stage1_train/``,
+    ``datasets/stage1_train.zip``, the team mirror ``../shared/datasets/stage1_train.zip``,
+    and, when ``download`` is true, the public BBBC038 zip saved to ``datasets/``.
+
+    Raises
+    ------
+    FileNotFoundError
+        With every place looked at, when none holds the data.
+    """
+    for given in (explicit, os.environ.get("DSB_DATA") or None):
+        if given is not None:
+            path = Path(given).expanduser()
+            if not path.exists():
+                raise FileNotFoundError(f"dataset path does not exist: {path}")
+            return path
+    candidates = [DATASETS_DIR / "stage1_train", DATASETS_DIR / "stage1_train.zip", TEAM_MIRROR]
+    for path in candidates:
+        if path.exists():
+            return path
+    tried = ", ".join(str(path) for path in candidates)
+    if not download:
+        raise FileNotFoundError(
+            f"no DSB2018 training data found (looked at --data, $DSB_DATA, {tried}); "
+            f"download {PUBLIC_URL} into {DATASETS_DIR}/ or set DSB_DATA"
+        )
+    target = DATASETS_DIR / "stage1_train.zip"
+    log.info("downloading %s to %s", PUBLIC_URL, target)
+    try:
+        _download(PUBLIC_URL, target)
+    except OSError as error:
+        raise FileNotFoundError(
+            f"no DSB2018 training data found (looked at $DSB_DATA, {tried}) and the download of "
+            f"{PUBLIC_URL} failed: {error}"
+        ) from error
+    return target
+
+
+def _download(url: str, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".part")
+    with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as out:
+        total = int(response.headers.get("Content-Length") or 0) or None
+        with tqdm(total=total, unit="B", unit_scale=True, desc="download") as bar:
+            while chunk := response.read(1 << 20):
+                out.write(chunk)
+                bar.update(len(chunk))
+    partial.replace(target)
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """Where one image and its masks are, as paths relative to the dataset root (or zip members)."""
+
+    image_id: str
+    image: str
+    masks: tuple[str, ...]
+
+
+def _is_ignored(name: str) -> bool:
+    base = PurePosixPath(name).name
+    return base.startswith(".") or base == "Thumbs.db" or "__MACOSX" in PurePosixPath(name).parts
+
+
+def scan_layout(names: list[str], *, require_masks: bool = True) -> list[_Entry]:
+    """Group the file names of a DSB-layout tree into images with their masks.
+
+    Parameters
+    ----------
+    names : list of str
+        Relative POSIX paths such as ``stage1_train/<id>/images/<id>.png`` or ``<id>/masks/<m>.png``
+        (any top folder, or none). Other files and hidden files are ignored.
+    require_masks : bool
+        Raise if an image has no ``masks/`` entries.
+
+    Returns
+    -------
+    list of _Entry, sorted by image id.
+    """
+    images: dict[str, list[str]] = {}
+    masks: dict[str, list[str]] = {}
+    for name in names:
+        parts = PurePosixPath(name).parts
+        if len(parts) < 3 or _is_ignored(name) or not name.lower().endswith(".png"):
+            continue
+        image_id, kind = parts[-3], parts[-2]
+        if kind == "images":
+            images.setdefault(image_id, []).append(name)
+        elif kind == "masks":
+            masks.setdefault(image_id, []).append(name)
+    if not images and not masks:
+        raise ValueError("no DSB-layout images found (expected <ImageId>/images/<ImageId>.png)")
+    entries = []
+    for image_id in sorted(set(images) | set(masks)):
+        found = images.get(image_id, [])
+        if len(found) != 1:
+            what = "no image" if not found else f"{len(found)} images ({', '.join(sorted(found))})"
+            raise ValueError(f"{image_id}: expected one file in images/, found {what}")
+        if require_masks and not masks.get(image_id):
+            raise ValueError(f"{image_id}: no mask files in masks/")
+        entries.append(_Entry(image_id, found[0], tuple(sorted(masks.get(image_id, [])))))
+    return entries
+
+
+def _list_source(source: Path) -> list[str]:
+    if zipfile.is_zipfile(source):
+        with zipfile.ZipFile(source) as archive:
+            return [info.filename for info in archive.infolist() if not info.is_dir()]
+    if source.is_dir():
+        return [path.relative_to(source).as_posix() for path in sorted(source.rglob("*.png"))]
+    raise ValueError(f"{source} is neither a folder nor a zip file")
+
+
+class _Reader:
+    """Reads files from a folder or a zip; keeps one open zip per thread."""
+
+    _local = threading.local()
+
+    def __init__(self, source: Path):
+        self.source = Path(source)
+        self.is_zip = self.source.is_file()
+
+    def _archive(self) -> zipfile.ZipFile:
+        archives = self._local.__dict__.setdefault("archives", {})
+        key = str(self.source.resolve())
+        if key not in archives:
+            archives[key] = zipfile.ZipFile(self.source)
+        return archives[key]
+
+    def read(self, name: str) -> np.ndarray:
+        try:
+            if self.is_zip:
+                archive = self._archive()
+                return skimage.io.imread(io.BytesIO(archive.read(name)))
+            return skimage.io.imread(self.source / name)
+        except Exception as error:  # noqa: BLE001 - decoders raise many types; name the file
+            raise ValueError(f"cannot read {self.source}:{name}: {error}") from error
+
+
+def labels_from_masks(masks: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
+    """Stack binary masks into one instance label image.
+
+    Parameters
+    ----------
+    masks : list of ndarray, shape (H, W), any dtype, nonzero = nucleus
+    shape : (H, W)
+
+    Returns
+    -------
+    labels : ndarray, shape (H, W), int32, 0 = background
+        Mask ``i`` gets label ``i + 1``; where masks overlap the later one wins.
+
+    Examples
+    --------
+    >>> labels_from_masks([np.eye(2), np.fliplr(np.eye(2))], (2, 2)).tolist()
+    [[1, 2], [2, 1]]
+    """
+    labels = np.zeros(shape, np.int32)
+    for index, mask in enumerate(masks, start=1):
+        if mask.ndim == 3:
+            mask = mask[..., 0]
+        if mask.shape != tuple(shape):
+            raise ValueError(f"mask {index} has shape {mask.shape}, image has shape {tuple(shape)}")
+        labels[mask > 0] = index
+    return labels
+
+
+def _load_entry(source: Path, entry: _Entry) -> tuple[np.ndarray, np.ndarray, dict]:
+    reader = _Reader(source)
+    raw = reader.read(entry.image)
+    try:
+        image = preprocess(raw)
+        stats = image_stats(raw)
+        masks = [reader.read(name) for name in entry.masks]
+        labels = labels_from_masks(masks, image.shape)
+    except ValueError as error:
+        raise ValueError(f"{entry.image_id}: {error}") from error
+    return image, labels, stats
+
+
+def _load_entry_star(args):
+    return _load_entry(*args)
+
+
+def source_fingerprint(source: Path) -> str:
+    """A hash that changes when the dataset's files change (zip: size and mtime; folder: every file's)."""
+    source = Path(source).resolve()
+    digest = hashlib.sha256(f"v{CACHE_VERSION}:{source}".encode())
+    if source.is_file():
+        stat = source.stat()
+        digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+    else:
+        for path in sorted(source.rglob("*")):
+            if path.is_file():
+                stat = path.stat()
+                digest.update(f"{path.relative_to(source)}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:20]
+
+
+def load_dataset(
+    source: str | os.PathLike | None = None,
+    *,
+    cache_dir: str | os.PathLike | None = DEFAULT_CACHE_DIR,
+    workers: int | None = None,
+    progress: bool = True,
+) -> list[ImageRecord]:
+    """Load a DSB-layout training set from a folder or a zip.
+
+    Parameters
+    ----------
+    source : path, optional
+        Folder or zip; by default found with ``find_dataset()``.
+    cache_dir : path or None
+        Where decoded arrays are kept between runs, keyed by ``source_fingerprint``; None: no cache.
+    workers : int, optional
+        Decoding threads; default: the number of CPUs (at most 8). 1 decodes in the calling thread.
+    progress : bool
+        Show a progress bar while decoding.
+
+    Returns
+    -------
+    list of ImageRecord, sorted by image id.
+    """
+    source = find_dataset(source)
+    cache_path = None
+    if cache_dir is not None:
+        cache_path = Path(cache_dir) / f"dsb-{source_fingerprint(source)}.npz"
+        if cache_path.exists():
+            try:
+                records = _read_cache(cache_path)
+                log.info("loaded %d images from cache %s", len(records), cache_path)
+                return records
+            except (OSError, ValueError, KeyError) as error:
+                log.warning("ignoring unreadable cache %s: %s", cache_path, error)
+    entries = scan_layout(_list_source(source))
+    workers = min(os.cpu_count() or 1, 8) if workers is None else workers
+    jobs = [(source, entry) for entry in entries]
+    bar = dict(total=len(jobs), desc="decode images", unit="img", disable=not progress)
+    if workers <= 1:
+        results = [_load_entry(*job) for job in tqdm(jobs, **bar)]
+    else:
+        # Threads, not processes: PNG inflation, zip reads and NumPy release the GIL, and
+        # threads need no main-module guard in the caller's script nor pickling of arrays.
+        with ThreadPoolExecutor(workers) as pool:
+            results = list(tqdm(pool.map(_load_entry_star, jobs), **bar))
+    records = [
+        ImageRecord(entry.image_id, image, labels, stats)
+        for entry, (image, labels, stats) in zip(entries, results)
+    ]
+    if cache_path is not None:
+        _write_cache(cache_path, records)
+    return records
+
+
+def _write_cache(path: Path, records: list[ImageRecord]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shapes = np.array([record.image.shape for record in records], np.int64)
+    label_dtype = np.uint16 if max(int(r.labels.max(initial=0)) for r in records) < 2**16 else np.int32
+    arrays = dict(
+        image_ids=np.array([record.image_id for record in records]),
+        shapes=shapes,
+        images=np.concatenate([record.image.ravel() for record in records]),
+        labels=np.concatenate([record.labels.ravel().astype(label_dtype) for record in records]),
+        stats=np.array(json.dumps([record.stats for record in records])),
+    )
+    # Written under a temporary name and renamed, so a killed run never leaves a half cache.
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
+        np.savez(handle, **arrays)
+    os.replace(handle.name, path)
+
+
+def _read_cache(path: Path) -> list[ImageRecord]:
+    with np.load(path, allow_pickle=False) as data:
+        ids, shapes = data["image_ids"], data["shapes"]
+        images, labels = data["images"], data["labels"]
+        stats = json.loads(str(data["stats"]))
+    if len(ids) != len(shapes) or len(stats) != len(ids):
+        raise ValueError("inconsistent cache")
+    records, offset = [], 0
+    for image_id, (height, width), stat in zip(ids, shapes, stats):
+        size = int(height * width)
+        records.append(ImageRecord(
+            str(image_id),
+            images[offset:offset + size].reshape(height, width),
+            labels[offset:offset + size].reshape(height, width).astype(np.int32),
+            stat,
+        ))
+        offset += size
+    if offset != images.size:
+        raise ValueError("inconsistent cache")
+    return records
+
+
+# --------------------------------------------------------------------------------------------
+# Statistics, clusters, split
+# --------------------------------------------------------------------------------------------
+
+def image_statistics(records: list[ImageRecord]) -> pd.DataFrame:
+    """Per-image statistics (``STAT_COLUMNS``) and nuclei count, indexed by image id."""
+    table = pd.DataFrame([record.stats for record in records], columns=list(STAT_COLUMNS))
+    table.index = pd.Index([record.image_id for record in records], name="image_id")
+    table["nuclei"] = [int(record.labels.max(initial=0)) for record in records]
+    return table
+
+
+def cluster_images(stats: pd.DataFrame, *, n_clusters: int = N_CLUSTERS, seed: int = 0) -> np.ndarray:
+    """KMeans on the standardized ``STAT_COLUMNS``.
+
+    Returns
+    -------
+    clusters : ndarray, shape (n_images,), int, in 0..n_clusters-1
+        Renumbered so cluster 0 is the largest, for stable names across runs.
+    """
+    if len(stats) < n_clusters:
+        raise ValueError(f"cannot make {n_clusters} clusters from {len(stats)} images")
+    features = StandardScaler().fit_transform(stats[list(STAT_COLUMNS)].to_numpy(np.float64))
+    raw = KMeans(n_clusters=n_clusters, n_init=10, random_state=seed).fit_predict(features)
+    counts = np.bincount(raw, minlength=n_clusters)
+    order = sorted(range(n_clusters), key=lambda c: (-counts[c], c))
+    renumber = np.empty(n_clusters, int)
+    renumber[order] = np.arange(n_clusters)
+    return renumber[raw]
+
+
+def stratified_split(
+    image_ids, clusters, *, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0
+) -> pd.DataFrame:
+    """Split images into train / CV / test with each cluster in the same proportions.
+
+    Each cluster is shuffled (seeded) and cut by ``fractions``, rounding to whole images; a
+    cluster of three or more images gets at least one CV and one test image. (scikit-learn's
+    stratified splitters refuse clusters of one image and do not guarantee that minimum.)
+
+    Returns
+    -------
+    DataFrame with columns image_id, cluster, subset ('train', 'cv' or 'test'), sorted by image_id.
+    """
+    image_ids, clusters = np.asarray(image_ids), np.asarray(clusters)
+    if len(image_ids) != len(clusters):
+        raise ValueError(f"{len(image_ids)} image ids but {len(clusters)} cluster labels")
+    if len(set(image_ids.tolist())) != len(image_ids):
+        raise ValueError("image ids are not unique")
+    if len(fractions) != 3 or min(fractions) < 0 or not np.isclose(sum(fractions), 1.0):
+        raise ValueError(f"fractions must be three non-negative numbers summing to 1, got {fractions}")
+    rng = np.random.default_rng(seed)
+    subset = np.empty(len(image_ids), object)
+    for cluster in np.unique(clusters):
+        members = np.flatnonzero(clusters == cluster)
+        members = members[np.argsort(image_ids[members])]  # input order must not matter
+        rng.shuffle(members)
+        n = len(members)
+        n_cv, n_test = (int(round(n * f)) for f in fractions[1:])
+        if n >= 3:
+            n_cv, n_test = max(n_cv, int(fractions[1] > 0)), max(n_test, int(fractions[2] > 0))
+        n_test = min(n_test, n)
+        n_cv = min(n_cv, n - n_test)
+        subset[members[:n_test]] = "test"
+        subset[members[n_test:n_test + n_cv]] = "cv"
+        subset[members[n_test + n_cv:]] = "train"
+    table = pd.DataFrame({"image_id": image_ids, "cluster": clusters.astype(int), "subset": subset})
+    return table.sort_values("image_id").reset_index(drop=True)
+
+
+class DatasetChangedError(ValueError):
+    """The saved split does not list the same images as the dataset."""
+
+
+def load_or_make_split(
+    stats: pd.DataFrame,
+    path: str | os.PathLike = DEFAULT_SPLIT_PATH,
+    *,
+    seed: int = 0,
+    n_clusters: int = N_CLUSTERS,
+) -> pd.DataFrame:
+    """Reuse the split saved at ``path``, or cluster, split and save it there.
+
+    A saved split that lists other images than ``stats`` raises ``DatasetChangedError``
+    instead of silently re-splitting, which could move test images into training.
+    """
+    path = Path(path)
+    ids = set(stats.index)
+    if path.exists():
+        split = pd.read_csv(path, dtype={"image_id": str})
+        if list(split.columns[:3]) != ["image_id", "cluster", "subset"]:
+            raise ValueError(f"{path}: not a split file (columns {list(split.columns)})")
+        saved = set(split["image_id"])
+        if saved != ids:
+            added, removed = sorted(ids - saved), sorted(saved - ids)
+            raise DatasetChangedError(
+                f"the dataset no longer matches the split saved in {path}: {len(added)} images "
+                f"added (e.g. {added[:3]}), {len(removed)} removed (e.g. {removed[:3]}). Re-splitting "
+                f"could move test images into training; to start a new split, pass another split "
+                f"path or delete {path}."
+            )
+        return split.sort_values("image_id").reset_index(drop=True)
+    clusters = cluster_images(stats, n_clusters=n_clusters, seed=seed)
+    split = stratified_split(stats.index.to_numpy(), clusters, seed=seed)
+    save_csv(split, path)
+    log.info("saved a new split of %d images to %s", len(split), path)
+    return split
+
+
+def save_csv(table: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Write a CSV under a temporary name and rename it, so no reader sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    table.to_csv(temporary, index=False)
+    os.replace(temporary, path)
+
+
+# --------------------------------------------------------------------------------------------
+# Tiles
+# --------------------------------------------------------------------------------------------
+
+def tile_starts(length: int, tile_size: int = TILE_SIZE, min_overlap: int = 32) -> np.ndarray:
+    """Start offsets of evenly spaced tiles covering ``length`` pixels, the last flush with the end.
+
+    ``length`` below ``tile_size`` gets one tile (the image is padded up to a tile). Neighbouring
+    tiles overlap by at least ``min_overlap`` pixels.
+
+    Examples
+    --------
+    >>> tile_starts(696, 256, 32).tolist()  # 3 tiles: overlaps of 36 and 36 pixels
+    [0, 220, 440]
+    >>> tile_starts(100, 256, 32).tolist()
+    [0]
+    """
+    if tile_size < 1:
+        raise ValueError(f"tile_size must be positive, got {tile_size}")
+    if not 0 <= min_overlap < tile_size:
+        raise ValueError(f"min_overlap must be in [0, tile_size), got {min_overlap}")
+    if length <= tile_size:
+        return np.zeros(1, int)
+    stride = tile_size - min_overlap
+    count = int(np.ceil((length - tile_size) / stride)) + 1
+    return np.round(np.linspace(0, length - tile_size, count)).astype(int)
+
+
+def pad_to_tile(image: np.ndarray, tile_size: int = TILE_SIZE) -> np.ndarray:
+    """Reflect-pad the bottom and right so both sides are at least ``tile_size``."""
+    pad_rows = max(tile_size - image.shape[0], 0)
+    pad_cols = max(tile_size - image.shape[1], 0)
+    if not pad_rows and not pad_cols:
+        return image
+    widths = [(0, pad_rows), (0, pad_cols)] + [(0, 0)] * (image.ndim - 2)
+    return np.pad(image, widths, mode="reflect" if min(image.shape[:2]) > 1 else "edge")
+
+
+def tile_grid(shape: tuple[int, ...], tile_size: int = TILE_SIZE, min_overlap: int = 32) -> list[tuple[int, int]]:
+    """Top-left corners (row, col) of the tiles for an image of ``shape`` (after ``pad_to_tile``)."""
+    rows = tile_starts(max(shape[0], tile_size), tile_size, min_overlap)
+    cols = tile_starts(max(shape[1], tile_size), tile_size, min_overlap)
+    return [(int(r), int(c)) for r in rows for c in cols]
+
+
+def make_tiles(image: np.ndarray, tile_size: int = TILE_SIZE, min_overlap: int = 32):
+    """Cut an image into overlapping tiles.
+
+    Parameters
+    ----------
+    image : ndarray, shape (H, W) or (H, W, C), any dtype
+    tile_size, min_overlap : int
+
+    Returns
+    -------
+    tiles : ndarray, shape (N, tile_size, tile_size[, C]), the image's dtype
+    corners : list of (row, col)
+        Pass both, with the image's shape, to ``stitch_tiles``.
+
+    Examples
+    --------
+    >>> tiles, corners = make_tiles(np.zeros((300, 100)), 256, 32)
+    >>> tiles.shape, corners
+    ((2, 256, 256), [(0, 0), (44, 0)])
+    """
+    padded = pad_to_tile(np.asarray(image), tile_size)
+    corners = tile_grid(image.shape, tile_size, min_overlap)
+    tiles = np.stack([padded[r:r + tile_size, c:c + tile_size] for r, c in corners])
+    return tiles, corners
+
+
+def tile_weights(tile_size: int = TILE_SIZE, ramp: int | None = None) -> np.ndarray:
+    """Blending weights for one tile: 1 in the middle, tapering linearly over ``ramp`` pixels
+    towards each border, and never zero (the outermost pixel weighs ``1 / ramp``).
+
+    Returns
+    -------
+    ndarray, shape (tile_size, tile_size), float32 in (0, 1]
+    """
+    ramp = max(tile_size // 8, 1) if ramp is None else ramp
+    if ramp < 1:
+        raise ValueError(f"ramp must be at least 1, got {ramp}")
+    distance = np.minimum(np.arange(tile_size), np.arange(tile_size)[::-1]) + 1
+    profile = np.minimum(distance / ramp, 1.0)
+    return np.outer(profile, profile).astype(np.float32)
+
+
+def stitch_tiles(
+    tiles: np.ndarray, corners, shape: tuple[int, int], tile_size: int = TILE_SIZE, *, ramp: int | None = None
+) -> np.ndarray:
+    """Blend tile predictions back into one image, the inverse of ``make_tiles``.
+
+    Parameters
+    ----------
+    tiles : ndarray, shape (N, tile_size, tile_size[, C]), float
+    corners : list of (row, col), from ``make_tiles``
+    shape : (H, W), the original image's size
+
+    Returns
+    -------
+    ndarray, shape (H, W[, C]), float32
+        ``sum(tile * w) / sum(w)`` with ``tile_weights`` as ``w``; where tiles agree the
+        result equals them.
+    """
+    tiles = np.asarray(tiles)
+    if len(tiles) != len(corners):
+        raise ValueError(f"{len(tiles)} tiles but {len(corners)} corners")
+    if tiles.shape[1:3] != (tile_size, tile_size):
+        raise ValueError(f"tiles have shape {tiles.shape}, expected (N, {tile_size}, {tile_size}, ...)")
+    height, width = max(shape[0], tile_size), max(shape[1], tile_size)
+    extra = tiles.shape[3:]
+    weights = tile_weights(tile_size, ramp).astype(np.float64).reshape((tile_size, tile_size) + (1,) * len(extra))
+    total = np.zeros((height, width) + extra, np.float64)
+    weight_sum = np.zeros((height, width) + (1,) * len(extra), np.float64)
+    for tile, (row, col) in zip(tiles, corners):
+        total[row:row + tile_size, col:col + tile_size] += tile * weights
+        weight_sum[row:row + tile_size, col:col + tile_size] += weights
+    return (total / weight_sum)[: shape[0], : shape[1]].astype(np.float32)
+
+
+def tiles_for_records(
+    records: list[ImageRecord], tile_size: int = TILE_SIZE, min_overlap: int = 32
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Training tiles of many images, stored compactly.
+
+    Returns
+    -------
+    images : ndarray, shape (N, tile_size, tile_size), float16 in [0, 1]
+    masks : ndarray, shape (N, tile_size, tile_size), uint8 in {0, 1}
+    owner : ndarray, shape (N,), int, index into ``records`` of each tile's image
+    """
+    images, masks, owner = [], [], []
+    for index, record in enumerate(records):
+        image_tiles, _ = make_tiles(record.image.astype(np.float16), tile_size, min_overlap)
+        mask_tiles, _ = make_tiles(record.mask.astype(np.uint8), tile_size, min_overlap)
+        images.append(image_tiles)
+        masks.append(mask_tiles)
+        owner.extend([index] * len(image_tiles))
+    if not images:
+        empty = np.zeros((0, tile_size, tile_size))
+        return empty.astype(np.float16), empty.astype(np.uint8), np.zeros(0, int)
+    return np.concatenate(images), np.concatenate(masks), np.asarray(owner)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python dsb.py [PATH]``: find (or download) the training set and print where it is."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        path = find_dataset(argv[0] if argv else None, download=True)
+    except FileNotFoundError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""The U-Net of Ronneberger et al. (2015) for nuclei masks, with its Dice metric and loss.
+
+Backend-neutral Keras 3: everything here is ``keras.layers`` and ``keras.ops``, so the same code
+runs on TensorFlow (the default), JAX and PyTorch.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers, ops
+
+
+def build_unet(
+    input_shape: tuple = (None, None, 1),
+    *,
+    depth: int = 5,
+    base_filters: int = 64,
+    batch_norm: bool = False,
+    dropout: float = 0.0,
+    output_channels: int = 1,
+    name: str = "unet",
+) -> keras.Model:
+    """Build a U-Net with a sigmoid output.
+
+    Parameters
+    ----------
+    input_shape : (H, W, C)
+        H and W may be None (any size divisible by ``2 ** (depth - 1)``).
+    depth : int
+        Number of resolution levels, the bottleneck included: 5 gives 4 poolings, and with
+        ``base_filters=64`` the reference's 64, 128, 256, 512, 1024 filters.
+    base_filters : int
+        Filters of the first level; each level below doubles them.
+    batch_norm : bool
+        Batch normalization after every 3x3 convolution.
+    dropout : float in [0, 1)
+        Dropout rate at the two deepest levels (0: none).
+    output_channels : int
+        Sigmoid channels of the output (1: nucleus probability).
+
+    Returns
+    -------
+    keras.Model mapping (batch, H, W, C) float32 to (batch, H, W, output_channels) in [0, 1].
+    """
+    if depth < 1:
+        raise ValueError(f"depth must be at least 1, got {depth}")
+    if base_filters < 1:
+        raise ValueError(f"base_filters must be at least 1, got {base_filters}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    if len(input_shape) != 3:
+        raise ValueError(f"input_shape must be (height, width, channels), got {input_shape}")
+    divisor = 2 ** (depth - 1)
+    for size in input_shape[:2]:
+        if size is not None and size % divisor:
+            raise ValueError(f"input size {input_shape[:2]} must be divisible by {divisor} for depth {depth}")
+
+    def conv_block(x, filters, level):
+        for index in (1, 2):
+            x = layers.Conv2D(
+                filters, 3, padding="same", use_bias=not batch_norm,
+                kernel_initializer="he_normal", name=f"{level}_conv{index}",
+            )(x)
+            if batch_norm:
+                x = layers.BatchNormalization(name=f"{level}_bn{index}")(x)
+            x = layers.Activation("relu", name=f"{level}_relu{index}")(x)
+        return x
+
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = inputs
+    skips = []
+    for level in range(depth):
+        x = conv_block(x, base_filters * 2**level, f"down{level}")
+        if dropout and level >= depth - 2:
+            x = layers.Dropout(dropout, name=f"down{level}_dropout")(x)
+        if level < depth - 1:
+            skips.append(x)
+            x = layers.MaxPooling2D(2, name=f"down{level}_pool")(x)
+    for level in reversed(range(depth - 1)):
+        filters = base_filters * 2**level
+        x = layers.Conv2DTranspose(filters, 2, strides=2, padding="same", name=f"up{level}_transpose")(x)
+        x = layers.Concatenate(name=f"up{level}_concat")([x, skips[level]])
+        x = conv_block(x, filters, f"up{level}")
+    outputs = layers.Conv2D(output_channels, 1, activation="sigmoid", name="mask", dtype="float32")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def soft_dice(y_true, y_pred, smooth: float = 1.0):
+    """Soft Dice over the whole batch: ``(2 sum(t p) + s) / (sum(t) + sum(p) + s)``."""
+    y_true = ops.cast(y_true, y_pred.dtype)
+    intersection = ops.sum(y_true * y_pred)
+    return (2.0 * intersection + smooth) / (ops.sum(y_true) + ops.sum(y_pred) + smooth)
+
+
+@keras.saving.register_keras_serializable(package="unet")
+def bce_dice_loss(y_true, y_pred):
+    """Binary cross-entropy plus ``1 - soft Dice``: the Dice term counters the background's majority."""
+    bce = ops.mean(keras.losses.binary_crossentropy(ops.cast(y_true, y_pred.dtype), y_pred))
+    return bce + 1.0 - soft_dice(y_true, y_pred)
+
+
+@keras.saving.register_keras_serializable(package="unet")
+class DiceCoefficient(keras.metrics.Metric):
+    """Pixel Dice of the thresholded prediction, accumulated over every batch of an epoch.
+
+    ``2 |T & P| / (|T| + |P|)`` over all pixels seen, so a validation score does not depend on
+    how the tiles fall into batches. Both empty counts as 1.
+    """
+
+    def __init__(self, threshold: float = 0.5, name: str = "dice", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.threshold = threshold
+        self.intersection = self.add_variable(shape=(), initializer="zeros", name="intersection")
+        self.total = self.add_variable(shape=(), initializer="zeros", name="total")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        truth = ops.cast(ops.greater(ops.cast(y_true, "float32"), 0.5), "float32")
+        predicted = ops.cast(ops.greater(ops.cast(y_pred, "float32"), self.threshold), "float32")
+        self.intersection.assign_add(ops.sum(truth * predicted))
+        self.total.assign_add(ops.sum(truth) + ops.sum(predicted))
+
+    def result(self):
+        return ops.where(ops.equal(self.total, 0.0), 1.0, 2.0 * self.intersection / ops.maximum(self.total, 1.0))
+
+    def reset_state(self):
+        self.intersection.assign(0.0)
+        self.total.assign(0.0)
+
+    def get_config(self):
+        return {**super().get_config(), "threshold": self.threshold}
