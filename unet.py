@@ -62,7 +62,9 @@ def build_unet(
                 kernel_initializer="he_normal", name=f"{level}_conv{index}",
             )(x)
             if batch_norm:
-                x = layers.BatchNormalization(name=f"{level}_bn{index}")(x)
+                # Momentum 0.9, not Keras' 0.99: short CPU runs (a few hundred steps) otherwise
+                # validate with moving statistics that lag far behind the weights.
+                x = layers.BatchNormalization(momentum=0.9, name=f"{level}_bn{index}")(x)
             x = layers.Activation("relu", name=f"{level}_relu{index}")(x)
         return x
 

@@ -1,0 +1,32 @@
+# make train  : venv + data + train (preset picked by the hardware) + evaluate + figures
+# make test   : the whole test suite (what CI runs)
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+ARGS   ?=
+
+.PHONY: venv data train test test-slow notebook clean-cache
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -r requirements.txt
+	touch $@
+
+# Finds the training set (DSB_DATA, datasets/, the team mirror) or downloads the public BBBC038 zip.
+data: venv
+	$(PY) dsb.py
+
+train: venv data
+	$(PY) train_and_predicted_masks.py $(ARGS)
+
+test: venv
+	$(PY) -m pytest -m "not slow"
+
+test-slow: venv
+	$(PY) -m pytest -m slow
+
+clean-cache:
+	rm -rf datasets/cache

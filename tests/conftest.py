@@ -1,0 +1,124 @@
+"""Shared fixtures: synthetic DSB-layout datasets written by the tests, and a real subset of the zip."""
+
+from __future__ import annotations
+
+import os
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skimage.draw
+import skimage.io
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import dsb  # noqa: E402
+
+SUBSET_SIZE = 24
+
+
+def make_synthetic_image(rng, shape=(64, 80), nuclei=3, *, kind="fluorescence", dtype=np.uint8):
+    """A DSB-like image with round nuclei and their masks.
+
+    Returns
+    -------
+    image : ndarray, shape (H, W, 4) RGBA (or (H, W) for kind='gray'), ``dtype``
+    masks : list of ndarray, shape (H, W), uint8 in {0, 255}, non-overlapping
+    """
+    height, width = shape
+    top = np.iinfo(dtype).max
+    occupied = np.zeros(shape, bool)
+    masks = []
+    for _ in range(100):
+        if len(masks) == nuclei:
+            break
+        radius = int(rng.integers(4, max(5, min(shape) // 6)))
+        center = (int(rng.integers(radius, height - radius)), int(rng.integers(radius, width - radius)))
+        rr, cc = skimage.draw.disk(center, radius, shape=shape)
+        if occupied[rr, cc].any():
+            continue
+        occupied[rr, cc] = True
+        mask = np.zeros(shape, np.uint8)
+        mask[rr, cc] = 255
+        masks.append(mask)
+    background, foreground = (0.05, 0.8) if kind in ("fluorescence", "gray") else (0.85, 0.3)
+    gray = np.where(occupied, foreground, background) + rng.normal(0, 0.02, shape)
+    gray = (np.clip(gray, 0, 1) * top).astype(dtype)
+    if kind == "gray":
+        return gray, masks
+    rgb = np.stack([gray] * 3, axis=-1)
+    if kind == "histology":  # purple-ish stain: channels differ
+        rgb[..., 1] = (rgb[..., 1] * 0.6).astype(dtype)
+    alpha = np.full(shape + (1,), top, dtype)
+    return np.concatenate([rgb, alpha], axis=-1), masks
+
+
+def write_dsb_folder(root: Path, items: dict) -> Path:
+    """Write ``{image_id: (image, masks)}`` in the DSB layout under ``root/stage1_train``."""
+    top = root / "stage1_train"
+    for image_id, (image, masks) in items.items():
+        (top / image_id / "images").mkdir(parents=True)
+        (top / image_id / "masks").mkdir()
+        skimage.io.imsave(top / image_id / "images" / f"{image_id}.png", image, check_contrast=False)
+        for index, mask in enumerate(masks):
+            skimage.io.imsave(top / image_id / "masks" / f"m{index:03d}.png", mask, check_contrast=False)
+    return top
+
+
+def zip_folder(folder: Path, target: Path) -> Path:
+    with zipfile.ZipFile(target, "w") as archive:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                archive.write(path, path.relative_to(folder.parent).as_posix())
+    return target
+
+
+@pytest.fixture
+def synthetic_items():
+    """Twelve small images of three kinds, 8-bit, seeded."""
+    rng = np.random.default_rng(0)
+    items = {}
+    for index in range(12):
+        kind = ("fluorescence", "brightfield", "histology")[index % 3]
+        shape = [(64, 80), (96, 96), (300, 260)][index % 3]
+        items[f"img{index:02d}"] = make_synthetic_image(rng, shape, nuclei=2 + index % 3, kind=kind)
+    return items
+
+
+@pytest.fixture
+def synthetic_folder(tmp_path, synthetic_items):
+    return write_dsb_folder(tmp_path / "data", synthetic_items)
+
+
+def real_dataset_path() -> Path:
+    """The real stage1_train zip, from $DSB_DATA or the team mirror; skip (fail in CI) without it."""
+    candidates = [os.environ.get("DSB_DATA"), dsb.TEAM_MIRROR, dsb.DATASETS_DIR / "stage1_train.zip"]
+    for candidate in candidates:
+        if candidate and Path(candidate).exists():
+            return Path(candidate)
+    message = (f"the real DSB2018 zip is missing: set DSB_DATA or provide {dsb.TEAM_MIRROR} "
+               f"(looked at {[str(c) for c in candidates if c]})")
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def real_subset_zip(tmp_path_factory) -> Path:
+    """Every 28th image of the real training set (24 images of several kinds), as a zip."""
+    source = real_dataset_path()
+    target = tmp_path_factory.mktemp("real") / "subset.zip"
+    entries = dsb.scan_layout(dsb._list_source(source))
+    chosen = entries[::28][:SUBSET_SIZE]
+    reader = dsb._Reader(source)
+    with zipfile.ZipFile(target, "w") as out:
+        for entry in chosen:
+            for name in (entry.image, *entry.masks):
+                if reader.is_zip:
+                    out.writestr(name, reader._archive().read(name))
+                else:
+                    out.write(source / name, name)
+    return target
