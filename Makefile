@@ -28,5 +28,9 @@ test: venv
 test-slow: venv
 	$(PY) -m pytest -m slow
 
+# Opens the exploratory notebook in JupyterLab.
+notebook: venv
+	$(PY) -m jupyter lab EDA.ipynb
+
 clean-cache:
 	rm -rf datasets/cache

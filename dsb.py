@@ -623,6 +623,66 @@ def save_csv(table: pd.DataFrame, path: str | os.PathLike) -> None:
     os.replace(temporary, path)
 
 
+def fit_cluster_model(stats: pd.DataFrame, split: pd.DataFrame) -> dict:
+    """The clusters of ``split`` as a nearest-centroid model, to place images outside the dataset.
+
+    KMeans centres are the means of their members, so the centroids of the split's clusters in
+    the standardized ``STAT_COLUMNS`` reproduce the clustering. JSON-serializable.
+    """
+    features = stats.loc[split["image_id"], list(STAT_COLUMNS)].to_numpy(np.float64)
+    scaler = StandardScaler().fit(features)
+    scaled = scaler.transform(features)
+    clusters = split["cluster"].to_numpy()
+    centres = [scaled[clusters == c].mean(axis=0).tolist() for c in sorted(set(clusters.tolist()))]
+    return {"columns": list(STAT_COLUMNS), "mean": scaler.mean_.tolist(), "scale": scaler.scale_.tolist(),
+            "clusters": sorted(set(int(c) for c in clusters)), "centres": centres}
+
+
+def assign_clusters(stats: pd.DataFrame, model: dict) -> np.ndarray:
+    """Nearest centroid of ``fit_cluster_model``'s model for each row of ``stats``: ndarray (n,), int."""
+    features = stats[model["columns"]].to_numpy(np.float64)
+    scaled = (features - np.asarray(model["mean"])) / np.asarray(model["scale"])
+    distances = ((scaled[:, None, :] - np.asarray(model["centres"])[None]) ** 2).sum(axis=-1)
+    return np.asarray(model["clusters"])[distances.argmin(axis=1)]
+
+
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+
+
+def find_images(folder: str | os.PathLike) -> list[tuple[str, Path]]:
+    """Images to segment in a folder: the DSB layout (``<id>/images/<id>.png``) or plain image files.
+
+    Plain files are PNG, TIFF or JPEG directly in ``folder``; hidden files are skipped.
+
+    Returns
+    -------
+    list of (image_id, path), sorted by image id; the id is the file name without its suffix.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"not a folder: {folder}")
+    nested = [p.relative_to(folder).as_posix() for p in folder.glob("*/images/*") if p.is_file()]
+    if nested:
+        return [(entry.image_id, folder / entry.image) for entry in scan_layout(nested, require_masks=False)]
+    found = [p for p in sorted(folder.iterdir())
+             if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not _is_ignored(p.name)]
+    if not found:
+        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+    stems = [p.stem for p in found]
+    duplicates = sorted({stem for stem in stems if stems.count(stem) > 1})
+    if duplicates:
+        raise ValueError(f"several files share the name {duplicates[0]!r} in {folder}; rename one")
+    return [(p.stem, p) for p in found]
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read one image file (PNG, TIFF, JPEG) as stored; ValueError naming the file if it cannot."""
+    try:
+        return skimage.io.imread(path)
+    except Exception as error:  # noqa: BLE001 - decoders raise many types; name the file
+        raise ValueError(f"cannot read {path}: {error}") from error
+
+
 # --------------------------------------------------------------------------------------------
 # Tiles
 # --------------------------------------------------------------------------------------------

@@ -66,8 +66,11 @@ class TrainConfig:
         'bce' (binary cross-entropy, as the reference) or 'bce_dice'.
     tile_size, min_overlap : int
         Tiles cut from the images for training and for full-image prediction.
-    threshold : float
-        Probability above which a pixel is called nucleus.
+    threshold, min_size, marker_height
+        Post-processing (see ``segment.probability_to_labels``): foreground probability threshold,
+        largest speck dropped, watershed marker height (None: connected components).
+    tta : bool
+        Test-time augmentation (8 flips/rotations) when predicting full images.
     figures_per_cluster : int
         Test images drawn per cluster in the figures.
     """
@@ -88,7 +91,10 @@ class TrainConfig:
     loss: str = "bce"
     tile_size: int = dsb.TILE_SIZE
     min_overlap: int = 32
-    threshold: float = 0.5
+    threshold: float = segment.DEFAULT_THRESHOLD
+    min_size: int = segment.DEFAULT_MIN_SIZE
+    marker_height: float | None = segment.DEFAULT_MARKER_HEIGHT
+    tta: bool = False
     figures_per_cluster: int = 2
 
     def __post_init__(self):
@@ -108,6 +114,10 @@ class TrainConfig:
             raise ValueError(f"min_overlap must be in [0, tile_size), got {self.min_overlap}")
         if self.tile_size % 2 ** (self.depth - 1):
             raise ValueError(f"tile_size {self.tile_size} must be divisible by 2**(depth-1) = {2 ** (self.depth - 1)}")
+        if self.min_size < 0:
+            raise ValueError(f"min_size must be non-negative, got {self.min_size}")
+        if self.marker_height is not None and not self.marker_height > 0:
+            raise ValueError(f"marker_height must be positive or None, got {self.marker_height}")
         if self.figures_per_cluster < 0:
             raise ValueError(f"figures_per_cluster must be non-negative, got {self.figures_per_cluster}")
 
@@ -150,14 +160,31 @@ def build_arg_parser() -> argparse.ArgumentParser:
             "split (pixel Dice per image, mean, per cluster) and draw predicted-mask figures. "
             "Writes one run folder under --out."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="Examples:\n"
+               "  python train_and_predicted_masks.py --preset cpu --seed 1\n"
+               "  python train_and_predicted_masks.py --evaluate runs/RUN/model.keras --tta\n"
+               "  python train_and_predicted_masks.py --evaluate runs/RUN/model.keras --tune\n"
+               "  python train_and_predicted_masks.py --predict runs/RUN/model.keras --input my_images/",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     mode = parser.add_argument_group("what to do")
     mode.add_argument("--preset", choices=sorted(PRESETS),
                       help="settings to start from: 'seed' = the reference (GPU), 'cpu' = ~14 min on "
                            "2 cores, 'smoke' = a seconds-long check. Default: 'seed' if a GPU is found, else 'cpu'")
-    mode.add_argument("--evaluate", metavar="MODEL", type=Path,
-                      help="evaluate a saved model.keras on the test split instead of training")
+    exclusive = mode.add_mutually_exclusive_group()
+    exclusive.add_argument("--evaluate", metavar="MODEL", type=Path,
+                           help="instead of training, evaluate a saved model.keras on --subset of --data "
+                                "(any DSB-layout folder or zip with masks)")
+    exclusive.add_argument("--predict", metavar="MODEL", type=Path,
+                           help="instead of training, segment the images in --input with a saved model.keras")
+    mode.add_argument("--input", type=Path,
+                      help="with --predict: a folder of images (PNG, TIFF, JPEG; gray, RGB or RGBA; 8 or 16 bit), "
+                           "plain files or the DSB layout")
+    mode.add_argument("--subset", choices=("test", "cv", "train", "all"),
+                      help="with --evaluate: which images (default test; 'all' = every image of --data, "
+                           "no split needed)")
+    mode.add_argument("--tune", action="store_true",
+                      help="with --evaluate: grid-search the post-processing on the CV split and write tuning.csv")
 
     data = parser.add_argument_group("data")
     data.add_argument("--data", type=Path,
@@ -166,33 +193,45 @@ def build_arg_parser() -> argparse.ArgumentParser:
                       help="split CSV, created on first use and reused (default: datasets/split.csv, "
                            "or the evaluated model's own split.csv)")
     data.add_argument("--cache-dir", type=Path, default=dsb.DEFAULT_CACHE_DIR,
-                      help="cache of decoded images")
+                      help="cache of decoded images (default: datasets/cache)")
     data.add_argument("--no-cache", action="store_true", help="decode the PNGs, neither read nor write the cache")
 
     train = parser.add_argument_group("training (override the preset)")
-    train.add_argument("--epochs", type=int)
-    train.add_argument("--steps-per-epoch", type=int, help="batches per epoch")
-    train.add_argument("--batch-size", type=int)
+    train.add_argument("--epochs", type=int, help="number of epochs (with --minutes, a ceiling)")
+    train.add_argument("--steps-per-epoch", type=int, help="batches per epoch; CV is evaluated after each")
+    train.add_argument("--batch-size", type=int, help="tiles per batch")
     train.add_argument("--learning-rate", type=float, help="Adam's learning rate")
     train.add_argument("--minutes", type=float, help="training time budget in minutes (stops after validating)")
-    train.add_argument("--seed", type=int, default=0, help="seed for split (first use), weights, sampling, augmentation")
+    train.add_argument("--seed", type=int, default=0,
+                       help="seed for split (first use), weights, sampling, augmentation (default: 0)")
     train.add_argument("--depth", type=int, help="U-Net levels, bottleneck included")
     train.add_argument("--base-filters", type=int, help="filters of the first U-Net level")
     train.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=None,
                        help="batch normalization after each convolution")
     train.add_argument("--dropout", type=float, help="dropout at the two deepest levels")
     train.add_argument("--loss", choices=LOSSES, help="training loss")
-    train.add_argument("--threshold", type=float, help="probability threshold for the masks")
+
+    post = parser.add_argument_group("post-processing (default: the training run's, else the CV-chosen defaults)")
+    post.add_argument("--threshold", type=float, help=f"probability threshold for the masks "
+                                                      f"[{segment.DEFAULT_THRESHOLD}]")
+    post.add_argument("--min-size", type=int, help=f"drop nuclei of this many pixels or fewer [{segment.DEFAULT_MIN_SIZE}]")
+    post.add_argument("--marker-height", type=float,
+                      help=f"watershed marker height in pixels of distance; 0 = no splitting, connected components "
+                           f"[{segment.DEFAULT_MARKER_HEIGHT}]")
+    post.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                      help="test-time augmentation: average the 8 flips/rotations (8x slower)")
 
     output = parser.add_argument_group("output")
-    output.add_argument("--out", type=Path, default=DEFAULT_RUNS_DIR, help="folder for run folders")
+    output.add_argument("--out", type=Path, default=DEFAULT_RUNS_DIR,
+                        help="folder in which each invocation makes its run folder (default: runs/)")
     output.add_argument("--figures-per-cluster", type=int, help="test images per cluster in the figures")
     output.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
 
 _OVERRIDES = ("epochs", "steps_per_epoch", "batch_size", "learning_rate", "minutes", "depth",
-              "base_filters", "batch_norm", "dropout", "loss", "threshold", "figures_per_cluster")
+              "base_filters", "batch_norm", "dropout", "loss", "threshold", "min_size", "tta",
+              "figures_per_cluster")
 
 
 def config_from_args(args: argparse.Namespace, preset: str) -> TrainConfig:
@@ -202,6 +241,8 @@ def config_from_args(args: argparse.Namespace, preset: str) -> TrainConfig:
     if args.data is not None:
         values["data"] = str(args.data)
     values["split"] = str(args.split if args.split is not None else dsb.DEFAULT_SPLIT_PATH)
+    if args.marker_height is not None:
+        values["marker_height"] = None if args.marker_height <= 0 else args.marker_height
     return TrainConfig.from_dict(values)
 
 
@@ -418,85 +459,179 @@ def _tensorflow_available() -> bool:
 
 
 # --------------------------------------------------------------------------------------------
-# Evaluation and figures
+# Evaluation, tuning, prediction
 # --------------------------------------------------------------------------------------------
-
-def evaluate(model_path: Path, config: TrainConfig, run_dir: Path, records, split, *, progress: bool) -> dict:
-    """Predict every test-split image at full size; pixel Dice per image, mean, per cluster; figures."""
-    from tqdm.auto import tqdm
-
-    model = load_model(model_path)
-    batch_size = max(config.batch_size, 8)
-
-    def predict_tiles(tiles):
-        return model.predict(tiles, batch_size=batch_size, verbose=0)
-
-    clusters = dict(zip(split["image_id"], split["cluster"]))
-    test = subset_records(records, split, "test")
-    rows, predictions = [], {}
-    for record in tqdm(test, desc="predict test images", unit="img", disable=not progress):
-        probability = segment.predict_probability(
-            predict_tiles, record.image, tile_size=config.tile_size, min_overlap=config.min_overlap)
-        predicted = probability > config.threshold
-        predictions[record.image_id] = predicted
-        rows.append({
-            "image_id": record.image_id, "cluster": int(clusters[record.image_id]),
-            "height": record.image.shape[0], "width": record.image.shape[1],
-            "nuclei": int(record.labels.max(initial=0)),
-            "dice": segment.pixel_dice(record.mask, predicted),
-        })
-    metrics = summarize(rows)
-    metrics["model"] = str(model_path)
-    metrics["threshold"] = config.threshold
-    write_json(run_dir / "metrics.json", metrics)
-    print(format_metrics(metrics))
-    figures = draw_figures(test, predictions, clusters, run_dir / "figures", config)
-    log.info("wrote %d figures to %s", len(figures), run_dir / "figures")
-    return metrics
-
 
 def load_model(path: Path):
     import keras
 
-    import unet  # noqa: F401 - registers the custom objects
+    import unet  # noqa: F401 - registers the custom objects the model file names
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"model file not found: {path}")
     try:
-        return keras.models.load_model(path, compile=False)
+        model = keras.models.load_model(path, compile=False)
     except Exception as error:  # noqa: BLE001 - Keras raises many types for a bad file
         raise ValueError(f"{path} is not a readable Keras model: {error}") from error
+    shape = tuple(model.input_shape)
+    if len(shape) != 4 or shape[-1] != 1 or tuple(model.output_shape)[-1] != 1:
+        raise ValueError(f"{path}: expected a model from (batch, H, W, 1) to (batch, H, W, 1), "
+                         f"got {shape} -> {model.output_shape}")
+    return model
+
+
+def make_predictor(model, config: TrainConfig, *, progress: bool = False):
+    """``segment.PredictTiles`` for a Keras model, and the tile size the model takes."""
+    batch_size = max(config.batch_size, 8)
+    tile_size = model.input_shape[1] or config.tile_size
+
+    def predict_tiles(tiles):
+        return model.predict(tiles, batch_size=batch_size, verbose=0)
+
+    return predict_tiles, tile_size
+
+
+def predict_record(predict_tiles, tile_size: int, image: np.ndarray, config: TrainConfig):
+    """Probability, binary mask and instance labels of one preprocessed image."""
+    probability = segment.predict_probability(predict_tiles, image, tile_size=tile_size,
+                                              min_overlap=config.min_overlap, tta=config.tta)
+    labels = segment.probability_to_labels(probability, threshold=config.threshold, min_size=config.min_size,
+                                           marker_height=config.marker_height)
+    return probability, probability > config.threshold, labels
+
+
+def evaluate(model_path: Path, config: TrainConfig, run_dir: Path, records, clusters: dict, *,
+             progress: bool, title: str = "test split") -> dict:
+    """Predict every record at full size; pixel Dice and the DSB score per image, overall, per cluster."""
+    from tqdm.auto import tqdm
+
+    model = load_model(model_path)
+    predict_tiles, tile_size = make_predictor(model, config)
+    rows, predictions = [], {}
+    for record in tqdm(records, desc="predict images", unit="img", disable=not progress):
+        _, mask, labels = predict_record(predict_tiles, tile_size, record.image, config)
+        predictions[record.image_id] = (mask, labels)
+        score = segment.average_precision(record.labels, labels)
+        rows.append({
+            "image_id": record.image_id, "cluster": int(clusters.get(record.image_id, -1)),
+            "height": record.image.shape[0], "width": record.image.shape[1],
+            "dice": segment.pixel_dice(record.mask, mask), "map": score["map"], "ap50": score["ap50"],
+            "f1_50": score["f1_50"], "true_nuclei": score["true"], "predicted_nuclei": score["predicted"],
+        })
+    metrics = summarize(rows)
+    metrics["model"] = str(model_path)
+    metrics["postprocessing"] = {name: getattr(config, name) for name in POSTPROCESSING}
+    write_json(run_dir / "metrics.json", metrics)
+    print(format_metrics(metrics, title))
+    figures = draw_figures(records, predictions, clusters, run_dir / "figures", config)
+    log.info("wrote %d figures to %s", len(figures), run_dir / "figures")
+    return metrics
+
+
+POSTPROCESSING = ("threshold", "min_size", "marker_height", "tta")
+SCORES = ("dice", "map", "ap50", "f1_50")
 
 
 def summarize(rows: list[dict]) -> dict:
-    """Mean pixel Dice overall and per cluster, plus the per-image rows."""
+    """Mean scores overall and per cluster, plus the per-image rows."""
     import pandas as pd
 
     table = pd.DataFrame(rows)
-    per_cluster = {
-        str(cluster): {"images": int(len(group)), "mean_dice": float(group["dice"].mean())}
-        for cluster, group in table.groupby("cluster")
-    }
+
+    def means(frame):
+        return {"images": int(len(frame)), **{f"mean_{name}": float(frame[name].mean()) for name in SCORES}}
+
     return {
-        "summary": {"images": int(len(table)), "mean_dice": float(table["dice"].mean()),
-                    "median_dice": float(table["dice"].median())},
-        "per_cluster": per_cluster,
+        "summary": {**means(table), "median_dice": float(table["dice"].median())},
+        "per_cluster": {str(cluster): means(group) for cluster, group in table.groupby("cluster")},
         "per_image": rows,
     }
 
 
-def format_metrics(metrics: dict) -> str:
-    lines = ["", "Test split, pixel Dice of full images:", f"{'cluster':>8} {'images':>7} {'mean Dice':>10}"]
-    for cluster, values in metrics["per_cluster"].items():
-        lines.append(f"{cluster:>8} {values['images']:>7} {values['mean_dice']:>10.3f}")
-    summary = metrics["summary"]
-    lines.append(f"{'all':>8} {summary['images']:>7} {summary['mean_dice']:>10.3f}")
+def format_metrics(metrics: dict, title: str = "test split") -> str:
+    header = f"{'cluster':>8} {'images':>7} {'Dice':>7} {'mAP':>7} {'AP@0.5':>7} {'F1@0.5':>7}"
+    lines = ["", f"{title}: pixel Dice and DSB2018 score (mAP over IoU 0.50..0.95) of full images", header]
+
+    def line(name, values):
+        return (f"{name:>8} {values['images']:>7} {values['mean_dice']:>7.3f} {values['mean_map']:>7.3f} "
+                f"{values['mean_ap50']:>7.3f} {values['mean_f1_50']:>7.3f}")
+
+    lines += [line(cluster, values) for cluster, values in metrics["per_cluster"].items()]
+    lines.append(line("all", metrics["summary"]))
     return "\n".join(lines) + "\n"
+
+
+def tune(model_path: Path, config: TrainConfig, run_dir: Path, records, *, progress: bool) -> list[dict]:
+    """Grid search of the post-processing on ``records`` (the CV split): mean DSB score per setting."""
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    model = load_model(model_path)
+    predict_tiles, tile_size = make_predictor(model, config)
+    probabilities = []
+    for record in tqdm(records, desc="predict images", unit="img", disable=not progress):
+        probabilities.append(segment.predict_probability(predict_tiles, record.image, tile_size=tile_size,
+                                                         min_overlap=config.min_overlap, tta=config.tta))
+    rows = []
+    grid = [(t, h, m) for t in TUNE_THRESHOLDS for h in TUNE_MARKER_HEIGHTS for m in TUNE_MIN_SIZES]
+    for threshold, height, min_size in tqdm(grid, desc="post-processing grid", disable=not progress):
+        scores = [segment.average_precision(record.labels, segment.probability_to_labels(
+            probability, threshold=threshold, min_size=min_size, marker_height=height))["map"]
+            for record, probability in zip(records, probabilities)]
+        rows.append({"threshold": threshold, "marker_height": height, "min_size": min_size,
+                     "mean_map": float(np.mean(scores))})
+    table = pd.DataFrame(rows).sort_values("mean_map", ascending=False)
+    dsb.save_csv(table, run_dir / "tuning.csv")
+    print(f"\nPost-processing on {len(records)} images (tta={config.tta}), best first:")
+    print(table.head(10).to_string(index=False))
+    return table.to_dict("records")
+
+
+TUNE_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
+TUNE_MARKER_HEIGHTS = (None, 1.0, 2.0, 3.0, 5.0)
+TUNE_MIN_SIZES = (0, 15, 30)
+
+
+def predict_folder(model_path: Path, config: TrainConfig, folder: Path, run_dir: Path, *, progress: bool) -> dict:
+    """Segment every image of ``folder``: mask, 16-bit labels and overlay PNGs, submission.csv, counts."""
+    import pandas as pd
+    import skimage.io
+    from tqdm.auto import tqdm
+
+    images = dsb.find_images(folder)
+    model = load_model(model_path)
+    predict_tiles, tile_size = make_predictor(model, config)
+    for sub in ("masks", "labels", "overlays"):
+        (run_dir / sub).mkdir()
+    rows, counts = [], []
+    for image_id, path in tqdm(images, desc="segment images", unit="img", disable=not progress):
+        raw = dsb.read_image(path)
+        try:
+            image = dsb.preprocess(raw)
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from error
+        _, mask, labels = predict_record(predict_tiles, tile_size, image, config)
+        skimage.io.imsave(run_dir / "masks" / f"{image_id}.png", (mask * 255).astype(np.uint8), check_contrast=False)
+        skimage.io.imsave(run_dir / "labels" / f"{image_id}.png", labels.astype(np.uint16), check_contrast=False)
+        skimage.io.imsave(run_dir / "overlays" / f"{image_id}.png", overlay(image, labels), check_contrast=False)
+        rows += segment.submission_rows(image_id, labels)
+        areas = np.bincount(labels.ravel())[1:]
+        counts.append({"image_id": image_id, "height": image.shape[0], "width": image.shape[1],
+                       "nuclei": int(labels.max()), "median_area": float(np.median(areas)) if len(areas) else 0.0,
+                       "foreground_fraction": float(mask.mean())})
+    segment.write_submission(run_dir / "submission.csv", rows)
+    table = pd.DataFrame(counts)
+    dsb.save_csv(table, run_dir / "counts.csv")
+    print(f"\nSegmented {len(table)} images: {int(table['nuclei'].sum())} nuclei in all, per image "
+          f"min {table['nuclei'].min()}, median {table['nuclei'].median():.0f}, max {table['nuclei'].max()}")
+    print(table.to_string(index=False, max_rows=20))
+    return {"images": len(table), "nuclei": int(table["nuclei"].sum())}
 
 
 FALSE_POSITIVE = (1.0, 0.2, 0.2)   # predicted, not true: red
 FALSE_NEGATIVE = (0.2, 0.5, 1.0)   # true, missed: blue
 TRUE_POSITIVE = (0.85, 0.85, 0.85)
+MATCHED = (0.2, 0.9, 0.2)          # predicted nucleus matched at IoU > 0.5: green
 
 
 def error_image(truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
@@ -513,8 +648,39 @@ def error_image(truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
     return picture
 
 
+def match_image(image: np.ndarray, truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """The image with outlines: predicted nuclei green if matched at IoU 0.5, red if not; missed true ones blue.
+
+    Returns
+    -------
+    ndarray, shape (H, W, 3), float32 in [0, 1]
+    """
+    import skimage.segmentation
+
+    matched_pred, matched_true = segment.match_objects(truth, predicted)
+    picture = np.repeat(image[..., None], 3, axis=-1).astype(np.float32)
+    missed = np.isin(truth, np.flatnonzero(~matched_true) + 1)
+    picture[skimage.segmentation.find_boundaries(np.where(missed, truth, 0), mode="inner")] = FALSE_NEGATIVE
+    colours = np.array([(0, 0, 0)] + [MATCHED if m else FALSE_POSITIVE for m in matched_pred], np.float32)
+    outline = skimage.segmentation.find_boundaries(predicted, mode="inner")
+    picture[outline] = colours[predicted[outline]]
+    return picture
+
+
+def overlay(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The image in gray with each nucleus outlined in its own colour: ndarray (H, W, 3), uint8."""
+    import skimage.color
+    import skimage.segmentation
+
+    picture = np.repeat(image[..., None], 3, axis=-1)
+    outline = skimage.segmentation.find_boundaries(labels, mode="inner")
+    coloured = skimage.color.label2rgb(labels, bg_label=0)
+    picture[outline] = coloured[outline]
+    return (np.clip(picture, 0, 1) * 255).astype(np.uint8)
+
+
 def draw_figures(records, predictions: dict, clusters: dict, folder: Path, config: TrainConfig) -> list[Path]:
-    """One PNG per cluster: rows of image / true mask / predicted mask / errors for sampled test images."""
+    """One PNG per cluster: for sampled images, image / true / predicted mask / pixel errors / nuclei matched."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -524,30 +690,33 @@ def draw_figures(records, predictions: dict, clusters: dict, folder: Path, confi
     rng = np.random.default_rng(config.seed)
     by_cluster: dict[int, list] = {}
     for record in records:
-        by_cluster.setdefault(int(clusters[record.image_id]), []).append(record)
+        by_cluster.setdefault(int(clusters.get(record.image_id, -1)), []).append(record)
     written = []
     for cluster, members in sorted(by_cluster.items()):
         count = min(config.figures_per_cluster, len(members))
         if count == 0:
             continue
         chosen = [members[i] for i in sorted(rng.choice(len(members), count, replace=False))]
-        figure, axes = plt.subplots(count, 4, figsize=(16, 4 * count), squeeze=False)
+        figure, axes = plt.subplots(count, 5, figsize=(20, 4 * count), squeeze=False)
         for row, record in zip(axes, chosen):
-            predicted = predictions[record.image_id]
-            dice = segment.pixel_dice(record.mask, predicted)
+            mask, labels = predictions[record.image_id]
+            score = segment.average_precision(record.labels, labels)
             panels = [
                 (record.image, f"{record.image_id[:12]} ({record.image.shape[0]}x{record.image.shape[1]})"),
                 (record.mask, f"true mask ({int(record.labels.max(initial=0))} nuclei)"),
-                (predicted, f"predicted mask (Dice {dice:.3f})"),
-                (error_image(record.mask, predicted), "errors: red = false positive, blue = missed"),
+                (mask, f"predicted mask (Dice {segment.pixel_dice(record.mask, mask):.3f})"),
+                (error_image(record.mask, mask), "pixels: red = false positive, blue = missed"),
+                (match_image(record.image, record.labels, labels),
+                 f"{score['predicted']} nuclei, mAP {score['map']:.3f}: green = matched, red = false, blue = missed"),
             ]
-            for axis, (picture, title) in zip(row, panels):
+            for axis, (picture, text) in zip(row, panels):
                 axis.imshow(picture, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-                axis.set_title(title, fontsize=10)
+                axis.set_title(text, fontsize=9)
                 axis.axis("off")
-        figure.suptitle(f"cluster {cluster}: test images", fontsize=13)
+        name = f"cluster {cluster}" if cluster >= 0 else "images outside the training clusters"
+        figure.suptitle(f"{name}: predicted masks", fontsize=13)
         figure.tight_layout()
-        path = folder / f"cluster_{cluster}.png"
+        path = folder / (f"cluster_{cluster}.png" if cluster >= 0 else "unclustered.png")
         figure.savefig(path, dpi=80)
         plt.close(figure)
         written.append(path)
@@ -561,8 +730,8 @@ def draw_figures(records, predictions: dict, clusters: dict, folder: Path, confi
 def run(args: argparse.Namespace) -> Path:
     progress = not args.quiet
     cache_dir = None if args.no_cache else args.cache_dir
-    if args.evaluate is not None:
-        return run_evaluation(args, cache_dir=cache_dir, progress=progress)
+    if args.evaluate is not None or args.predict is not None:
+        return run_saved_model(args, cache_dir=cache_dir, progress=progress)
     preset = choose_preset(args.preset)
     config = config_from_args(args, preset)
     run_dir = new_run_dir(args.out, preset)
@@ -570,34 +739,84 @@ def run(args: argparse.Namespace) -> Path:
     log.info("run folder: %s", run_dir)
     records, split = load_data(config, cache_dir=cache_dir, progress=progress)
     dsb.save_csv(split, run_dir / "split.csv")
+    write_json(run_dir / "clusters.json", dsb.fit_cluster_model(dsb.image_statistics(records), split))
     checkpoint = train(config, run_dir, records, split, progress=progress)
-    evaluate(checkpoint, config, run_dir, records, split, progress=progress)
+    clusters = dict(zip(split["image_id"], split["cluster"]))
+    evaluate(checkpoint, config, run_dir, subset_records(records, split, "test"), clusters, progress=progress)
     return run_dir
 
 
-def run_evaluation(args: argparse.Namespace, *, cache_dir: Path | None, progress: bool) -> Path:
-    """``--evaluate MODEL``: the model's own config and split when it sits in a run folder."""
-    model_path = Path(args.evaluate)
-    if not model_path.is_file():
-        raise FileNotFoundError(f"model file not found: {model_path}")
+def saved_config(model_path: Path, args: argparse.Namespace) -> TrainConfig:
+    """The config of the run a model comes from (if it sits in one), with post-processing overrides."""
     saved = model_path.parent / "config.json"
     if saved.exists():
-        values = json.loads(saved.read_text())
-        values["split"] = str(model_path.parent / "split.csv")
-        config = TrainConfig.from_dict(values)
+        config = TrainConfig.from_dict(json.loads(saved.read_text()))
+        if (model_path.parent / "split.csv").exists():
+            config = dataclasses.replace(config, split=str(model_path.parent / "split.csv"))
     else:
         config = config_from_args(args, args.preset or "cpu")
     overrides = {"data": str(args.data) if args.data is not None else None,
                  "split": str(args.split) if args.split is not None else None,
-                 "threshold": args.threshold, "figures_per_cluster": args.figures_per_cluster}
-    config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
-    run_dir = new_run_dir(args.out, "evaluate")
-    write_json(run_dir / "config.json", {**config.to_dict(), "evaluated_model": str(model_path)})
+                 **{name: getattr(args, name) for name in ("threshold", "min_size", "tta", "figures_per_cluster")}}
+    if args.marker_height is not None:
+        overrides["marker_height"] = None if args.marker_height <= 0 else args.marker_height
+    return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def run_saved_model(args: argparse.Namespace, *, cache_dir: Path | None, progress: bool) -> Path:
+    """``--evaluate`` / ``--predict``: a saved model, with its run's config and split when it has one."""
+    model_path = Path(args.evaluate or args.predict)
+    if not model_path.is_file():
+        raise FileNotFoundError(f"model file not found: {model_path}")
+    config = saved_config(model_path, args)
+    if args.predict is not None:
+        if args.input is None:
+            raise ValueError("--predict needs --input FOLDER (the images to segment)")
+        run_dir = new_run_dir(args.out, "predict")
+        write_json(run_dir / "config.json", {**config.to_dict(), "model": str(model_path), "input": str(args.input)})
+        log.info("run folder: %s", run_dir)
+        predict_folder(model_path, config, Path(args.input), run_dir, progress=progress)
+        return run_dir
+
+    subset = args.subset or ("cv" if args.tune else "test")
+    if args.tune and subset == "test":
+        raise ValueError("--tune chooses settings and must not look at the test split; use --subset cv")
+    run_dir = new_run_dir(args.out, "tune" if args.tune else "evaluate")
+    write_json(run_dir / "config.json", {**config.to_dict(), "model": str(model_path), "subset": subset})
     log.info("run folder: %s", run_dir)
-    records, split = load_data(config, cache_dir=cache_dir, progress=progress)
-    dsb.save_csv(split, run_dir / "split.csv")
-    evaluate(model_path, config, run_dir, records, split, progress=progress)
+    source = dsb.find_dataset(config.data)
+    records = dsb.load_dataset(source, cache_dir=cache_dir, progress=progress)
+    stats = dsb.image_statistics(records)
+    clusters = model_clusters(model_path, config, stats)
+    if subset == "all":
+        chosen = records
+    else:
+        split = dsb.load_or_make_split(stats, config.split, seed=config.seed)
+        chosen = subset_records(records, split, subset)
+    log.info("%s: %d images from %s", subset, len(chosen), source)
+    if args.tune:
+        tune(model_path, config, run_dir, chosen, progress=progress)
+    else:
+        evaluate(model_path, config, run_dir, chosen, clusters, progress=progress,
+                 title=f"{subset} {'images' if subset == 'all' else 'split'} of {source.name}")
     return run_dir
+
+
+def model_clusters(model_path: Path, config: TrainConfig, stats) -> dict:
+    """Cluster of each image: from the run's split if listed there, else the nearest training cluster."""
+    import pandas as pd
+
+    clusters = {}
+    split_path = Path(config.split)
+    if split_path.exists():
+        split = pd.read_csv(split_path, dtype={"image_id": str})
+        clusters = dict(zip(split["image_id"], split["cluster"].astype(int)))
+    unknown = stats.loc[[image_id for image_id in stats.index if image_id not in clusters]]
+    model_file = model_path.parent / "clusters.json"
+    if len(unknown) and model_file.exists():
+        assigned = dsb.assign_clusters(unknown, json.loads(model_file.read_text()))
+        clusters.update(zip(unknown.index, (int(c) for c in assigned)))
+    return clusters
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -606,7 +825,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
         run_dir = run(args)
-    except (ValueError, FileNotFoundError, dsb.DatasetChangedError) as error:
+    except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     outputs = sorted(path.name + ("/" if path.is_dir() else "") for path in run_dir.iterdir())

@@ -316,3 +316,31 @@ def test_tiles_for_records_are_compact(synthetic_folder):
     assert set(np.unique(masks)) <= {0, 1}
     expected = sum(len(dsb.tile_grid(r.image.shape, 64, 16)) for r in records)
     assert len(images) == expected
+
+
+def test_cluster_model_assigns_members_to_their_own_cluster():
+    stats = _fake_stats(160)
+    split = dsb.stratified_split(stats.index.to_numpy(), dsb.cluster_images(stats, seed=0))
+    model = dsb.fit_cluster_model(stats, split)
+    np.testing.assert_array_equal(dsb.assign_clusters(stats.loc[split["image_id"]], model), split["cluster"])
+
+
+def test_find_images_in_plain_and_dsb_folders(tmp_path, synthetic_folder):
+    (tmp_path / "plain").mkdir()
+    for name in ["b.tif", "a.png", "c.JPG", ".hidden.png", "notes.txt"]:
+        (tmp_path / "plain" / name).write_bytes(b"")
+    assert [image_id for image_id, _ in dsb.find_images(tmp_path / "plain")] == ["a", "b", "c"]
+    found = dsb.find_images(synthetic_folder)
+    assert len(found) == 12 and found[0][1].name == "img00.png"
+
+
+def test_find_images_rejects_two_files_with_one_name(tmp_path):
+    for name in ["a.png", "a.tif"]:
+        (tmp_path / name).write_bytes(b"")
+    with pytest.raises(ValueError, match="several files share the name 'a'"):
+        dsb.find_images(tmp_path)
+
+
+def test_find_images_in_an_empty_folder_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="no images"):
+        dsb.find_images(tmp_path)

@@ -51,3 +51,216 @@ def test_pixel_dice_empty_cases():
 def test_pixel_dice_rejects_different_shapes():
     with pytest.raises(ValueError, match=r"truth \(2, 2\), predicted \(3, 3\)"):
         segment.pixel_dice(np.zeros((2, 2)), np.zeros((3, 3)))
+
+
+# ---- test-time augmentation ----------------------------------------------------------------
+
+@pytest.mark.parametrize("k", range(8))
+def test_dihedral_tiles_inverse_undoes_each_transform(k):
+    tiles = np.random.default_rng(k).random((2, 8, 8, 1))
+    back = segment.dihedral_tiles(segment.dihedral_tiles(tiles, k), k, inverse=True)
+    np.testing.assert_array_equal(back, tiles)
+
+
+def test_tta_with_an_identity_model_gives_the_image_back():
+    image = np.random.default_rng(0).random((150, 170)).astype(np.float32)
+    rebuilt = segment.predict_probability(lambda t: t, image, tile_size=64, min_overlap=8, tta=True)
+    np.testing.assert_allclose(rebuilt, image, atol=1e-6)
+
+
+def test_tta_averages_a_position_dependent_model_over_the_eight_views():
+    def left_column_model(tiles):  # 1 in each tile's first column, wherever that lands
+        out = np.zeros_like(tiles)
+        out[:, :, 0] = 1
+        return out
+
+    plain = segment.predict_probability(left_column_model, np.zeros((64, 64), np.float32), tile_size=64)
+    averaged = segment.predict_probability(left_column_model, np.zeros((64, 64), np.float32), tile_size=64,
+                                           tta=True)
+    assert plain[:, 0].tolist() == [1.0] * 64 and plain[:, 1:].max() == 0
+    # Each of the 4 border lines gets the column in 2 of the 8 views.
+    assert averaged[32, 0] == pytest.approx(0.25) and averaged[0, 32] == pytest.approx(0.25)
+    assert averaged[32, 32] == 0.0
+
+
+# ---- instances -----------------------------------------------------------------------------
+
+def _disks(shape, centres, radius):
+    rows, cols = np.indices(shape)
+    labels = np.zeros(shape, np.int32)
+    for index, (r, c) in enumerate(centres, start=1):
+        labels[(rows - r) ** 2 + (cols - c) ** 2 <= radius ** 2] = index
+    return labels
+
+
+def test_watershed_splits_two_touching_disks():
+    truth = _disks((60, 80), [(30, 28), (30, 50)], 12)  # centres 22 apart, radius 12: they overlap
+    probability = (truth > 0).astype(np.float32)
+    labels = segment.probability_to_labels(probability)
+    assert labels.max() == 2
+    assert segment.average_precision(truth, labels)["ap50"] == 1.0
+
+
+def test_connected_components_keep_touching_disks_together():
+    truth = _disks((60, 80), [(30, 28), (30, 50)], 12)
+    labels = segment.probability_to_labels((truth > 0).astype(np.float32), marker_height=None)
+    assert labels.max() == 1
+
+
+def test_specks_are_dropped_and_labels_are_sequential():
+    probability = np.zeros((40, 40), np.float32)
+    probability[2:4, 2:4] = 0.9  # 4 pixels
+    probability[10:30, 10:30] = 0.9
+    labels = segment.probability_to_labels(probability, min_size=10)
+    assert labels.dtype == np.int32 and sorted(np.unique(labels)) == [0, 1]
+    assert labels[2, 2] == 0 and labels[20, 20] == 1
+
+
+def test_threshold_is_strict():
+    labels = segment.probability_to_labels(np.full((30, 30), 0.5, np.float32), threshold=0.5, min_size=0)
+    assert labels.max() == 0
+
+
+# ---- the competition metric ----------------------------------------------------------------
+
+def _reference_map(truth, predicted, thresholds=segment.IOU_THRESHOLDS):
+    """Written differently on purpose: a double loop over objects with boolean masks."""
+    true_ids = [v for v in np.unique(truth) if v]
+    pred_ids = [v for v in np.unique(predicted) if v]
+    if not true_ids and not pred_ids:
+        return 1.0
+    scores = []
+    for t in thresholds:
+        used, tp = set(), 0
+        for a in true_ids:
+            for b in pred_ids:
+                if b in used:
+                    continue
+                inter = np.sum((truth == a) & (predicted == b))
+                union = np.sum((truth == a) | (predicted == b))
+                if inter / union > t:
+                    used.add(b)
+                    tp += 1
+                    break
+        scores.append(tp / (tp + (len(pred_ids) - tp) + (len(true_ids) - tp)))
+    return float(np.mean(scores))
+
+
+def test_perfect_prediction_scores_one():
+    truth = _disks((50, 50), [(15, 15), (35, 35)], 8)
+    result = segment.average_precision(truth, truth)
+    assert result["map"] == 1.0 and result["f1_50"] == 1.0 and result["true"] == result["predicted"] == 2
+
+
+def test_empty_truth_and_prediction():
+    empty = np.zeros((10, 10), np.int32)
+    some = _disks((10, 10), [(5, 5)], 2)
+    assert segment.average_precision(empty, empty)["map"] == 1.0
+    assert segment.average_precision(empty, some)["map"] == 0.0
+    assert segment.average_precision(some, empty)["map"] == 0.0
+    assert segment.average_precision(some, empty)["f1_50"] == 0.0
+
+
+def test_shifted_square_scores_by_hand():
+    truth = np.zeros((20, 20), np.int32)
+    truth[0:10, 0:10] = 1
+    predicted = np.zeros_like(truth)
+    predicted[0:10, 1:11] = 1  # IoU = 90 / 110 = 0.818: matched at 0.50 .. 0.80, not at 0.85 .. 0.95
+    result = segment.average_precision(truth, predicted)
+    assert result["ap"] == [1.0] * 7 + [0.0] * 3
+    assert result["map"] == pytest.approx(0.7)
+
+
+def test_merged_prediction_scores_by_hand():
+    truth = np.zeros((10, 20), np.int32)
+    truth[:, :10], truth[:, 10:] = 1, 2
+    merged = (truth > 0).astype(np.int32)  # IoU 0.5 with each: never above any threshold
+    result = segment.average_precision(truth, merged)
+    assert result["map"] == 0.0 and result["true"] == 2 and result["predicted"] == 1
+
+
+def test_split_prediction_scores_by_hand():
+    truth = np.zeros((10, 20), np.int32)
+    truth[:, :16] = 1
+    predicted = np.zeros_like(truth)
+    predicted[:, :12], predicted[:, 12:16] = 1, 2  # IoU 0.75 and 0.25
+    # TP 1, FP 1, FN 0 at t < 0.75 -> 0.5; nothing at t >= 0.75 -> 0.
+    result = segment.average_precision(truth, predicted)
+    assert result["ap"] == [0.5] * 5 + [0.0] * 5
+    assert result["f1_50"] == pytest.approx(2 / 3)
+
+
+def test_metric_agrees_with_a_double_loop_on_random_label_images():
+    rng = np.random.default_rng(0)
+    for trial in range(15):
+        truth = _disks((48, 48), rng.integers(4, 44, (int(rng.integers(0, 6)), 2)), int(rng.integers(3, 8)))
+        jitter = rng.integers(-3, 4, 2)
+        predicted = np.roll(truth, tuple(jitter), axis=(0, 1))
+        predicted[rng.random(predicted.shape) < 0.05] = 0
+        if trial % 3 == 0:
+            predicted[predicted == 1] = 0
+        assert segment.average_precision(truth, predicted)["map"] == pytest.approx(_reference_map(truth, predicted))
+
+
+def test_iou_matrix_ignores_label_numbering():
+    truth = np.array([[5, 5, 0, 9]])
+    predicted = np.array([[0, 7, 7, 9]])
+    np.testing.assert_allclose(segment.iou_matrix(truth, predicted), [[1 / 3, 0.0], [0.0, 1.0]])
+
+
+# ---- RLE -----------------------------------------------------------------------------------
+
+def test_rle_known_example_by_hand():
+    mask = np.zeros((3, 4), bool)
+    mask[1:3, 0] = True  # column 0, rows 1-2: pixels 2, 3
+    mask[0, 1] = True    # column 1, row 0: pixel 4 -> one run 2..4
+    mask[2, 3] = True    # column 3, row 2: pixel 12
+    assert segment.rle_encode(mask) == "2 3 12 1"
+    np.testing.assert_array_equal(segment.rle_decode("2 3 12 1", (3, 4)), mask)
+
+
+def test_rle_round_trip_on_random_label_images():
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        shape = tuple(int(v) for v in rng.integers(1, 40, 2))
+        labels = rng.integers(0, 4, shape)
+        rows = segment.submission_rows("x", labels)
+        rebuilt = np.zeros(shape, np.int64)
+        for (image_id, rle), value in zip(rows, [v for v in np.unique(labels) if v] or [0]):
+            assert image_id == "x"
+            if rle:
+                rebuilt[segment.rle_decode(rle, shape)] = value
+        np.testing.assert_array_equal(rebuilt, labels)
+
+
+def test_rle_of_an_empty_mask_is_empty_and_empty_image_gets_one_row():
+    assert segment.rle_encode(np.zeros((4, 4))) == ""
+    assert segment.submission_rows("e", np.zeros((4, 4), int)) == [("e", "")]
+
+
+@pytest.mark.parametrize("rle", ["1", "5 2 1 2", "0 3", "15 5"])
+def test_rle_decode_rejects_bad_runs(rle):
+    with pytest.raises(ValueError):
+        segment.rle_decode(rle, (4, 4))
+
+
+def test_labels_csv_round_trip(tmp_path):
+    labels = _disks((30, 40), [(10, 10), (20, 30)], 5)
+    path = tmp_path / "labels.csv"
+    segment.write_submission(path, segment.submission_rows("a", labels) + segment.submission_rows("b", labels * 0))
+    read = segment.read_labels_csv(path, shapes={"a": (30, 40), "b": (30, 40)})
+    np.testing.assert_array_equal(read["a"], labels)
+    assert read["b"].max() == 0
+
+
+def test_labels_csv_with_height_and_width_columns(tmp_path):
+    path = tmp_path / "solution.csv"
+    path.write_text("ImageId,EncodedPixels,Height,Width,Usage\na,1 2,2,2,Public\n")
+    np.testing.assert_array_equal(segment.read_labels_csv(path)["a"], [[1, 0], [1, 0]])
+
+
+def test_labels_csv_without_shapes_is_an_error(tmp_path):
+    path = tmp_path / "labels.csv"
+    path.write_text("ImageId,EncodedPixels\na,1 2\n")
+    with pytest.raises(ValueError, match="no Height/Width for a"):
+        segment.read_labels_csv(path)

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 import dsb
+import segment
 import train_and_predicted_masks as cli
 import unet
 
@@ -130,39 +131,141 @@ def test_error_image_colours():
 
 # ---- command line, end to end on real images -----------------------------------------------
 
-def _common(tmp_path, data):
-    return ["--data", str(data), "--split", str(tmp_path / "split.csv"), "--out", str(tmp_path / "runs"),
-            "--cache-dir", str(tmp_path / "cache"), "--quiet"]
+def _common(folder, data):
+    return ["--data", str(data), "--split", str(folder / "split.csv"), "--out", str(folder / "runs"),
+            "--cache-dir", str(folder / "cache"), "--quiet"]
 
 
-def test_cli_trains_evaluates_and_draws_on_real_images(tmp_path, real_subset_zip, capsys):
-    assert cli.main(["--preset", "smoke", *_common(tmp_path, real_subset_zip)]) == 0
-    (run_dir,) = (tmp_path / "runs").iterdir()
-    for name in ["config.json", "split.csv", "model.keras", "history.csv", "metrics.json", "training.json"]:
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, real_subset_zip):
+    """One smoke-preset training run on 24 real images: (folder, run folder, printed output)."""
+    folder = tmp_path_factory.mktemp("cli")
+    import contextlib
+    import io
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert cli.main(["--preset", "smoke", *_common(folder, real_subset_zip)]) == 0
+    (run_dir,) = (folder / "runs").iterdir()
+    return folder, run_dir, printed.getvalue()
+
+
+def test_cli_training_run_folder_is_complete(smoke_run):
+    _, run_dir, printed = smoke_run
+    for name in ["config.json", "split.csv", "clusters.json", "model.keras", "history.csv", "metrics.json",
+                 "training.json"]:
         assert (run_dir / name).stat().st_size > 0, name
     assert any((run_dir / "logs").rglob("*tfevents*"))
+    config = cli.TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    assert config.preset == "smoke"
+    assert "pixel Dice and DSB2018 score" in printed and str(run_dir) in printed
 
+
+def test_cli_evaluates_the_test_split_only(smoke_run):
+    _, run_dir, _ = smoke_run
     split = pd.read_csv(run_dir / "split.csv")
     assert len(split) == 24 and set(split["subset"]) == {"train", "cv", "test"}
     metrics = json.loads((run_dir / "metrics.json").read_text())
     test_ids = set(split.loc[split["subset"] == "test", "image_id"])
     assert {row["image_id"] for row in metrics["per_image"]} == test_ids
-    assert all(0.0 <= row["dice"] <= 1.0 for row in metrics["per_image"])
+    for row in metrics["per_image"]:
+        assert 0.0 <= row["dice"] <= 1.0 and 0.0 <= row["map"] <= row["ap50"] <= 1.0
     assert metrics["summary"]["mean_dice"] == pytest.approx(np.mean([r["dice"] for r in metrics["per_image"]]))
+    assert metrics["summary"]["mean_map"] == pytest.approx(np.mean([r["map"] for r in metrics["per_image"]]))
 
+
+def test_cli_draws_one_figure_per_test_cluster(smoke_run):
+    _, run_dir, _ = smoke_run
+    split = pd.read_csv(run_dir / "split.csv")
     figures = sorted((run_dir / "figures").glob("cluster_*.png"))
     assert len(figures) == split.loc[split["subset"] == "test", "cluster"].nunique()
     assert all(figure.stat().st_size > 10_000 for figure in figures)
-    config = cli.TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
-    assert config.preset == "smoke"
-    out = capsys.readouterr().out
-    assert "Test split, pixel Dice" in out and str(run_dir) in out
 
-    # Re-evaluating the saved model reproduces the numbers, in a new folder.
-    assert cli.main(["--evaluate", str(run_dir / "model.keras"), *_common(tmp_path, real_subset_zip)]) == 0
-    evaluation = next(p for p in (tmp_path / "runs").iterdir() if p.name.endswith("-evaluate"))
+
+def test_cli_reevaluation_reproduces_the_numbers(smoke_run, real_subset_zip):
+    folder, run_dir, _ = smoke_run
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert cli.main(["--evaluate", str(run_dir / "model.keras"), *_common(folder, real_subset_zip)]) == 0
+    evaluation = max(p for p in (folder / "runs").iterdir() if p.name.endswith("-evaluate"))
     again = json.loads((evaluation / "metrics.json").read_text())
     assert again["summary"]["mean_dice"] == pytest.approx(metrics["summary"]["mean_dice"], abs=1e-6)
+    assert again["summary"]["mean_map"] == pytest.approx(metrics["summary"]["mean_map"], abs=1e-6)
+
+
+def test_cli_evaluates_any_dsb_folder_with_clusters(smoke_run, real_subset_zip, tmp_path, synthetic_folder, capsys):
+    folder, run_dir, _ = smoke_run
+    args = ["--evaluate", str(run_dir / "model.keras"), "--subset", "all", "--data", str(synthetic_folder),
+            "--out", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache"), "--quiet"]
+    assert cli.main(args) == 0
+    assert "all images of stage1_train" in capsys.readouterr().out
+    (evaluation,) = (tmp_path / "runs").iterdir()
+    metrics = json.loads((evaluation / "metrics.json").read_text())
+    assert len(metrics["per_image"]) == 12
+    assert all(0 <= row["cluster"] < 8 for row in metrics["per_image"])  # nearest training cluster
+
+
+def test_cli_tune_refuses_the_test_split(smoke_run, real_subset_zip, capsys):
+    folder, run_dir, _ = smoke_run
+    args = ["--evaluate", str(run_dir / "model.keras"), "--tune", "--subset", "test", *_common(folder, real_subset_zip)]
+    assert cli.main(args) == 2
+    assert "must not look at the test split" in capsys.readouterr().err
+
+
+def test_cli_tune_writes_a_grid_on_cv(smoke_run, real_subset_zip):
+    folder, run_dir, _ = smoke_run
+    assert cli.main(["--evaluate", str(run_dir / "model.keras"), "--tune", *_common(folder, real_subset_zip)]) == 0
+    tuning = pd.read_csv(max((folder / "runs").glob("*-tune")) / "tuning.csv")
+    assert len(tuning) == len(cli.TUNE_THRESHOLDS) * len(cli.TUNE_MARKER_HEIGHTS) * len(cli.TUNE_MIN_SIZES)
+    assert tuning["mean_map"].is_monotonic_decreasing
+
+
+def test_cli_predicts_a_folder_of_mixed_images(smoke_run, real_subset_zip, tmp_path):
+    import skimage.io
+
+    folder, run_dir, _ = smoke_run
+    records = dsb.load_dataset(real_subset_zip, cache_dir=folder / "cache", progress=False)[:3]
+    images = tmp_path / "mine"
+    images.mkdir()
+    raw = [(np.clip(r.image, 0, 1) * 255).astype(np.uint8) for r in records]
+    skimage.io.imsave(images / "a.png", np.dstack([raw[0]] * 3 + [np.full_like(raw[0], 255)]), check_contrast=False)
+    skimage.io.imsave(images / "b.tif", raw[1].astype(np.uint16) * 257, check_contrast=False)
+    skimage.io.imsave(images / "c.jpg", np.dstack([raw[2]] * 3), check_contrast=False)
+    (images / ".DS_Store").write_bytes(b"junk")
+    out = tmp_path / "runs"
+    assert cli.main(["--predict", str(run_dir / "model.keras"), "--input", str(images), "--out", str(out),
+                     "--quiet"]) == 0
+    (prediction,) = out.iterdir()
+    shapes = {"a": raw[0].shape, "b": raw[1].shape, "c": raw[2].shape}
+    for name, shape in shapes.items():
+        mask = skimage.io.imread(prediction / "masks" / f"{name}.png")
+        labels = skimage.io.imread(prediction / "labels" / f"{name}.png")
+        overlay = skimage.io.imread(prediction / "overlays" / f"{name}.png")
+        assert mask.shape == labels.shape == shape and overlay.shape == shape + (3,)
+        assert labels.dtype == np.uint16 and set(np.unique(mask)) <= {0, 255}
+    submission = pd.read_csv(prediction / "submission.csv", keep_default_na=False)
+    assert list(submission.columns) == ["ImageId", "EncodedPixels"] and set(submission["ImageId"]) == set(shapes)
+    for name, group in submission.groupby("ImageId"):
+        rebuilt = np.zeros(shapes[name], int)
+        for rle in group["EncodedPixels"]:
+            if rle:
+                decoded = segment.rle_decode(rle, shapes[name])
+                assert not np.any(rebuilt[decoded]), "nuclei of one image overlap"
+                rebuilt[decoded] += 1
+        labels = skimage.io.imread(prediction / "labels" / f"{name}.png")
+        np.testing.assert_array_equal(rebuilt > 0, labels > 0)
+    counts = pd.read_csv(prediction / "counts.csv")
+    assert sorted(counts["image_id"]) == ["a", "b", "c"]
+
+
+def test_cli_predict_without_input_is_a_one_line_error(smoke_run, capsys):
+    _, run_dir, _ = smoke_run
+    assert cli.main(["--predict", str(run_dir / "model.keras")]) == 2
+    assert capsys.readouterr().err.strip() == "error: --predict needs --input FOLDER (the images to segment)"
+
+
+def test_marker_height_zero_means_connected_components():
+    args = cli.build_arg_parser().parse_args(["--marker-height", "0"])
+    assert cli.config_from_args(args, "cpu").marker_height is None
 
 
 def test_cli_bad_size_is_a_one_line_error(tmp_path, capsys, synthetic_folder):
