@@ -13,8 +13,8 @@ Run ``python dsb.py`` to find (or download) the training set and print where it 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import io
 import json
 import logging
 import os
@@ -27,11 +27,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+import imageio.v3
 import numpy as np
 import pandas as pd
 import skimage.color
 import skimage.exposure
-import skimage.io
 from sklearn.cluster import KMeans
 from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
@@ -50,7 +50,7 @@ N_CLUSTERS = 8
 SUBSETS = ("train", "cv", "test")
 
 # Bump when the decoded arrays change meaning, so older caches are not trusted.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 STAT_COLUMNS = (
     "min", "max", "mean", "std", "width", "height",
@@ -276,20 +276,28 @@ def _is_ignored(name: str) -> bool:
     return base.startswith(".") or base == "Thumbs.db" or "__MACOSX" in PurePosixPath(name).parts
 
 
-def scan_layout(names: list[str], *, require_masks: bool = True) -> list[_Entry]:
+def scan_layout(names: list[str], *, require_masks: bool = True) -> tuple[list[_Entry], dict[str, str]]:
     """Group the file names of a DSB-layout tree into images with their masks.
 
     Parameters
     ----------
     names : list of str
         Relative POSIX paths such as ``stage1_train/<id>/images/<id>.png`` or ``<id>/masks/<m>.png``
-        (any top folder, or none). Other files and hidden files are ignored.
+        (any top folder, or none). Non-PNG files and hidden or system files (``.DS_Store``,
+        ``Thumbs.db``, ``__MACOSX/``) are ignored.
     require_masks : bool
-        Raise if an image has no ``masks/`` entries.
+        Whether an image without ``masks/`` entries is unusable.
 
     Returns
     -------
-    list of _Entry, sorted by image id.
+    entries : list of _Entry, sorted by image id
+    skipped : dict image_id -> reason, for image folders that cannot be used (no image file, no masks)
+
+    Raises
+    ------
+    ValueError
+        No DSB-layout image at all, or an ``images/`` folder with several images (which one is
+        meant cannot be guessed).
     """
     images: dict[str, list[str]] = {}
     masks: dict[str, list[str]] = {}
@@ -304,24 +312,28 @@ def scan_layout(names: list[str], *, require_masks: bool = True) -> list[_Entry]
             masks.setdefault(image_id, []).append(name)
     if not images and not masks:
         raise ValueError("no DSB-layout images found (expected <ImageId>/images/<ImageId>.png)")
-    entries = []
+    entries, skipped = [], {}
     for image_id in sorted(set(images) | set(masks)):
         found = images.get(image_id, [])
-        if len(found) != 1:
-            what = "no image" if not found else f"{len(found)} images ({', '.join(sorted(found))})"
-            raise ValueError(f"{image_id}: expected one file in images/, found {what}")
-        if require_masks and not masks.get(image_id):
-            raise ValueError(f"{image_id}: no mask files in masks/")
-        entries.append(_Entry(image_id, found[0], tuple(sorted(masks.get(image_id, [])))))
-    return entries
+        if len(found) > 1:
+            raise ValueError(f"{image_id}: expected one file in images/, found {len(found)} ({', '.join(sorted(found))})")
+        if not found:
+            skipped[image_id] = "no image file in images/"
+        elif require_masks and not masks.get(image_id):
+            skipped[image_id] = "no mask files in masks/"
+        else:
+            entries.append(_Entry(image_id, found[0], tuple(sorted(masks.get(image_id, [])))))
+    return entries, skipped
 
 
 def _list_source(source: Path) -> list[str]:
+    if source.is_dir():
+        return [path.relative_to(source).as_posix() for path in sorted(source.rglob("*")) if path.is_file()]
     if zipfile.is_zipfile(source):
         with zipfile.ZipFile(source) as archive:
             return [info.filename for info in archive.infolist() if not info.is_dir()]
-    if source.is_dir():
-        return [path.relative_to(source).as_posix() for path in sorted(source.rglob("*.png"))]
+    if source.suffix.lower() == ".zip":
+        raise ValueError(f"{source} is not a readable zip file (truncated or corrupt?)")
     raise ValueError(f"{source} is neither a folder nor a zip file")
 
 
@@ -342,13 +354,24 @@ class _Reader:
         return archives[key]
 
     def read(self, name: str) -> np.ndarray:
+        where = f"{self.source}:{name}" if self.is_zip else str(self.source / name)
         try:
-            if self.is_zip:
-                archive = self._archive()
-                return skimage.io.imread(io.BytesIO(archive.read(name)))
-            return skimage.io.imread(self.source / name)
-        except Exception as error:  # noqa: BLE001 - decoders raise many types; name the file
-            raise ValueError(f"cannot read {self.source}:{name}: {error}") from error
+            data = self._archive().read(name) if self.is_zip else (self.source / name).read_bytes()
+        except (OSError, KeyError, zipfile.BadZipFile) as error:
+            raise ValueError(f"cannot read {where}: {error}") from error
+        return decode_image(data, where)
+
+
+def decode_image(data: bytes, where: str) -> np.ndarray:
+    """Decode image file bytes; ValueError naming ``where`` with a one-line reason if they are not an image."""
+    if not data:
+        raise ValueError(f"cannot read {where}: empty file (0 bytes)")
+    try:
+        # imageio is scikit-image's reader; the suffix picks the right plugin for bytes.
+        return np.asarray(imageio.v3.imread(data, extension=PurePosixPath(where).suffix.lower() or None))
+    except Exception as error:  # noqa: BLE001 - decoders raise many types; name the file
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ValueError(f"cannot read {where}: not a readable image ({reason})") from error
 
 
 def labels_from_masks(masks: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
@@ -362,38 +385,87 @@ def labels_from_masks(masks: list[np.ndarray], shape: tuple[int, int]) -> np.nda
     Returns
     -------
     labels : ndarray, shape (H, W), int32, 0 = background
-        Mask ``i`` gets label ``i + 1``; where masks overlap the later one wins.
+        The non-empty masks get labels 1..n in their order; where masks overlap, the later
+        one wins (``mask_overlaps`` counts such pixels).
 
     Examples
     --------
-    >>> labels_from_masks([np.eye(2), np.fliplr(np.eye(2))], (2, 2)).tolist()
+    >>> labels_from_masks([np.eye(2), np.zeros((2, 2)), np.fliplr(np.eye(2))], (2, 2)).tolist()
     [[1, 2], [2, 1]]
     """
+    return _stack_masks(masks, shape)[0]
+
+
+def _stack_masks(masks, shape) -> tuple[np.ndarray, int, int]:
+    """Labels, number of empty masks, number of pixels claimed by more than one mask."""
     labels = np.zeros(shape, np.int32)
+    empty = overlap = 0
     for index, mask in enumerate(masks, start=1):
         if mask.ndim == 3:
             mask = mask[..., 0]
         if mask.shape != tuple(shape):
             raise ValueError(f"mask {index} has shape {mask.shape}, image has shape {tuple(shape)}")
-        labels[mask > 0] = index
-    return labels
+        where = np.nonzero(mask)
+        if not len(where[0]):
+            empty += 1
+            continue
+        overlap += int(np.count_nonzero(labels[where]))
+        labels[where] = index - empty
+    return labels, empty, overlap
 
 
-def _load_entry(source: Path, entry: _Entry) -> tuple[np.ndarray, np.ndarray, dict]:
+def _load_entry(source: Path, entry: _Entry):
+    """Decode one image and its masks: (image, labels, stats, notes), or a reason to skip it (str)."""
     reader = _Reader(source)
-    raw = reader.read(entry.image)
     try:
+        raw = reader.read(entry.image)
         image = preprocess(raw)
         stats = image_stats(raw)
-        masks = [reader.read(name) for name in entry.masks]
-        labels = labels_from_masks(masks, image.shape)
+        masks = []
+        for name in entry.masks:
+            masks.append(reader.read(name))
+        labels, empty, overlap = _stack_masks(masks, image.shape)
     except ValueError as error:
-        raise ValueError(f"{entry.image_id}: {error}") from error
-    return image, labels, stats
+        return str(error)
+    return image, labels, stats, {"empty_masks": empty, "overlap_pixels": overlap}
 
 
 def _load_entry_star(args):
     return _load_entry(*args)
+
+
+@dataclass
+class LoadReport:
+    """What loading a dataset met besides good images; ``warnings()`` words it for the user.
+
+    Attributes
+    ----------
+    skipped : dict image_id -> reason
+        Images left out: no image file, no masks, an unreadable (corrupt, truncated, empty)
+        image or mask, or a mask whose size differs from its image.
+    empty_masks : dict image_id -> count
+        All-zero mask files, ignored.
+    overlaps : dict image_id -> pixels
+        Pixels claimed by more than one mask; they belong to the later mask (sorted by file name).
+    """
+
+    skipped: dict = field(default_factory=dict)
+    empty_masks: dict = field(default_factory=dict)
+    overlaps: dict = field(default_factory=dict)
+
+    def warnings(self) -> list[str]:
+        lines = []
+        if self.skipped:
+            lines.append(f"skipped {len(self.skipped)} unusable image(s): " + "; ".join(
+                f"{image_id}: {reason}" for image_id, reason in sorted(self.skipped.items())[:10])
+                + (" ..." if len(self.skipped) > 10 else ""))
+        if self.empty_masks:
+            lines.append(f"ignored {sum(self.empty_masks.values())} empty mask file(s) in "
+                         f"{len(self.empty_masks)} image(s): {', '.join(sorted(self.empty_masks)[:5])}")
+        if self.overlaps:
+            lines.append(f"{len(self.overlaps)} image(s) have overlapping masks ({sum(self.overlaps.values())} "
+                         f"pixels, given to the later mask): {', '.join(sorted(self.overlaps)[:5])}")
+        return lines
 
 
 def source_fingerprint(source: Path) -> str:
@@ -418,7 +490,7 @@ def load_dataset(
     workers: int | None = None,
     progress: bool = True,
 ) -> list[ImageRecord]:
-    """Load a DSB-layout training set from a folder or a zip.
+    """Load a DSB-layout training set from a folder or a zip; problems are logged as warnings.
 
     Parameters
     ----------
@@ -433,7 +505,27 @@ def load_dataset(
 
     Returns
     -------
-    list of ImageRecord, sorted by image id.
+    list of ImageRecord, sorted by image id. See ``read_dataset`` for what is skipped.
+    """
+    records, report = read_dataset(source, cache_dir=cache_dir, workers=workers, progress=progress)
+    for line in report.warnings():
+        log.warning(line)
+    return records
+
+
+def read_dataset(
+    source: str | os.PathLike | None = None,
+    *,
+    cache_dir: str | os.PathLike | None = DEFAULT_CACHE_DIR,
+    workers: int | None = None,
+    progress: bool = True,
+) -> tuple[list[ImageRecord], LoadReport]:
+    """``load_dataset`` that also returns the ``LoadReport``.
+
+    Unusable images (no image, no masks, unreadable files, masks of the wrong size) are skipped
+    and reported; empty masks are ignored and overlapping masks counted. A path that does not
+    exist, a folder or zip without any DSB-layout image, two images in one ``images/`` folder,
+    or nothing usable at all raise ``FileNotFoundError`` / ``ValueError``.
     """
     source = find_dataset(source)
     cache_path = None
@@ -441,12 +533,16 @@ def load_dataset(
         cache_path = Path(cache_dir) / f"dsb-{source_fingerprint(source)}.npz"
         if cache_path.exists():
             try:
-                records = _read_cache(cache_path)
+                records, report = _read_cache(cache_path)
                 log.info("loaded %d images from cache %s", len(records), cache_path)
-                return records
+                return records, report
             except (OSError, ValueError, KeyError) as error:
                 log.warning("ignoring unreadable cache %s: %s", cache_path, error)
-    entries = scan_layout(_list_source(source))
+    try:
+        entries, skipped = scan_layout(_list_source(source))
+    except ValueError as error:
+        raise ValueError(f"{source}: {error}") from error
+    report = LoadReport(skipped=dict(skipped))
     workers = min(os.cpu_count() or 1, 8) if workers is None else workers
     jobs = [(source, entry) for entry in entries]
     bar = dict(total=len(jobs), desc="decode images", unit="img", disable=not progress)
@@ -457,16 +553,25 @@ def load_dataset(
         # threads need no main-module guard in the caller's script nor pickling of arrays.
         with ThreadPoolExecutor(workers) as pool:
             results = list(tqdm(pool.map(_load_entry_star, jobs), **bar))
-    records = [
-        ImageRecord(entry.image_id, image, labels, stats)
-        for entry, (image, labels, stats) in zip(entries, results)
-    ]
+    records = []
+    for entry, result in zip(entries, results):
+        if isinstance(result, str):
+            report.skipped[entry.image_id] = result
+            continue
+        image, labels, stats, notes = result
+        records.append(ImageRecord(entry.image_id, image, labels, stats))
+        if notes["empty_masks"]:
+            report.empty_masks[entry.image_id] = notes["empty_masks"]
+        if notes["overlap_pixels"]:
+            report.overlaps[entry.image_id] = notes["overlap_pixels"]
+    if not records:
+        raise ValueError(f"{source}: no usable images ({'; '.join(report.warnings())})")
     if cache_path is not None:
-        _write_cache(cache_path, records)
-    return records
+        _write_cache(cache_path, records, report)
+    return records, report
 
 
-def _write_cache(path: Path, records: list[ImageRecord]) -> None:
+def _write_cache(path: Path, records: list[ImageRecord], report: LoadReport) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     shapes = np.array([record.image.shape for record in records], np.int64)
     label_dtype = np.uint16 if max(int(r.labels.max(initial=0)) for r in records) < 2**16 else np.int32
@@ -476,6 +581,7 @@ def _write_cache(path: Path, records: list[ImageRecord]) -> None:
         images=np.concatenate([record.image.ravel() for record in records]),
         labels=np.concatenate([record.labels.ravel().astype(label_dtype) for record in records]),
         stats=np.array(json.dumps([record.stats for record in records])),
+        report=np.array(json.dumps(dataclasses.asdict(report))),
     )
     # Written under a temporary name and renamed, so a killed run never leaves a half cache.
     with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
@@ -483,11 +589,12 @@ def _write_cache(path: Path, records: list[ImageRecord]) -> None:
     os.replace(handle.name, path)
 
 
-def _read_cache(path: Path) -> list[ImageRecord]:
+def _read_cache(path: Path) -> tuple[list[ImageRecord], LoadReport]:
     with np.load(path, allow_pickle=False) as data:
         ids, shapes = data["image_ids"], data["shapes"]
         images, labels = data["images"], data["labels"]
         stats = json.loads(str(data["stats"]))
+        report = LoadReport(**json.loads(str(data["report"])))
     if len(ids) != len(shapes) or len(stats) != len(ids):
         raise ValueError("inconsistent cache")
     records, offset = [], 0
@@ -502,7 +609,7 @@ def _read_cache(path: Path) -> list[ImageRecord]:
         offset += size
     if offset != images.size:
         raise ValueError("inconsistent cache")
-    return records
+    return records, report
 
 
 # --------------------------------------------------------------------------------------------
@@ -663,7 +770,10 @@ def find_images(folder: str | os.PathLike) -> list[tuple[str, Path]]:
         raise ValueError(f"not a folder: {folder}")
     nested = [p.relative_to(folder).as_posix() for p in folder.glob("*/images/*") if p.is_file()]
     if nested:
-        return [(entry.image_id, folder / entry.image) for entry in scan_layout(nested, require_masks=False)]
+        entries, skipped = scan_layout(nested, require_masks=False)
+        for image_id, reason in skipped.items():
+            log.warning("skipping %s: %s", image_id, reason)
+        return [(entry.image_id, folder / entry.image) for entry in entries]
     found = [p for p in sorted(folder.iterdir())
              if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not _is_ignored(p.name)]
     if not found:
@@ -678,9 +788,10 @@ def find_images(folder: str | os.PathLike) -> list[tuple[str, Path]]:
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read one image file (PNG, TIFF, JPEG) as stored; ValueError naming the file if it cannot."""
     try:
-        return skimage.io.imread(path)
-    except Exception as error:  # noqa: BLE001 - decoders raise many types; name the file
+        data = Path(path).read_bytes()
+    except OSError as error:
         raise ValueError(f"cannot read {path}: {error}") from error
+    return decode_image(data, str(path))
 
 
 # --------------------------------------------------------------------------------------------

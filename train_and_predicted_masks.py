@@ -216,8 +216,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
                                                       f"[{segment.DEFAULT_THRESHOLD}]")
     post.add_argument("--min-size", type=int, help=f"drop nuclei of this many pixels or fewer [{segment.DEFAULT_MIN_SIZE}]")
     post.add_argument("--marker-height", type=float,
-                      help=f"watershed marker height in pixels of distance; 0 = no splitting, connected components "
-                           f"[{segment.DEFAULT_MARKER_HEIGHT}]")
+                      help=f"split touching nuclei by a watershed with markers this many pixels of distance high "
+                           f"(e.g. 2); 0 = no splitting, connected components "
+                           f"[{segment.DEFAULT_MARKER_HEIGHT or 0}]")
     post.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                       help="test-time augmentation: average the 8 flips/rotations (8x slower)")
 

@@ -111,7 +111,7 @@ def real_subset_zip(tmp_path_factory) -> Path:
     """Every 28th image of the real training set (24 images of several kinds), as a zip."""
     source = real_dataset_path()
     target = tmp_path_factory.mktemp("real") / "subset.zip"
-    entries = dsb.scan_layout(dsb._list_source(source))
+    entries, _ = dsb.scan_layout(dsb._list_source(source))
     chosen = entries[::28][:SUBSET_SIZE]
     reader = dsb._Reader(source)
     with zipfile.ZipFile(target, "w") as out:

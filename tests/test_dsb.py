@@ -55,23 +55,30 @@ def test_labels_follow_sorted_mask_file_names(tmp_path):
 
 
 def test_scan_layout_ignores_stray_files():
-    names = ["t/a/images/a.png", "t/a/masks/1.png", "t/a/images/.DS_Store", "t/a/masks/Thumbs.db", "t/README.txt"]
-    (entry,) = dsb.scan_layout(names)
+    names = ["t/a/images/a.png", "t/a/masks/1.png", "t/a/images/.DS_Store", "t/a/masks/Thumbs.db", "t/README.txt",
+             "__MACOSX/t/a/images/._a.png"]
+    (entry,), skipped = dsb.scan_layout(names)
     assert entry.image_id == "a" and entry.image == "t/a/images/a.png" and entry.masks == ("t/a/masks/1.png",)
+    assert skipped == {}
 
 
 def test_scan_layout_rejects_two_images():
-    with pytest.raises(ValueError, match="a: expected one file in images/, found 2 images"):
+    with pytest.raises(ValueError, match="a: expected one file in images/, found 2"):
         dsb.scan_layout(["a/images/a.png", "a/images/b.png", "a/masks/1.png"])
 
 
-def test_scan_layout_rejects_image_without_masks():
-    with pytest.raises(ValueError, match="a: no mask files"):
-        dsb.scan_layout(["a/images/a.png"])
+def test_scan_layout_skips_image_without_masks():
+    entries, skipped = dsb.scan_layout(["a/images/a.png", "b/images/b.png", "b/masks/1.png"])
+    assert [e.image_id for e in entries] == ["b"] and skipped == {"a": "no mask files in masks/"}
+
+
+def test_scan_layout_skips_masks_without_image():
+    entries, skipped = dsb.scan_layout(["a/masks/1.png", "b/images/b.png", "b/masks/1.png"])
+    assert [e.image_id for e in entries] == ["b"] and skipped == {"a": "no image file in images/"}
 
 
 def test_scan_layout_accepts_image_without_masks_when_not_required():
-    (entry,) = dsb.scan_layout(["a/images/a.png"], require_masks=False)
+    (entry,), _ = dsb.scan_layout(["a/images/a.png"], require_masks=False)
     assert entry.masks == ()
 
 
@@ -157,7 +164,7 @@ def test_labels_from_masks_rejects_wrong_shape():
 def test_second_load_comes_from_the_cache(tmp_path, synthetic_folder, monkeypatch):
     first = dsb.load_dataset(synthetic_folder, cache_dir=tmp_path / "cache", workers=1, progress=False)
 
-    def no_decoding(*args):
+    def no_decoding(*args):  # noqa: ARG001
         raise AssertionError("decoded although cached")
 
     monkeypatch.setattr(dsb, "_load_entry", no_decoding)

@@ -96,7 +96,7 @@ def _disks(shape, centres, radius):
 def test_watershed_splits_two_touching_disks():
     truth = _disks((60, 80), [(30, 28), (30, 50)], 12)  # centres 22 apart, radius 12: they overlap
     probability = (truth > 0).astype(np.float32)
-    labels = segment.probability_to_labels(probability)
+    labels = segment.probability_to_labels(probability, marker_height=2.0)
     assert labels.max() == 2
     assert segment.average_precision(truth, labels)["ap50"] == 1.0
 
