@@ -177,6 +177,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
                                 "(any DSB-layout folder or zip with masks)")
     exclusive.add_argument("--predict", metavar="MODEL", type=Path,
                            help="instead of training, segment the images in --input with a saved model.keras")
+    exclusive.add_argument("--resume", metavar="RUN_DIR", type=Path,
+                           help="continue a killed or interrupted training run from the end of its last finished "
+                                "epoch, with its own config, split and remaining time budget")
     mode.add_argument("--input", type=Path,
                       help="with --predict: a folder of images (PNG, TIFF, JPEG; gray, RGB or RGBA; 8 or 16 bit), "
                            "plain files or the DSB layout")
@@ -336,7 +339,8 @@ def make_training_sequence(images, masks, config: TrainConfig):
     """A ``keras.utils.PyDataset`` of augmented batches drawn at random from the training tiles.
 
     Batch ``i`` of epoch ``e`` depends only on ``(seed, e, i)``, so runs are reproducible
-    whatever the order Keras asks for batches in.
+    whatever the order Keras asks for batches in. Its ``epoch`` is set by the callback that
+    ``epoch_setter`` returns (Keras' own ``on_epoch_end`` calls do not count epochs exactly).
     """
     import keras
 
@@ -356,10 +360,18 @@ def make_training_sequence(images, masks, config: TrainConfig):
             y = np.stack([dihedral(masks[i], k) for i, k in zip(chosen, turns)]).astype(np.float32)
             return x[..., None], y[..., None]
 
-        def on_epoch_end(self):
-            self.epoch += 1
-
     return TileBatches()
+
+
+def epoch_setter(sequence):
+    """A callback that tells ``sequence`` which epoch Keras is in, before its first batch."""
+    import keras
+
+    class SetEpoch(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            sequence.epoch = epoch
+
+    return SetEpoch()
 
 
 def make_time_budget_callback(minutes: float):
@@ -394,61 +406,152 @@ def make_time_budget_callback(minutes: float):
 # Training
 # --------------------------------------------------------------------------------------------
 
-def train(config: TrainConfig, run_dir: Path, records, split, *, progress: bool) -> Path:
-    """Fit the U-Net on the train split, validating on CV; returns the path of the best checkpoint."""
+def prepare_training_data(records, split, config: TrainConfig) -> dict:
+    """Tiles of the train and CV images: the only data ``train`` lets the model see.
+
+    Test-split images are never tiled here. Returns a dict with ``train_images``, ``train_masks``,
+    ``cv_images``, ``cv_masks`` (see ``dsb.tiles_for_records``) and ``train_ids``, ``cv_ids``: the
+    image id of every tile.
+    """
+    data = {}
+    for subset in ("train", "cv"):
+        chosen = subset_records(records, split, subset)
+        images, masks, owner = dsb.tiles_for_records(chosen, config.tile_size, config.min_overlap)
+        data[f"{subset}_images"], data[f"{subset}_masks"] = images, masks
+        data[f"{subset}_ids"] = np.array([chosen[index].image_id for index in owner], dtype=object)
+    if len(data["train_images"]) == 0 or len(data["cv_images"]) == 0:
+        raise ValueError("the split has no training or no CV images; the dataset is too small")
+    return data
+
+
+def make_checkpoint_callbacks(run_dir: Path, best: float, elapsed_seconds: float):
+    """Save the best model by ``val_dice`` and, after every epoch, the state to resume from.
+
+    Every file is written under a temporary name and renamed, so a kill at any moment leaves
+    either the old or the new file, never half of one. Epochs whose loss is NaN save nothing.
+    """
+    import keras
+
+    class Checkpoints(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.best = best
+
+        def on_train_begin(self, logs=None):
+            self.started = time.monotonic()
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            if not np.isfinite(logs.get("loss", np.nan)):
+                return
+            value = logs.get("val_dice")
+            if value is not None and np.isfinite(value) and value > self.best:
+                self.best = float(value)
+                save_model_atomically(self.model, run_dir / "model.keras")
+            save_model_atomically(self.model, run_dir / "last.keras")
+            write_json(run_dir / "state.json", {
+                "epoch": epoch, "best_val_dice": self.best,
+                "training_seconds": elapsed_seconds + time.monotonic() - self.started,
+            })
+
+    return Checkpoints()
+
+
+def save_model_atomically(model, path: Path) -> None:
+    temporary = path.with_name(f".{path.stem}.partial.keras")
+    model.save(temporary)
+    os.replace(temporary, path)
+
+
+def train(config: TrainConfig, run_dir: Path, records, split, *, progress: bool, resume: bool = False) -> Path:
+    """Fit the U-Net on the train split, validating on CV; returns the path of the best checkpoint.
+
+    With ``resume``, training continues from ``run_dir/last.keras`` and ``state.json`` (the end of
+    the last finished epoch), with the time budget that was left.
+    """
     import keras
 
     import unet
 
     keras.utils.set_random_seed(config.seed)
-    train_images, train_masks, _ = dsb.tiles_for_records(
-        subset_records(records, split, "train"), config.tile_size, config.min_overlap)
-    cv_images, cv_masks, _ = dsb.tiles_for_records(
-        subset_records(records, split, "cv"), config.tile_size, config.min_overlap)
-    if len(train_images) == 0 or len(cv_images) == 0:
-        raise ValueError("the split has no training or no CV images; the dataset is too small")
-    log.info("tiles %dx%d: train %d, cv %d", config.tile_size, config.tile_size, len(train_images), len(cv_images))
+    data = prepare_training_data(records, split, config)
+    log.info("tiles %dx%d: train %d, cv %d", config.tile_size, config.tile_size,
+             len(data["train_images"]), len(data["cv_images"]))
 
-    model = unet.build_unet(
-        (config.tile_size, config.tile_size, 1), depth=config.depth, base_filters=config.base_filters,
-        batch_norm=config.batch_norm, dropout=config.dropout,
-    )
-    loss = unet.bce_dice_loss if config.loss == "bce_dice" else keras.losses.BinaryCrossentropy()
-    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=loss,
-                  metrics=[unet.DiceCoefficient()])
+    state = {"epoch": -1, "best_val_dice": -np.inf, "training_seconds": 0.0}
+    if resume and (run_dir / "state.json").exists():
+        state = json.loads((run_dir / "state.json").read_text())
+        model = load_model(run_dir / "last.keras", compile=True)
+        truncate_history(run_dir / "history.csv", state["epoch"])
+        log.info("resuming after epoch %d (best CV Dice so far %.4f, %.1f minutes trained)",
+                 state["epoch"] + 1, state["best_val_dice"], state["training_seconds"] / 60)
+    else:
+        if resume:
+            log.info("no finished epoch to resume from: starting this run's training from the beginning")
+        model = unet.build_unet(
+            (config.tile_size, config.tile_size, 1), depth=config.depth, base_filters=config.base_filters,
+            batch_norm=config.batch_norm, dropout=config.dropout,
+        )
+        loss = unet.bce_dice_loss if config.loss == "bce_dice" else keras.losses.BinaryCrossentropy()
+        model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=loss,
+                      metrics=[unet.DiceCoefficient()])
     log.info("U-Net: depth %d, %d..%d filters, %s parameters", config.depth, config.base_filters,
              config.base_filters * 2 ** (config.depth - 1), f"{model.count_params():,}")
 
-    checkpoint = run_dir / "model.keras"
+    initial_epoch = state["epoch"] + 1
     callbacks = [
-        keras.callbacks.ModelCheckpoint(checkpoint, monitor="val_dice", mode="max", save_best_only=True),
-        keras.callbacks.CSVLogger(run_dir / "history.csv"),
         keras.callbacks.TerminateOnNaN(),
+        keras.callbacks.CSVLogger(run_dir / "history.csv", append=initial_epoch > 0),
+        make_checkpoint_callbacks(run_dir, state["best_val_dice"], state["training_seconds"]),
     ]
     if _tensorflow_available():
         callbacks.append(keras.callbacks.TensorBoard(log_dir=run_dir / "logs"))
     budget = None
     if config.minutes is not None:
-        budget = make_time_budget_callback(config.minutes)
+        budget = make_time_budget_callback(max(config.minutes - state["training_seconds"] / 60, 1e-3))
         callbacks.append(budget)
 
+    sequence = make_training_sequence(data["train_images"], data["train_masks"], config)
+    callbacks.append(epoch_setter(sequence))
     started = time.monotonic()
-    model.fit(
-        make_training_sequence(train_images, train_masks, config),
-        validation_data=(cv_images[..., None].astype(np.float32), cv_masks[..., None].astype(np.float32)),
+    history = model.fit(
+        sequence,
+        validation_data=(data["cv_images"][..., None].astype(np.float32),
+                         data["cv_masks"][..., None].astype(np.float32)),
         validation_batch_size=max(config.batch_size, 8),
         epochs=config.epochs,
+        initial_epoch=initial_epoch,
         callbacks=callbacks,
         verbose=1 if progress else 2,
     )
-    minutes = (time.monotonic() - started) / 60
+    minutes = state["training_seconds"] / 60 + (time.monotonic() - started) / 60
     log.info("trained for %.1f minutes%s", minutes,
              " (stopped by the time budget)" if budget is not None and budget.stopped else "")
+    losses = history.history.get("loss", [])
+    diverged = bool(losses) and not np.isfinite(losses[-1])
     write_json(run_dir / "training.json", {"minutes": round(minutes, 2),
-                                          "stopped_by_time_budget": bool(budget and budget.stopped)})
+                                          "stopped_by_time_budget": bool(budget and budget.stopped),
+                                          "stopped_by_nan_loss": diverged})
+    checkpoint = run_dir / "model.keras"
+    if diverged:
+        epoch = initial_epoch + len(losses) - 1
+        if not checkpoint.exists():
+            raise ValueError(f"training stopped: the loss became NaN in epoch {epoch + 1}, before any model was "
+                             f"saved; try a lower --learning-rate")
+        log.error("training stopped: the loss became NaN in epoch %d; evaluating the best model saved before it "
+                  "(CV Dice %.4f)", epoch + 1, json.loads((run_dir / "state.json").read_text())["best_val_dice"])
     if not checkpoint.exists():
-        raise RuntimeError("no checkpoint was written: validation Dice was never computed (NaN loss?)")
+        raise ValueError("no model was saved: the CV Dice was never computed")
     return checkpoint
+
+
+def truncate_history(path: Path, last_epoch: int) -> None:
+    """Drop history rows after ``last_epoch``: an epoch logged but not saved before a kill is redone."""
+    import pandas as pd
+
+    if path.exists() and path.stat().st_size:
+        table = pd.read_csv(path)
+        dsb.save_csv(table[table["epoch"] <= last_epoch], path)
 
 
 def _tensorflow_available() -> bool:
@@ -463,7 +566,7 @@ def _tensorflow_available() -> bool:
 # Evaluation, tuning, prediction
 # --------------------------------------------------------------------------------------------
 
-def load_model(path: Path):
+def load_model(path: Path, *, compile: bool = False):
     import keras
 
     import unet  # noqa: F401 - registers the custom objects the model file names
@@ -471,7 +574,7 @@ def load_model(path: Path):
     if not Path(path).is_file():
         raise FileNotFoundError(f"model file not found: {path}")
     try:
-        model = keras.models.load_model(path, compile=False)
+        model = keras.models.load_model(path, compile=compile)
     except Exception as error:  # noqa: BLE001 - Keras raises many types for a bad file
         raise ValueError(f"{path} is not a readable Keras model: {error}") from error
     shape = tuple(model.input_shape)
@@ -481,7 +584,7 @@ def load_model(path: Path):
     return model
 
 
-def make_predictor(model, config: TrainConfig, *, progress: bool = False):
+def make_predictor(model, config: TrainConfig):
     """``segment.PredictTiles`` for a Keras model, and the tile size the model takes."""
     batch_size = max(config.batch_size, 8)
     tile_size = model.input_shape[1] or config.tile_size
@@ -708,7 +811,7 @@ def draw_figures(records, predictions: dict, clusters: dict, folder: Path, confi
                 (mask, f"predicted mask (Dice {segment.pixel_dice(record.mask, mask):.3f})"),
                 (error_image(record.mask, mask), "pixels: red = false positive, blue = missed"),
                 (match_image(record.image, record.labels, labels),
-                 f"{score['predicted']} nuclei, mAP {score['map']:.3f}: green = matched, red = false, blue = missed"),
+                 f"mAP {score['map']:.3f}, {score['predicted']} nuclei: green ok, red false, blue missed"),
             ]
             for axis, (picture, text) in zip(row, panels):
                 axis.imshow(picture, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
@@ -733,15 +836,24 @@ def run(args: argparse.Namespace) -> Path:
     cache_dir = None if args.no_cache else args.cache_dir
     if args.evaluate is not None or args.predict is not None:
         return run_saved_model(args, cache_dir=cache_dir, progress=progress)
-    preset = choose_preset(args.preset)
-    config = config_from_args(args, preset)
-    run_dir = new_run_dir(args.out, preset)
-    write_json(run_dir / "config.json", config.to_dict())
-    log.info("run folder: %s", run_dir)
+    if args.resume is not None:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.json").is_file() or not (run_dir / "split.csv").is_file():
+            raise ValueError(f"{run_dir} is not a training run folder (no config.json and split.csv)")
+        config = dataclasses.replace(TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text())),
+                                     split=str(run_dir / "split.csv"))
+        log.info("resuming run folder: %s", run_dir)
+    else:
+        preset = choose_preset(args.preset)
+        config = config_from_args(args, preset)
+        run_dir = new_run_dir(args.out, preset)
+        write_json(run_dir / "config.json", config.to_dict())
+        log.info("run folder: %s", run_dir)
     records, split = load_data(config, cache_dir=cache_dir, progress=progress)
-    dsb.save_csv(split, run_dir / "split.csv")
-    write_json(run_dir / "clusters.json", dsb.fit_cluster_model(dsb.image_statistics(records), split))
-    checkpoint = train(config, run_dir, records, split, progress=progress)
+    if args.resume is None:
+        dsb.save_csv(split, run_dir / "split.csv")
+        write_json(run_dir / "clusters.json", dsb.fit_cluster_model(dsb.image_statistics(records), split))
+    checkpoint = train(config, run_dir, records, split, progress=progress, resume=args.resume is not None)
     clusters = dict(zip(split["image_id"], split["cluster"]))
     evaluate(checkpoint, config, run_dir, subset_records(records, split, "test"), clusters, progress=progress)
     return run_dir
@@ -826,8 +938,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
         run_dir = run(args)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (ValueError, OSError) as error:  # bad input, missing or unwritable files: one line, no traceback
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
     outputs = sorted(path.name + ("/" if path.is_dir() else "") for path in run_dir.iterdir())
     print(f"Outputs are in {run_dir}/: {', '.join(outputs)}")
