@@ -1,11 +1,12 @@
 # make train  : venv + data + train (preset picked by the hardware) + evaluate + figures
 # make test   : the whole test suite (what CI runs)
+# make bench  : data, training, inference and memory benchmarks (tables + bench/results/*.json; ~15 min)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 ARGS   ?=
 
-.PHONY: venv data train test test-slow notebook clean-cache
+.PHONY: venv data train test test-slow notebook clean-cache bench
 
 venv: $(VENV)/.installed
 
@@ -34,3 +35,11 @@ notebook: venv
 
 clean-cache:
 	rm -rf datasets/cache
+
+# Benchmarks of this machine (bench/RESULTS.md keeps the record). BENCH_MINUTES shortens the memory run.
+BENCH_MINUTES ?= 2
+bench: venv data
+	$(PY) bench/bench_data.py
+	$(PY) bench/bench_train.py
+	$(PY) bench/bench_infer.py
+	$(PY) bench/bench_memory.py --minutes $(BENCH_MINUTES)

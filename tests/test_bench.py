@@ -1,0 +1,78 @@
+"""Smoke tests of the benchmark scripts: each runs on tiny input and writes the JSON it promises.
+
+The benchmarks themselves are scripts (``make bench``), not timed tests; these only check that each
+script runs end to end and reports positive numbers under the expected keys.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH_DIR = Path(__file__).resolve().parents[1] / "bench"
+
+
+def run_quick(tmp_path: Path, script: str, *extra: str) -> dict:
+    target = tmp_path / f"{script}.json"
+    finished = subprocess.run([sys.executable, str(BENCH_DIR / script), "--quick", "--json", str(target), *extra],
+                              capture_output=True, text=True, timeout=240)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert "wrote" in finished.stdout
+    return json.loads(target.read_text())
+
+
+def assert_positive(results: dict, *paths: str) -> None:
+    for path in paths:
+        value = results
+        for key in path.split("."):
+            value = value[key]
+        assert isinstance(value, (int, float)) and value > 0, f"{path} = {value!r}"
+
+
+def test_bench_data_quick(tmp_path):
+    results = run_quick(tmp_path, "bench_data.py")
+    assert results["benchmark"] == "data" and results["quick"] is True
+    assert_positive(results, "floor_decode.seconds", "cold_threads.seconds", "cold_processes.seconds",
+                    "warm.seconds", "cold_threads.peak_rss_mib", "cold_threads.tiles", "warm.tiles")
+    assert results["cold_threads"]["images"] == results["cold_processes"]["images"] == results["warm"]["images"] == 12
+    assert set(results["met"]) == {"cold", "warm"}
+
+
+def test_bench_train_quick(tmp_path):
+    results = run_quick(tmp_path, "bench_train.py", "--variants", "bf16")
+    assert_positive(results, "floor.tiles_per_second", "ours.tiles_per_second", "ratio", "train_flops_per_tile",
+                    "peak_gflops", "ours.gflops", "ours.fraction_of_peak", "variants.bf16.tiles_per_second",
+                    "matmul_peak.numpy_float32_gflops", "matmul_peak.tf_float32_gflops")
+    assert results["ours"]["steps_timed"] == results["floor"]["steps_timed"] == 3
+
+
+def test_bench_infer_quick(tmp_path):
+    results = run_quick(tmp_path, "bench_infer.py")
+    assert_positive(results, "floor.megapixels_per_second", "ours.megapixels_per_second", "ratio",
+                    "tta.cost", "tiles")
+    assert results["images"] == 3
+
+
+def test_bench_memory_quick(tmp_path):
+    results = run_quick(tmp_path, "bench_memory.py")
+    assert_positive(results, "peak_rss_mib", "wall_seconds")
+    assert results["preset"] == "smoke"
+
+
+def test_unet_flop_count_matches_a_hand_count():
+    sys.path.insert(0, str(BENCH_DIR))
+    bench_train = pytest.importorskip("bench_train")
+    import unet
+
+    model = unet.build_unet((8, 8, 1), depth=2, base_filters=2, batch_norm=True)
+    pixels = 8 * 8
+    expected = 2 * (pixels * 9 * (1 * 2 + 2 * 2)            # level 0: 1->2, 2->2
+                    + pixels / 4 * 9 * (2 * 4 + 4 * 4)      # level 1 (4x4): 2->4, 4->4
+                    + pixels / 4 * 4 * 4 * 2                # transpose 2x2, stride 2: each input pixel, 4->2
+                    + pixels * 9 * (4 * 2 + 2 * 2)          # up level 0: concat 4 -> 2, 2 -> 2
+                    + pixels * 1 * 2 * 1)                   # 1x1 output
+    assert bench_train.forward_flops(model) == expected
