@@ -707,13 +707,13 @@ def predict_folder(model_path: Path, config: TrainConfig, folder: Path, run_dir:
     predict_tiles, tile_size = make_predictor(model, config)
     for sub in ("masks", "labels", "overlays"):
         (run_dir / sub).mkdir()
-    rows, counts = [], []
+    rows, counts, skipped = [], [], {}
     for image_id, path in tqdm(images, desc="segment images", unit="img", disable=not progress):
-        raw = dsb.read_image(path)
         try:
-            image = dsb.preprocess(raw)
-        except ValueError as error:
-            raise ValueError(f"{path}: {error}") from error
+            image = dsb.preprocess(dsb.read_image(path))
+        except ValueError as error:  # one bad file must not cost the others: skip it, report at the end
+            skipped[image_id] = str(error) if str(path) in str(error) else f"{path}: {error}"
+            continue
         _, mask, labels = predict_record(predict_tiles, tile_size, image, config)
         skimage.io.imsave(run_dir / "masks" / f"{image_id}.png", (mask * 255).astype(np.uint8), check_contrast=False)
         skimage.io.imsave(run_dir / "labels" / f"{image_id}.png", labels.astype(np.uint16), check_contrast=False)
@@ -723,13 +723,21 @@ def predict_folder(model_path: Path, config: TrainConfig, folder: Path, run_dir:
         counts.append({"image_id": image_id, "height": image.shape[0], "width": image.shape[1],
                        "nuclei": int(labels.max()), "median_area": float(np.median(areas)) if len(areas) else 0.0,
                        "foreground_fraction": float(mask.mean())})
+    for image_id, reason in skipped.items():
+        log.warning("skipped %s: %s", image_id, reason)
+    if not counts:
+        raise ValueError(f"no image in {folder} could be read ({len(skipped)} skipped)")
     segment.write_submission(run_dir / "submission.csv", rows)
     table = pd.DataFrame(counts)
     dsb.save_csv(table, run_dir / "counts.csv")
+    if skipped:
+        write_json(run_dir / "skipped.json", skipped)
     print(f"\nSegmented {len(table)} images: {int(table['nuclei'].sum())} nuclei in all, per image "
           f"min {table['nuclei'].min()}, median {table['nuclei'].median():.0f}, max {table['nuclei'].max()}")
     print(table.to_string(index=False, max_rows=20))
-    return {"images": len(table), "nuclei": int(table["nuclei"].sum())}
+    if skipped:
+        print(f"Skipped {len(skipped)} unreadable image(s), listed in skipped.json: {', '.join(sorted(skipped))}")
+    return {"images": len(table), "nuclei": int(table["nuclei"].sum()), "skipped": len(skipped)}
 
 
 FALSE_POSITIVE = (1.0, 0.2, 0.2)   # predicted, not true: red

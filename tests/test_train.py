@@ -231,6 +231,7 @@ def test_cli_predicts_a_folder_of_mixed_images(smoke_run, real_subset_zip, tmp_p
     skimage.io.imsave(images / "b.tif", raw[1].astype(np.uint16) * 257, check_contrast=False)
     skimage.io.imsave(images / "c.jpg", np.dstack([raw[2]] * 3), check_contrast=False)
     (images / ".DS_Store").write_bytes(b"junk")
+    (images / "broken.png").write_bytes(b"\x89PNG truncated")
     out = tmp_path / "runs"
     assert cli.main(["--predict", str(run_dir / "model.keras"), "--input", str(images), "--out", str(out),
                      "--quiet"]) == 0
@@ -255,6 +256,8 @@ def test_cli_predicts_a_folder_of_mixed_images(smoke_run, real_subset_zip, tmp_p
         np.testing.assert_array_equal(rebuilt > 0, labels > 0)
     counts = pd.read_csv(prediction / "counts.csv")
     assert sorted(counts["image_id"]) == ["a", "b", "c"]
+    skipped = json.loads((prediction / "skipped.json").read_text())
+    assert list(skipped) == ["broken"] and "broken.png" in skipped["broken"]
 
 
 def test_cli_predict_without_input_is_a_one_line_error(smoke_run, capsys):
