@@ -330,9 +330,8 @@ def subset_records(records, split, subset: str):
 
 
 def dihedral(array: np.ndarray, k: int) -> np.ndarray:
-    """One of the 8 flips/rotations of the first two axes: ``k`` in 0..7."""
-    array = np.rot90(array, k % 4, axes=(0, 1))
-    return array[:, ::-1] if k >= 4 else array
+    """One of the 8 flips/rotations of the first two axes: ``k`` in 0..7 (``segment.dihedral_tiles`` of one tile)."""
+    return segment.dihedral_tiles(array[None], k)[0]
 
 
 def make_training_sequence(images, masks, config: TrainConfig):
