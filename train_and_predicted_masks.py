@@ -64,6 +64,14 @@ class TrainConfig:
         The U-Net (see ``unet.build_unet``).
     loss : str
         'bce' (binary cross-entropy, as the reference) or 'bce_dice'.
+    lr_schedule : str
+        'constant' (the reference) or 'cosine': the learning rate decays from ``learning_rate`` to 0 over
+        ``epochs * steps_per_epoch`` steps (a function of the step, not of the clock, so runs reproduce).
+    sampling : str
+        How training tiles are drawn: 'tile' (uniformly over all tiles, so large images weigh more) or
+        'image' (an image uniformly, then one of its tiles, so small images and rare clusters weigh more).
+    jit_compile : bool
+        Compile the training step with XLA (TensorFlow backend; faster on CPU).
     tile_size, min_overlap : int
         Tiles cut from the images for training and for full-image prediction.
     threshold, min_size, marker_height
@@ -89,6 +97,9 @@ class TrainConfig:
     batch_norm: bool = False
     dropout: float = 0.0
     loss: str = "bce"
+    lr_schedule: str = "constant"
+    sampling: str = "tile"
+    jit_compile: bool = False
     tile_size: int = dsb.TILE_SIZE
     min_overlap: int = 32
     threshold: float = segment.DEFAULT_THRESHOLD
@@ -108,6 +119,10 @@ class TrainConfig:
             raise ValueError(f"minutes must be positive, got {self.minutes}")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {self.loss!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {sorted(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if self.sampling not in SAMPLINGS:
+            raise ValueError(f"sampling must be one of {sorted(SAMPLINGS)}, got {self.sampling!r}")
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
         if not 0 <= self.min_overlap < self.tile_size:
@@ -135,6 +150,8 @@ class TrainConfig:
 
 
 LOSSES = ("bce", "bce_dice")
+LR_SCHEDULES = ("constant", "cosine")
+SAMPLINGS = ("tile", "image")
 
 PRESETS: dict[str, dict] = {
     # The reference write-up: a 64..1024 U-Net, BCE, batch 20, 3 x 3500 steps. A GPU job.
@@ -213,6 +230,12 @@ def build_arg_parser() -> argparse.ArgumentParser:
                        help="batch normalization after each convolution")
     train.add_argument("--dropout", type=float, help="dropout at the two deepest levels")
     train.add_argument("--loss", choices=LOSSES, help="training loss")
+    train.add_argument("--lr-schedule", choices=LR_SCHEDULES,
+                       help="'constant' learning rate, or 'cosine' decay to 0 over epochs x steps-per-epoch")
+    train.add_argument("--sampling", choices=SAMPLINGS,
+                       help="draw training tiles uniformly ('tile') or an image first, then one of its tiles ('image')")
+    train.add_argument("--jit-compile", action=argparse.BooleanOptionalAction, default=None,
+                       help="compile the training step with XLA (TensorFlow backend)")
 
     post = parser.add_argument_group("post-processing (default: the training run's, else the CV-chosen defaults)")
     post.add_argument("--threshold", type=float, help=f"probability threshold for the masks "
@@ -234,8 +257,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
 
 
 _OVERRIDES = ("epochs", "steps_per_epoch", "batch_size", "learning_rate", "minutes", "depth",
-              "base_filters", "batch_norm", "dropout", "loss", "threshold", "min_size", "tta",
-              "figures_per_cluster")
+              "base_filters", "batch_norm", "dropout", "loss", "lr_schedule", "sampling", "jit_compile",
+              "threshold", "min_size", "tta", "figures_per_cluster")
 
 
 def config_from_args(args: argparse.Namespace, preset: str) -> TrainConfig:
@@ -334,14 +357,30 @@ def dihedral(array: np.ndarray, k: int) -> np.ndarray:
     return segment.dihedral_tiles(array[None], k)[0]
 
 
-def make_training_sequence(images, masks, config: TrainConfig):
+def make_training_sequence(images, masks, config: TrainConfig, owners=None):
     """A ``keras.utils.PyDataset`` of augmented batches drawn at random from the training tiles.
+
+    ``owners`` (one id per tile) is needed for ``config.sampling == 'image'``: an image is drawn
+    uniformly, then one of its tiles.
 
     Batch ``i`` of epoch ``e`` depends only on ``(seed, e, i)``, so runs are reproducible
     whatever the order Keras asks for batches in. Its ``epoch`` is set by the callback that
     ``epoch_setter`` returns (Keras' own ``on_epoch_end`` calls do not count epochs exactly).
     """
     import keras
+
+    groups = None
+    if config.sampling == "image":
+        if owners is None or len(owners) != len(images):
+            raise ValueError("sampling='image' needs the owner image of every tile")
+        _, inverse = np.unique(np.asarray(owners, dtype=str), return_inverse=True)
+        groups = [np.flatnonzero(inverse == group) for group in range(inverse.max() + 1)]
+
+    def draw(rng):
+        if groups is None:
+            return rng.integers(0, len(images), config.batch_size)
+        picked = rng.integers(0, len(groups), config.batch_size)
+        return np.array([groups[g][rng.integers(0, len(groups[g]))] for g in picked])
 
     class TileBatches(keras.utils.PyDataset):
         def __init__(self):
@@ -353,7 +392,7 @@ def make_training_sequence(images, masks, config: TrainConfig):
 
         def __getitem__(self, index):
             rng = np.random.default_rng([config.seed, self.epoch, index])
-            chosen = rng.integers(0, len(images), config.batch_size)
+            chosen = draw(rng)
             turns = rng.integers(0, 8, config.batch_size)
             x = np.stack([dihedral(images[i], k) for i, k in zip(chosen, turns)]).astype(np.float32)
             y = np.stack([dihedral(masks[i], k) for i, k in zip(chosen, turns)]).astype(np.float32)
@@ -492,8 +531,10 @@ def train(config: TrainConfig, run_dir: Path, records, split, *, progress: bool,
             batch_norm=config.batch_norm, dropout=config.dropout,
         )
         loss = unet.bce_dice_loss if config.loss == "bce_dice" else keras.losses.BinaryCrossentropy()
-        model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=loss,
-                      metrics=[unet.DiceCoefficient()])
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate_schedule(config)), loss=loss,
+                      metrics=[unet.DiceCoefficient()],
+                      # XLA is what the flag asks for on TensorFlow; JAX always compiles; torch stays eager.
+                      jit_compile=config.jit_compile if keras.backend.backend() == "tensorflow" else "auto")
     log.info("U-Net: depth %d, %d..%d filters, %s parameters", config.depth, config.base_filters,
              config.base_filters * 2 ** (config.depth - 1), f"{model.count_params():,}")
 
@@ -510,7 +551,7 @@ def train(config: TrainConfig, run_dir: Path, records, split, *, progress: bool,
         budget = make_time_budget_callback(max(config.minutes - state["training_seconds"] / 60, 1e-3))
         callbacks.append(budget)
 
-    sequence = make_training_sequence(data["train_images"], data["train_masks"], config)
+    sequence = make_training_sequence(data["train_images"], data["train_masks"], config, data["train_ids"])
     callbacks.append(epoch_setter(sequence))
     started = time.monotonic()
     history = model.fit(
@@ -542,6 +583,16 @@ def train(config: TrainConfig, run_dir: Path, records, split, *, progress: bool,
     if not checkpoint.exists():
         raise ValueError("no model was saved: the CV Dice was never computed")
     return checkpoint
+
+
+def learning_rate_schedule(config: TrainConfig):
+    """Adam's learning rate: a number, or a schedule of the step (saved with the model, so resumable)."""
+    import keras
+
+    if config.lr_schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(config.learning_rate,
+                                                      decay_steps=config.epochs * config.steps_per_epoch)
+    return config.learning_rate
 
 
 def truncate_history(path: Path, last_epoch: int) -> None:

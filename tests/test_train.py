@@ -35,7 +35,8 @@ def test_config_rejects_unknown_keys():
 
 
 @pytest.mark.parametrize("field, value", [("batch_size", 0), ("epochs", -1), ("learning_rate", 0.0),
-                                          ("minutes", 0.0), ("loss", "mse"), ("threshold", 1.0)])
+                                          ("minutes", 0.0), ("loss", "mse"), ("threshold", 1.0),
+                                          ("lr_schedule", "linear"), ("sampling", "cluster")])
 def test_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=field):
         cli.TrainConfig.from_dict({"preset": "cpu", field: value})
@@ -93,6 +94,36 @@ def test_batches_are_reproducible_and_change_between_epochs():
     first.epoch = 1
     assert not np.array_equal(first[1][0], before)
     assert not np.array_equal(_sequence(seed=2)[1][0], before)
+
+
+def test_image_sampling_weighs_images_not_tiles():
+    # Image "big" owns 97 of 100 tiles; drawing images first gives it about a quarter of the draws.
+    size = 8
+    images = np.arange(100, dtype=np.float16)[:, None, None] * np.ones((1, size, size), np.float16)
+    masks = np.zeros((100, size, size), np.uint8)
+    owners = np.array(["big"] * 97 + ["a", "b", "c"], dtype=object)
+    values = dict(preset="smoke", batch_size=50, steps_per_epoch=20, seed=3, depth=2, tile_size=size, min_overlap=2)
+    drawn = {}
+    for sampling in ("tile", "image"):
+        sequence = cli.make_training_sequence(images, masks, cli.TrainConfig.from_dict({**values, "sampling": sampling}),
+                                              owners)
+        tiles = np.concatenate([sequence[i][0][:, 0, 0, 0] for i in range(len(sequence))]).astype(int)
+        drawn[sampling] = np.mean(tiles < 97)
+    assert drawn["tile"] > 0.9
+    assert 0.18 < drawn["image"] < 0.32
+    with pytest.raises(ValueError, match="owner image"):
+        cli.make_training_sequence(images, masks, cli.TrainConfig.from_dict({**values, "sampling": "image"}))
+
+
+def test_cosine_schedule_decays_to_zero_over_the_run():
+    config = cli.TrainConfig.from_dict({"preset": "cpu", "learning_rate": 1e-3, "epochs": 4, "steps_per_epoch": 10,
+                                        "lr_schedule": "cosine"})
+    schedule = cli.learning_rate_schedule(config)
+    assert float(schedule(0)) == pytest.approx(1e-3)
+    assert float(schedule(20)) == pytest.approx(5e-4, rel=1e-4)
+    assert float(schedule(40)) == pytest.approx(0.0, abs=1e-9)
+    constant = cli.TrainConfig.from_dict({"preset": "cpu", "learning_rate": 1e-3})
+    assert cli.learning_rate_schedule(constant) == 1e-3
 
 
 def test_time_budget_stops_training_early():
