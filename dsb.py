@@ -33,6 +33,7 @@ import imageio.v3
 import numpy as np
 import pandas as pd
 import PIL.Image
+import scipy.ndimage as ndi
 import skimage.color
 import skimage.exposure
 from sklearn.cluster import KMeans
@@ -49,6 +50,7 @@ TEAM_MIRROR = PROJECT_DIR.parent / "shared" / "datasets" / "stage1_train.zip"
 PUBLIC_URL = "https://data.broadinstitute.org/bbbc/BBBC038/stage1_train.zip"
 
 TILE_SIZE = 256
+CONTACT_RADIUS = 2  # pixels: the width of the contact target on each side of where nuclei touch
 N_CLUSTERS = 8
 SUBSETS = ("train", "cv", "test")
 
@@ -991,21 +993,63 @@ def stitch_tiles(
     return (total / weight_sum)[: shape[0], : shape[1]].astype(np.float32)
 
 
+def contact_map(labels: np.ndarray, radius: int = CONTACT_RADIUS) -> np.ndarray:
+    """Where two nuclei touch: pixels within ``radius`` (chessboard distance) of two different nuclei.
+
+    The second training target of a contact-aware U-Net: removing these pixels from the foreground
+    leaves one seed per nucleus, even where nuclei touch (see ``segment.probability_to_labels``).
+
+    Parameters
+    ----------
+    labels : ndarray, shape (H, W), int, 0 = background
+    radius : int
+
+    Returns
+    -------
+    ndarray, shape (H, W), bool: nucleus pixels and gap pixels between nuclei that are that close
+
+    Examples
+    --------
+    >>> contact_map(np.array([[1, 1, 2, 2, 0, 0, 3]]), radius=1).astype(int).tolist()
+    [[0, 1, 1, 0, 0, 0, 0]]
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"expected labels of shape (H, W), got shape {labels.shape}")
+    if radius < 1:
+        raise ValueError(f"radius must be at least 1, got {radius}")
+    size = 2 * radius + 1
+    largest = ndi.maximum_filter(labels, size=size, mode="constant", cval=0)
+    background = int(labels.max(initial=0)) + 1  # stands for "no nucleus" in the minimum
+    smallest = ndi.minimum_filter(np.where(labels > 0, labels, background), size=size,
+                                  mode="constant", cval=background)
+    return (smallest != background) & (largest > smallest)
+
+
+def training_targets(record: ImageRecord, contacts: bool = False) -> np.ndarray:
+    """The training target of one image, shape (H, W), uint8: bit 0 = nucleus, bit 1 = contact."""
+    target = record.mask.astype(np.uint8)
+    if contacts:
+        target |= contact_map(record.labels).astype(np.uint8) << 1
+    return target
+
+
 def tiles_for_records(
-    records: list[ImageRecord], tile_size: int = TILE_SIZE, min_overlap: int = 32
+    records: list[ImageRecord], tile_size: int = TILE_SIZE, min_overlap: int = 32, *, contacts: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Training tiles of many images, stored compactly.
 
     Returns
     -------
     images : ndarray, shape (N, tile_size, tile_size), float16 in [0, 1]
-    masks : ndarray, shape (N, tile_size, tile_size), uint8 in {0, 1}
+    masks : ndarray, shape (N, tile_size, tile_size), uint8: 0 or 1 (nucleus); with ``contacts``,
+        plus 2 where nuclei touch (``training_targets``)
     owner : ndarray, shape (N,), int, index into ``records`` of each tile's image
     """
     images, masks, owner = [], [], []
     for index, record in enumerate(records):
         image_tiles, _ = make_tiles(record.image.astype(np.float16), tile_size, min_overlap)
-        mask_tiles, _ = make_tiles(record.mask.astype(np.uint8), tile_size, min_overlap)
+        mask_tiles, _ = make_tiles(training_targets(record, contacts), tile_size, min_overlap)
         images.append(image_tiles)
         masks.append(mask_tiles)
         owner.extend([index] * len(image_tiles))

@@ -4,6 +4,8 @@ The model reaches this module as a callable, so nothing here imports Keras.
 
     probability = predict_probability(model_fn, image, tta=True)     # (H, W) float32
     labels = probability_to_labels(probability)                      # (H, W) int32 instances
+    maps = predict_maps(model_fn, image)                             # (H, W, C): nuclei [, contacts]
+    labels = probability_to_labels(maps[..., 0], contact=maps[..., 1])
     score = average_precision(true_labels, labels)["map"]           # the DSB2018 metric
     rows = submission_rows(image_id, labels)                         # Kaggle RLE rows
 """
@@ -31,9 +33,50 @@ IOU_THRESHOLDS = np.round(np.arange(0.5, 1.0, 0.05), 2)
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_MIN_SIZE = 30
 DEFAULT_MARKER_HEIGHT: float | None = None
+DEFAULT_CONTACT_THRESHOLD = 0.5
 
 PredictTiles = Callable[[np.ndarray], np.ndarray]
 """Maps tiles, shape (N, T, T, 1) float32 in [0, 1], to probabilities of the same shape."""
+
+
+def predict_maps(
+    predict_tiles: PredictTiles,
+    image: np.ndarray,
+    *,
+    tile_size: int = dsb.TILE_SIZE,
+    min_overlap: int = 32,
+    tta: bool = False,
+) -> np.ndarray:
+    """Every output channel of the model over a whole image of any size, from overlapping tiles.
+
+    Parameters
+    ----------
+    predict_tiles : callable
+        (N, T, T, 1) float32 -> (N, T, T, C) float probabilities, e.g. a batched ``model.predict``;
+        channel 0 is the nucleus probability, channel 1 (contact-aware models) where nuclei touch.
+    image : ndarray, shape (H, W), float32 in [0, 1]
+        A preprocessed image (``dsb.preprocess``).
+    tta : bool
+        Test-time augmentation: average the predictions of the 8 flips/rotations (8x the time).
+
+    Returns
+    -------
+    ndarray, shape (H, W, C), float32 in [0, 1]
+        Tile predictions blended with ``dsb.tile_weights`` and cropped to the image.
+    """
+    if image.ndim != 2:
+        raise ValueError(f"expected a preprocessed image of shape (H, W), got shape {image.shape}")
+    tiles, corners = dsb.make_tiles(image.astype(np.float32), tile_size, min_overlap)
+    tiles = tiles[..., None]
+    transforms = range(8) if tta else (0,)
+    total = None
+    for k in transforms:
+        predicted = np.asarray(predict_tiles(np.ascontiguousarray(dihedral_tiles(tiles, k))))
+        if predicted.ndim != 4 or predicted.shape[:3] != tiles.shape[:3] or predicted.shape[3] < 1:
+            raise ValueError(f"the model returned shape {predicted.shape} for tiles of shape {tiles.shape}")
+        restored = dihedral_tiles(predicted.astype(np.float32), k, inverse=True)
+        total = restored if total is None else total + restored
+    return dsb.stitch_tiles(total / len(transforms), corners, image.shape, tile_size)
 
 
 def predict_probability(
@@ -44,34 +87,13 @@ def predict_probability(
     min_overlap: int = 32,
     tta: bool = False,
 ) -> np.ndarray:
-    """Nucleus probability of a whole image of any size, from overlapping tiles.
-
-    Parameters
-    ----------
-    predict_tiles : callable
-        (N, T, T, 1) float32 -> (N, T, T, 1) float probabilities, e.g. a batched ``model.predict``.
-    image : ndarray, shape (H, W), float32 in [0, 1]
-        A preprocessed image (``dsb.preprocess``).
-    tta : bool
-        Test-time augmentation: average the predictions of the 8 flips/rotations (8x the time).
+    """Nucleus probability of a whole image of any size: channel 0 of ``predict_maps``.
 
     Returns
     -------
     ndarray, shape (H, W), float32 in [0, 1]
-        Tile predictions blended with ``dsb.tile_weights`` and cropped to the image.
     """
-    if image.ndim != 2:
-        raise ValueError(f"expected a preprocessed image of shape (H, W), got shape {image.shape}")
-    tiles, corners = dsb.make_tiles(image.astype(np.float32), tile_size, min_overlap)
-    tiles = tiles[..., None]
-    transforms = range(8) if tta else (0,)
-    total = np.zeros(tiles.shape, np.float32)
-    for k in transforms:
-        predicted = np.asarray(predict_tiles(np.ascontiguousarray(dihedral_tiles(tiles, k))))
-        if predicted.shape != tiles.shape:
-            raise ValueError(f"the model returned shape {predicted.shape} for tiles of shape {tiles.shape}")
-        total += dihedral_tiles(predicted, k, inverse=True)
-    return dsb.stitch_tiles(total[..., 0] / len(transforms), corners, image.shape, tile_size)
+    return predict_maps(predict_tiles, image, tile_size=tile_size, min_overlap=min_overlap, tta=tta)[..., 0]
 
 
 def dihedral_tiles(tiles: np.ndarray, k: int, *, inverse: bool = False) -> np.ndarray:
@@ -118,8 +140,14 @@ def probability_to_labels(
     threshold: float = DEFAULT_THRESHOLD,
     min_size: int = DEFAULT_MIN_SIZE,
     marker_height: float | None = DEFAULT_MARKER_HEIGHT,
+    contact: np.ndarray | None = None,
+    contact_threshold: float = DEFAULT_CONTACT_THRESHOLD,
 ) -> np.ndarray:
     """Split the predicted foreground into nuclei.
+
+    With a ``contact`` map (the second output of a contact-aware U-Net), the foreground minus the
+    predicted contacts gives one seed per nucleus, and a watershed on the contact map grows the
+    seeds back over the whole foreground, so touching nuclei meet where their contact is most likely.
 
     Threshold, then a watershed on the distance transform: every maximum of the distance to the
     background that stands at least ``marker_height`` pixels above its surroundings seeds one
@@ -134,7 +162,11 @@ def probability_to_labels(
     min_size : int
         Largest object (in pixels) to drop as a speck.
     marker_height : float or None
-        None (the default): no splitting, connected components only.
+        None (the default): no splitting, connected components only. Not with ``contact``.
+    contact : ndarray, shape (H, W), float in [0, 1], optional
+        Probability that a pixel lies where two nuclei touch.
+    contact_threshold : float
+        Seeds are foreground pixels with ``contact <= contact_threshold``.
 
     Returns
     -------
@@ -144,13 +176,22 @@ def probability_to_labels(
     if probability.ndim != 2:
         raise ValueError(f"expected a probability map of shape (H, W), got shape {probability.shape}")
     foreground = probability > threshold
-    if marker_height is None:
+    if contact is not None:
+        contact = np.asarray(contact)
+        if contact.shape != probability.shape:
+            raise ValueError(f"contact map of shape {contact.shape} for a probability map of shape {probability.shape}")
+        if marker_height is not None:
+            raise ValueError("give either a contact map or a marker height, not both")
+        markers = skimage.measure.label(foreground & (contact <= contact_threshold), connectivity=1)
+        labels = skimage.segmentation.watershed(contact, markers, mask=foreground)
+    elif marker_height is None:
         labels = skimage.measure.label(foreground, connectivity=1)
     else:
         distance = ndi.distance_transform_edt(foreground)
         markers = skimage.measure.label(skimage.morphology.h_maxima(distance, marker_height))
         labels = skimage.segmentation.watershed(-distance, markers, mask=foreground)
-        # A foreground part without a marker of its own (too flat) stays a nucleus.
+    if contact is not None or marker_height is not None:
+        # A foreground part without a marker of its own (too flat, or all contact) stays a nucleus.
         orphans = skimage.measure.label(foreground & (labels == 0), connectivity=1)
         labels = np.where(orphans > 0, orphans + labels.max(), labels)
     if min_size > 0:

@@ -72,11 +72,15 @@ class TrainConfig:
         'image' (an image uniformly, then one of its tiles, so small images and rare clusters weigh more).
     jit_compile : bool
         Compile the training step with XLA (TensorFlow backend; faster on CPU).
+    contacts : bool
+        A second output channel learns where nuclei touch (``dsb.contact_map``); post-processing then
+        seeds one nucleus per contact-free part of the foreground (see ``segment.probability_to_labels``).
     tile_size, min_overlap : int
         Tiles cut from the images for training and for full-image prediction.
-    threshold, min_size, marker_height
+    threshold, min_size, marker_height, contact_threshold
         Post-processing (see ``segment.probability_to_labels``): foreground probability threshold,
-        largest speck dropped, watershed marker height (None: connected components).
+        largest speck dropped, distance-watershed marker height (None: connected components, or the
+        contact channel where the model has one), contact probability above which a pixel is no seed.
     tta : bool
         Test-time augmentation (8 flips/rotations) when predicting full images.
     figures_per_cluster : int
@@ -100,11 +104,13 @@ class TrainConfig:
     lr_schedule: str = "constant"
     sampling: str = "tile"
     jit_compile: bool = False
+    contacts: bool = False
     tile_size: int = dsb.TILE_SIZE
     min_overlap: int = 32
     threshold: float = segment.DEFAULT_THRESHOLD
     min_size: int = segment.DEFAULT_MIN_SIZE
     marker_height: float | None = segment.DEFAULT_MARKER_HEIGHT
+    contact_threshold: float = segment.DEFAULT_CONTACT_THRESHOLD
     tta: bool = False
     figures_per_cluster: int = 2
 
@@ -125,6 +131,8 @@ class TrainConfig:
             raise ValueError(f"sampling must be one of {sorted(SAMPLINGS)}, got {self.sampling!r}")
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
+        if not 0.0 < self.contact_threshold < 1.0:
+            raise ValueError(f"contact_threshold must be in (0, 1), got {self.contact_threshold}")
         if not 0 <= self.min_overlap < self.tile_size:
             raise ValueError(f"min_overlap must be in [0, tile_size), got {self.min_overlap}")
         if self.tile_size % 2 ** (self.depth - 1):
@@ -236,6 +244,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
                        help="draw training tiles uniformly ('tile') or an image first, then one of its tiles ('image')")
     train.add_argument("--jit-compile", action=argparse.BooleanOptionalAction, default=None,
                        help="compile the training step with XLA (TensorFlow backend)")
+    train.add_argument("--contacts", action=argparse.BooleanOptionalAction, default=None,
+                       help="a second output channel learns where nuclei touch, to split them")
 
     post = parser.add_argument_group("post-processing (default: the training run's, else the CV-chosen defaults)")
     post.add_argument("--threshold", type=float, help=f"probability threshold for the masks "
@@ -244,7 +254,11 @@ def build_arg_parser() -> argparse.ArgumentParser:
     post.add_argument("--marker-height", type=float,
                       help=f"split touching nuclei by a watershed with markers this many pixels of distance high "
                            f"(e.g. 2); 0 = no splitting, connected components "
-                           f"[{segment.DEFAULT_MARKER_HEIGHT or 0}]")
+                           f"[{segment.DEFAULT_MARKER_HEIGHT or 0}]; models with a contact channel split by it "
+                           f"unless a marker height is given")
+    post.add_argument("--contact-threshold", type=float,
+                      help=f"with a contact channel: pixels of higher contact probability seed no nucleus "
+                           f"[{segment.DEFAULT_CONTACT_THRESHOLD}]")
     post.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                       help="test-time augmentation: average the 8 flips/rotations (8x slower)")
 
@@ -258,7 +272,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
 
 _OVERRIDES = ("epochs", "steps_per_epoch", "batch_size", "learning_rate", "minutes", "depth",
               "base_filters", "batch_norm", "dropout", "loss", "lr_schedule", "sampling", "jit_compile",
-              "threshold", "min_size", "tta", "figures_per_cluster")
+              "contacts", "contact_threshold", "threshold", "min_size", "tta", "figures_per_cluster")
 
 
 def config_from_args(args: argparse.Namespace, preset: str) -> TrainConfig:
@@ -395,10 +409,17 @@ def make_training_sequence(images, masks, config: TrainConfig, owners=None):
             chosen = draw(rng)
             turns = rng.integers(0, 8, config.batch_size)
             x = np.stack([dihedral(images[i], k) for i, k in zip(chosen, turns)]).astype(np.float32)
-            y = np.stack([dihedral(masks[i], k) for i, k in zip(chosen, turns)]).astype(np.float32)
-            return x[..., None], y[..., None]
+            y = np.stack([dihedral(masks[i], k) for i, k in zip(chosen, turns)])
+            return x[..., None], target_channels(y, config)
 
     return TileBatches()
+
+
+def target_channels(masks: np.ndarray, config: TrainConfig) -> np.ndarray:
+    """Stored target tiles (uint8: bit 0 nucleus, bit 1 contact) as the model's float32 targets (N, T, T, C)."""
+    masks = np.asarray(masks)
+    channels = [masks & 1] + ([(masks >> 1) & 1] if config.contacts else [])
+    return np.stack(channels, axis=-1).astype(np.float32)
 
 
 def epoch_setter(sequence):
@@ -454,7 +475,8 @@ def prepare_training_data(records, split, config: TrainConfig) -> dict:
     data = {}
     for subset in ("train", "cv"):
         chosen = subset_records(records, split, subset)
-        images, masks, owner = dsb.tiles_for_records(chosen, config.tile_size, config.min_overlap)
+        images, masks, owner = dsb.tiles_for_records(chosen, config.tile_size, config.min_overlap,
+                                                     contacts=config.contacts)
         data[f"{subset}_images"], data[f"{subset}_masks"] = images, masks
         data[f"{subset}_ids"] = np.array([chosen[index].image_id for index in owner], dtype=object)
     if len(data["train_images"]) == 0 or len(data["cv_images"]) == 0:
@@ -528,7 +550,7 @@ def train(config: TrainConfig, run_dir: Path, records, split, *, progress: bool,
             log.info("no finished epoch to resume from: starting this run's training from the beginning")
         model = unet.build_unet(
             (config.tile_size, config.tile_size, 1), depth=config.depth, base_filters=config.base_filters,
-            batch_norm=config.batch_norm, dropout=config.dropout,
+            batch_norm=config.batch_norm, dropout=config.dropout, output_channels=2 if config.contacts else 1,
         )
         loss = unet.bce_dice_loss if config.loss == "bce_dice" else keras.losses.BinaryCrossentropy()
         model.compile(optimizer=keras.optimizers.Adam(learning_rate_schedule(config)), loss=loss,
@@ -557,7 +579,7 @@ def train(config: TrainConfig, run_dir: Path, records, split, *, progress: bool,
     history = model.fit(
         sequence,
         validation_data=(data["cv_images"][..., None].astype(np.float32),
-                         data["cv_masks"][..., None].astype(np.float32)),
+                         target_channels(data["cv_masks"], config)),
         validation_batch_size=max(config.batch_size, 8),
         epochs=config.epochs,
         initial_epoch=initial_epoch,
@@ -628,9 +650,9 @@ def load_model(path: Path, *, compile: bool = False):
     except Exception as error:  # noqa: BLE001 - Keras raises many types for a bad file
         raise ValueError(f"{path} is not a readable Keras model: {error}") from error
     shape = tuple(model.input_shape)
-    if len(shape) != 4 or shape[-1] != 1 or tuple(model.output_shape)[-1] != 1:
-        raise ValueError(f"{path}: expected a model from (batch, H, W, 1) to (batch, H, W, 1), "
-                         f"got {shape} -> {model.output_shape}")
+    if len(shape) != 4 or shape[-1] != 1 or tuple(model.output_shape)[-1] not in (1, 2):
+        raise ValueError(f"{path}: expected a model from (batch, H, W, 1) to (batch, H, W, 1) (nuclei) or "
+                         f"(batch, H, W, 2) (nuclei, contacts), got {shape} -> {model.output_shape}")
     return model
 
 
@@ -650,11 +672,21 @@ def make_predictor(model, config: TrainConfig):
 
 def predict_record(predict_tiles, tile_size: int, image: np.ndarray, config: TrainConfig):
     """Probability, binary mask and instance labels of one preprocessed image."""
-    probability = segment.predict_probability(predict_tiles, image, tile_size=tile_size,
-                                              min_overlap=config.min_overlap, tta=config.tta)
-    labels = segment.probability_to_labels(probability, threshold=config.threshold, min_size=config.min_size,
-                                           marker_height=config.marker_height)
+    maps = segment.predict_maps(predict_tiles, image, tile_size=tile_size, min_overlap=config.min_overlap,
+                                tta=config.tta)
+    probability = maps[..., 0]
+    labels = maps_to_labels(maps, threshold=config.threshold, min_size=config.min_size,
+                            marker_height=config.marker_height, contact_threshold=config.contact_threshold)
     return probability, probability > config.threshold, labels
+
+
+def maps_to_labels(maps: np.ndarray, *, threshold, min_size, marker_height, contact_threshold) -> np.ndarray:
+    """Instances from ``segment.predict_maps``: split by the contact channel if there is one and no
+    marker height is asked for, else as ``segment.probability_to_labels`` without contacts."""
+    contact = maps[..., 1] if maps.shape[-1] > 1 and marker_height is None else None
+    return segment.probability_to_labels(maps[..., 0], threshold=threshold, min_size=min_size,
+                                         marker_height=marker_height, contact=contact,
+                                         contact_threshold=contact_threshold)
 
 
 def evaluate(model_path: Path, config: TrainConfig, run_dir: Path, records, clusters: dict, *,
@@ -685,7 +717,7 @@ def evaluate(model_path: Path, config: TrainConfig, run_dir: Path, records, clus
     return metrics
 
 
-POSTPROCESSING = ("threshold", "min_size", "marker_height", "tta")
+POSTPROCESSING = ("threshold", "min_size", "marker_height", "contact_threshold", "tta")
 SCORES = ("dice", "map", "ap50", "f1_50")
 
 
@@ -725,18 +757,25 @@ def tune(model_path: Path, config: TrainConfig, run_dir: Path, records, *, progr
 
     model = load_model(model_path)
     predict_tiles, tile_size = make_predictor(model, config)
-    probabilities = []
+    all_maps = []
     for record in tqdm(records, desc="predict images", unit="img", disable=not progress):
-        probabilities.append(segment.predict_probability(predict_tiles, record.image, tile_size=tile_size,
-                                                         min_overlap=config.min_overlap, tta=config.tta))
+        all_maps.append(segment.predict_maps(predict_tiles, record.image, tile_size=tile_size,
+                                             min_overlap=config.min_overlap, tta=config.tta))
+    # Splitting: by the contact channel (at each contact threshold) if the model has one, else none or
+    # a distance watershed of each marker height.
+    has_contacts = all_maps[0].shape[-1] > 1
+    splits = [(None, c) for c in (TUNE_CONTACT_THRESHOLDS if has_contacts else (None,))]
+    splits += [(h, None) for h in TUNE_MARKER_HEIGHTS if h is not None]
+    grid = [(t, h, c, m) for t in TUNE_THRESHOLDS for h, c in splits for m in TUNE_MIN_SIZES]
     rows = []
-    grid = [(t, h, m) for t in TUNE_THRESHOLDS for h in TUNE_MARKER_HEIGHTS for m in TUNE_MIN_SIZES]
-    for threshold, height, min_size in tqdm(grid, desc="post-processing grid", disable=not progress):
-        scores = [segment.average_precision(record.labels, segment.probability_to_labels(
-            probability, threshold=threshold, min_size=min_size, marker_height=height))["map"]
-            for record, probability in zip(records, probabilities)]
-        rows.append({"threshold": threshold, "marker_height": height, "min_size": min_size,
-                     "mean_map": float(np.mean(scores))})
+    for threshold, height, contact_threshold, min_size in tqdm(grid, desc="post-processing grid",
+                                                                disable=not progress):
+        scores = [segment.average_precision(record.labels, maps_to_labels(
+            maps, threshold=threshold, min_size=min_size, marker_height=height,
+            contact_threshold=contact_threshold or segment.DEFAULT_CONTACT_THRESHOLD))["map"]
+            for record, maps in zip(records, all_maps)]
+        rows.append({"threshold": threshold, "marker_height": height, "contact_threshold": contact_threshold,
+                     "min_size": min_size, "mean_map": float(np.mean(scores))})
     table = pd.DataFrame(rows).sort_values("mean_map", ascending=False)
     dsb.save_csv(table, run_dir / "tuning.csv")
     print(f"\nPost-processing on {len(records)} images (tta={config.tta}), best first:")
@@ -747,6 +786,7 @@ def tune(model_path: Path, config: TrainConfig, run_dir: Path, records, *, progr
 TUNE_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 TUNE_MARKER_HEIGHTS = (None, 1.0, 2.0, 3.0, 5.0)
 TUNE_MIN_SIZES = (0, 15, 30)
+TUNE_CONTACT_THRESHOLDS = (0.3, 0.5, 0.7)
 
 
 def predict_folder(model_path: Path, config: TrainConfig, folder: Path, run_dir: Path, *, progress: bool) -> dict:
@@ -931,7 +971,8 @@ def saved_config(model_path: Path, args: argparse.Namespace) -> TrainConfig:
         config = config_from_args(args, args.preset or "cpu")
     overrides = {"data": str(args.data) if args.data is not None else None,
                  "split": str(args.split) if args.split is not None else None,
-                 **{name: getattr(args, name) for name in ("threshold", "min_size", "tta", "figures_per_cluster")}}
+                 **{name: getattr(args, name) for name in ("threshold", "min_size", "contact_threshold", "tta",
+                                                            "figures_per_cluster")}}
     if args.marker_height is not None:
         overrides["marker_height"] = None if args.marker_height <= 0 else args.marker_height
     return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})

@@ -88,22 +88,30 @@ def build_unet(
 
 
 def soft_dice(y_true, y_pred, smooth: float = 1.0):
-    """Soft Dice over the whole batch: ``(2 sum(t p) + s) / (sum(t) + sum(p) + s)``."""
+    """Soft Dice of each channel over the whole batch: ``(2 sum(t p) + s) / (sum(t) + sum(p) + s)``.
+
+    Returns a vector with one value per channel (the last axis).
+    """
     y_true = ops.cast(y_true, y_pred.dtype)
-    intersection = ops.sum(y_true * y_pred)
-    return (2.0 * intersection + smooth) / (ops.sum(y_true) + ops.sum(y_pred) + smooth)
+    axes = tuple(range(len(y_pred.shape) - 1))
+    intersection = ops.sum(y_true * y_pred, axis=axes)
+    return (2.0 * intersection + smooth) / (ops.sum(y_true, axis=axes) + ops.sum(y_pred, axis=axes) + smooth)
 
 
 @keras.saving.register_keras_serializable(package="unet")
 def bce_dice_loss(y_true, y_pred):
-    """Binary cross-entropy plus ``1 - soft Dice``: the Dice term counters the background's majority."""
+    """Binary cross-entropy plus ``1 - soft Dice`` of every channel.
+
+    The Dice terms counter the background's majority: without them the rare contact channel of a
+    contact-aware U-Net would learn to say "no contact" everywhere.
+    """
     bce = ops.mean(keras.losses.binary_crossentropy(ops.cast(y_true, y_pred.dtype), y_pred))
-    return bce + 1.0 - soft_dice(y_true, y_pred)
+    return bce + ops.sum(1.0 - soft_dice(y_true, y_pred))
 
 
 @keras.saving.register_keras_serializable(package="unet")
 class DiceCoefficient(keras.metrics.Metric):
-    """Pixel Dice of the thresholded prediction, accumulated over every batch of an epoch.
+    """Pixel Dice of the thresholded nucleus channel (the first), accumulated over every batch of an epoch.
 
     ``2 |T & P| / (|T| + |P|)`` over all pixels seen, so a validation score does not depend on
     how the tiles fall into batches. Both empty counts as 1.
@@ -116,8 +124,8 @@ class DiceCoefficient(keras.metrics.Metric):
         self.total = self.add_variable(shape=(), initializer="zeros", name="total")
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        truth = ops.cast(ops.greater(ops.cast(y_true, "float32"), 0.5), "float32")
-        predicted = ops.cast(ops.greater(ops.cast(y_pred, "float32"), self.threshold), "float32")
+        truth = ops.cast(ops.greater(ops.cast(y_true[..., 0], "float32"), 0.5), "float32")
+        predicted = ops.cast(ops.greater(ops.cast(y_pred[..., 0], "float32"), self.threshold), "float32")
         self.intersection.assign_add(ops.sum(truth * predicted))
         self.total.assign_add(ops.sum(truth) + ops.sum(predicted))
 

@@ -351,3 +351,32 @@ def test_find_images_rejects_two_files_with_one_name(tmp_path):
 def test_find_images_in_an_empty_folder_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="no images"):
         dsb.find_images(tmp_path)
+
+
+# ---- contact targets ---------------------------------------------------------------------
+
+def test_contact_map_marks_only_where_nuclei_touch():
+    labels = np.zeros((20, 30), np.int32)
+    labels[5:15, 2:10] = 1
+    labels[5:15, 10:18] = 2    # touches nucleus 1 along column 10
+    labels[5:15, 25:29] = 3    # 7 pixels away from nucleus 2: no contact
+    contact = dsb.contact_map(labels, radius=2)
+    assert contact[5:15, 8:12].all() and not contact[:, :8].any()
+    assert not contact[:, 12:].any()
+    assert not contact[:3].any() and not contact[17:].any()  # background within reach of both counts
+    gap = labels.copy()
+    gap[:, 10] = 0              # a one-pixel gap still counts, the gap pixels too
+    assert dsb.contact_map(gap, radius=2)[5:15, 10].all()
+    with pytest.raises(ValueError, match="radius"):
+        dsb.contact_map(labels, radius=0)
+
+
+def test_contact_tiles_store_nuclei_and_contacts_as_bits():
+    labels = np.zeros((64, 64), np.int32)
+    labels[10:30, 10:30], labels[10:30, 30:50] = 1, 2
+    record = dsb.ImageRecord("a", np.zeros((64, 64), np.float32), labels)
+    _, plain, _ = dsb.tiles_for_records([record], 64, 8)
+    _, both, _ = dsb.tiles_for_records([record], 64, 8, contacts=True)
+    assert set(np.unique(plain)) == {0, 1}
+    np.testing.assert_array_equal(both & 1, plain)
+    np.testing.assert_array_equal((both[0] >> 1) & 1, dsb.contact_map(labels))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import dsb
 import segment
 
 
@@ -264,3 +265,43 @@ def test_labels_csv_without_shapes_is_an_error(tmp_path):
     path.write_text("ImageId,EncodedPixels\na,1 2\n")
     with pytest.raises(ValueError, match="no Height/Width for a"):
         segment.read_labels_csv(path)
+
+
+# ---- the contact channel -------------------------------------------------------------------
+
+def test_contacts_split_touching_nuclei_that_components_merge():
+    truth = np.zeros((40, 60), np.int32)
+    truth[10:30, 5:30], truth[10:30, 30:55] = 1, 2
+    probability = (truth > 0).astype(np.float32)
+    contact = dsb.contact_map(truth).astype(np.float32)
+    assert segment.probability_to_labels(probability).max() == 1
+    labels = segment.probability_to_labels(probability, contact=contact)
+    assert labels.max() == 2
+    assert segment.average_precision(truth, labels)["map"] > 0.9
+    # Every foreground pixel is given to a nucleus: the contact band is grown back over.
+    np.testing.assert_array_equal(labels > 0, truth > 0)
+
+
+def test_contact_without_a_seed_keeps_its_nucleus():
+    probability = np.zeros((20, 20), np.float32)
+    probability[5:15, 5:15] = 1.0
+    contact = probability.copy()  # all contact: no seed anywhere
+    labels = segment.probability_to_labels(probability, contact=contact, min_size=0)
+    assert labels.max() == 1 and (labels > 0).sum() == 100
+
+
+def test_contact_map_must_fit_and_excludes_a_marker_height():
+    probability = np.zeros((10, 10), np.float32)
+    with pytest.raises(ValueError, match="contact map of shape"):
+        segment.probability_to_labels(probability, contact=np.zeros((5, 5)))
+    with pytest.raises(ValueError, match="not both"):
+        segment.probability_to_labels(probability, contact=np.zeros((10, 10)), marker_height=2.0)
+
+
+def test_predict_maps_keeps_every_channel():
+    image = np.random.default_rng(0).random((100, 150)).astype(np.float32)
+    maps = segment.predict_maps(lambda tiles: np.concatenate([tiles, 1 - tiles], -1), image, tile_size=64,
+                                min_overlap=8, tta=True)
+    assert maps.shape == (100, 150, 2)
+    np.testing.assert_allclose(maps[..., 0], image, atol=1e-6)
+    np.testing.assert_allclose(maps[..., 1], 1 - image, atol=1e-6)

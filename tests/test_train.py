@@ -317,3 +317,44 @@ def test_cli_unknown_preset_exits_2(capsys):
         cli.main(["--preset", "huge"])
     assert exit_info.value.code == 2
     assert "invalid choice: 'huge'" in capsys.readouterr().err
+
+
+# ---- the contact channel, end to end -------------------------------------------------------
+
+def test_target_channels_unpack_the_stored_bits():
+    stored = np.array([[0, 1, 2, 3]], np.uint8)
+    plain = cli.TrainConfig.from_dict({"preset": "smoke"})
+    contacts = cli.TrainConfig.from_dict({"preset": "smoke", "contacts": True})
+    assert cli.target_channels(stored, plain)[..., 0].tolist() == [[0, 1, 0, 1]]
+    both = cli.target_channels(stored, contacts)
+    assert both.shape == (1, 4, 2) and both.dtype == np.float32
+    assert both[..., 0].tolist() == [[0, 1, 0, 1]] and both[..., 1].tolist() == [[0, 0, 1, 1]]
+
+
+@pytest.fixture(scope="module")
+def contact_run(tmp_path_factory, real_subset_zip):
+    """A smoke-preset run with the contact channel: (folder, run folder)."""
+    folder = tmp_path_factory.mktemp("contacts")
+    assert cli.main(["--preset", "smoke", "--contacts", *_common(folder, real_subset_zip)]) == 0
+    (run_dir,) = (folder / "runs").iterdir()
+    return folder, run_dir
+
+
+def test_cli_contact_model_has_two_outputs_and_is_evaluated(contact_run):
+    _, run_dir = contact_run
+    config = cli.TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    assert config.contacts is True
+    assert cli.load_model(run_dir / "model.keras").output_shape[-1] == 2
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["postprocessing"]["contact_threshold"] == segment.DEFAULT_CONTACT_THRESHOLD
+    assert all(0.0 <= row["dice"] <= 1.0 for row in metrics["per_image"])
+
+
+def test_cli_tune_grids_contact_thresholds_for_a_contact_model(contact_run, real_subset_zip):
+    folder, run_dir = contact_run
+    assert cli.main(["--evaluate", str(run_dir / "model.keras"), "--tune", "--subset", "cv",
+                     *_common(folder, real_subset_zip)]) == 0
+    tuning_dir = max(p for p in (folder / "runs").iterdir() if p.name.endswith("-tune"))
+    table = pd.read_csv(tuning_dir / "tuning.csv")
+    assert set(table["contact_threshold"].dropna()) == set(cli.TUNE_CONTACT_THRESHOLDS)
+    assert table["marker_height"].notna().any()  # the distance watershed stays in the grid

@@ -46,9 +46,10 @@ def test_bad_arguments_are_rejected(argument, value):
 
 
 def _dice(y_true, y_pred, batches=1):
+    """The metric on masks of shape (rows, cols), given to it with the channel axis last."""
     metric = unet.DiceCoefficient()
     for t, p in zip(np.array_split(y_true, batches), np.array_split(y_pred, batches)):
-        metric.update_state(t.astype(np.float32), p.astype(np.float32))
+        metric.update_state(t[..., None].astype(np.float32), p[..., None].astype(np.float32))
     return float(metric.result())
 
 
@@ -79,6 +80,21 @@ def test_bce_dice_loss_is_small_for_a_good_prediction_and_large_for_a_bad_one():
     expected_good = -np.log(0.99) + 1 - (2 * 1.98 + 1) / (2 + 2 * 0.99 + 0.02 + 1)  # hand-computed
     assert good == pytest.approx(expected_good, rel=1e-4)
     assert bad > 4.0
+
+
+def test_metric_and_loss_with_a_contact_channel():
+    # Channel 0 = nuclei, channel 1 = contacts: the metric reads only the nuclei; the loss adds a Dice term per channel.
+    nuclei = np.array([[1, 1, 0, 0]], np.float32)
+    contacts = np.array([[0, 1, 0, 0]], np.float32)
+    truth = np.stack([nuclei, contacts], -1)
+    wrong_contacts = np.stack([nuclei, 1 - contacts], -1)
+    metric = unet.DiceCoefficient()
+    metric.update_state(truth, wrong_contacts)
+    assert float(metric.result()) == pytest.approx(1.0)
+    clipped = np.clip(truth, 0.01, 0.99)
+    one_channel = float(unet.bce_dice_loss(truth[..., :1], clipped[..., :1]))
+    assert float(unet.bce_dice_loss(truth, clipped)) > one_channel
+    assert float(unet.bce_dice_loss(truth, np.clip(wrong_contacts, 0.01, 0.99))) > float(unet.bce_dice_loss(truth, clipped)) + 1
 
 
 def test_model_with_custom_objects_saves_and_loads(tmp_path):
