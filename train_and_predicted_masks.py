@@ -531,8 +531,6 @@ def train(config: TrainConfig, run_dir: Path, records, split, *, progress: bool,
     """
     import keras
 
-    import unet
-
     keras.utils.set_random_seed(config.seed)
     data = prepare_training_data(records, split, config)
     log.info("tiles %dx%d: train %d, cv %d", config.tile_size, config.tile_size,
@@ -548,15 +546,7 @@ def train(config: TrainConfig, run_dir: Path, records, split, *, progress: bool,
     else:
         if resume:
             log.info("no finished epoch to resume from: starting this run's training from the beginning")
-        model = unet.build_unet(
-            (config.tile_size, config.tile_size, 1), depth=config.depth, base_filters=config.base_filters,
-            batch_norm=config.batch_norm, dropout=config.dropout, output_channels=2 if config.contacts else 1,
-        )
-        loss = unet.bce_dice_loss if config.loss == "bce_dice" else keras.losses.BinaryCrossentropy()
-        model.compile(optimizer=keras.optimizers.Adam(learning_rate_schedule(config)), loss=loss,
-                      metrics=[unet.DiceCoefficient()],
-                      # XLA is what the flag asks for on TensorFlow; JAX always compiles; torch stays eager.
-                      jit_compile=config.jit_compile if keras.backend.backend() == "tensorflow" else "auto")
+        model = build_model(config)
     log.info("U-Net: depth %d, %d..%d filters, %s parameters", config.depth, config.base_filters,
              config.base_filters * 2 ** (config.depth - 1), f"{model.count_params():,}")
 
@@ -615,6 +605,24 @@ def learning_rate_schedule(config: TrainConfig):
         return keras.optimizers.schedules.CosineDecay(config.learning_rate,
                                                       decay_steps=config.epochs * config.steps_per_epoch)
     return config.learning_rate
+
+
+def build_model(config: TrainConfig):
+    """The U-Net of ``config``, compiled with its loss, Adam and the Dice metric, ready to ``fit``."""
+    import keras
+
+    import unet
+
+    model = unet.build_unet(
+        (config.tile_size, config.tile_size, 1), depth=config.depth, base_filters=config.base_filters,
+        batch_norm=config.batch_norm, dropout=config.dropout, output_channels=2 if config.contacts else 1,
+    )
+    loss = unet.bce_dice_loss if config.loss == "bce_dice" else keras.losses.BinaryCrossentropy()
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate_schedule(config)), loss=loss,
+                  metrics=[unet.DiceCoefficient()],
+                  # XLA is what the flag asks for on TensorFlow; JAX always compiles; torch stays eager.
+                  jit_compile=config.jit_compile if keras.backend.backend() == "tensorflow" else "auto")
+    return model
 
 
 def truncate_history(path: Path, last_epoch: int) -> None:

@@ -3,9 +3,12 @@
 Ours: ``make_training_sequence`` (random tiles, dihedral augmentation, float16/uint8 storage cast per
 batch) + the callbacks ``train()`` uses. The floor: ``model.fit`` on the same number of tiles already
 in memory as one float32 array, no augmentation, no callbacks but the timer. Both are the ``cpu``
-preset's U-Net, measured side by side in this process; the rate is taken from the median step time
-after the first steps (tracing). Also: the U-Net's convolution FLOPs, the achieved GFLOP/s, the
-machine's float32 matmul peak (NumPy and TensorFlow), and variants (XLA, bfloat16, batch size).
+preset's model exactly as ``train()`` builds and compiles it (``build_model``: its outputs, loss and
+XLA setting), measured side by side in this process, alternating floor and ours for ``--rounds``
+rounds so that a busy spell of the shared machine hits both; the rate is the median step time
+after the first steps of each round (tracing). Also: the U-Net's convolution FLOPs, the achieved
+GFLOP/s, the machine's float32 matmul peak (NumPy and TensorFlow), and variants of the floor (XLA
+switched the other way, bfloat16, batch size).
 
     python bench/bench_train.py --steps 20
     python bench/bench_train.py --quick
@@ -13,6 +16,7 @@ machine's float32 matmul peak (NumPy and TensorFlow), and variants (XLA, bfloat1
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import tempfile
@@ -85,20 +89,16 @@ def step_timer():
     return StepTimer()
 
 
-def build_model(config, *, jit_compile=False):
-    import keras
+def build_model(config, *, jit_compile=None):
+    """The training script's model for ``config``; ``jit_compile`` overrides the config's XLA setting."""
+    import train_and_predicted_masks as tm
 
-    import unet
-
-    model = unet.build_unet((config.tile_size, config.tile_size, 1), depth=config.depth,
-                            base_filters=config.base_filters, batch_norm=config.batch_norm, dropout=config.dropout)
-    loss = unet.bce_dice_loss if config.loss == "bce_dice" else keras.losses.BinaryCrossentropy()
-    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=loss,
-                  metrics=[unet.DiceCoefficient()], jit_compile=jit_compile)
-    return model
+    if jit_compile is not None:
+        config = dataclasses.replace(config, jit_compile=jit_compile)
+    return tm.build_model(config)
 
 
-def run_ours(config, images, masks, run_dir: Path, skip: int) -> dict:
+def run_ours(config, images, masks, owners, run_dir: Path, skip: int) -> dict:
     """One epoch through the training script's feed and callbacks."""
     import keras
 
@@ -106,7 +106,7 @@ def run_ours(config, images, masks, run_dir: Path, skip: int) -> dict:
 
     keras.utils.set_random_seed(config.seed)
     model = build_model(config)
-    sequence = tm.make_training_sequence(images, masks, config)
+    sequence = tm.make_training_sequence(images, masks, config, owners)
     timer = step_timer()
     callbacks = [keras.callbacks.TerminateOnNaN(), keras.callbacks.CSVLogger(run_dir / "history.csv"),
                  tm.make_checkpoint_callbacks(run_dir, -np.inf, 0.0),
@@ -117,7 +117,7 @@ def run_ours(config, images, masks, run_dir: Path, skip: int) -> dict:
     return summarize_steps(timer.step_seconds(skip), config.batch_size, time.perf_counter() - start)
 
 
-def run_plain(config, x, y, skip: int, *, jit_compile=False, policy=None) -> dict:
+def run_plain(config, x, y, skip: int, *, jit_compile=None, policy=None) -> dict:
     """``model.fit`` on float32 arrays: no augmentation, no callbacks but the timer."""
     import keras
 
@@ -135,6 +135,14 @@ def run_plain(config, x, y, skip: int, *, jit_compile=False, policy=None) -> dic
     return summarize_steps(timer.step_seconds(skip), config.batch_size, time.perf_counter() - start)
 
 
+def pool_rounds(rounds: list[dict], batch_size: int) -> dict:
+    """One summary of several rounds: the median over every timed step of every round."""
+    steps = [seconds for run in rounds for seconds in run["step_seconds"]]
+    pooled = summarize_steps(steps, batch_size, sum(run["wall_seconds_with_tracing"] for run in rounds))
+    pooled["round_medians"] = [run["median_step_seconds"] for run in rounds]
+    return pooled
+
+
 def summarize_steps(seconds: list[float], batch_size: int, total: float) -> dict:
     step = common.median(seconds)
     return {"steps_timed": len(seconds), "median_step_seconds": step, "tiles_per_second": batch_size / step,
@@ -142,29 +150,29 @@ def summarize_steps(seconds: list[float], batch_size: int, total: float) -> dict
 
 
 def load_tiles(quick: bool, config):
-    """Training tiles (float16 images, uint8 masks) of the train split, or tiny random ones."""
+    """Training tiles (float16 images, uint8 targets) of the train split and each tile's image, or tiny random ones."""
     if quick:
         rng = np.random.default_rng(0)
         images = rng.random((64, config.tile_size, config.tile_size)).astype(np.float16)
-        return images, (images > 0.7).astype(np.uint8)
+        return images, (images > 0.7).astype(np.uint8), np.arange(len(images)) // 4
     import train_and_predicted_masks as tm
 
     records, split = tm.load_data(config, cache_dir=tm.dsb.DEFAULT_CACHE_DIR, progress=False)
     data = tm.prepare_training_data(records, split, config)
-    return data["train_images"], data["train_masks"]
+    return data["train_images"], data["train_masks"], data["train_ids"]
 
 
 def main(argv=None) -> int:
     parser = common.base_parser("train", __doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20,
                         help="training steps per measurement (the cpu preset's epoch is 60; default 20)")
-    parser.add_argument("--skip", type=int, default=3, help="first steps left out of the median (tracing)")
+    parser.add_argument("--skip", type=int, default=3, help="first steps of each round left out (tracing)")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="floor and ours alternate this many times; medians pool every round (default 2)")
     parser.add_argument("--variants", default=",".join(VARIANTS),
                         help=f"comma-separated variants of the floor to time: {', '.join(VARIANTS)} (or none)")
     parser.add_argument("--matmul-size", type=int, default=4096)
     args = parser.parse_args(argv)
-
-    import dataclasses
 
     import train_and_predicted_masks as tm
 
@@ -180,19 +188,22 @@ def main(argv=None) -> int:
         parser.error(f"unknown variants {unknown}; choose from {VARIANTS}")
 
     peak = matmul_peak(args.matmul_size)
-    images, masks = load_tiles(args.quick, config)
+    images, masks, owners = load_tiles(args.quick, config)
     rng = np.random.default_rng(config.seed)
 
     def plain_arrays(batch_size):
         chosen = rng.permutation(len(images))[: args.steps * batch_size] % len(images)
         count = args.steps * batch_size
         chosen = np.resize(chosen, count)
-        return images[chosen].astype(np.float32)[..., None], masks[chosen].astype(np.float32)[..., None]
+        return images[chosen].astype(np.float32)[..., None], tm.target_channels(masks[chosen], config)
 
     x, y = plain_arrays(config.batch_size)
-    with tempfile.TemporaryDirectory(prefix="bench-train-") as scratch:
-        floor = run_plain(config, x, y, args.skip)
-        ours = run_ours(config, images, masks, Path(scratch), args.skip)
+    floor_rounds, ours_rounds = [], []
+    for _ in range(args.rounds):
+        floor_rounds.append(run_plain(config, x, y, args.skip))
+        with tempfile.TemporaryDirectory(prefix="bench-train-") as scratch:
+            ours_rounds.append(run_ours(config, images, masks, owners, Path(scratch), args.skip))
+    floor, ours = pool_rounds(floor_rounds, config.batch_size), pool_rounds(ours_rounds, config.batch_size)
     import keras
 
     flops = 3.0 * forward_flops(build_model(config))  # forward + backward (about twice the forward)
@@ -210,7 +221,7 @@ def main(argv=None) -> int:
             bigger = dataclasses.replace(config, batch_size=2 * config.batch_size)
             result = run_plain(bigger, *plain_arrays(bigger.batch_size), args.skip)
         else:
-            result = run_plain(config, x, y, args.skip, jit_compile=variant == "xla",
+            result = run_plain(config, x, y, args.skip, jit_compile=(not config.jit_compile) if variant == "xla" else None,
                                policy="mixed_bfloat16" if variant == "bf16" else None)
         result["gflops"] = flops * result["tiles_per_second"] / 1e9
         result["fraction_of_peak"] = result["gflops"] / best_peak
@@ -223,7 +234,8 @@ def main(argv=None) -> int:
              floor["tiles_per_second"], 1.0, floor["gflops"], floor["fraction_of_peak"]),
             ("ours: training sequence + callbacks", ours["steps_timed"], ours["median_step_seconds"],
              ours["tiles_per_second"], results["ratio"], ours["gflops"], ours["fraction_of_peak"])]
-    rows += [(f"variant of the floor: {name}", value["steps_timed"], value["median_step_seconds"],
+    names = {"xla": "without XLA" if config.jit_compile else "with XLA (jit_compile)"}
+    rows += [(f"variant of the floor: {names.get(name, name)}", value["steps_timed"], value["median_step_seconds"],
               value["tiles_per_second"], value["speed_vs_floor"], value["gflops"], value["fraction_of_peak"])
              for name, value in results["variants"].items()]
     common.print_table(

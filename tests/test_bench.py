@@ -47,7 +47,9 @@ def test_bench_train_quick(tmp_path):
     assert_positive(results, "floor.tiles_per_second", "ours.tiles_per_second", "ratio", "train_flops_per_tile",
                     "peak_gflops", "ours.gflops", "ours.fraction_of_peak", "variants.bf16.tiles_per_second",
                     "matmul_peak.numpy_float32_gflops", "matmul_peak.tf_float32_gflops")
-    assert results["ours"]["steps_timed"] == results["floor"]["steps_timed"] == 3
+    # Quick: 4 steps per round, the first left out; floor and ours alternate for the default 2 rounds.
+    assert results["ours"]["steps_timed"] == results["floor"]["steps_timed"] == 2 * 3
+    assert len(results["ours"]["round_medians"]) == len(results["floor"]["round_medians"]) == 2
 
 
 def test_bench_infer_quick(tmp_path):
