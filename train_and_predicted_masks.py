@@ -794,7 +794,7 @@ def tune(model_path: Path, config: TrainConfig, run_dir: Path, records, *, progr
 TUNE_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 TUNE_MARKER_HEIGHTS = (None, 1.0, 2.0, 3.0, 5.0)
 TUNE_MIN_SIZES = (0, 15, 30)
-TUNE_CONTACT_THRESHOLDS = (0.3, 0.5, 0.7)
+TUNE_CONTACT_THRESHOLDS = (0.1, 0.2, 0.3, 0.5, 0.7)
 
 
 def predict_folder(model_path: Path, config: TrainConfig, folder: Path, run_dir: Path, *, progress: bool) -> dict:
