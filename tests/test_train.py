@@ -246,7 +246,10 @@ def test_cli_tune_writes_a_grid_on_cv(smoke_run, real_subset_zip):
     folder, run_dir, _ = smoke_run
     assert cli.main(["--evaluate", str(run_dir / "model.keras"), "--tune", *_common(folder, real_subset_zip)]) == 0
     tuning = pd.read_csv(max((folder / "runs").glob("*-tune")) / "tuning.csv")
-    assert len(tuning) == len(cli.TUNE_THRESHOLDS) * len(cli.TUNE_MARKER_HEIGHTS) * len(cli.TUNE_MIN_SIZES)
+    # A contact model (the smoke preset's): every contact threshold, and the distance watershed's marker heights.
+    splits = len(cli.TUNE_CONTACT_THRESHOLDS) + len([h for h in cli.TUNE_MARKER_HEIGHTS if h is not None])
+    assert len(tuning) == len(cli.TUNE_THRESHOLDS) * splits * len(cli.TUNE_MIN_SIZES)
+    assert set(tuning["contact_threshold"].dropna()) == set(cli.TUNE_CONTACT_THRESHOLDS)
     assert tuning["mean_map"].is_monotonic_decreasing
 
 
@@ -332,29 +335,31 @@ def test_target_channels_unpack_the_stored_bits():
 
 
 @pytest.fixture(scope="module")
-def contact_run(tmp_path_factory, real_subset_zip):
-    """A smoke-preset run with the contact channel: (folder, run folder)."""
-    folder = tmp_path_factory.mktemp("contacts")
-    assert cli.main(["--preset", "smoke", "--contacts", *_common(folder, real_subset_zip)]) == 0
+def plain_run(tmp_path_factory, real_subset_zip):
+    """A smoke-preset run without the contact channel (one output, as the reference): (folder, run folder)."""
+    folder = tmp_path_factory.mktemp("plain")
+    assert cli.main(["--preset", "smoke", "--no-contacts", *_common(folder, real_subset_zip)]) == 0
     (run_dir,) = (folder / "runs").iterdir()
     return folder, run_dir
 
 
-def test_cli_contact_model_has_two_outputs_and_is_evaluated(contact_run):
-    _, run_dir = contact_run
+def test_cli_contact_model_has_two_outputs(smoke_run):
+    _, run_dir, _ = smoke_run
     config = cli.TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
     assert config.contacts is True
     assert cli.load_model(run_dir / "model.keras").output_shape[-1] == 2
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["postprocessing"]["contact_threshold"] == segment.DEFAULT_CONTACT_THRESHOLD
+    assert metrics["postprocessing"]["contact_threshold"] == config.contact_threshold
+
+
+def test_cli_one_channel_model_is_trained_evaluated_and_tuned(plain_run, real_subset_zip):
+    folder, run_dir = plain_run
+    assert cli.load_model(run_dir / "model.keras").output_shape[-1] == 1
+    metrics = json.loads((run_dir / "metrics.json").read_text())
     assert all(0.0 <= row["dice"] <= 1.0 for row in metrics["per_image"])
-
-
-def test_cli_tune_grids_contact_thresholds_for_a_contact_model(contact_run, real_subset_zip):
-    folder, run_dir = contact_run
     assert cli.main(["--evaluate", str(run_dir / "model.keras"), "--tune", "--subset", "cv",
                      *_common(folder, real_subset_zip)]) == 0
     tuning_dir = max(p for p in (folder / "runs").iterdir() if p.name.endswith("-tune"))
     table = pd.read_csv(tuning_dir / "tuning.csv")
-    assert set(table["contact_threshold"].dropna()) == set(cli.TUNE_CONTACT_THRESHOLDS)
-    assert table["marker_height"].notna().any()  # the distance watershed stays in the grid
+    assert table["contact_threshold"].isna().all()
+    assert len(table) == len(cli.TUNE_THRESHOLDS) * len(cli.TUNE_MARKER_HEIGHTS) * len(cli.TUNE_MIN_SIZES)
