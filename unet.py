@@ -96,9 +96,18 @@ def soft_dice(y_true, y_pred, smooth: float = 1.0):
 
 @keras.saving.register_keras_serializable(package="unet")
 def bce_dice_loss(y_true, y_pred):
-    """Binary cross-entropy plus ``1 - soft Dice``: the Dice term counters the background's majority."""
-    bce = ops.mean(keras.losses.binary_crossentropy(ops.cast(y_true, y_pred.dtype), y_pred))
-    return bce + 1.0 - soft_dice(y_true, y_pred)
+    """Binary cross-entropy plus ``1 - soft Dice``: the Dice term counters the background's majority.
+
+    Returns
+    -------
+    ndarray, shape (batch,), float32: each sample's mean BCE plus the batch's ``1 - soft Dice``.
+    Keras averages it over the batch. Per-sample values, not their mean: under ``tf.distribute``
+    Keras divides a loss by the number of replicas only when it is not already a scalar, and a
+    scalar loss would multiply the gradient by the replica count.
+    """
+    bce = keras.losses.binary_crossentropy(ops.cast(y_true, y_pred.dtype), y_pred)
+    per_sample_bce = ops.mean(ops.reshape(bce, (ops.shape(bce)[0], -1)), axis=1)
+    return per_sample_bce + (1.0 - soft_dice(y_true, y_pred))
 
 
 @keras.saving.register_keras_serializable(package="unet")
