@@ -19,6 +19,7 @@ def build_unet(
     dropout: float = 0.0,
     output_channels: int = 1,
     name: str = "unet",
+    synchronized_batch_norm: bool = False,
 ) -> keras.Model:
     """Build a U-Net with a sigmoid output.
 
@@ -37,6 +38,9 @@ def build_unet(
         Dropout rate at the two deepest levels (0: none).
     output_channels : int
         Sigmoid channels of the output (1: nucleus probability).
+    synchronized_batch_norm : bool
+        Batch statistics over the global batch of all replicas of a ``tf.distribute`` strategy, not
+        each replica's share (TensorFlow backend only; a model saved with it loads on TensorFlow only).
 
     Returns
     -------
@@ -64,7 +68,8 @@ def build_unet(
             if batch_norm:
                 # Momentum 0.9, not Keras' 0.99: short CPU runs (a few hundred steps) otherwise
                 # validate with moving statistics that lag far behind the weights.
-                x = layers.BatchNormalization(momentum=0.9, name=f"{level}_bn{index}")(x)
+                x = layers.BatchNormalization(momentum=0.9, synchronized=synchronized_batch_norm,
+                                              name=f"{level}_bn{index}")(x)
             x = layers.Activation("relu", name=f"{level}_relu{index}")(x)
         return x
 
