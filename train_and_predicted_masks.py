@@ -3,6 +3,7 @@
     python train_and_predicted_masks.py                      # preset picked by the hardware
     python train_and_predicted_masks.py --preset cpu --seed 1
     python train_and_predicted_masks.py --evaluate runs/<run>/model.keras
+    python train_and_predicted_masks.py export --model runs/<run>/model.keras --format savedmodel
 
 Every invocation writes one run folder under ``--out`` (default ``runs/``): ``config.json``,
 ``split.csv``, ``model.keras`` (best by validation Dice), ``history.csv``, ``logs/`` (TensorBoard),
@@ -179,7 +180,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
                "  python train_and_predicted_masks.py --preset cpu --seed 1\n"
                "  python train_and_predicted_masks.py --evaluate runs/RUN/model.keras --tta\n"
                "  python train_and_predicted_masks.py --evaluate runs/RUN/model.keras --tune\n"
-               "  python train_and_predicted_masks.py --predict runs/RUN/model.keras --input my_images/",
+               "  python train_and_predicted_masks.py --predict runs/RUN/model.keras --input my_images/\n"
+               "  python train_and_predicted_masks.py export --model runs/RUN/model.keras --format savedmodel "
+               "(see export --help)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     mode = parser.add_argument_group("what to do")
@@ -1014,6 +1017,66 @@ def draw_figures(records, predictions: dict, clusters: dict, folder: Path, confi
 
 
 # --------------------------------------------------------------------------------------------
+# Export for serving
+# --------------------------------------------------------------------------------------------
+
+EXPORT_FORMATS = {"savedmodel": "tf_saved_model"}  # our name -> Keras' model.export format
+
+
+def build_export_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="train_and_predicted_masks.py export",
+        description="Export a trained model for other tools: a TensorFlow SavedModel that TF Serving and "
+                    "tf.saved_model.load read. Its 'serve' endpoint maps tiles (batch, H, W, 1) float32 in [0, 1], "
+                    "preprocessed as in dsb.preprocess, to nucleus probabilities of the same shape.",
+    )
+    parser.add_argument("--model", type=Path, required=True, help="a saved model, e.g. runs/RUN/model.keras")
+    parser.add_argument("--format", default="savedmodel",
+                        help=f"export format: {', '.join(EXPORT_FORMATS)} (default: savedmodel)")
+    parser.add_argument("--out", type=Path,
+                        help="folder to create; never overwritten (default: export_savedmodel/1 beside the model: "
+                             "'1' is the model version folder TF Serving expects)")
+    return parser
+
+
+def export_model(model_path: Path, export_format: str = "savedmodel", out: Path | None = None) -> Path:
+    """Export ``model_path`` to a new folder ``out`` (default ``<model folder>/export_savedmodel/1``).
+
+    The export is written under a temporary name and renamed, and an existing ``out`` is an
+    error: an export is never overwritten or left half-written.
+    """
+    if export_format not in EXPORT_FORMATS:
+        raise ValueError(f"unknown export format {export_format!r}: choose from {', '.join(EXPORT_FORMATS)}")
+    if not Path(model_path).is_file():
+        raise FileNotFoundError(f"model file not found: {model_path}")
+    out = Path(out) if out is not None else Path(model_path).parent / "export_savedmodel" / "1"
+    if out.exists():
+        raise FileExistsError(f"{out} already exists: an export is never overwritten; pass another --out")
+    if not _tensorflow_available():
+        raise ValueError("export --format savedmodel needs TensorFlow installed (a SavedModel is TensorFlow's format)")
+    model = load_model(model_path)
+    partial = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model.export(str(partial), format=EXPORT_FORMATS[export_format], verbose=False)
+    os.replace(partial, out)
+    return out
+
+
+def export_main(argv: list[str]) -> int:
+    """``export --model M [--format savedmodel] [--out DIR]``: errors as one line and exit code 2."""
+    args = build_export_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        out = export_model(args.model, args.format, args.out)
+    except (ValueError, OSError) as error:
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
+    print(f"Exported {args.model} as a {args.format} to {out}/ (endpoint 'serve')")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
 # Entry point
 # --------------------------------------------------------------------------------------------
 
@@ -1127,6 +1190,9 @@ def model_clusters(model_path: Path, config: TrainConfig, stats) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["export"]:
+        return export_main(argv[1:])
     parser = build_arg_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
