@@ -540,7 +540,7 @@ def train(config: TrainConfig, run_dir: Path, records, split, *, progress: bool,
             (config.tile_size, config.tile_size, 1), depth=config.depth, base_filters=config.base_filters,
             batch_norm=config.batch_norm, dropout=config.dropout,
             # Per-replica statistics would differ between workers and come from as little as one tile.
-            synchronized_batch_norm=config.distribute != "none" and keras.backend.backend() == "tensorflow",
+            synchronized_batch_norm=config.distribute != "none",
         )
         loss = unet.bce_dice_loss if config.loss == "bce_dice" else keras.losses.BinaryCrossentropy()
         model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=loss,

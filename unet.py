@@ -40,7 +40,7 @@ def build_unet(
         Sigmoid channels of the output (1: nucleus probability).
     synchronized_batch_norm : bool
         Batch statistics over the global batch of all replicas of a ``tf.distribute`` strategy, not
-        each replica's share (TensorFlow backend only; a model saved with it loads on TensorFlow only).
+        each replica's share (``SynchronizedBatchNormalization``).
 
     Returns
     -------
@@ -59,6 +59,8 @@ def build_unet(
         if size is not None and size % divisor:
             raise ValueError(f"input size {input_shape[:2]} must be divisible by {divisor} for depth {depth}")
 
+    batch_normalization = SynchronizedBatchNormalization if synchronized_batch_norm else layers.BatchNormalization
+
     def conv_block(x, filters, level):
         for index in (1, 2):
             x = layers.Conv2D(
@@ -68,8 +70,7 @@ def build_unet(
             if batch_norm:
                 # Momentum 0.9, not Keras' 0.99: short CPU runs (a few hundred steps) otherwise
                 # validate with moving statistics that lag far behind the weights.
-                x = layers.BatchNormalization(momentum=0.9, synchronized=synchronized_batch_norm,
-                                              name=f"{level}_bn{index}")(x)
+                x = batch_normalization(momentum=0.9, name=f"{level}_bn{index}")(x)
             x = layers.Activation("relu", name=f"{level}_relu{index}")(x)
         return x
 
@@ -90,6 +91,25 @@ def build_unet(
         x = conv_block(x, filters, f"up{level}")
     outputs = layers.Conv2D(output_channels, 1, activation="sigmoid", name="mask", dtype="float32")(x)
     return keras.Model(inputs, outputs, name=name)
+
+
+@keras.saving.register_keras_serializable(package="unet")
+class SynchronizedBatchNormalization(layers.BatchNormalization):
+    """Batch normalization with statistics over every replica of a ``tf.distribute`` strategy.
+
+    Keras' ``synchronized=True`` exists on the TensorFlow backend only, and a model saved with it
+    refuses to load on JAX or PyTorch. This layer is saved without the flag and sets it on
+    TensorFlow only; elsewhere, and outside a strategy, it is plain batch normalization.
+    """
+
+    def __init__(self, **kwargs):
+        kwargs.pop("synchronized", None)
+        super().__init__(synchronized=keras.backend.backend() == "tensorflow", **kwargs)
+
+    def get_config(self):
+        config = super().get_config()
+        del config["synchronized"]
+        return config
 
 
 def soft_dice(y_true, y_pred, smooth: float = 1.0):

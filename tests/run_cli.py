@@ -1,12 +1,12 @@
 """Runs ``train_and_predicted_masks.main`` in a fresh process, for tests that need a backend or devices of their own.
 
     python tests/run_cli.py '{"runs": [[...argv...], ...], "block_tensorflow": false, "logical_cpus": 0,
-                              "keep_last_model": null, "predict_runs_in": null}'
+                              "keep_last_model": null, "predict_runs_in": null, "predictions_file": null}'
 
 Keras fixes its backend (``KERAS_BACKEND``) and TensorFlow its devices at first use, so the tests
 start a process per setting. Prints one line ``RESULT {json}`` at the end: the exit code of each
 run, the Keras backend, whether TensorFlow was imported, and a summary of the predictions of the
-model saved under ``predict_runs_in`` on two random tiles.
+model saved under ``predict_runs_in`` on two random tiles (all of them in ``predictions_file``).
 """
 
 from __future__ import annotations
@@ -53,6 +53,8 @@ def main(request: dict) -> dict:
         probabilities = np.asarray(model.predict(tiles, verbose=0))
         result["predict"] = {"shape": list(probabilities.shape), "finite": bool(np.isfinite(probabilities).all()),
                              "min": float(probabilities.min()), "max": float(probabilities.max())}
+        if request.get("predictions_file"):
+            np.save(request["predictions_file"], probabilities)
     result["tensorflow_imported"] = sys.modules.get("tensorflow") is not None
     return result
 

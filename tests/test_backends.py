@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import unet
 from conftest import run_cli_process
 
 BACKEND_PACKAGES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
@@ -94,3 +95,23 @@ def test_jax_and_torch_runs_need_no_tensorflow(backend_run):
 def test_tensorflow_run_writes_tensorboard_logs(backend_run):
     _, run_dir, _, _ = backend_run
     assert any((run_dir / "logs").rglob("*tfevents*"))
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_model_trained_with_tf_distribute_predicts_the_same_on_another_backend(backend, tmp_path):
+    """Synchronized batch norm (--distribute on TensorFlow) must not tie a saved model to TensorFlow."""
+    require_backend(backend)
+    model = unet.build_unet((32, 32, 1), depth=2, base_filters=4, batch_norm=True, synchronized_batch_norm=True)
+    rng = np.random.default_rng(0)
+    for weight in model.weights:  # statistics away from 0 and 1, so that inference-mode batch norm shows
+        if "moving" in weight.path:
+            weight.assign(rng.uniform(0.2, 1.5, weight.shape).astype(np.float32))
+    (tmp_path / "run").mkdir()
+    model.save(tmp_path / "run" / "model.keras")
+    tiles = np.random.default_rng(0).random((2, 32, 32, 1)).astype(np.float32)  # as tests/run_cli.py draws them
+    expected = model.predict(tiles, verbose=0)
+    result, output = run_cli_process({"runs": [], "predict_runs_in": str(tmp_path), "block_tensorflow": True,
+                                      "predictions_file": str(tmp_path / "predictions.npy")},
+                                     env={"KERAS_BACKEND": backend})
+    assert result.get("backend") == backend, output[-4000:]
+    np.testing.assert_allclose(np.load(tmp_path / "predictions.npy"), expected, atol=1e-5)
