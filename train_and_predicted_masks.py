@@ -429,6 +429,33 @@ def make_time_budget_callback(minutes: float):
     return TimeBudget()
 
 
+def make_throughput_callback(batch_size: int):
+    """Logs each epoch's training speed: steps/s and tiles/s from the end of its first step to its last.
+
+    The first step (graph tracing, compilation) and the validation after the last are left out,
+    so the figure compares setups (devices, workers, backends) on the training steps alone.
+    """
+    import keras
+
+    class Throughput(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.steps, self.first_end, self.last_end = 0, None, None
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.steps += 1
+            self.last_end = time.monotonic()
+            if self.steps == 1:
+                self.first_end = self.last_end
+
+        def on_epoch_end(self, epoch, logs=None):
+            if self.steps > 1 and self.last_end > self.first_end:
+                rate = (self.steps - 1) / (self.last_end - self.first_end)
+                log.info("epoch %d: %.2f training steps/s = %.1f tiles/s (steps 2-%d, global batch %d)",
+                         epoch + 1, rate, rate * batch_size, self.steps, batch_size)
+
+    return Throughput()
+
+
 # --------------------------------------------------------------------------------------------
 # Training
 # --------------------------------------------------------------------------------------------
@@ -563,6 +590,7 @@ def train(config: TrainConfig, run_dir: Path, records, split, *, progress: bool,
 
     sequence = make_training_sequence(data["train_images"], data["train_masks"], config)
     callbacks.append(epoch_setter(sequence))
+    callbacks.append(make_throughput_callback(config.batch_size))
     cv_images, cv_masks, validation_batch_size = shardable_validation(data["cv_images"], data["cv_masks"],
                                                                       max(config.batch_size, 8))
     started = time.monotonic()

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import socket
+import time
 
 import keras
 import numpy as np
@@ -17,6 +19,7 @@ import pandas as pd
 import pytest
 
 import train_and_predicted_masks as cli
+import unet
 from conftest import finish_cli_process, run_cli_process, start_cli_process, write_split
 
 RUN_FILES = ("config.json", "split.csv", "clusters.json", "model.keras", "last.keras", "history.csv", "metrics.json")
@@ -101,6 +104,25 @@ def test_cli_resume_of_a_multiworker_run_is_a_one_line_error(tmp_path, capsys):
     (run_dir / "split.csv").write_text("image_id,cluster,subset\n")
     assert cli.main(["--resume", str(run_dir)]) == 2
     assert capsys.readouterr().err.startswith("error: --resume of a multi-worker run is not supported")
+
+
+def test_throughput_log_times_the_steps_after_the_first(caplog):
+    rng = np.random.default_rng(0)
+    masks = (rng.random((8, 16, 16)) > 0.5).astype(np.uint8)
+    config = cli.TrainConfig(preset="smoke", batch_size=4, steps_per_epoch=5, depth=2, tile_size=16, min_overlap=4)
+    model = unet.build_unet((16, 16, 1), depth=2, base_filters=2)
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    started = time.monotonic()
+    with caplog.at_level(logging.INFO, logger="train"):
+        model.fit(cli.make_training_sequence(masks.astype(np.float16), masks, config), epochs=1, verbose=0,
+                  callbacks=[cli.make_throughput_callback(config.batch_size)])
+    seconds = time.monotonic() - started
+    (message,) = [record.getMessage() for record in caplog.records if "training steps/s" in record.getMessage()]
+    steps_per_second = float(message.split()[2])
+    assert message.endswith("(steps 2-5, global batch 4)")
+    assert steps_per_second >= 4 / seconds  # 4 steps timed, within the whole fit
+    tiles_per_second = float(message.split()[6])
+    assert tiles_per_second == pytest.approx(steps_per_second * 4, abs=0.1)  # both rounded in the message
 
 
 # ---- MirroredStrategy over two logical CPU devices ---------------------------------------------
