@@ -3,6 +3,7 @@
     python train_and_predicted_masks.py                      # preset picked by the hardware
     python train_and_predicted_masks.py --preset cpu --seed 1
     python train_and_predicted_masks.py --evaluate runs/<run>/model.keras
+    python train_and_predicted_masks.py export --model runs/<run>/model.keras --format savedmodel
 
 Every invocation writes one run folder under ``--out`` (default ``runs/``): ``config.json``,
 ``split.csv``, ``model.keras`` (best by validation Dice), ``history.csv``, ``logs/`` (TensorBoard),
@@ -12,6 +13,7 @@ Every invocation writes one run folder under ``--out`` (default ``runs/``): ``co
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -19,9 +21,11 @@ import math
 import os
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -85,6 +89,10 @@ class TrainConfig:
         Test-time augmentation (8 flips/rotations) when predicting full images.
     figures_per_cluster : int
         Test images drawn per cluster in the figures.
+    distribute : str
+        'none', 'mirrored' (the GPUs of one machine: ``tf.distribute.MirroredStrategy``, or
+        ``keras.distribution.DataParallel`` on JAX) or 'multiworker' (machines listed in ``TF_CONFIG``:
+        ``tf.distribute.MultiWorkerMirroredStrategy``). ``batch_size`` is the global batch.
     """
 
     preset: str
@@ -113,6 +121,7 @@ class TrainConfig:
     contact_threshold: float = segment.DEFAULT_CONTACT_THRESHOLD
     tta: bool = False
     figures_per_cluster: int = 2
+    distribute: str = "none"
 
     def __post_init__(self):
         positive = ("epochs", "steps_per_epoch", "batch_size", "depth", "base_filters", "tile_size")
@@ -143,6 +152,12 @@ class TrainConfig:
             raise ValueError(f"marker_height must be positive or None, got {self.marker_height}")
         if self.figures_per_cluster < 0:
             raise ValueError(f"figures_per_cluster must be non-negative, got {self.figures_per_cluster}")
+        if self.distribute not in DISTRIBUTE_MODES:
+            raise ValueError(f"distribute must be one of {list(DISTRIBUTE_MODES)}, got {self.distribute!r}")
+        if self.distribute == "multiworker" and self.minutes is not None:
+            # Each worker would read its own clock and stop at another step, leaving the others waiting.
+            raise ValueError("minutes (a time budget) cannot be used with distribute='multiworker': the workers "
+                             "would stop at different steps; pass --minutes 0 and set --epochs instead")
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
@@ -160,6 +175,7 @@ class TrainConfig:
 LOSSES = ("bce", "bce_dice")
 LR_SCHEDULES = ("constant", "cosine")
 SAMPLINGS = ("tile", "image")
+DISTRIBUTE_MODES = ("none", "mirrored", "multiworker")
 
 PRESETS: dict[str, dict] = {
     # The reference write-up: a 64..1024 U-Net, BCE, batch 20, 3 x 3500 steps. A GPU job.
@@ -192,7 +208,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
                "  python train_and_predicted_masks.py --preset cpu --seed 1\n"
                "  python train_and_predicted_masks.py --evaluate runs/RUN/model.keras --tta\n"
                "  python train_and_predicted_masks.py --evaluate runs/RUN/model.keras --tune\n"
-               "  python train_and_predicted_masks.py --predict runs/RUN/model.keras --input my_images/",
+               "  python train_and_predicted_masks.py --predict runs/RUN/model.keras --input my_images/\n"
+               "  python train_and_predicted_masks.py export --model runs/RUN/model.keras --format savedmodel "
+               "(see export --help)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     mode = parser.add_argument_group("what to do")
@@ -232,7 +250,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     train.add_argument("--steps-per-epoch", type=int, help="batches per epoch; CV is evaluated after each")
     train.add_argument("--batch-size", type=int, help="tiles per batch")
     train.add_argument("--learning-rate", type=float, help="Adam's learning rate")
-    train.add_argument("--minutes", type=float, help="training time budget in minutes (stops after validating)")
+    train.add_argument("--minutes", type=float,
+                       help="training time budget in minutes (stops after validating); 0 = no budget")
     train.add_argument("--seed", type=int, default=0,
                        help="seed for split (first use), weights, sampling, augmentation (default: 0)")
     train.add_argument("--depth", type=int, help="U-Net levels, bottleneck included")
@@ -249,6 +268,11 @@ def build_arg_parser() -> argparse.ArgumentParser:
                        help="compile the training step with XLA (TensorFlow backend)")
     train.add_argument("--contacts", action=argparse.BooleanOptionalAction, default=None,
                        help="a second output channel learns where nuclei touch, to split them")
+    train.add_argument("--distribute", choices=DISTRIBUTE_MODES,
+                       help="'mirrored': every GPU of this machine (tf.distribute.MirroredStrategy; "
+                            "keras.distribution.DataParallel on JAX); 'multiworker': the machines in TF_CONFIG "
+                            "(tf.distribute.MultiWorkerMirroredStrategy). --batch-size is the global batch, "
+                            "split across replicas (default: none)")
 
     post = parser.add_argument_group("post-processing (default: the training run's, else the CV-chosen defaults)")
     post.add_argument("--threshold", type=float, help=f"probability threshold for the masks "
@@ -287,6 +311,10 @@ def config_from_args(args: argparse.Namespace, preset: str) -> TrainConfig:
     values["split"] = str(args.split if args.split is not None else dsb.DEFAULT_SPLIT_PATH)
     if args.marker_height is not None:
         values["marker_height"] = None if args.marker_height <= 0 else args.marker_height
+    if args.minutes == 0:
+        values["minutes"] = None
+    if args.distribute is not None:
+        values["distribute"] = args.distribute
     return TrainConfig.from_dict(values)
 
 
@@ -464,6 +492,33 @@ def make_time_budget_callback(minutes: float):
     return TimeBudget()
 
 
+def make_throughput_callback(batch_size: int):
+    """Logs each epoch's training speed: steps/s and tiles/s from the end of its first step to its last.
+
+    The first step (graph tracing, compilation) and the validation after the last are left out,
+    so the figure compares setups (devices, workers, backends) on the training steps alone.
+    """
+    import keras
+
+    class Throughput(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.steps, self.first_end, self.last_end = 0, None, None
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.steps += 1
+            self.last_end = time.monotonic()
+            if self.steps == 1:
+                self.first_end = self.last_end
+
+        def on_epoch_end(self, epoch, logs=None):
+            if self.steps > 1 and self.last_end > self.first_end:
+                rate = (self.steps - 1) / (self.last_end - self.first_end)
+                log.info("epoch %d: %.2f training steps/s = %.1f tiles/s (steps 2-%d, global batch %d)",
+                         epoch + 1, rate, rate * batch_size, self.steps, batch_size)
+
+    return Throughput()
+
+
 # --------------------------------------------------------------------------------------------
 # Training
 # --------------------------------------------------------------------------------------------
@@ -485,6 +540,27 @@ def prepare_training_data(records, split, config: TrainConfig) -> dict:
     if len(data["train_images"]) == 0 or len(data["cv_images"]) == 0:
         raise ValueError("the split has no training or no CV images; the dataset is too small")
     return data
+
+
+def shardable_validation(images, masks, batch_size: int):
+    """CV tiles and batch size that the active Keras distribution can split evenly over its devices.
+
+    JAX's ``keras.distribution.DataParallel`` cannot shard a batch whose size its device count does
+    not divide, so under it the batch size is rounded up to a multiple of the device count and the
+    last ``len(images) % devices`` tiles are left out of validation (logged). Without a Keras
+    distribution (``tf.distribute`` splits uneven batches itself) everything is returned unchanged.
+    """
+    import keras
+
+    distribution = keras.distribution.distribution()
+    if distribution is None:
+        return images, masks, batch_size
+    mesh = distribution.device_mesh
+    devices = mesh.shape[list(mesh.axis_names).index(distribution.batch_dim_name)]
+    kept = len(images) - len(images) % devices
+    if kept < len(images):
+        log.warning("validating on %d of %d CV tiles: the %d devices need equal shares", kept, len(images), devices)
+    return images[:kept], masks[:kept], math.ceil(batch_size / devices) * devices
 
 
 def make_checkpoint_callbacks(run_dir: Path, best: float, elapsed_seconds: float):
@@ -568,12 +644,14 @@ def train(config: TrainConfig, run_dir: Path, records, split, *, progress: bool,
 
     sequence = make_training_sequence(data["train_images"], data["train_masks"], config, data["train_ids"])
     callbacks.append(epoch_setter(sequence))
+    callbacks.append(make_throughput_callback(config.batch_size))
+    cv_images, cv_masks, validation_batch_size = shardable_validation(data["cv_images"], data["cv_masks"],
+                                                                      max(config.batch_size, 8))
     started = time.monotonic()
     history = model.fit(
         sequence,
-        validation_data=(data["cv_images"][..., None].astype(np.float32),
-                         target_channels(data["cv_masks"], config)),
-        validation_batch_size=max(config.batch_size, 8),
+        validation_data=(cv_images[..., None].astype(np.float32), target_channels(cv_masks, config)),
+        validation_batch_size=validation_batch_size,
         epochs=config.epochs,
         initial_epoch=initial_epoch,
         callbacks=callbacks,
@@ -619,13 +697,27 @@ def build_model(config: TrainConfig):
     model = unet.build_unet(
         (config.tile_size, config.tile_size, 1), depth=config.depth, base_filters=config.base_filters,
         batch_norm=config.batch_norm, dropout=config.dropout, output_channels=2 if config.contacts else 1,
+        # Per-replica statistics would differ between workers and come from as little as one tile.
+        synchronized_batch_norm=config.distribute != "none",
     )
     loss = unet.bce_dice_loss if config.loss == "bce_dice" else keras.losses.BinaryCrossentropy()
     model.compile(optimizer=keras.optimizers.Adam(learning_rate_schedule(config)), loss=loss,
                   metrics=[unet.DiceCoefficient()],
-                  # XLA is what the flag asks for on TensorFlow; JAX always compiles; torch stays eager.
-                  jit_compile=config.jit_compile if keras.backend.backend() == "tensorflow" else "auto")
+                  jit_compile=effective_jit_compile(config))
     return model
+
+
+def effective_jit_compile(config: TrainConfig):
+    """``model.compile``'s ``jit_compile``: XLA where the config asks for it on TensorFlow without
+    ``tf.distribute`` (whose CPU collectives XLA cannot compile); JAX always compiles; torch stays eager."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return "auto"
+    if config.jit_compile and config.distribute != "none":
+        log.info("XLA (jit_compile) is off under --distribute %s", config.distribute)
+        return False
+    return config.jit_compile
 
 
 def truncate_history(path: Path, last_epoch: int) -> None:
@@ -643,6 +735,133 @@ def _tensorflow_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+# --------------------------------------------------------------------------------------------
+# Distribution: several GPUs, several machines
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Distribution:
+    """How one training run is spread over devices.
+
+    Attributes
+    ----------
+    is_chief : bool
+        Whether this process writes the run folder (always, except for non-chief workers).
+    scope : callable
+        Returns the context in which the model is built, compiled and fitted.
+    """
+
+    is_chief: bool
+    scope: Callable[[], contextlib.AbstractContextManager]
+
+
+def read_tf_config() -> dict:
+    """The ``TF_CONFIG`` of a multi-worker run, checked: ``{"cluster": {...}, "task": {"type", "index"}}``."""
+    text = os.environ.get("TF_CONFIG")
+    if not text:
+        raise ValueError("--distribute multiworker needs TF_CONFIG, the cluster and this worker's task, e.g. "
+                         "{\"cluster\": {\"worker\": [\"host1:port\", \"host2:port\"]}, "
+                         "\"task\": {\"type\": \"worker\", \"index\": 0}}")
+    try:
+        tf_config = json.loads(text)
+        cluster, task = tf_config["cluster"], tf_config["task"]
+        members = cluster[task["type"]]
+        index = int(task["index"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"TF_CONFIG must hold a cluster and this process's task in it: {error!r} in {text}") from None
+    if task["type"] not in ("chief", "worker") or not 0 <= index < len(members):
+        raise ValueError(f"TF_CONFIG: task {task} is not a chief or worker of the cluster {cluster}")
+    return tf_config
+
+
+def is_chief_task(tf_config: dict) -> bool:
+    """The chief writes the run folder: task type 'chief', or worker 0 when the cluster names no chief."""
+    task = tf_config["task"]
+    if "chief" in tf_config["cluster"]:
+        return task["type"] == "chief"
+    return task["type"] == "worker" and int(task["index"]) == 0
+
+
+def multi_worker_strategy():
+    """A ``tf.distribute.MultiWorkerMirroredStrategy`` whose ``reduce`` takes what Keras 3 gives it.
+
+    With two or more workers, Keras 3.15's ``fit`` fails in two places (keras-team/keras#20585):
+    it reduces the first (x, y) batch as a pair, which this strategy does not accept ("Attempt to
+    convert a value (PerReplica...)"), and it averages each step's scalar logs (loss, Dice) over
+    ``axis=0``, which scalars do not have. Here a pair is reduced member by member and a scalar
+    over the replicas only.
+    """
+    import tensorflow as tf
+
+    class MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
+        def reduce(self, reduce_op, value, axis):
+            parent = super()
+
+            def reduce_member(member):
+                scalar = axis is not None and len(member.shape) == 0
+                return parent.reduce(reduce_op, member, None if scalar else axis)
+
+            return tf.nest.map_structure(reduce_member, value)
+
+    return MultiWorkerMirroredStrategy()
+
+
+def start_distribution(config: TrainConfig) -> Distribution:
+    """Set up ``config.distribute`` on the Keras backend in use; a bad combination raises ``ValueError``.
+
+    Must run before anything else in the process touches TensorFlow: a multi-worker strategy
+    configures the runtime's collective operations when it is created.
+    """
+    if config.distribute == "none":
+        return Distribution(True, contextlib.nullcontext)
+    import keras
+
+    logging.getLogger("tensorflow").setLevel(logging.WARNING)  # strategies log every all-reduce at INFO
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        if config.distribute == "mirrored":
+            # Every GPU; without one, every logical CPU device (one, unless the process configured more).
+            devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+            strategy = tf.distribute.MirroredStrategy([device.name for device in devices])
+            is_chief = True
+        else:
+            if not Path(config.split).is_file():
+                # A split made separately on each machine could differ and put test images into training.
+                raise ValueError(f"--distribute multiworker needs the same existing split file on every worker; "
+                                 f"{config.split} does not exist (copy the chief's, or pass --split)")
+            is_chief = is_chief_task(read_tf_config())
+            strategy = multi_worker_strategy()
+        replicas, scope = strategy.num_replicas_in_sync, strategy.scope
+        name = type(strategy).__name__
+    elif backend == "jax" and config.distribute == "mirrored":
+        devices = keras.distribution.list_devices()
+        data_parallel = keras.distribution.DataParallel(devices=devices)
+        replicas, scope, is_chief, name = len(devices), data_parallel.scope, True, "keras.distribution.DataParallel"
+    else:
+        raise ValueError(f"--distribute {config.distribute} is not available on the {backend} backend "
+                         f"(multiworker: TensorFlow only; mirrored: TensorFlow or JAX)")
+    if config.batch_size % replicas:
+        raise ValueError(f"--batch-size {config.batch_size} is the global batch and must be divisible by the "
+                         f"{replicas} replicas")
+    log.info("%s: %d replicas, global batch %d = %d per replica%s", name, replicas, config.batch_size,
+             config.batch_size // replicas, "" if is_chief else "; this worker is not the chief and keeps no files")
+    return Distribution(is_chief, scope)
+
+
+def run_as_worker(config: TrainConfig, distribution: Distribution, *, cache_dir: Path | None, progress: bool) -> None:
+    """Train as a non-chief worker: in step with the chief, in a scratch folder removed at the end."""
+    scratch = Path(tempfile.mkdtemp(prefix="unet-worker-"))
+    try:
+        records, split = load_data(config, cache_dir=cache_dir, progress=progress)
+        with distribution.scope():
+            train(config, scratch, records, split, progress=progress)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -940,10 +1159,70 @@ def draw_figures(records, predictions: dict, clusters: dict, folder: Path, confi
 
 
 # --------------------------------------------------------------------------------------------
+# Export for serving
+# --------------------------------------------------------------------------------------------
+
+EXPORT_FORMATS = {"savedmodel": "tf_saved_model"}  # our name -> Keras' model.export format
+
+
+def build_export_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="train_and_predicted_masks.py export",
+        description="Export a trained model for other tools: a TensorFlow SavedModel that TF Serving and "
+                    "tf.saved_model.load read. Its 'serve' endpoint maps tiles (batch, H, W, 1) float32 in [0, 1], "
+                    "preprocessed as in dsb.preprocess, to nucleus probabilities of the same shape.",
+    )
+    parser.add_argument("--model", type=Path, required=True, help="a saved model, e.g. runs/RUN/model.keras")
+    parser.add_argument("--format", default="savedmodel",
+                        help=f"export format: {', '.join(EXPORT_FORMATS)} (default: savedmodel)")
+    parser.add_argument("--out", type=Path,
+                        help="folder to create; never overwritten (default: export_savedmodel/1 beside the model: "
+                             "'1' is the model version folder TF Serving expects)")
+    return parser
+
+
+def export_model(model_path: Path, export_format: str = "savedmodel", out: Path | None = None) -> Path:
+    """Export ``model_path`` to a new folder ``out`` (default ``<model folder>/export_savedmodel/1``).
+
+    The export is written under a temporary name and renamed, and an existing ``out`` is an
+    error: an export is never overwritten or left half-written.
+    """
+    if export_format not in EXPORT_FORMATS:
+        raise ValueError(f"unknown export format {export_format!r}: choose from {', '.join(EXPORT_FORMATS)}")
+    if not Path(model_path).is_file():
+        raise FileNotFoundError(f"model file not found: {model_path}")
+    out = Path(out) if out is not None else Path(model_path).parent / "export_savedmodel" / "1"
+    if out.exists():
+        raise FileExistsError(f"{out} already exists: an export is never overwritten; pass another --out")
+    if not _tensorflow_available():
+        raise ValueError("export --format savedmodel needs TensorFlow installed (a SavedModel is TensorFlow's format)")
+    model = load_model(model_path)
+    partial = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model.export(str(partial), format=EXPORT_FORMATS[export_format], verbose=False)
+    os.replace(partial, out)
+    return out
+
+
+def export_main(argv: list[str]) -> int:
+    """``export --model M [--format savedmodel] [--out DIR]``: errors as one line and exit code 2."""
+    args = build_export_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        out = export_model(args.model, args.format, args.out)
+    except (ValueError, OSError) as error:
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
+    print(f"Exported {args.model} as a {args.format} to {out}/ (endpoint 'serve')")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
 # Entry point
 # --------------------------------------------------------------------------------------------
 
-def run(args: argparse.Namespace) -> Path:
+def run(args: argparse.Namespace) -> Path | None:
     progress = not args.quiet
     cache_dir = None if args.no_cache else args.cache_dir
     if args.evaluate is not None or args.predict is not None:
@@ -954,10 +1233,17 @@ def run(args: argparse.Namespace) -> Path:
             raise ValueError(f"{run_dir} is not a training run folder (no config.json and split.csv)")
         config = dataclasses.replace(TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text())),
                                      split=str(run_dir / "split.csv"))
+        if config.distribute == "multiworker":
+            raise ValueError("--resume of a multi-worker run is not supported: every worker would need the run's "
+                             "last.keras; start a new run")
+        distribution = start_distribution(config)
         log.info("resuming run folder: %s", run_dir)
     else:
         preset = choose_preset(args.preset)
         config = config_from_args(args, preset)
+        distribution = start_distribution(config)  # before the run folder: a bad combination leaves none
+        if not distribution.is_chief:
+            return run_as_worker(config, distribution, cache_dir=cache_dir, progress=progress)
         run_dir = new_run_dir(args.out, preset)
         write_json(run_dir / "config.json", config.to_dict())
         log.info("run folder: %s", run_dir)
@@ -965,7 +1251,8 @@ def run(args: argparse.Namespace) -> Path:
     if args.resume is None:
         dsb.save_csv(split, run_dir / "split.csv")
         write_json(run_dir / "clusters.json", dsb.fit_cluster_model(dsb.image_statistics(records), split))
-    checkpoint = train(config, run_dir, records, split, progress=progress, resume=args.resume is not None)
+    with distribution.scope():
+        checkpoint = train(config, run_dir, records, split, progress=progress, resume=args.resume is not None)
     clusters = dict(zip(split["image_id"], split["cluster"]))
     evaluate(checkpoint, config, run_dir, subset_records(records, split, "test"), clusters, progress=progress)
     return run_dir
@@ -1046,6 +1333,9 @@ def model_clusters(model_path: Path, config: TrainConfig, stats) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["export"]:
+        return export_main(argv[1:])
     parser = build_arg_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -1054,6 +1344,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as error:  # bad input, missing or unwritable files: one line, no traceback
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
+    if run_dir is None:
+        print("This worker's part of the training is done; the chief wrote the run folder.")
+        return 0
     outputs = sorted(path.name + ("/" if path.is_dir() else "") for path in run_dir.iterdir())
     print(f"Outputs are in {run_dir}/: {', '.join(outputs)}")
     return 0

@@ -19,6 +19,7 @@ def build_unet(
     dropout: float = 0.0,
     output_channels: int = 1,
     name: str = "unet",
+    synchronized_batch_norm: bool = False,
 ) -> keras.Model:
     """Build a U-Net with a sigmoid output.
 
@@ -37,6 +38,9 @@ def build_unet(
         Dropout rate at the two deepest levels (0: none).
     output_channels : int
         Sigmoid channels of the output (1: nucleus probability).
+    synchronized_batch_norm : bool
+        Batch statistics over the global batch of all replicas of a ``tf.distribute`` strategy, not
+        each replica's share (``SynchronizedBatchNormalization``).
 
     Returns
     -------
@@ -55,6 +59,8 @@ def build_unet(
         if size is not None and size % divisor:
             raise ValueError(f"input size {input_shape[:2]} must be divisible by {divisor} for depth {depth}")
 
+    batch_normalization = SynchronizedBatchNormalization if synchronized_batch_norm else layers.BatchNormalization
+
     def conv_block(x, filters, level):
         for index in (1, 2):
             x = layers.Conv2D(
@@ -64,7 +70,7 @@ def build_unet(
             if batch_norm:
                 # Momentum 0.9, not Keras' 0.99: short CPU runs (a few hundred steps) otherwise
                 # validate with moving statistics that lag far behind the weights.
-                x = layers.BatchNormalization(momentum=0.9, name=f"{level}_bn{index}")(x)
+                x = batch_normalization(momentum=0.9, name=f"{level}_bn{index}")(x)
             x = layers.Activation("relu", name=f"{level}_relu{index}")(x)
         return x
 
@@ -87,6 +93,25 @@ def build_unet(
     return keras.Model(inputs, outputs, name=name)
 
 
+@keras.saving.register_keras_serializable(package="unet")
+class SynchronizedBatchNormalization(layers.BatchNormalization):
+    """Batch normalization with statistics over every replica of a ``tf.distribute`` strategy.
+
+    Keras' ``synchronized=True`` exists on the TensorFlow backend only, and a model saved with it
+    refuses to load on JAX or PyTorch. This layer is saved without the flag and sets it on
+    TensorFlow only; elsewhere, and outside a strategy, it is plain batch normalization.
+    """
+
+    def __init__(self, **kwargs):
+        kwargs.pop("synchronized", None)
+        super().__init__(synchronized=keras.backend.backend() == "tensorflow", **kwargs)
+
+    def get_config(self):
+        config = super().get_config()
+        del config["synchronized"]
+        return config
+
+
 def soft_dice(y_true, y_pred, smooth: float = 1.0):
     """Soft Dice of each channel over the whole batch: ``(2 sum(t p) + s) / (sum(t) + sum(p) + s)``.
 
@@ -104,9 +129,17 @@ def bce_dice_loss(y_true, y_pred):
 
     The Dice terms counter the background's majority: without them the rare contact channel of a
     contact-aware U-Net would learn to say "no contact" everywhere.
+
+    Returns
+    -------
+    ndarray, shape (batch,), float32: each sample's mean BCE plus the batch's ``1 - soft Dice`` summed
+    over channels. Keras averages it over the batch. Per-sample values, not their mean: under
+    ``tf.distribute`` Keras divides a loss by the number of replicas only when it is not already a
+    scalar, and a scalar loss would multiply the gradient by the replica count.
     """
-    bce = ops.mean(keras.losses.binary_crossentropy(ops.cast(y_true, y_pred.dtype), y_pred))
-    return bce + ops.sum(1.0 - soft_dice(y_true, y_pred))
+    bce = keras.losses.binary_crossentropy(ops.cast(y_true, y_pred.dtype), y_pred)
+    per_sample_bce = ops.mean(ops.reshape(bce, (ops.shape(bce)[0], -1)), axis=1)
+    return per_sample_bce + ops.sum(1.0 - soft_dice(y_true, y_pred))
 
 
 @keras.saving.register_keras_serializable(package="unet")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -79,6 +81,11 @@ def zip_folder(folder: Path, target: Path) -> Path:
 @pytest.fixture
 def synthetic_items():
     """Twelve small images of three kinds, 8-bit, seeded."""
+    return make_synthetic_items()
+
+
+def make_synthetic_items() -> dict:
+    """``{image_id: (image, masks)}``: twelve small images of three kinds, 8-bit, seeded."""
     rng = np.random.default_rng(0)
     items = {}
     for index in range(12):
@@ -122,3 +129,50 @@ def real_subset_zip(tmp_path_factory) -> Path:
                 else:
                     out.write(source / name, name)
     return target
+
+
+def write_split(path: Path, subsets: dict[str, str]) -> Path:
+    """A split CSV (``image_id, cluster, subset``) with the given subsets, so tiny datasets get every subset."""
+    lines = ["image_id,cluster,subset"] + [f"{image_id},{index % 3},{subset}"
+                                           for index, (image_id, subset) in enumerate(sorted(subsets.items()))]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def synthetic_subsets(items: dict) -> dict[str, str]:
+    """Subsets of the twelve synthetic images: 6 train, 3 CV (6 tiles of 256), 3 test, one of each kind per subset."""
+    return {image_id: "cv" if index in (3, 4, 5) else "test" if index in (6, 7, 8) else "train"
+            for index, image_id in enumerate(sorted(items))}
+
+
+@pytest.fixture(scope="module")
+def synthetic_training_set(tmp_path_factory) -> tuple[Path, Path]:
+    """The twelve synthetic images in the DSB layout and their split CSV, made once per test module."""
+    root = tmp_path_factory.mktemp("synthetic")
+    items = make_synthetic_items()
+    return write_dsb_folder(root, items), write_split(root / "split.csv", synthetic_subsets(items))
+
+
+RUN_CLI = Path(__file__).resolve().parent / "run_cli.py"
+
+
+def start_cli_process(request: dict, *, env: dict | None = None):
+    """Start ``tests/run_cli.py`` with ``request`` in a new Python process (environment: ours plus ``env``)."""
+    return subprocess.Popen([sys.executable, str(RUN_CLI), json.dumps(request)], env={**os.environ, **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish_cli_process(process, *, timeout: float = 300) -> tuple[dict, str]:
+    """Wait for a ``start_cli_process`` process: its ``RESULT`` (empty if it printed none) and its whole output."""
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate()
+        pytest.fail(f"{RUN_CLI.name} did not finish in {timeout} s; its output:\n{output[-5000:]}")
+    lines = [line for line in output.splitlines() if line.startswith("RESULT ")]
+    return (json.loads(lines[-1][len("RESULT "):]) if lines else {}), output
+
+
+def run_cli_process(request: dict, *, env: dict | None = None, timeout: float = 300) -> tuple[dict, str]:
+    return finish_cli_process(start_cli_process(request, env=env), timeout=timeout)

@@ -75,8 +75,8 @@ def test_dice_metric_accumulates_pixels_not_batch_means():
 
 def test_bce_dice_loss_is_small_for_a_good_prediction_and_large_for_a_bad_one():
     truth = np.array([[[1.0], [0.0], [1.0], [0.0]]], np.float32)
-    good = float(unet.bce_dice_loss(truth, np.clip(truth, 0.01, 0.99)))
-    bad = float(unet.bce_dice_loss(truth, np.clip(1 - truth, 0.01, 0.99)))
+    (good,) = np.asarray(unet.bce_dice_loss(truth, np.clip(truth, 0.01, 0.99)))
+    (bad,) = np.asarray(unet.bce_dice_loss(truth, np.clip(1 - truth, 0.01, 0.99)))
     expected_good = -np.log(0.99) + 1 - (2 * 1.98 + 1) / (2 + 2 * 0.99 + 0.02 + 1)  # hand-computed
     assert good == pytest.approx(expected_good, rel=1e-4)
     assert bad > 4.0
@@ -92,9 +92,22 @@ def test_metric_and_loss_with_a_contact_channel():
     metric.update_state(truth, wrong_contacts)
     assert float(metric.result()) == pytest.approx(1.0)
     clipped = np.clip(truth, 0.01, 0.99)
-    one_channel = float(unet.bce_dice_loss(truth[..., :1], clipped[..., :1]))
-    assert float(unet.bce_dice_loss(truth, clipped)) > one_channel
-    assert float(unet.bce_dice_loss(truth, np.clip(wrong_contacts, 0.01, 0.99))) > float(unet.bce_dice_loss(truth, clipped)) + 1
+
+    def loss(t, p):
+        return float(np.mean(np.asarray(unet.bce_dice_loss(t, p))))
+
+    assert loss(truth, clipped) > loss(truth[..., :1], clipped[..., :1])
+    assert loss(truth, np.clip(wrong_contacts, 0.01, 0.99)) > loss(truth, clipped) + 1
+
+
+def test_bce_dice_loss_gives_each_sample_its_bce_plus_the_batch_dice_term():
+    truth = np.zeros((2, 2, 2, 1), np.float32)
+    truth[0, 0, 0] = 1.0
+    predicted = np.full_like(truth, 0.2)
+    losses = np.asarray(unet.bce_dice_loss(truth, predicted))
+    bce = [-(np.log(0.2) + 3 * np.log(0.8)) / 4, -np.log(0.8)]  # hand-computed, per sample
+    dice = (2 * 0.2 + 1) / (1 + 8 * 0.2 + 1)  # over the whole batch
+    np.testing.assert_allclose(losses, [bce[0] + 1 - dice, bce[1] + 1 - dice], rtol=1e-5)
 
 
 def test_model_with_custom_objects_saves_and_loads(tmp_path):
