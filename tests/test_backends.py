@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import train_and_predicted_masks as cli
 import unet
 from conftest import run_cli_process
 
@@ -81,7 +82,8 @@ def test_test_images_are_evaluated_on_every_backend(backend_run):
 def test_saved_model_loads_and_predicts_probabilities_on_every_backend(backend_run):
     _, _, result, _ = backend_run
     prediction = result["predict"]
-    assert prediction["shape"] == [2, 256, 256, 1] and prediction["finite"]
+    channels = 2 if cli.PRESETS["smoke"].get("contacts") else 1  # nuclei (+ contacts)
+    assert prediction["shape"] == [2, 256, 256, channels] and prediction["finite"]
     assert 0.0 <= prediction["min"] <= prediction["max"] <= 1.0
 
 
