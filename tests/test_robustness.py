@@ -107,8 +107,8 @@ def test_nan_loss_later_keeps_the_last_good_checkpoint(synthetic_folder, tmp_pat
     records, split = _records_and_split(synthetic_folder, tmp_path)
     original = cli.make_training_sequence
 
-    def poisoned(images, masks, config):
-        sequence = original(images, masks, config)
+    def poisoned(images, masks, config, owners=None):
+        sequence = original(images, masks, config, owners)
         plain = type(sequence).__getitem__
 
         def getitem(self, index):

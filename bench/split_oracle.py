@@ -1,0 +1,71 @@
+"""Where the DSB score is lost: the model's nuclei, a perfect split of its foreground, and the true masks.
+
+For every image of a split subset (CV by default), three mAPs (mean over IoU 0.50..0.95):
+
+- ``predicted``: the model's probability, threshold 0.5, connected components, specks <= 30 px dropped
+  (the one-channel defaults);
+- ``oracle_split``: the same predicted foreground, each pixel given to the nearest true nucleus (within
+  20 px; the rest as connected components): what a perfect splitting of touching nuclei would score;
+- ``true_mask_components``: the true union mask cut by connected components: what the pixel-perfect
+  foreground scores without any splitting.
+
+    python bench/split_oracle.py runs/<run> [--subset cv]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import skimage.measure
+import skimage.segmentation
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import dsb  # noqa: E402
+import segment  # noqa: E402
+import train_and_predicted_masks as tm  # noqa: E402
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path, help="a training run folder (config.json, model.keras, split.csv)")
+    parser.add_argument("--subset", default="cv", choices=("cv", "test", "train"))
+    args = parser.parse_args(argv)
+
+    config = tm.TrainConfig.from_dict(json.loads((args.run / "config.json").read_text()))
+    records = dsb.load_dataset(dsb.find_dataset(config.data), cache_dir=dsb.DEFAULT_CACHE_DIR, progress=False)
+    split = pd.read_csv(args.run / "split.csv").set_index("image_id")
+    chosen = [record for record in records if split.loc[record.image_id, "subset"] == args.subset]
+    predict_tiles, tile_size = tm.make_predictor(tm.load_model(args.run / "model.keras"), config)
+    rows = []
+    for record in chosen:
+        probability = segment.predict_probability(predict_tiles, record.image, tile_size=tile_size)
+        foreground = probability > 0.5
+        nearest = skimage.segmentation.expand_labels(record.labels, 20) * foreground
+        rest = skimage.measure.label(foreground & (nearest == 0))
+        oracle = np.where(rest > 0, rest + nearest.max(), nearest)
+        sizes = np.bincount(oracle.ravel())
+        small = sizes <= 30
+        small[0] = False
+        oracle = np.where(small[oracle], 0, oracle)
+        rows.append({
+            "cluster": int(split.loc[record.image_id, "cluster"]),
+            "predicted": segment.average_precision(record.labels, segment.probability_to_labels(probability))["map"],
+            "oracle_split": segment.average_precision(record.labels, oracle)["map"],
+            "true_mask_components": segment.average_precision(
+                record.labels, skimage.measure.label(record.mask, connectivity=1))["map"],
+        })
+    table = pd.DataFrame(rows)
+    print(f"{args.subset} split, {len(table)} images: mAP per cluster and overall")
+    print(table.groupby("cluster").mean().round(3).to_string())
+    print(table.drop(columns="cluster").mean().round(3).to_string())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
