@@ -38,7 +38,7 @@ DEFAULT_MARKER_HEIGHT: float | None = None
 DEFAULT_CONTACT_THRESHOLD = 0.2
 
 PredictTiles = Callable[[np.ndarray], np.ndarray]
-"""Maps tiles, shape (N, T, T, 1) float32 in [0, 1], to probabilities of the same shape."""
+"""Maps tiles, shape (N, T, T, 1) float32 in [0, 1], to probabilities (N, T, T, C): nuclei [, contacts]."""
 
 
 def predict_maps(
