@@ -446,6 +446,25 @@ def make_training_sequence(images, masks, config: TrainConfig, owners=None):
     return TileBatches()
 
 
+def make_validation_sequence(images, masks, batch_size: int, config: TrainConfig):
+    """A ``keras.utils.PyDataset`` of the CV tiles in order, cast to float32 one batch at a time.
+
+    The stored tiles stay compact (float16 images, uint8 targets); a float32 copy of the whole CV set
+    (and the second copy a ``tf.data`` pipeline would make of it) is never built.
+    """
+    import keras
+
+    class ValidationBatches(keras.utils.PyDataset):
+        def __len__(self):
+            return math.ceil(len(images) / batch_size)
+
+        def __getitem__(self, index):
+            chosen = slice(index * batch_size, (index + 1) * batch_size)
+            return images[chosen, ..., None].astype(np.float32), target_channels(masks[chosen], config)
+
+    return ValidationBatches()
+
+
 def target_channels(masks: np.ndarray, config: TrainConfig) -> np.ndarray:
     """Stored target tiles (uint8: bit 0 nucleus, bit 1 contact) as the model's float32 targets (N, T, T, C)."""
     masks = np.asarray(masks)
@@ -602,16 +621,16 @@ def save_model_atomically(model, path: Path) -> None:
     os.replace(temporary, path)
 
 
-def train(config: TrainConfig, run_dir: Path, records, split, *, progress: bool, resume: bool = False) -> Path:
-    """Fit the U-Net on the train split, validating on CV; returns the path of the best checkpoint.
+def train(config: TrainConfig, run_dir: Path, data: dict, *, progress: bool, resume: bool = False) -> Path:
+    """Fit the U-Net on the train tiles, validating on the CV tiles; returns the path of the best checkpoint.
 
-    With ``resume``, training continues from ``run_dir/last.keras`` and ``state.json`` (the end of
-    the last finished epoch), with the time budget that was left.
+    ``data`` comes from ``prepare_training_data``. With ``resume``, training continues from
+    ``run_dir/last.keras`` and ``state.json`` (the end of the last finished epoch), with the time
+    budget that was left.
     """
     import keras
 
     keras.utils.set_random_seed(config.seed)
-    data = prepare_training_data(records, split, config)
     log.info("tiles %dx%d: train %d, cv %d", config.tile_size, config.tile_size,
              len(data["train_images"]), len(data["cv_images"]))
 
@@ -650,8 +669,7 @@ def train(config: TrainConfig, run_dir: Path, records, split, *, progress: bool,
     started = time.monotonic()
     history = model.fit(
         sequence,
-        validation_data=(cv_images[..., None].astype(np.float32), target_channels(cv_masks, config)),
-        validation_batch_size=validation_batch_size,
+        validation_data=make_validation_sequence(cv_images, cv_masks, validation_batch_size, config),
         epochs=config.epochs,
         initial_epoch=initial_epoch,
         callbacks=callbacks,
@@ -858,8 +876,11 @@ def run_as_worker(config: TrainConfig, distribution: Distribution, *, cache_dir:
     scratch = Path(tempfile.mkdtemp(prefix="unet-worker-"))
     try:
         records, split = load_data(config, cache_dir=cache_dir, progress=progress)
+        data = prepare_training_data(records, split, config)
+        del records
+        release_freed_memory()
         with distribution.scope():
-            train(config, scratch, records, split, progress=progress)
+            train(config, scratch, data, progress=progress)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -1251,11 +1272,38 @@ def run(args: argparse.Namespace) -> Path | None:
     if args.resume is None:
         dsb.save_csv(split, run_dir / "split.csv")
         write_json(run_dir / "clusters.json", dsb.fit_cluster_model(dsb.image_statistics(records), split))
+    # Only the tiles and the test images are needed from here on: the other decoded images go before
+    # training starts (records loaded from the cache are views of one array, hence the copies).
+    test_records = [dataclasses.replace(record, image=record.image.copy(), labels=record.labels.copy())
+                    for record in subset_records(records, split, "test")]
+    data = prepare_training_data(records, split, config)
+    del records
+    release_freed_memory()
     with distribution.scope():
-        checkpoint = train(config, run_dir, records, split, progress=progress, resume=args.resume is not None)
+        checkpoint = train(config, run_dir, data, progress=progress, resume=args.resume is not None)
+    del data
     clusters = dict(zip(split["image_id"], split["cluster"]))
-    evaluate(checkpoint, config, run_dir, subset_records(records, split, "test"), clusters, progress=progress)
+    evaluate(checkpoint, config, run_dir, test_records, clusters, progress=progress)
     return run_dir
+
+
+def release_freed_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the system (glibc's ``malloc_trim``; elsewhere a no-op).
+
+    Without the trim, the decoded images freed after tiling would still count towards the process's
+    resident memory for the whole training run.
+    """
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    if sys.platform.startswith("linux") and name:
+        try:
+            ctypes.CDLL(name).malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to trim
+            pass
 
 
 def saved_config(model_path: Path, args: argparse.Namespace) -> TrainConfig:

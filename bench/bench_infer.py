@@ -1,12 +1,12 @@
 """Inference benchmark: megapixels/s of stitched full-image prediction against the raw model on pre-cut tiles.
 
-Ours: ``segment.predict_probability`` with the training script's ``make_predictor`` (tiling, one
-``model.predict`` per image, weighted stitching), image by image over the test split. The floor: one
+Ours: ``segment.predict_probability`` with the training script's ``make_predictor`` (tiling,
+``predict_on_batch`` batch by batch, weighted stitching), image by image over the test split. The floor: one
 ``model.predict`` over all the same tiles, cut beforehand, as one float32 array. Both count the
 images' own pixels, measured side by side in this process (alternating, median of ``--repeats``).
 TTA (8 flips/rotations) is timed on the first ``--tta-images`` images against the same images without.
 
-    python bench/bench_infer.py                     # an untrained cpu-preset U-Net (speed only)
+    python bench/bench_infer.py                     # an untrained cpu-preset U-Net, saved and reloaded (speed only)
     python bench/bench_infer.py --model runs/RUN/model.keras
     python bench/bench_infer.py --quick
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -55,7 +56,6 @@ def main(argv=None) -> int:
 
     import dsb
     import train_and_predicted_masks as tm
-    import unet
 
     preset = "smoke" if args.quick else "cpu"
     config = tm.TrainConfig(preset=preset, **tm.PRESETS[preset])
@@ -65,9 +65,13 @@ def main(argv=None) -> int:
     if args.model:
         model = tm.load_model(args.model)
     else:
+        # The preset's own U-Net (with its contact channel), saved and reloaded as --evaluate and
+        # --predict load it: uncompiled, so no training-time settings reach inference.
         keras.utils.set_random_seed(0)
-        model = unet.build_unet((config.tile_size, config.tile_size, 1), depth=config.depth,
-                                base_filters=config.base_filters, batch_norm=config.batch_norm)
+        with tempfile.TemporaryDirectory(prefix="bench-infer-") as scratch:
+            path = Path(scratch) / "model.keras"
+            tm.build_model(config).save(path)
+            model = tm.load_model(path)
     images = load_images(args.quick, config)
     predict_tiles, tile_size = tm.make_predictor(model, config)
     if tile_size != config.tile_size:
@@ -82,20 +86,12 @@ def main(argv=None) -> int:
         model.predict(tiles, batch_size=batch_size, verbose=0)
         return time.perf_counter() - start
 
-    def predict_on_batches(batch):
-        # The same model without model.predict's per-call set-up (data adapter, callbacks, iterator):
-        # what stitching could reach if make_predictor called the model batch by batch.
-        return np.concatenate([np.asarray(model.predict_on_batch(batch[i:i + batch_size]))
-                               for i in range(0, len(batch), batch_size)])
-
     model.predict(tiles[:batch_size], batch_size=batch_size, verbose=0)  # trace once, outside the timing
     stitched(predict_tiles, images[:1], config)
-    stitched(predict_on_batches, images[:1], config)
-    floor_runs, ours_runs, direct_runs = [], [], []
+    floor_runs, ours_runs = [], []
     for _ in range(args.repeats):
         floor_runs.append(raw())
         ours_runs.append(stitched(predict_tiles, images, config))
-        direct_runs.append(stitched(predict_on_batches, images, config))
     subset = images[: args.tta_images]
     plain_subset = stitched(predict_tiles, subset, config)
     tta_subset = stitched(predict_tiles, subset, config, tta=True)
@@ -109,9 +105,7 @@ def main(argv=None) -> int:
                   "tiles_per_second": len(tiles) / floor_seconds},
         "ours": {"seconds": ours_seconds, "all_seconds": ours_runs, "megapixels_per_second": megapixels / ours_seconds},
         "ratio": floor_seconds / ours_seconds,
-        "predict_on_batch": {"seconds": common.median(direct_runs), "all_seconds": direct_runs,
-                             "megapixels_per_second": megapixels / common.median(direct_runs),
-                             "ratio": floor_seconds / common.median(direct_runs)},
+        "output_channels": int(model.output_shape[-1]),
         "tta": {"images": len(subset), "plain_seconds": plain_subset, "tta_seconds": tta_subset,
                 "cost": tta_subset / plain_subset},
         "targets": {"ratio": 0.85},
@@ -121,9 +115,6 @@ def main(argv=None) -> int:
              results["floor"]["megapixels_per_second"], 1.0),
             ("ours: predict_probability per image (stitched)", len(ours_runs), ours_seconds,
              results["ours"]["megapixels_per_second"], results["ratio"]),
-            ("stitched, model.predict_on_batch per batch instead", len(direct_runs),
-             results["predict_on_batch"]["seconds"], results["predict_on_batch"]["megapixels_per_second"],
-             results["predict_on_batch"]["ratio"]),
             (f"ours, no TTA, first {len(subset)} images", 1, plain_subset,
              sum(i.size for i in subset) / 1e6 / plain_subset, "-"),
             (f"ours, TTA (8 transforms), same {len(subset)} images", 1, tta_subset,

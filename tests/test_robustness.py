@@ -100,7 +100,7 @@ def test_nan_loss_before_any_checkpoint_is_a_clear_error(synthetic_folder, tmp_p
     for record in records:
         record.image[:] = np.nan
     with pytest.raises(ValueError, match="the loss became NaN in epoch 1, before any model was saved"):
-        cli.train(_config(), tmp_path, records, split, progress=False)
+        cli.train(_config(), tmp_path, cli.prepare_training_data(records, split, _config()), progress=False)
 
 
 def test_nan_loss_later_keeps_the_last_good_checkpoint(synthetic_folder, tmp_path, monkeypatch):
@@ -119,7 +119,8 @@ def test_nan_loss_later_keeps_the_last_good_checkpoint(synthetic_folder, tmp_pat
         return sequence
 
     monkeypatch.setattr(cli, "make_training_sequence", poisoned)
-    checkpoint = cli.train(_config(epochs=4), tmp_path, records, split, progress=False)
+    checkpoint = cli.train(_config(epochs=4), tmp_path, cli.prepare_training_data(records, split, _config()),
+                           progress=False)
     assert checkpoint.exists()
     assert json.loads((tmp_path / "training.json").read_text())["stopped_by_nan_loss"] is True
     assert json.loads((tmp_path / "state.json").read_text())["epoch"] == 0

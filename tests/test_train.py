@@ -334,6 +334,21 @@ def test_target_channels_unpack_the_stored_bits():
     assert both[..., 0].tolist() == [[0, 1, 0, 1]] and both[..., 1].tolist() == [[0, 0, 1, 1]]
 
 
+
+def test_validation_batches_cover_every_cv_tile_once_in_order():
+    rng = np.random.default_rng(0)
+    images = rng.random((11, 8, 8)).astype(np.float16)
+    masks = rng.integers(0, 4, (11, 8, 8)).astype(np.uint8)
+    config = cli.TrainConfig.from_dict({"preset": "smoke", "contacts": True})
+    sequence = cli.make_validation_sequence(images, masks, 4, config)
+    batches = [sequence[i] for i in range(len(sequence))]
+    assert [len(x) for x, _ in batches] == [4, 4, 3]
+    x = np.concatenate([x for x, _ in batches])
+    y = np.concatenate([y for _, y in batches])
+    assert x.dtype == y.dtype == np.float32 and x.shape == (11, 8, 8, 1) and y.shape == (11, 8, 8, 2)
+    np.testing.assert_array_equal(x[..., 0], images.astype(np.float32))
+    np.testing.assert_array_equal(y, cli.target_channels(masks, config))
+
 @pytest.fixture(scope="module")
 def plain_run(tmp_path_factory, real_subset_zip):
     """A smoke-preset run without the contact channel (one output, as the reference): (folder, run folder)."""
