@@ -878,7 +878,6 @@ def run_as_worker(config: TrainConfig, distribution: Distribution, *, cache_dir:
         records, split = load_data(config, cache_dir=cache_dir, progress=progress)
         data = prepare_training_data(records, split, config)
         del records
-        release_freed_memory()
         with distribution.scope():
             train(config, scratch, data, progress=progress)
     finally:
@@ -1278,7 +1277,6 @@ def run(args: argparse.Namespace) -> Path | None:
                     for record in subset_records(records, split, "test")]
     data = prepare_training_data(records, split, config)
     del records
-    release_freed_memory()
     with distribution.scope():
         checkpoint = train(config, run_dir, data, progress=progress, resume=args.resume is not None)
     del data
@@ -1286,24 +1284,6 @@ def run(args: argparse.Namespace) -> Path | None:
     evaluate(checkpoint, config, run_dir, test_records, clusters, progress=progress)
     return run_dir
 
-
-def release_freed_memory() -> None:
-    """Collect garbage and hand freed heap pages back to the system (glibc's ``malloc_trim``; elsewhere a no-op).
-
-    Without the trim, the decoded images freed after tiling would still count towards the process's
-    resident memory for the whole training run.
-    """
-    import ctypes
-    import ctypes.util
-    import gc
-
-    gc.collect()
-    name = ctypes.util.find_library("c")
-    if sys.platform.startswith("linux") and name:
-        try:
-            ctypes.CDLL(name).malloc_trim(0)
-        except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to trim
-            pass
 
 
 def saved_config(model_path: Path, args: argparse.Namespace) -> TrainConfig:

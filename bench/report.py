@@ -1,10 +1,15 @@
 """Markdown tables of the latest ``bench/results/*.json``, for ``bench/RESULTS.md``.
 
     python bench/report.py > /tmp/tables.md
+    python bench/report.py --results DIR      # JSON files written elsewhere (``--json DIR/<name>.json``)
+
+``memory_full.json`` (``bench_memory.py --json bench/results/memory_full.json``: the whole preset, not
+shortened) is shown beside ``memory.json`` when present.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -12,8 +17,8 @@ from pathlib import Path
 import common
 
 
-def load(name: str) -> dict | None:
-    path = common.RESULTS_DIR / f"{name}.json"
+def load(folder: Path, name: str) -> dict | None:
+    path = folder / f"{name}.json"
     return json.loads(path.read_text()) if path.exists() else None
 
 
@@ -23,9 +28,16 @@ def table(header, rows) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=Path, default=common.RESULTS_DIR,
+                        help="folder of the benchmarks' JSON files (default: bench/results)")
+    folder = parser.parse_args(argv).results
     out = []
-    data, train, infer, memory = (load(name) for name in ("data", "train", "infer", "memory"))
+    data, train, infer, memory, memory_full = (load(folder, name) for name in
+                                               ("data", "train", "infer", "memory", "memory_full"))
+    if not any((data, train, infer, memory, memory_full)):
+        raise SystemExit(f"no benchmark results in {folder}: run make bench first")
     if data:
         floor = data["floor_decode"]["seconds"]
         out += [f"### 1. Data ({data['cold_threads']['images']} images, {data['cold_threads']['masks']} masks, "
@@ -42,8 +54,10 @@ def main() -> int:
                  train["floor"]["gflops"], train["floor"]["fraction_of_peak"]),
                 ("ours: training sequence + callbacks", train["ours"]["tiles_per_second"], train["ratio"],
                  train["ours"]["gflops"], train["ours"]["fraction_of_peak"])]
-        rows += [(f"floor variant: {name}", value["tiles_per_second"], value["speed_vs_floor"], value["gflops"],
-                  value["fraction_of_peak"]) for name, value in train["variants"].items()]
+        xla = "without XLA" if train["config"].get("jit_compile") else "with XLA"
+        rows += [(f"floor variant: {xla if name == 'xla' else name}", value["tiles_per_second"],
+                  value["speed_vs_floor"], value["gflops"], value["fraction_of_peak"])
+                 for name, value in train["variants"].items()]
         peak = train["matmul_peak"]
         out += [f"### 2. Training (preset {train['preset']}, {train['config']['steps_per_epoch']} steps per "
                 f"measurement, {train['train_flops_per_tile'] / 1e9:.2f} GFLOP per training tile)", "",
@@ -57,16 +71,16 @@ def main() -> int:
                     ("floor: `model.predict` on pre-cut tiles", infer["floor"]["seconds"],
                      infer["floor"]["megapixels_per_second"], 1.0),
                     ("ours: stitched, `make_predictor`", infer["ours"]["seconds"],
-                     infer["ours"]["megapixels_per_second"], infer["ratio"]),
-                    ("stitched, `predict_on_batch` predictor", infer["predict_on_batch"]["seconds"],
-                     infer["predict_on_batch"]["megapixels_per_second"], infer["predict_on_batch"]["ratio"])]), "",
+                     infer["ours"]["megapixels_per_second"], infer["ratio"])]), "",
                 f"TTA on {infer['tta']['images']} images: {infer['tta']['tta_seconds']:.1f} s against "
                 f"{infer['tta']['plain_seconds']:.1f} s without ({infer['tta']['cost']:.1f}x).", ""]
-    if memory:
+    runs = [run for run in (memory, memory_full) if run]
+    if runs:
         out += ["### 4. Memory", "",
                 table(("measurement", "peak RSS GiB", "target GiB", "trained min", "wall s"), [
-                    (f"`{memory['preset']}` run{' (shortened)' if memory['shortened'] else ''}",
-                     memory["peak_rss_gib"], 3.0, memory["training_minutes"], memory["wall_seconds"])]), ""]
+                    (f"`{run['preset']}` run{' (shortened)' if run['shortened'] else ''}",
+                     run["peak_rss_gib"], run["targets"]["peak_rss_gib"], run["training_minutes"],
+                     run["wall_seconds"]) for run in runs]), ""]
     print("\n".join(out))
     return 0
 

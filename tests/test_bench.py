@@ -17,7 +17,8 @@ BENCH_DIR = Path(__file__).resolve().parents[1] / "bench"
 
 
 def run_quick(tmp_path: Path, script: str, *extra: str) -> dict:
-    target = tmp_path / f"{script}.json"
+    # Named as make bench names them (bench_data.py -> data.json), so report.py can read the folder.
+    target = tmp_path / f"{script.removeprefix('bench_').removesuffix('.py')}.json"
     finished = subprocess.run([sys.executable, str(BENCH_DIR / script), "--quick", "--json", str(target), *extra],
                               capture_output=True, text=True, timeout=240)
     assert finished.returncode == 0, finished.stderr[-2000:]
@@ -63,6 +64,17 @@ def test_bench_memory_quick(tmp_path):
     results = run_quick(tmp_path, "bench_memory.py")
     assert_positive(results, "peak_rss_mib", "wall_seconds")
     assert results["preset"] == "smoke"
+
+
+def test_report_renders_the_tables_of_the_results_it_finds(tmp_path):
+    run_quick(tmp_path, "bench_infer.py")
+    finished = subprocess.run([sys.executable, str(BENCH_DIR / "report.py"), "--results", str(tmp_path)],
+                              capture_output=True, text=True, timeout=60)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert "### 3. Inference" in finished.stdout and "### 1. Data" not in finished.stdout
+    empty = subprocess.run([sys.executable, str(BENCH_DIR / "report.py"), "--results", str(tmp_path / "none")],
+                           capture_output=True, text=True, timeout=60)
+    assert empty.returncode != 0 and "no benchmark results" in empty.stderr
 
 
 def test_unet_flop_count_matches_a_hand_count():

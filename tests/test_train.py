@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import weakref
 
 import keras
 import numpy as np
@@ -348,6 +350,36 @@ def test_validation_batches_cover_every_cv_tile_once_in_order():
     assert x.dtype == y.dtype == np.float32 and x.shape == (11, 8, 8, 1) and y.shape == (11, 8, 8, 2)
     np.testing.assert_array_equal(x[..., 0], images.astype(np.float32))
     np.testing.assert_array_equal(y, cli.target_channels(masks, config))
+
+
+def test_cli_lets_go_of_the_train_and_cv_images_before_training(tmp_path, real_subset_zip, monkeypatch):
+    """Only the tiles and the test images stay in memory while the model trains (the memory target)."""
+    dsb.load_dataset(real_subset_zip, cache_dir=tmp_path / "cache", progress=False)  # later loads: views of one array
+    released = {}
+    load_data = cli.load_data
+
+    def watched_load_data(config, **kwargs):
+        records, split = load_data(config, **kwargs)
+        test_ids = set(split.loc[split["subset"] == "test", "image_id"])
+        released.update({r.image_id: weakref.ref(r) for r in records if r.image_id not in test_ids})
+        assert records[0].image.base is not None  # loaded from the cache
+        released["the cache's image array"] = weakref.ref(records[0].image.base)
+        return records, split
+
+    class Stop(Exception):
+        pass
+
+    def train(config, run_dir, data, **kwargs):
+        gc.collect()
+        assert len(data["train_images"]) and len(data["cv_images"])
+        still_alive = [name for name, ref in released.items() if ref() is not None]
+        assert len(released) > 10 and not still_alive
+        raise Stop
+
+    monkeypatch.setattr(cli, "load_data", watched_load_data)
+    monkeypatch.setattr(cli, "train", train)
+    with pytest.raises(Stop):
+        cli.main(["--preset", "smoke", *_common(tmp_path, real_subset_zip)])
 
 @pytest.fixture(scope="module")
 def plain_run(tmp_path_factory, real_subset_zip):
