@@ -1,6 +1,6 @@
 # make train  : venv + data + train (preset picked by the hardware) + evaluate + figures
 # make test   : the whole test suite (what CI runs)
-# make bench  : data, training, inference and memory benchmarks (tables + bench/results/*.json; ~15 min)
+# make bench  : data, training, inference and memory benchmarks (tables + bench/results/*.json; ~16 min)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
