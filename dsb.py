@@ -13,6 +13,7 @@ Run ``python dsb.py`` to find (or download) the training set and print where it 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -20,6 +21,7 @@ import json
 import logging
 import multiprocessing
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -605,7 +607,7 @@ def read_dataset(
     source = find_dataset(source)
     cache_path = None
     if cache_dir is not None:
-        cache_path = Path(cache_dir) / f"dsb-{source_fingerprint(source)}.npz"
+        cache_path = cache_file(cache_dir, source)
         if cache_path.exists():
             try:
                 records, report = _read_cache(cache_path)
@@ -647,7 +649,33 @@ def read_dataset(
         raise ValueError(f"{source}: no usable images ({'; '.join(report.warnings())})")
     if cache_path is not None:
         _write_cache(cache_path, records, report)
+        _remove_stale_caches(cache_path)
     return records, report
+
+
+def cache_file(cache_dir: str | os.PathLike, source: str | os.PathLike) -> Path:
+    """Where the decoded arrays of ``source`` are cached: ``dsb-<path key>-<source_fingerprint>.npz``.
+
+    The path key (a hash of the resolved path) names the dataset, the fingerprint its content, so
+    a newer cache of the same dataset can replace the older ones.
+    """
+    source = Path(source).resolve()
+    key = hashlib.sha256(str(source).encode()).hexdigest()[:8]
+    return Path(cache_dir) / f"dsb-{key}-{source_fingerprint(source)}.npz"
+
+
+def _remove_stale_caches(current: Path) -> None:
+    """Delete the caches ``current`` replaces: older versions of the same dataset, and files of the
+    previous naming (``dsb-<fingerprint>.npz``, which no version reads any more). Each is 0.6 GB for
+    the full training set, and a dataset whose files are touched (copied, synced) gets a new one."""
+    key = current.name.split("-")[1]
+    stale = [path for path in current.parent.glob("dsb-*.npz") if path != current and (
+        path.name.startswith(f"dsb-{key}-") or re.fullmatch(r"dsb-[0-9a-f]{20}\.npz", path.name))]
+    for path in stale:
+        with contextlib.suppress(OSError):  # another process may have removed it already
+            path.unlink()
+    if stale:
+        log.info("removed %d stale cache file(s) from %s", len(stale), current.parent)
 
 
 def _write_cache(path: Path, records: list[ImageRecord], report: LoadReport) -> None:

@@ -42,7 +42,7 @@ def measure(mode: str, source: Path, cache_dir: Path) -> dict:
                 "peak_rss_mib": common.peak_rss_mib()}
     if mode == "write-cache":
         records, report = dsb.read_dataset(source, cache_dir=None, progress=False, processes=True)
-        path = Path(cache_dir) / f"dsb-{dsb.source_fingerprint(source)}.npz"
+        path = dsb.cache_file(cache_dir, source)
         written = time.perf_counter()
         dsb._write_cache(path, records, report)
         return {"seconds": time.perf_counter() - written, "images": len(records),

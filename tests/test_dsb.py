@@ -182,9 +182,15 @@ def test_cache_is_invalidated_when_a_file_changes(tmp_path, synthetic_folder):
     mask = next(synthetic_folder.rglob("masks/m000.png"))
     mask.write_bytes(next(synthetic_folder.rglob("masks/m001.png")).read_bytes())
     os.utime(mask, ns=(time.time_ns(), time.time_ns() + 10**9))
-    assert len(list(cache.glob("*.npz"))) == 1
+    (before,) = cache.glob("*.npz")
+    other_dataset = cache / dsb.cache_file(cache, cache / "another-dataset.zip").name
+    legacy = cache / ("dsb-" + "0" * 20 + ".npz")  # the previous naming, read by no version any more
+    other_dataset.write_bytes(b"kept")
+    legacy.write_bytes(b"removed")
     dsb.load_dataset(synthetic_folder, cache_dir=cache, workers=1, progress=False)
-    assert len(list(cache.glob("*.npz"))) == 2
+    # A new cache for the changed files; the stale one of this dataset and the legacy file are gone.
+    assert sorted(cache.glob("*.npz")) == sorted([dsb.cache_file(cache, synthetic_folder), other_dataset])
+    assert dsb.cache_file(cache, synthetic_folder) != before
 
 
 # ---- clusters and split --------------------------------------------------------------------

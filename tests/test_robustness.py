@@ -188,7 +188,7 @@ def test_model_file_that_is_not_keras(tmp_path, capsys, synthetic_folder):
     fake = tmp_path / "model.keras"
     fake.write_bytes(b"this is not a model")
     assert cli.main(["--evaluate", str(fake), "--subset", "all", "--data", str(synthetic_folder),
-                     "--out", str(tmp_path / "runs"), "--quiet"]) == 2
+                     "--out", str(tmp_path / "runs"), "--no-cache", "--quiet"]) == 2
     assert "is not a readable Keras model" in _one_line_error(capsys)
 
 
