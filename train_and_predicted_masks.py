@@ -1287,7 +1287,6 @@ def run(args: argparse.Namespace) -> Path | None:
     return run_dir
 
 
-
 def saved_config(model_path: Path, args: argparse.Namespace) -> TrainConfig:
     """The config of the run a model comes from (if it sits in one), with post-processing overrides."""
     saved = model_path.parent / "config.json"
