@@ -27,13 +27,28 @@ if str(PROJECT_DIR) not in sys.path:
     sys.path.insert(0, str(PROJECT_DIR))
 
 
+class _BenchParser(argparse.ArgumentParser):
+    """Resolves ``--json``'s default after parsing: a ``--quick`` run must not overwrite a real run's results."""
+
+    def __init__(self, name: str, **kwargs):
+        super().__init__(**kwargs)
+        self.bench_name = name
+
+    def parse_args(self, args=None, namespace=None):
+        parsed = super().parse_args(args, namespace)
+        if parsed.json is None:
+            parsed.json = RESULTS_DIR / f"{self.bench_name}{'_quick' if parsed.quick else ''}.json"
+        return parsed
+
+
 def base_parser(name: str, description: str) -> argparse.ArgumentParser:
     """The options every benchmark has: ``--quick`` and ``--json``."""
-    parser = argparse.ArgumentParser(description=description)
+    parser = _BenchParser(name, description=description)
     parser.add_argument("--quick", action="store_true",
                         help="seconds-long smoke run on tiny synthetic data and a tiny model (numbers mean nothing)")
-    parser.add_argument("--json", type=Path, default=RESULTS_DIR / f"{name}.json",
-                        help=f"where to write the results (default: bench/results/{name}.json)")
+    parser.add_argument("--json", type=Path,
+                        help=f"where to write the results (default: bench/results/{name}.json; "
+                             f"with --quick, {name}_quick.json)")
     return parser
 
 

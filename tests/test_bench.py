@@ -77,6 +77,15 @@ def test_report_renders_the_tables_of_the_results_it_finds(tmp_path):
     assert empty.returncode != 0 and "no benchmark results" in empty.stderr
 
 
+def test_quick_runs_do_not_overwrite_the_real_results():
+    sys.path.insert(0, str(BENCH_DIR))
+    common = pytest.importorskip("common")
+    parser = common.base_parser("infer", "test")
+    assert parser.parse_args([]).json == common.RESULTS_DIR / "infer.json"
+    assert parser.parse_args(["--quick"]).json == common.RESULTS_DIR / "infer_quick.json"
+    assert parser.parse_args(["--quick", "--json", "x.json"]).json == Path("x.json")
+
+
 def test_unet_flop_count_matches_a_hand_count():
     sys.path.insert(0, str(BENCH_DIR))
     bench_train = pytest.importorskip("bench_train")
