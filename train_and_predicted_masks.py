@@ -1274,8 +1274,8 @@ def run(args: argparse.Namespace) -> Path | None:
         dsb.save_csv(split, run_dir / "split.csv")
         write_json(run_dir / "clusters.json", dsb.fit_cluster_model(dsb.image_statistics(records), split))
     # Only the tiles and the test images are needed from here on: the other decoded images go before
-    # training starts (records loaded from the cache are views of one array, hence the copies).
-    test_records = [dataclasses.replace(record, image=record.image.copy(), labels=record.labels.copy())
+    # training starts (images loaded from the cache are views of one array, hence the copies).
+    test_records = [dataclasses.replace(record, image=record.image.copy())
                     for record in subset_records(records, split, "test")]
     data = prepare_training_data(records, split, config)
     del records
