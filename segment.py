@@ -196,13 +196,17 @@ def probability_to_labels(
         # A foreground part without a marker of its own (too flat, or all contact) stays a nucleus.
         orphans = skimage.measure.label(foreground & (labels == 0), connectivity=1)
         labels = np.where(orphans > 0, orphans + labels.max(), labels)
-    if min_size > 0:
-        sizes = np.bincount(labels.ravel())
-        small = sizes <= min_size
-        small[0] = False
-        labels = np.where(small[labels], 0, labels)
-    relabelled, _, _ = skimage.segmentation.relabel_sequential(labels)
+    relabelled, _, _ = skimage.segmentation.relabel_sequential(drop_specks(labels, min_size))
     return relabelled.astype(np.int32)
+
+
+def drop_specks(labels: np.ndarray, min_size: int) -> np.ndarray:
+    """``labels`` with the objects of ``min_size`` pixels or fewer set to background (0: none dropped)."""
+    if min_size <= 0:
+        return labels
+    small = np.bincount(labels.ravel()) <= min_size
+    small[0] = False
+    return np.where(small[labels], 0, labels)
 
 
 # --------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ For every image of a split subset (CV by default), three mAPs (mean over IoU 0.5
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -37,10 +38,11 @@ def main(argv=None) -> int:
     parser.add_argument("--subset", default="cv", choices=("cv", "test", "train"))
     args = parser.parse_args(argv)
 
-    config = tm.TrainConfig.from_dict(json.loads((args.run / "config.json").read_text()))
-    records = dsb.load_dataset(dsb.find_dataset(config.data), cache_dir=dsb.DEFAULT_CACHE_DIR, progress=False)
-    split = pd.read_csv(args.run / "split.csv").set_index("image_id")
-    chosen = [record for record in records if split.loc[record.image_id, "subset"] == args.subset]
+    config = dataclasses.replace(tm.TrainConfig.from_dict(json.loads((args.run / "config.json").read_text())),
+                                 split=str(args.run / "split.csv"))
+    records, split = tm.load_data(config, cache_dir=dsb.DEFAULT_CACHE_DIR, progress=False)
+    chosen = tm.subset_records(records, split, args.subset)
+    cluster = dict(zip(split["image_id"], split["cluster"]))
     predict_tiles, tile_size = tm.make_predictor(tm.load_model(args.run / "model.keras"), config)
     rows = []
     for record in chosen:
@@ -48,13 +50,9 @@ def main(argv=None) -> int:
         foreground = probability > 0.5
         nearest = skimage.segmentation.expand_labels(record.labels, 20) * foreground
         rest = skimage.measure.label(foreground & (nearest == 0))
-        oracle = np.where(rest > 0, rest + nearest.max(), nearest)
-        sizes = np.bincount(oracle.ravel())
-        small = sizes <= 30
-        small[0] = False
-        oracle = np.where(small[oracle], 0, oracle)
+        oracle = segment.drop_specks(np.where(rest > 0, rest + nearest.max(), nearest), 30)
         rows.append({
-            "cluster": int(split.loc[record.image_id, "cluster"]),
+            "cluster": int(cluster[record.image_id]),
             "predicted": segment.average_precision(record.labels, segment.probability_to_labels(probability))["map"],
             "oracle_split": segment.average_precision(record.labels, oracle)["map"],
             "true_mask_components": segment.average_precision(
