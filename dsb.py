@@ -105,6 +105,53 @@ def _scale_to_unit(image: np.ndarray) -> np.ndarray:
     raise ValueError(f"unsupported image dtype {image.dtype}")
 
 
+def replace_nonfinite(image: np.ndarray, *, name: str = "image") -> tuple[np.ndarray, int]:
+    """Replace NaN and infinite pixels by the median of the finite ones.
+
+    Float TIFFs from microscopes can hold NaN or infinity (outside the field of view, after
+    registration or stitching, saturated or masked pixels). Such pixels never reach the model as
+    arbitrary numbers: they take the median of the image's finite values, which on a nucleus image
+    is background (the background covers most of it), so they add no nuclei. This is the one rule
+    for training data and for prediction.
+
+    Parameters
+    ----------
+    image : ndarray, any shape, any dtype
+    name : str
+        Names the image in the error.
+
+    Returns
+    -------
+    image : ndarray, same shape and dtype; the input itself when every pixel is finite (integer
+        images always are)
+    count : int
+        How many values were replaced.
+
+    Raises
+    ------
+    ValueError
+        When no pixel is finite: there is nothing to segment or to learn from.
+
+    Examples
+    --------
+    >>> fixed, count = replace_nonfinite(np.array([[0.0, np.nan], [0.2, np.inf]], np.float32))
+    >>> fixed.tolist(), count
+    ([[0.0, 0.10000000149011612], [0.20000000298023224, 0.10000000149011612]], 2)
+    """
+    image = np.asarray(image)
+    if not np.issubdtype(image.dtype, np.floating):
+        return image, 0
+    finite = np.isfinite(image)
+    count = int(finite.size - np.count_nonzero(finite))
+    if count == 0:
+        return image, 0
+    if count == finite.size:
+        raise ValueError(f"{name}: all {count} pixel values are NaN or infinite; nothing to segment")
+    fixed = image.copy()
+    fixed[~finite] = np.median(image[finite])
+    return fixed, count
+
+
 def _colour_channels(image: np.ndarray) -> np.ndarray:
     """Any supported layout to shape (H, W, 3) float32 in [0, 1] (alpha dropped, gray repeated)."""
     if image.ndim == 2:
@@ -164,6 +211,8 @@ def preprocess(image: np.ndarray) -> np.ndarray:
     Parameters
     ----------
     image : ndarray, shape (H, W) or (H, W, C), uint8, uint16 or float in [0, 1]
+        NaN and infinite values are replaced as ``replace_nonfinite`` says (with a warning); an
+        image with no finite value is a ``ValueError``.
 
     Returns
     -------
@@ -176,6 +225,9 @@ def preprocess(image: np.ndarray) -> np.ndarray:
     >>> preprocess(np.array([[0, 100], [200, 200]], np.uint8)).round(2).tolist()  # light background
     [[1.0, 0.5], [0.0, 0.0]]
     """
+    image, count = replace_nonfinite(image)
+    if count:
+        log.warning("%d pixel values are NaN or infinite; replaced by the median of the others", count)
     gray = to_grayscale(image)
     low, high = float(gray.min()), float(np.percentile(gray, 99.95))
     if high <= low:
@@ -275,6 +327,10 @@ def _download(url: str, target: Path) -> None:
     partial.replace(target)
 
 
+# Image and mask files of the DSB layout: the dataset's PNGs, and TIFFs (8, 16 bit or float) as microscopes write them.
+LAYOUT_SUFFIXES = (".png", ".tif", ".tiff")
+
+
 @dataclass(frozen=True)
 class _Entry:
     """Where one image and its masks are, as paths relative to the dataset root (or zip members)."""
@@ -296,7 +352,7 @@ def scan_layout(names: list[str], *, require_masks: bool = True) -> tuple[list[_
     ----------
     names : list of str
         Relative POSIX paths such as ``stage1_train/<id>/images/<id>.png`` or ``<id>/masks/<m>.png``
-        (any top folder, or none). Non-PNG files and hidden or system files (``.DS_Store``,
+        (any top folder, or none). Files that are not PNG or TIFF, and hidden or system files (``.DS_Store``,
         ``Thumbs.db``, ``__MACOSX/``) are ignored.
     require_masks : bool
         Whether an image without ``masks/`` entries is unusable.
@@ -316,7 +372,7 @@ def scan_layout(names: list[str], *, require_masks: bool = True) -> tuple[list[_
     masks: dict[str, list[str]] = {}
     for name in names:
         parts = PurePosixPath(name).parts
-        if len(parts) < 3 or _is_ignored(name) or not name.lower().endswith(".png"):
+        if len(parts) < 3 or _is_ignored(name) or not name.lower().endswith(LAYOUT_SUFFIXES):
             continue
         image_id, kind = parts[-3], parts[-2]
         if kind == "images":
@@ -366,9 +422,13 @@ class _Reader:
             archives[key] = zipfile.ZipFile(self.source)
         return archives[key]
 
+    def where(self, name: str) -> str:
+        """A name for messages: ``zip:member`` or the path."""
+        return f"{self.source}:{name}" if self.is_zip else str(self.source / name)
+
     def read_bytes(self, name: str) -> tuple[bytes, str]:
-        """The file's bytes and a name for messages (``zip:member`` or the path)."""
-        where = f"{self.source}:{name}" if self.is_zip else str(self.source / name)
+        """The file's bytes and a name for messages (``where``)."""
+        where = self.where(name)
         try:
             data = self._archive().read(name) if self.is_zip else (self.source / name).read_bytes()
         except (OSError, KeyError, zipfile.BadZipFile) as error:
@@ -488,14 +548,14 @@ def _load_entry(source: Path, entry: _Entry):
     """Decode one image and its masks: (image, labels, stats, notes), or a reason to skip it (str)."""
     reader = _Reader(source)
     try:
-        raw = reader.read(entry.image)
+        raw, nonfinite = replace_nonfinite(reader.read(entry.image), name=reader.where(entry.image))
         image = preprocess(raw)
         stats = image_stats(raw)
         masks = [reader.read_mask(name) for name in entry.masks]
         labels, empty, overlap = _stack_masks(masks, image.shape)
     except ValueError as error:
         return str(error)
-    return image, labels, stats, {"empty_masks": empty, "overlap_pixels": overlap}
+    return image, labels, stats, {"empty_masks": empty, "overlap_pixels": overlap, "nonfinite_pixels": nonfinite}
 
 
 def _load_entry_star(args):
@@ -515,11 +575,15 @@ class LoadReport:
         All-zero mask files, ignored.
     overlaps : dict image_id -> pixels
         Pixels claimed by more than one mask; they belong to the later mask (sorted by file name).
+    nonfinite : dict image_id -> count
+        NaN or infinite pixel values of float images, replaced (``replace_nonfinite``). An image
+        with no finite value is skipped.
     """
 
     skipped: dict = field(default_factory=dict)
     empty_masks: dict = field(default_factory=dict)
     overlaps: dict = field(default_factory=dict)
+    nonfinite: dict = field(default_factory=dict)
 
     def warnings(self) -> list[str]:
         lines = []
@@ -533,6 +597,10 @@ class LoadReport:
         if self.overlaps:
             lines.append(f"{len(self.overlaps)} image(s) have overlapping masks ({sum(self.overlaps.values())} "
                          f"pixels, given to the later mask): {', '.join(sorted(self.overlaps)[:5])}")
+        if self.nonfinite:
+            lines.append(f"{len(self.nonfinite)} image(s) have NaN or infinite pixels ({sum(self.nonfinite.values())} "
+                         f"values, replaced by the median of the others): "
+                         + ", ".join(f"{image_id} ({count})" for image_id, count in sorted(self.nonfinite.items())[:5]))
         return lines
 
 
@@ -645,6 +713,8 @@ def read_dataset(
             report.empty_masks[entry.image_id] = notes["empty_masks"]
         if notes["overlap_pixels"]:
             report.overlaps[entry.image_id] = notes["overlap_pixels"]
+        if notes["nonfinite_pixels"]:
+            report.nonfinite[entry.image_id] = notes["nonfinite_pixels"]
     if not records:
         raise ValueError(f"{source}: no usable images ({'; '.join(report.warnings())})")
     if cache_path is not None:
@@ -1073,10 +1143,22 @@ def tiles_for_records(
     masks : ndarray, shape (N, tile_size, tile_size), uint8: 0 or 1 (nucleus); with ``contacts``,
         plus 2 where nuclei touch (``training_targets``)
     owner : ndarray, shape (N,), int, index into ``records`` of each tile's image
+
+    Records that were not loaded by ``load_dataset`` may hold NaN or infinite pixels: those are
+    replaced as ``replace_nonfinite`` says, with a warning, and a record with no finite pixel is
+    left out, with a warning that names it.
     """
     images, masks, owner = [], [], []
     for index, record in enumerate(records):
-        image_tiles, _ = make_tiles(record.image.astype(np.float16), tile_size, min_overlap)
+        try:
+            image, count = replace_nonfinite(record.image, name=record.image_id)
+        except ValueError as error:
+            log.warning("left out of training: %s", error)
+            continue
+        if count:
+            log.warning("%s: %d pixel values are NaN or infinite; replaced by the median of the others",
+                        record.image_id, count)
+        image_tiles, _ = make_tiles(image.astype(np.float16), tile_size, min_overlap)
         mask_tiles, _ = make_tiles(training_targets(record, contacts), tile_size, min_overlap)
         images.append(image_tiles)
         masks.append(mask_tiles)

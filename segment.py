@@ -13,6 +13,7 @@ The model reaches this module as a callable, so nothing here imports Keras.
 from __future__ import annotations
 
 import csv
+import logging
 import os
 from typing import Callable
 
@@ -24,6 +25,7 @@ import skimage.segmentation
 
 import dsb
 
+log = logging.getLogger("segment")
 # The competition's IoU thresholds: 0.50, 0.55, ..., 0.95.
 IOU_THRESHOLDS = np.round(np.arange(0.5, 1.0, 0.05), 2)
 
@@ -57,7 +59,8 @@ def predict_maps(
         (N, T, T, 1) float32 -> (N, T, T, C) float probabilities, e.g. a batched ``model.predict``;
         channel 0 is the nucleus probability, channel 1 (contact-aware models) where nuclei touch.
     image : ndarray, shape (H, W), float32 in [0, 1]
-        A preprocessed image (``dsb.preprocess``).
+        A preprocessed image (``dsb.preprocess``). NaN or infinite pixels are replaced as
+        ``dsb.replace_nonfinite`` says, with a warning; none finite is a ``ValueError``.
     tta : bool
         Test-time augmentation: average the predictions of the 8 flips/rotations (8x the time).
 
@@ -68,6 +71,9 @@ def predict_maps(
     """
     if image.ndim != 2:
         raise ValueError(f"expected a preprocessed image of shape (H, W), got shape {image.shape}")
+    image, count = dsb.replace_nonfinite(image)
+    if count:
+        log.warning("%d pixel values are NaN or infinite; replaced by the median of the others", count)
     tiles, corners = dsb.make_tiles(image.astype(np.float32), tile_size, min_overlap)
     tiles = tiles[..., None]
     transforms = range(8) if tta else (0,)

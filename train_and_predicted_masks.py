@@ -1055,10 +1055,14 @@ def predict_folder(model_path: Path, config: TrainConfig, folder: Path, run_dir:
     rows, counts, skipped = [], [], {}
     for image_id, path in tqdm(images, desc="segment images", unit="img", disable=not progress):
         try:
-            image = dsb.preprocess(dsb.read_image(path))
+            raw, nonfinite = dsb.replace_nonfinite(dsb.read_image(path), name=str(path))
+            image = dsb.preprocess(raw)
         except ValueError as error:  # one bad file must not cost the others: skip it, report at the end
             skipped[image_id] = str(error) if str(path) in str(error) else f"{path}: {error}"
             continue
+        if nonfinite:
+            log.warning("%s: %d pixel values are NaN or infinite; replaced by the median of the others",
+                        path, nonfinite)
         _, mask, labels = predict_record(predict_tiles, tile_size, image, config)
         skimage.io.imsave(run_dir / "masks" / f"{image_id}.png", (mask * 255).astype(np.uint8), check_contrast=False)
         skimage.io.imsave(run_dir / "labels" / f"{image_id}.png", labels.astype(np.uint16), check_contrast=False)
@@ -1067,7 +1071,7 @@ def predict_folder(model_path: Path, config: TrainConfig, folder: Path, run_dir:
         areas = np.bincount(labels.ravel())[1:]
         counts.append({"image_id": image_id, "height": image.shape[0], "width": image.shape[1],
                        "nuclei": int(labels.max()), "median_area": float(np.median(areas)) if len(areas) else 0.0,
-                       "foreground_fraction": float(mask.mean())})
+                       "foreground_fraction": float(mask.mean()), "nonfinite_pixels": nonfinite})
     for image_id, reason in skipped.items():
         log.warning("skipped %s: %s", image_id, reason)
     if not counts:

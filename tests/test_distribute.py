@@ -218,8 +218,10 @@ def test_two_workers_end_with_identical_weights(two_workers):
     root, _ = two_workers
     chief, other = (keras.models.load_model(root / f"worker{index}.keras") for index in range(2))
     assert [weight.path for weight in chief.weights] == [weight.path for weight in other.weights]
-    for mine, theirs in zip(chief.weights, other.weights):  # batch-norm moving statistics included
-        np.testing.assert_array_equal(mine.numpy(), theirs.numpy(), err_msg=mine.path)
+    # Batch-norm moving statistics included. Not bit for bit: each worker runs its own forward pass and
+    # update, and how a CPU's kernels round may differ between processes; a worker out of step differs by far more.
+    for mine, theirs in zip(chief.weights, other.weights):
+        np.testing.assert_allclose(mine.numpy(), theirs.numpy(), rtol=1e-5, atol=1e-7, err_msg=mine.path)
 
 
 def test_only_the_chief_writes_a_run_folder(two_workers):

@@ -95,35 +95,49 @@ def test_each_epoch_draws_its_own_batches(synthetic_folder, tmp_path):
 
 # ---- NaN -----------------------------------------------------------------------------------
 
-def test_nan_loss_before_any_checkpoint_is_a_clear_error(synthetic_folder, tmp_path):
+def _loss_nan_from_step(monkeypatch, step: int) -> None:
+    """Make the training loss NaN from optimizer step ``step`` on (0: the first), on any CPU.
+
+    A NaN fed in as pixels is not enough: TensorFlow's oneDNN kernels fuse convolution and ReLU, and
+    on some CPUs (AVX-512 ones among them) that fused ReLU turns a NaN input into 0, so the loss
+    stays finite. A product with NaN is NaN on every instruction set, and its gradient makes the
+    weights NaN as a real divergence would.
+    """
+    import keras
+
+    original = cli.build_model
+
+    def build_model(config):
+        model = original(config)
+        base_loss, iterations = model.loss, model.optimizer.iterations
+
+        def loss(y_true, y_pred):
+            factor = keras.ops.where(keras.ops.greater_equal(iterations, step), float("nan"), 1.0)
+            return base_loss(y_true, y_pred) * factor
+
+        model.compile(optimizer=model.optimizer, loss=loss, metrics=[unet.DiceCoefficient()])
+        return model
+
+    monkeypatch.setattr(cli, "build_model", build_model)
+
+
+def test_nan_loss_before_any_checkpoint_is_a_clear_error(synthetic_folder, tmp_path, monkeypatch):
     records, split = _records_and_split(synthetic_folder, tmp_path)
-    for record in records:
-        record.image[:] = np.nan
+    _loss_nan_from_step(monkeypatch, 0)
     with pytest.raises(ValueError, match="the loss became NaN in epoch 1, before any model was saved"):
         cli.train(_config(), tmp_path, cli.prepare_training_data(records, split, _config()), progress=False)
+    assert not (tmp_path / "model.keras").exists()
 
 
 def test_nan_loss_later_keeps_the_last_good_checkpoint(synthetic_folder, tmp_path, monkeypatch):
     records, split = _records_and_split(synthetic_folder, tmp_path)
-    original = cli.make_training_sequence
-
-    def poisoned(images, masks, config, owners=None):
-        sequence = original(images, masks, config, owners)
-        plain = type(sequence).__getitem__
-
-        def getitem(self, index):
-            x, y = plain(self, index)
-            return (x * np.nan if self.epoch >= 1 else x), y
-
-        type(sequence).__getitem__ = getitem
-        return sequence
-
-    monkeypatch.setattr(cli, "make_training_sequence", poisoned)
+    _loss_nan_from_step(monkeypatch, 2)  # two steps per epoch: epoch 1 is finite, epoch 2 is not
     checkpoint = cli.train(_config(epochs=4), tmp_path, cli.prepare_training_data(records, split, _config()),
                            progress=False)
     assert checkpoint.exists()
     assert json.loads((tmp_path / "training.json").read_text())["stopped_by_nan_loss"] is True
     assert json.loads((tmp_path / "state.json").read_text())["epoch"] == 0
+    assert len(pd.read_csv(tmp_path / "history.csv")) == 2  # epoch 2 ran, and stopped training
     weights = cli.load_model(checkpoint).get_weights()
     assert all(np.isfinite(w).all() for w in weights)
 
