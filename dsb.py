@@ -481,8 +481,9 @@ def read_dataset(
                 return records, report
             except (OSError, ValueError, KeyError) as error:
                 log.warning("ignoring unreadable cache %s: %s", cache_path, error)
+    files = list_files(source)  # its errors name the source already
     try:
-        entries, skipped = scan_layout(list_files(source))
+        entries, skipped = scan_layout(files)
     except UserError as error:
         raise UserError(f"{source}: {error}") from error
     report = LoadReport(skipped=dict(skipped))

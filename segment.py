@@ -101,6 +101,16 @@ def predict_maps(
     return stitch_tiles(total / len(transforms), corners, image.shape, tile_size)
 
 
+def predict_probability(predict_tiles: PredictTiles, image: np.ndarray, **options) -> np.ndarray:
+    """Nucleus probability of a whole image: channel 0 of ``predict_maps`` (same options).
+
+    Returns
+    -------
+    ndarray, shape (H, W), float32 in [0, 1]
+    """
+    return predict_maps(predict_tiles, image, **options)[..., 0]
+
+
 def dihedral_tiles(tiles: np.ndarray, k: int, *, inverse: bool = False) -> np.ndarray:
     """One of the 8 flips/rotations of square tiles, shape (N, T, T, C); ``k`` in 0..7.
 

@@ -334,8 +334,9 @@ def train(config: TrainConfig, run_dir: Path, tiles: TrainingTiles, *, progress:
 
     With ``resume``, training continues from ``run_dir/last.keras`` and ``state.json`` (the end of
     the last finished epoch), with the time budget that was left. Writes ``history.csv``,
-    ``training.json`` (minutes trained, why training stopped, the last epoch's tiles/s, and the
-    ``replicas`` of a distributed run) and, on TensorFlow, TensorBoard ``logs/``.
+    ``training.json`` (minutes trained, why training stopped, the last epoch's tiles/s, the
+    ``replicas`` of a distributed run, the CV tiles validated on, the epochs after which it was resumed) and, on TensorFlow,
+    TensorBoard ``logs/``.
 
     Raises
     ------
@@ -391,9 +392,14 @@ def train(config: TrainConfig, run_dir: Path, tiles: TrainingTiles, *, progress:
              " (stopped by the time budget)" if budget is not None and budget.stopped else "")
     losses = history.history.get("loss", [])
     diverged = bool(losses) and not np.isfinite(losses[-1])
+    resumed = []
+    if initial_epoch > 0 and (run_dir / "training.json").exists():  # resumed and finished before
+        resumed = runs.read_json(run_dir / "training.json").get("resumed_after_epochs", [])
     runs.write_json(run_dir / "training.json", {
         "minutes": round(minutes, 2), "stopped_by_time_budget": bool(budget and budget.stopped),
-        "stopped_by_nan_loss": diverged, "tiles_per_second": throughput.tiles_per_second, "replicas": replicas})
+        "stopped_by_nan_loss": diverged, "tiles_per_second": throughput.tiles_per_second, "replicas": replicas,
+        "validation_tiles": len(cv_images),
+        "resumed_after_epochs": resumed + ([initial_epoch] if initial_epoch > 0 else [])})
     checkpoint = run_dir / "model.keras"
     if diverged:
         epoch = initial_epoch + len(losses) - 1
