@@ -1,7 +1,6 @@
 """The 2018 Data Science Bowl training set: find it, read its layout, cache the decoded images.
 
-NumPy, scikit-image and pandas only: nothing here imports Keras. The data flow (see
-``../shared/docs/DESIGN.md``)::
+NumPy and scikit-image only: nothing here imports Keras. The data flow::
 
     stage1_train(.zip) -> load_dataset() -> [ImageRecord(image_id, image, labels, stats)]
                        -> stratify.load_or_make_split() -> tiling.tiles_for_records() (training tiles)
@@ -43,7 +42,8 @@ PROJECT_DIR = Path(__file__).resolve().parent
 DATASETS_DIR = PROJECT_DIR / "datasets"
 DEFAULT_CACHE_DIR = DATASETS_DIR / "cache"
 DEFAULT_SPLIT_PATH = DATASETS_DIR / "split.csv"
-TEAM_MIRROR = PROJECT_DIR.parent / "shared" / "datasets" / "stage1_train.zip"
+# A copy of the training set that CI and shared machines keep beside the checkout.
+SHARED_COPY = PROJECT_DIR.parent / "shared" / "datasets" / "stage1_train.zip"
 PUBLIC_URL = "https://data.broadinstitute.org/bbbc/BBBC038/stage1_train.zip"
 
 # Bump when the decoded arrays change meaning, so older caches are not trusted.
@@ -85,7 +85,7 @@ def find_dataset(explicit: str | os.PathLike | None = None, *, download: bool = 
     """Locate the training set: a DSB-layout folder or zip.
 
     Order: ``explicit`` (``--data``), ``$DSB_DATA``, ``datasets/stage1_train/``,
-    ``datasets/stage1_train.zip``, the team mirror ``../shared/datasets/stage1_train.zip``,
+    ``datasets/stage1_train.zip``, a shared copy ``../shared/datasets/stage1_train.zip``,
     and, when ``download`` is true, the public BBBC038 zip saved to ``datasets/``.
 
     Raises
@@ -99,7 +99,7 @@ def find_dataset(explicit: str | os.PathLike | None = None, *, download: bool = 
             if not path.exists():
                 raise MissingPathError(f"dataset path does not exist: {path}")
             return path
-    candidates = [DATASETS_DIR / "stage1_train", DATASETS_DIR / "stage1_train.zip", TEAM_MIRROR]
+    candidates = [DATASETS_DIR / "stage1_train", DATASETS_DIR / "stage1_train.zip", SHARED_COPY]
     for path in candidates:
         if path.exists():
             return path

@@ -92,12 +92,12 @@ class TrainedModel:
         min_overlap = self.config.min_overlap if self.config else MIN_OVERLAP
         return segment.make_predictor(model, batch_size), tile_size, min_overlap
 
-    def clusters(self, stats: pd.DataFrame) -> dict:
-        """Cluster of each image: from the run's split if listed there, else the nearest training cluster."""
-        clusters = {}
-        if self.split is not None:
+    def clusters(self, stats: pd.DataFrame, split: pd.DataFrame | None = None) -> dict:
+        """Cluster of each image: from ``split`` (default: the run's) if listed there, else the nearest
+        training cluster (``clusters.json``)."""
+        if split is None and self.split is not None:
             split = stratify.read_split(self.split)
-            clusters = dict(zip(split["image_id"], split["cluster"].astype(int)))
+        clusters = {} if split is None else dict(zip(split["image_id"], split["cluster"].astype(int)))
         unknown = stats.loc[[image_id for image_id in stats.index if image_id not in clusters]]
         if len(unknown) and self.cluster_model is not None:
             assigned = stratify.assign_clusters(unknown, self.cluster_model)
@@ -233,14 +233,16 @@ def _records_of(model: TrainedModel, data: Path | None, split_path: Path | None,
     source = dsb.find_dataset(data if data is not None else (model.config.data if model.config else None))
     records = dsb.load_dataset(source, cache_dir=cache_dir, progress=progress)
     stats = stratify.image_statistics(records)
+    split = None
     if subset != "all":
         split_path = split_path or model.split
         if split_path is None:
             raise UserError(f"{model.path} has no split.csv beside it, so its {subset} images are unknown: "
                             f"pass --split, or --subset all to use every image of the data")
-        records = stratify.subset_records(records, stratify.read_split(split_path, stats), subset)
+        split = stratify.read_split(split_path, stats)
+        records = stratify.subset_records(records, split, subset)
     log.info("%s: %d images from %s", subset, len(records), source)
-    return records, model.clusters(stats), source
+    return records, model.clusters(stats, split), source
 
 
 def evaluate_run(model_path: Path, *, data: Path | None = None, split: Path | None = None, subset: str = "test",

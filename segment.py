@@ -124,7 +124,6 @@ def dihedral_tiles(tiles: np.ndarray, k: int, *, inverse: bool = False) -> np.nd
     return tiles[:, :, ::-1] if k >= 4 else tiles
 
 
-
 # --------------------------------------------------------------------------------------------
 # Post-processing: maps to instances
 # --------------------------------------------------------------------------------------------
@@ -536,8 +535,8 @@ def submission_rows(image_id: str, labels: np.ndarray) -> list[tuple[str, str]]:
 
 
 def write_submission(path: str | os.PathLike, rows) -> None:
-    """Write ``ImageId,EncodedPixels`` rows as a Kaggle submission CSV."""
-    with open(path, "w", newline="") as handle:
+    """Write ``ImageId,EncodedPixels`` rows as a Kaggle submission CSV, atomically."""
+    with runs.atomic_path(path) as temporary, open(temporary, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["ImageId", "EncodedPixels"])
         writer.writerows(rows)

@@ -171,7 +171,6 @@ def contact_map(labels: np.ndarray, radius: int = CONTACT_RADIUS) -> np.ndarray:
     return (smallest != background) & (largest > smallest)
 
 
-
 def training_target(labels: np.ndarray, contacts: bool = False) -> np.ndarray:
     """The training target of one image: bit 0 = nucleus, bit 1 = where nuclei touch (with ``contacts``).
 

@@ -56,26 +56,27 @@ def _command(subparsers, name: str, help_text: str, examples: list[str]) -> argp
 
 def _add_data_options(parser: argparse.ArgumentParser, *, split: bool = True) -> None:
     group = parser.add_argument_group("data")
-    group.add_argument("--data", type=Path,
+    group.add_argument("--data", type=Path, metavar="PATH",
                        help="DSB-layout folder or zip (default: $DSB_DATA, datasets/stage1_train[.zip], or the "
                             "training run's data)")
     if split:
-        group.add_argument("--split", type=Path,
+        group.add_argument("--split", type=Path, metavar="CSV",
                            help="split CSV (image_id, cluster, subset). train: made on first use, then reused "
                                 "(default datasets/split.csv); evaluate, tune: only read (default: the model's run's)")
-    group.add_argument("--cache-dir", type=Path, default=dsb.DEFAULT_CACHE_DIR,
+    group.add_argument("--cache-dir", type=Path, metavar="DIR", default=dsb.DEFAULT_CACHE_DIR,
                        help="cache of decoded images (default: datasets/cache)")
     group.add_argument("--no-cache", action="store_true", help="decode the images; neither read nor write the cache")
 
 
 def _add_postprocessing_options(parser: argparse.ArgumentParser, default_text: str) -> None:
     group = parser.add_argument_group(f"post-processing (default: {default_text})")
-    group.add_argument("--threshold", type=float, help="nucleus probability above which a pixel is foreground")
-    group.add_argument("--min-size", type=int, help="drop nuclei of this many pixels or fewer")
-    group.add_argument("--marker-height", type=float,
+    group.add_argument("--threshold", type=float, metavar="P",
+                       help="nucleus probability above which a pixel is foreground")
+    group.add_argument("--min-size", type=int, metavar="PIXELS", help="drop nuclei of this many pixels or fewer")
+    group.add_argument("--marker-height", type=float, metavar="PIXELS",
                        help="split touching nuclei by a distance watershed with markers this high (e.g. 2); "
                             "0 = by the contact channel if the model has one, else not at all")
-    group.add_argument("--contact-threshold", type=float,
+    group.add_argument("--contact-threshold", type=float, metavar="P",
                        help="with a contact channel: pixels of higher contact probability seed no nucleus")
     group.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                        help="test-time augmentation: average the 8 flips/rotations (8x the model's work)")
@@ -84,7 +85,7 @@ def _add_postprocessing_options(parser: argparse.ArgumentParser, default_text: s
 def _add_output_options(parser: argparse.ArgumentParser, *, out: bool = True) -> None:
     group = parser.add_argument_group("output")
     if out:
-        group.add_argument("--out", type=Path, default=runs.DEFAULT_RUNS_DIR,
+        group.add_argument("--out", type=Path, metavar="DIR", default=runs.DEFAULT_RUNS_DIR,
                            help="folder in which the command makes its new run folder <timestamp>-<what>/ "
                                 "(default: runs/)")
     group.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -106,18 +107,20 @@ def build_arg_parser() -> argparse.ArgumentParser:
                             "2 cores, 'smoke' = a seconds-long check. Default: 'seed' if a GPU is found, else 'cpu'")
     _add_data_options(train)
     group = train.add_argument_group("training (override the preset)")
-    group.add_argument("--seed", type=int, default=0,
+    group.add_argument("--seed", type=int, metavar="N", default=0,
                        help="seed for the split (first use), weights, sampling and augmentation (default: 0)")
-    group.add_argument("--epochs", type=int, help="number of epochs (with --minutes, a ceiling)")
-    group.add_argument("--steps-per-epoch", type=int, help="batches per epoch; CV is evaluated after each")
-    group.add_argument("--batch-size", type=int, help="tiles per batch (the global batch with --distribute)")
-    group.add_argument("--learning-rate", type=float, help="Adam's learning rate")
-    group.add_argument("--minutes", type=float, help="training time budget (stops after validating); 0 = none")
-    group.add_argument("--depth", type=int, help="U-Net levels, bottleneck included")
-    group.add_argument("--base-filters", type=int, help="filters of the first U-Net level")
+    group.add_argument("--epochs", type=int, metavar="N", help="number of epochs (with --minutes, a ceiling)")
+    group.add_argument("--steps-per-epoch", type=int, metavar="N", help="batches per epoch; CV is evaluated after each")
+    group.add_argument("--batch-size", type=int, metavar="N",
+                       help="tiles per batch (the global batch with --distribute)")
+    group.add_argument("--learning-rate", type=float, metavar="LR", help="Adam's learning rate")
+    group.add_argument("--minutes", type=float, metavar="M",
+                       help="training time budget (stops after validating); 0 = none")
+    group.add_argument("--depth", type=int, metavar="N", help="U-Net levels, bottleneck included")
+    group.add_argument("--base-filters", type=int, metavar="N", help="filters of the first U-Net level")
     group.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=None,
                        help="batch normalization after each convolution")
-    group.add_argument("--dropout", type=float, help="dropout at the two deepest levels")
+    group.add_argument("--dropout", type=float, metavar="RATE", help="dropout at the two deepest levels")
     group.add_argument("--loss", choices=configuration.LOSSES, help="training loss")
     group.add_argument("--lr-schedule", choices=configuration.LR_SCHEDULES,
                        help="'constant', or 'cosine' decay to 0 over epochs x steps-per-epoch")
@@ -132,7 +135,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
                             "keras.distribution.DataParallel on JAX); 'multiworker': the machines in TF_CONFIG "
                             "(tf.distribute.MultiWorkerMirroredStrategy)")
     _add_postprocessing_options(train, "the preset's")
-    train.add_argument_group("figures").add_argument("--figures-per-cluster", type=int,
+    train.add_argument_group("figures").add_argument("--figures-per-cluster", type=int, metavar="N",
                                                      help="test images per cluster in the figures")
     _add_output_options(train)
 
@@ -152,7 +155,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
                           help="which images: a subset of the model's split, or 'all' of --data (default: test)")
     _add_data_options(evaluate)
     _add_postprocessing_options(evaluate, "the model's postprocessing.json")
-    evaluate.add_argument_group("figures").add_argument("--figures-per-cluster", type=int,
+    evaluate.add_argument_group("figures").add_argument("--figures-per-cluster", type=int, metavar="N",
                                                         help="images per cluster in the figures")
     _add_output_options(evaluate)
 
@@ -185,7 +188,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=sorted(unet.EXPORT_FORMATS), default="savedmodel",
                         help="export format (default: savedmodel; the run folder's '1/' is the version folder "
                              "TF Serving expects)")
-    export.add_argument("--out", type=Path, default=runs.DEFAULT_RUNS_DIR,
+    export.add_argument("--out", type=Path, metavar="DIR", default=runs.DEFAULT_RUNS_DIR,
                         help="folder in which the command makes its new run folder <timestamp>-export/ "
                              "(default: runs/)")
     return parser
@@ -206,14 +209,13 @@ def postprocessing_overrides(args: argparse.Namespace) -> dict:
 def config_from_args(args: argparse.Namespace) -> configuration.TrainConfig:
     """The one place where training options become a ``TrainConfig``: the preset, then the options given."""
     preset = training.choose_preset(args.preset)
-    values = {name: getattr(args, name) for name in TRAINING_OPTIONS}
-    values.update(seed=args.seed, split=str(args.split or dsb.DEFAULT_SPLIT_PATH),
-                  data=str(args.data) if args.data is not None else None)
-    changes = postprocessing_overrides(args)
+    changes = {name: getattr(args, name) for name in TRAINING_OPTIONS if getattr(args, name) is not None}
+    changes.update(postprocessing_overrides(args))
     if args.minutes is not None:
-        changes["minutes"] = args.minutes or None
-    config = configuration.TrainConfig.from_preset(preset, **values)
-    return configuration.TrainConfig.from_dict({**config.to_dict(), **changes})
+        changes["minutes"] = args.minutes or None  # 0: no time budget
+    return configuration.TrainConfig.from_dict({
+        **configuration.PRESETS[preset], "preset": preset, "seed": args.seed,
+        "split": str(args.split or dsb.DEFAULT_SPLIT_PATH), "data": str(args.data) if args.data else None, **changes})
 
 
 def run(args: argparse.Namespace) -> Path | None:

@@ -126,7 +126,7 @@ class TrainingTiles:
 
 
 def prepare_training_data(records: list, split: pd.DataFrame, config: TrainConfig) -> TrainingTiles:
-    """Tiles of the train and CV images (``dsb.tiles_for_records``); test images are never tiled here."""
+    """Tiles of the train and CV images (``tiling.tiles_for_records``); test images are never tiled here."""
     parts = {}
     for subset in ("train", "cv"):
         chosen = stratify.subset_records(records, split, subset)
@@ -335,8 +335,8 @@ def train(config: TrainConfig, run_dir: Path, tiles: TrainingTiles, *, progress:
     With ``resume``, training continues from ``run_dir/last.keras`` and ``state.json`` (the end of
     the last finished epoch), with the time budget that was left. Writes ``history.csv``,
     ``training.json`` (minutes trained, why training stopped, the last epoch's tiles/s, the
-    ``replicas`` of a distributed run, the CV tiles validated on, the epochs after which it was resumed) and, on TensorFlow,
-    TensorBoard ``logs/``.
+    ``replicas`` of a distributed run, the CV tiles validated on, the epochs after which it was
+    resumed) and, on TensorFlow, TensorBoard ``logs/``.
 
     Raises
     ------

@@ -102,11 +102,11 @@ def synthetic_folder(tmp_path, synthetic_items):
 
 def real_dataset_path() -> Path:
     """The real stage1_train zip, from $DSB_DATA or ../shared/datasets; skip (fail in CI) without it."""
-    candidates = [os.environ.get("DSB_DATA"), dsb.TEAM_MIRROR, dsb.DATASETS_DIR / "stage1_train.zip"]
+    candidates = [os.environ.get("DSB_DATA"), dsb.SHARED_COPY, dsb.DATASETS_DIR / "stage1_train.zip"]
     for candidate in candidates:
         if candidate and Path(candidate).exists():
             return Path(candidate)
-    message = (f"the real DSB2018 zip is missing: set DSB_DATA or provide {dsb.TEAM_MIRROR} "
+    message = (f"the real DSB2018 zip is missing: set DSB_DATA or provide {dsb.SHARED_COPY} "
                f"(looked at {[str(c) for c in candidates if c]})")
     if os.environ.get("CI"):
         pytest.fail(message)

@@ -244,14 +244,19 @@ def test_predict_overrides_one_postprocessing_field(smoke_run, tmp_path):
 # ---- the command line itself ---------------------------------------------------------------
 
 def _readme_synopsis() -> dict[str, set[str]]:
-    """Options per command in the README's synopsis block (the lines starting with the script's name)."""
+    """Options per command in the README's synopsis block: a line starting with the script's name and its command,
+    then indented continuation lines; ``--[no-]x`` names the option pair ``--x`` / ``--no-x``."""
     text = README.read_text()
     block = text[text.index("<!-- synopsis -->"):text.index("<!-- /synopsis -->")]
-    commands = {}
+    commands, current = {}, None
     for line in block.splitlines():
-        match = re.match(rf"python {cli.SCRIPT} (\w+)", line.strip().replace("[", ""))
+        match = re.match(rf"python {cli.SCRIPT} \[?(\w+)", line)
         if match:
-            commands[match.group(1)] = set(re.findall(r"--[a-z][a-z-]*", line))
+            current = commands.setdefault(match.group(1), set())
+        elif not line.startswith(" "):
+            current = None
+        if current is not None:
+            current |= {f"--{name}" for name in re.findall(r"--(?:\[no-\])?([a-z][a-z-]*)", line)}
     return commands
 
 
