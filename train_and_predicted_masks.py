@@ -82,12 +82,15 @@ def _add_postprocessing_options(parser: argparse.ArgumentParser, default_text: s
                        help="test-time augmentation: average the 8 flips/rotations (8x the model's work)")
 
 
-def _add_output_options(parser: argparse.ArgumentParser, *, out: bool = True) -> None:
+def _add_output_options(parser: argparse.ArgumentParser, *, out: bool = True, figures: bool = False) -> None:
     group = parser.add_argument_group("output")
     if out:
         group.add_argument("--out", type=Path, metavar="DIR", default=runs.DEFAULT_RUNS_DIR,
                            help="folder in which the command makes its new run folder <timestamp>-<what>/ "
                                 "(default: runs/)")
+    if figures:
+        group.add_argument("--figures-per-cluster", type=int, metavar="N",
+                           help="test images drawn per cluster in figures/ (default: 2)")
     group.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -135,9 +138,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
                             "keras.distribution.DataParallel on JAX); 'multiworker': the machines in TF_CONFIG "
                             "(tf.distribute.MultiWorkerMirroredStrategy)")
     _add_postprocessing_options(train, "the preset's")
-    train.add_argument_group("figures").add_argument("--figures-per-cluster", type=int, metavar="N",
-                                                     help="test images per cluster in the figures")
-    _add_output_options(train)
+    _add_output_options(train, figures=True)
 
     resume = _command(subparsers, "resume", "continue a killed or interrupted training run from the end of its "
                                             "last finished epoch, with its own config, split and time left",
@@ -155,9 +156,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
                           help="which images: a subset of the model's split, or 'all' of --data (default: test)")
     _add_data_options(evaluate)
     _add_postprocessing_options(evaluate, "the model's postprocessing.json")
-    evaluate.add_argument_group("figures").add_argument("--figures-per-cluster", type=int, metavar="N",
-                                                        help="images per cluster in the figures")
-    _add_output_options(evaluate)
+    _add_output_options(evaluate, figures=True)
 
     tune = _command(subparsers, "tune", "choose the post-processing on the CV split (never the test split) and "
                                         "save it beside the model as postprocessing.json",
