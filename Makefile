@@ -1,6 +1,6 @@
 # make train  : venv + data + train (preset picked by the hardware) + evaluate + figures
 # make test   : the whole test suite (what CI runs)
-# make bench  : data, training, inference and memory benchmarks (tables + bench/results/*.json; ~16 min)
+# make bench  : data, training, inference and memory benchmarks (tables + bench/results/*.json)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -16,7 +16,7 @@ $(VENV)/.installed: requirements.txt
 	$(PY) -m pip install -r requirements.txt
 	touch $@
 
-# Finds the training set (DSB_DATA, datasets/, the team mirror) or downloads the public BBBC038 zip.
+# Finds the training set (DSB_DATA, datasets/, ../shared/datasets/) or downloads the public BBBC038 zip.
 data: venv
 	$(PY) dsb.py
 

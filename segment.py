@@ -1,21 +1,24 @@
-"""From a model to results on full images: tiled prediction, nuclei instances, scores, RLE.
+"""From a model to nuclei: tiled prediction, post-processing, the competition metric, run-length encoding.
 
-The model reaches this module as a callable, so nothing here imports Keras.
+The model reaches this module as a callable (``make_predictor``), so nothing here imports Keras.
 
-    probability = predict_probability(model_fn, image, tta=True)     # (H, W) float32
-    labels = probability_to_labels(probability)                      # (H, W) int32 instances
-    maps = predict_maps(model_fn, image)                             # (H, W, C): nuclei [, contacts]
-    labels = probability_to_labels(maps[..., 0], contact=maps[..., 1])
-    score = average_precision(true_labels, labels)["map"]           # the DSB2018 metric
+    predict_tiles = make_predictor(model)                           # any Keras model, or your own callable
+    maps = predict_maps(predict_tiles, image, tta=True)             # (H, W, C): nuclei [, contacts]
+    settings = Postprocessing.load(run_dir / "postprocessing.json")  # chosen on CV by `tune`
+    labels = settings.labels(maps)                                   # (H, W) int32 instances
+    score = score_image(true_labels, labels)                         # IoU -> matches -> AP, once per image
     rows = submission_rows(image_id, labels)                         # Kaggle RLE rows
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
+import itertools
 import logging
 import os
-from typing import Callable
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.ndimage as ndi
@@ -23,32 +26,43 @@ import skimage.measure
 import skimage.morphology
 import skimage.segmentation
 
-import dsb
+import runs
+from errors import UserError
+from imaging import replace_nonfinite
+from tiling import MIN_OVERLAP, TILE_SIZE, make_tiles, stitch_tiles
 
 log = logging.getLogger("segment")
+
 # The competition's IoU thresholds: 0.50, 0.55, ..., 0.95.
 IOU_THRESHOLDS = np.round(np.arange(0.5, 1.0, 0.05), 2)
 
-# Post-processing defaults, chosen on the CV split with `--tune` (README, "Choosing the post-processing"):
-# for the cpu-preset model, connected components scored a CV mAP of 0.437 against at most 0.402 for the
-# distance watershed (marker heights 1..5), and dropping specks of <= 30 pixels beat 15 and 0.
-DEFAULT_THRESHOLD = 0.5
-DEFAULT_MIN_SIZE = 30
-DEFAULT_MARKER_HEIGHT: float | None = None
-# For models with a contact channel: a pixel seeds no nucleus where the contact probability is above 0.2
-# (chosen on CV with `--tune` among 0.1..0.7: the contact channel of a short run is under-confident).
-DEFAULT_CONTACT_THRESHOLD = 0.2
-
 PredictTiles = Callable[[np.ndarray], np.ndarray]
 """Maps tiles, shape (N, T, T, 1) float32 in [0, 1], to probabilities (N, T, T, C): nuclei [, contacts]."""
+
+
+# --------------------------------------------------------------------------------------------
+# Tiled prediction
+# --------------------------------------------------------------------------------------------
+
+def make_predictor(model, batch_size: int = 8) -> PredictTiles:
+    """``PredictTiles`` for a Keras model: ``model.predict_on_batch`` over batches of ``batch_size`` tiles.
+
+    ``predict_on_batch`` per batch, not ``model.predict`` per image: ``predict``'s per-call set-up
+    cost 28 % of stitched inference (``bench/bench_infer.py``).
+    """
+    def predict_tiles(tiles: np.ndarray) -> np.ndarray:
+        return np.concatenate([np.asarray(model.predict_on_batch(tiles[start:start + batch_size]))
+                               for start in range(0, len(tiles), batch_size)])
+
+    return predict_tiles
 
 
 def predict_maps(
     predict_tiles: PredictTiles,
     image: np.ndarray,
     *,
-    tile_size: int = dsb.TILE_SIZE,
-    min_overlap: int = 32,
+    tile_size: int = TILE_SIZE,
+    min_overlap: int = MIN_OVERLAP,
     tta: bool = False,
 ) -> np.ndarray:
     """Every output channel of the model over a whole image of any size, from overlapping tiles.
@@ -56,25 +70,25 @@ def predict_maps(
     Parameters
     ----------
     predict_tiles : callable
-        (N, T, T, 1) float32 -> (N, T, T, C) float probabilities, e.g. a batched ``model.predict``;
+        (N, T, T, 1) float32 -> (N, T, T, C) float probabilities, e.g. ``make_predictor(model)``;
         channel 0 is the nucleus probability, channel 1 (contact-aware models) where nuclei touch.
     image : ndarray, shape (H, W), float32 in [0, 1]
-        A preprocessed image (``dsb.preprocess``). NaN or infinite pixels are replaced as
-        ``dsb.replace_nonfinite`` says, with a warning; none finite is a ``ValueError``.
+        A preprocessed image (``imaging.preprocess``). NaN or infinite pixels are replaced as
+        ``imaging.replace_nonfinite`` says, with a warning; none finite is a ``UserError``.
     tta : bool
         Test-time augmentation: average the predictions of the 8 flips/rotations (8x the time).
 
     Returns
     -------
     ndarray, shape (H, W, C), float32 in [0, 1]
-        Tile predictions blended with ``dsb.tile_weights`` and cropped to the image.
+        Tile predictions blended with ``tiling.tile_weights`` and cropped to the image.
     """
     if image.ndim != 2:
         raise ValueError(f"expected a preprocessed image of shape (H, W), got shape {image.shape}")
-    image, count = dsb.replace_nonfinite(image)
+    image, count = replace_nonfinite(image)
     if count:
         log.warning("%d pixel values are NaN or infinite; replaced by the median of the others", count)
-    tiles, corners = dsb.make_tiles(image.astype(np.float32), tile_size, min_overlap)
+    tiles, corners = make_tiles(image.astype(np.float32), tile_size, min_overlap)
     tiles = tiles[..., None]
     transforms = range(8) if tta else (0,)
     total = None
@@ -84,24 +98,17 @@ def predict_maps(
             raise ValueError(f"the model returned shape {predicted.shape} for tiles of shape {tiles.shape}")
         restored = dihedral_tiles(predicted.astype(np.float32), k, inverse=True)
         total = restored if total is None else total + restored
-    return dsb.stitch_tiles(total / len(transforms), corners, image.shape, tile_size)
+    return stitch_tiles(total / len(transforms), corners, image.shape, tile_size)
 
 
-def predict_probability(
-    predict_tiles: PredictTiles,
-    image: np.ndarray,
-    *,
-    tile_size: int = dsb.TILE_SIZE,
-    min_overlap: int = 32,
-    tta: bool = False,
-) -> np.ndarray:
-    """Nucleus probability of a whole image of any size: channel 0 of ``predict_maps``.
+def predict_probability(predict_tiles: PredictTiles, image: np.ndarray, **options) -> np.ndarray:
+    """Nucleus probability of a whole image: channel 0 of ``predict_maps`` (same options).
 
     Returns
     -------
     ndarray, shape (H, W), float32 in [0, 1]
     """
-    return predict_maps(predict_tiles, image, tile_size=tile_size, min_overlap=min_overlap, tta=tta)[..., 0]
+    return predict_maps(predict_tiles, image, **options)[..., 0]
 
 
 def dihedral_tiles(tiles: np.ndarray, k: int, *, inverse: bool = False) -> np.ndarray:
@@ -117,39 +124,94 @@ def dihedral_tiles(tiles: np.ndarray, k: int, *, inverse: bool = False) -> np.nd
     return tiles[:, :, ::-1] if k >= 4 else tiles
 
 
-def pixel_dice(truth: np.ndarray, predicted: np.ndarray) -> float:
-    """Dice coefficient of two binary masks: ``2 |T & P| / (|T| + |P|)``; 1.0 when both are empty.
+# --------------------------------------------------------------------------------------------
+# Post-processing: maps to instances
+# --------------------------------------------------------------------------------------------
 
-    Parameters
+@dataclass(frozen=True)
+class Postprocessing:
+    """How a model's maps become nuclei; saved as ``postprocessing.json`` beside the model.
+
+    Training writes its config's values; ``tune`` replaces them with the best on the CV split;
+    ``evaluate`` and ``predict`` read them, and their command-line options override single fields.
+
+    The defaults were chosen on the CV split with ``tune`` (``docs/results.md``): connected
+    components beat the distance watershed (CV mAP 0.437 against at most 0.402 for marker heights
+    1..5) and dropping specks of <= 30 pixels beat 15 and 0; for contact models a contact probability
+    above 0.2 seeds no nucleus (chosen among 0.1..0.7).
+
+    Attributes
     ----------
-    truth, predicted : ndarray, shape (H, W), bool (or anything where nonzero = foreground)
-
-    Examples
-    --------
-    >>> pixel_dice(np.array([1, 1, 0, 0]), np.array([1, 0, 1, 0]))
-    0.5
+    threshold : float in (0, 1)
+        Foreground where the nucleus probability is above it.
+    min_size : int
+        Largest object (pixels) dropped as a speck.
+    marker_height : float or None
+        None: split touching nuclei by the contact channel if the model has one, else not at all;
+        a number: by a distance watershed with markers that high (``probability_to_labels``).
+    contact_threshold : float in (0, 1)
+        With a contact channel: pixels of higher contact probability seed no nucleus.
+    tta : bool
+        Test-time augmentation (the 8 flips/rotations averaged) when predicting the maps.
     """
-    truth, predicted = np.asarray(truth) > 0, np.asarray(predicted) > 0
-    if truth.shape != predicted.shape:
-        raise ValueError(f"shapes differ: truth {truth.shape}, predicted {predicted.shape}")
-    total = int(truth.sum()) + int(predicted.sum())
-    if total == 0:
-        return 1.0
-    return 2.0 * int(np.logical_and(truth, predicted).sum()) / total
 
+    threshold: float = 0.5
+    min_size: int = 30
+    marker_height: float | None = None
+    contact_threshold: float = 0.2
+    tta: bool = False
 
-# --------------------------------------------------------------------------------------------
-# Probability to instances
-# --------------------------------------------------------------------------------------------
+    def __post_init__(self):
+        if not 0.0 < self.threshold < 1.0:
+            raise UserError(f"threshold must be in (0, 1), got {self.threshold}")
+        if not 0.0 < self.contact_threshold < 1.0:
+            raise UserError(f"contact_threshold must be in (0, 1), got {self.contact_threshold}")
+        if self.min_size < 0:
+            raise UserError(f"min_size must be non-negative, got {self.min_size}")
+        if self.marker_height is not None and not self.marker_height > 0:
+            raise UserError(f"marker_height must be positive or None, got {self.marker_height}")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> Postprocessing:
+        """From a dict: a loaded ``postprocessing.json``, or a ``TrainConfig``'s fields (other keys are ignored)."""
+        names = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{name: value for name, value in values.items() if name in names})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Postprocessing:
+        return cls.from_dict(runs.read_json(path))
+
+    def save(self, path: str | os.PathLike) -> None:
+        runs.write_json(path, dataclasses.asdict(self))
+
+    def replace(self, **changes) -> Postprocessing:
+        """A copy with the fields in ``changes`` replaced (command-line overrides)."""
+        return dataclasses.replace(self, **changes)
+
+    def labels(self, maps: np.ndarray) -> np.ndarray:
+        """Instances from ``predict_maps``: ndarray (H, W), int32, 0 = background, nuclei 1..n.
+
+        Split by the contact channel if there is one and no marker height is set, else as
+        ``probability_to_labels`` without contacts.
+        """
+        contact = maps[..., 1] if maps.shape[-1] > 1 and self.marker_height is None else None
+        return probability_to_labels(maps[..., 0], threshold=self.threshold, min_size=self.min_size,
+                                     marker_height=self.marker_height, contact=contact,
+                                     contact_threshold=self.contact_threshold)
+
+    def mask(self, maps: np.ndarray) -> np.ndarray:
+        """The thresholded nucleus channel: ndarray (H, W), bool (what the pixel Dice scores)."""
+        return maps[..., 0] > self.threshold
+
 
 def probability_to_labels(
     probability: np.ndarray,
     *,
-    threshold: float = DEFAULT_THRESHOLD,
-    min_size: int = DEFAULT_MIN_SIZE,
-    marker_height: float | None = DEFAULT_MARKER_HEIGHT,
+    threshold: float = 0.5,
+    min_size: int = 30,
+    marker_height: float | None = None,
     contact: np.ndarray | None = None,
-    contact_threshold: float = DEFAULT_CONTACT_THRESHOLD,
+    contact_threshold: float = 0.2,
 ) -> np.ndarray:
     """Split the predicted foreground into nuclei.
 
@@ -216,8 +278,29 @@ def drop_specks(labels: np.ndarray, min_size: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
-# The competition metric
+# The competition metric: IoU -> matches -> precision per threshold, computed once per image
 # --------------------------------------------------------------------------------------------
+
+def pixel_dice(truth: np.ndarray, predicted: np.ndarray) -> float:
+    """Dice coefficient of two binary masks: ``2 |T & P| / (|T| + |P|)``; 1.0 when both are empty.
+
+    Parameters
+    ----------
+    truth, predicted : ndarray, shape (H, W), bool (or anything where nonzero = foreground)
+
+    Examples
+    --------
+    >>> pixel_dice(np.array([1, 1, 0, 0]), np.array([1, 0, 1, 0]))
+    0.5
+    """
+    truth, predicted = np.asarray(truth) > 0, np.asarray(predicted) > 0
+    if truth.shape != predicted.shape:
+        raise ValueError(f"shapes differ: truth {truth.shape}, predicted {predicted.shape}")
+    total = int(truth.sum()) + int(predicted.sum())
+    if total == 0:
+        return 1.0
+    return 2.0 * int(np.logical_and(truth, predicted).sum()) / total
+
 
 def iou_matrix(truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
     """Intersection over union of every true and predicted object.
@@ -249,54 +332,155 @@ def iou_matrix(truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
     return intersection / np.maximum(union, 1)
 
 
-def average_precision(truth: np.ndarray, predicted: np.ndarray, thresholds=IOU_THRESHOLDS) -> dict:
-    """The 2018 Data Science Bowl score of one image.
+def precisions(iou: np.ndarray, thresholds=IOU_THRESHOLDS) -> np.ndarray:
+    """The competition's precision at each IoU threshold: ``TP / (TP + FP + FN)``.
 
-    At each IoU threshold t, a true and a predicted nucleus match when their IoU is above t (for
-    t >= 0.5 a nucleus can match at most one other); precision(t) = TP / (TP + FP + FN). The
-    image's score is the mean over the thresholds.
+    For thresholds of 0.5 and above, a true and a predicted nucleus match when their IoU is above
+    the threshold, and a nucleus can match at most one other. No true and no predicted nuclei
+    scores 1; only one of them empty, 0.
 
-    An image with no true and no predicted nuclei scores 1; with only one of them empty, 0.
+    Parameters
+    ----------
+    iou : ndarray, shape (n_true, n_predicted), from ``iou_matrix``
 
     Returns
     -------
-    dict with ``map`` (mean over thresholds), ``ap`` (list, one per threshold), ``ap50``,
-    ``f1_50`` (F1 at IoU 0.5), and ``true``, ``predicted`` (object counts).
+    ndarray, shape (len(thresholds),), float64 in [0, 1]
 
     Examples
     --------
-    >>> a = np.array([[1, 1, 0, 2, 2]])
-    >>> average_precision(a, a)["map"], average_precision(a, np.zeros_like(a))["map"]
-    (1.0, 0.0)
+    >>> precisions(np.array([[0.7, 0.0], [0.0, 0.0]]), [0.5, 0.75]).tolist()  # 1 match, 1 missed, 1 false
+    [0.3333333333333333, 0.0]
     """
     thresholds = np.asarray(thresholds, np.float64)
     if thresholds.min() < 0.5:
         raise ValueError("IoU thresholds below 0.5 allow one nucleus to match several; use >= 0.5")
-    iou = iou_matrix(truth, predicted)
     n_true, n_pred = iou.shape
     if n_true == 0 and n_pred == 0:
-        precisions = np.ones(len(thresholds))
-        f1 = 1.0
-    else:
-        tp = np.array([(iou > t).sum() for t in thresholds], np.float64)
-        precisions = tp / (n_true + n_pred - tp)
-        tp50 = (iou > 0.5).sum()
-        f1 = 2 * tp50 / (n_true + n_pred)
-    return {"map": float(precisions.mean()), "ap": precisions.tolist(), "ap50": float(precisions[0]),
-            "f1_50": float(f1), "true": int(n_true), "predicted": int(n_pred)}
+        return np.ones(len(thresholds))
+    tp = np.array([(iou > t).sum() for t in thresholds], np.float64)
+    return tp / (n_true + n_pred - tp)
 
 
-def match_objects(truth: np.ndarray, predicted: np.ndarray, iou_threshold: float = 0.5):
-    """Which nuclei are matched at ``iou_threshold``, for pictures.
+@dataclass(frozen=True)
+class ImageScore:
+    """Everything the reports need about one predicted image, from one IoU matrix.
+
+    Attributes
+    ----------
+    map : float
+        The DSB2018 score: mean of ``ap`` over the IoU thresholds 0.50..0.95.
+    ap : tuple of float
+        Precision at each threshold (``precisions``); ``ap50`` is the first.
+    f1_50 : float
+        F1 of the matches at IoU 0.5.
+    dice : float
+        Pixel Dice of the foregrounds.
+    true, predicted : int
+        Nuclei counts.
+    matched_true, matched_predicted : ndarray, bool
+        Which true nuclei (labels 1..n in sorted order) and which predicted ones match at IoU 0.5.
+    """
+
+    map: float
+    ap: tuple
+    ap50: float
+    f1_50: float
+    dice: float
+    true: int
+    predicted: int
+    matched_true: np.ndarray
+    matched_predicted: np.ndarray
+
+    def row(self) -> dict:
+        """The numbers, for a table."""
+        return {"dice": self.dice, "map": self.map, "ap50": self.ap50, "f1_50": self.f1_50,
+                "true_nuclei": self.true, "predicted_nuclei": self.predicted}
+
+
+def score_image(truth: np.ndarray, predicted: np.ndarray, predicted_mask: np.ndarray | None = None) -> ImageScore:
+    """Score one image: IoU matrix, matches, precision per threshold and pixel Dice, each computed once.
+
+    Parameters
+    ----------
+    truth, predicted : ndarray, shape (H, W), int, 0 = background
+    predicted_mask : ndarray, shape (H, W), bool, optional
+        The foreground the pixel Dice scores (``Postprocessing.mask``); default ``predicted > 0``.
+
+    Examples
+    --------
+    >>> a = np.array([[1, 1, 0, 2, 2]])
+    >>> score = score_image(a, a)
+    >>> score.map, score.dice, score.matched_predicted.tolist()
+    (1.0, 1.0, [True, True])
+    """
+    iou = iou_matrix(truth, predicted)
+    values = precisions(iou)
+    n_true, n_pred = iou.shape
+    matches = iou > 0.5
+    f1 = 1.0 if n_true + n_pred == 0 else 2 * int(matches.sum()) / (n_true + n_pred)
+    mask = np.asarray(predicted) > 0 if predicted_mask is None else predicted_mask
+    return ImageScore(map=float(values.mean()), ap=tuple(values.tolist()), ap50=float(values[0]), f1_50=float(f1),
+                      dice=pixel_dice(truth, mask), true=int(n_true), predicted=int(n_pred),
+                      matched_true=matches.any(axis=1), matched_predicted=matches.any(axis=0))
+
+
+def average_precision(truth: np.ndarray, predicted: np.ndarray) -> float:
+    """The 2018 Data Science Bowl score of one image: mean precision over IoU 0.50..0.95.
+
+    Examples
+    --------
+    >>> a = np.array([[1, 1, 0, 2, 2]])
+    >>> average_precision(a, a), average_precision(a, np.zeros_like(a))
+    (1.0, 0.0)
+    """
+    return float(precisions(iou_matrix(truth, predicted)).mean())
+
+
+# --------------------------------------------------------------------------------------------
+# Choosing the post-processing on the CV split
+# --------------------------------------------------------------------------------------------
+
+TUNE_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
+TUNE_MARKER_HEIGHTS = (1.0, 2.0, 3.0, 5.0)
+TUNE_MIN_SIZES = (0, 15, 30)
+TUNE_CONTACT_THRESHOLDS = (0.1, 0.2, 0.3, 0.5, 0.7)
+
+
+def tuning_grid(has_contacts: bool, tta: bool) -> list[Postprocessing]:
+    """The settings ``tune_postprocessing`` tries: every threshold and speck size with every way of
+    splitting (by the contact channel at each contact threshold if the model has one, else not at
+    all; or by a distance watershed of each marker height)."""
+    splits = ([(None, c) for c in TUNE_CONTACT_THRESHOLDS] if has_contacts else [(None, 0.2)])
+    splits += [(height, 0.2) for height in TUNE_MARKER_HEIGHTS]
+    return [Postprocessing(threshold=threshold, min_size=min_size, marker_height=height, contact_threshold=contact,
+                           tta=tta)
+            for threshold, (height, contact), min_size in itertools.product(TUNE_THRESHOLDS, splits, TUNE_MIN_SIZES)]
+
+
+def tune_postprocessing(maps: list[np.ndarray], truths: list[np.ndarray], grid: list[Postprocessing],
+                        *, progress=None) -> list[dict]:
+    """Mean DSB score over the images of every setting of ``grid``, best first.
+
+    Parameters
+    ----------
+    maps : list of ndarray, shape (H, W, C), from ``predict_maps`` (with the grid's ``tta``)
+    truths : list of ndarray, shape (H, W), int, the true labels of the same images
+    grid : list of Postprocessing, e.g. ``tuning_grid``
+    progress : callable wrapping an iterable (e.g. ``tqdm``), optional
 
     Returns
     -------
-    matched_pred : ndarray, shape (n_predicted,), bool, for labels 1..n of ``predicted``
-    matched_true : ndarray, shape (n_true,), bool, for labels 1..n of ``truth``
-    Both label images must be numbered 1..n (``relabel_sequential``).
+    list of dict: the setting's fields and ``mean_map``, sorted by ``mean_map``, highest first
+    (ties keep the grid's order).
     """
-    iou = iou_matrix(truth, predicted) > iou_threshold
-    return iou.any(axis=0), iou.any(axis=1)
+    if len(maps) != len(truths) or not maps:
+        raise ValueError(f"need the same positive number of maps and truths, got {len(maps)} and {len(truths)}")
+    rows = []
+    for settings in (progress or iter)(grid):
+        scores = [average_precision(truth, settings.labels(image_maps)) for image_maps, truth in zip(maps, truths)]
+        rows.append({**dataclasses.asdict(settings), "mean_map": float(np.mean(scores))})
+    return sorted(rows, key=lambda row: -row["mean_map"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -351,8 +535,8 @@ def submission_rows(image_id: str, labels: np.ndarray) -> list[tuple[str, str]]:
 
 
 def write_submission(path: str | os.PathLike, rows) -> None:
-    """Write ``ImageId,EncodedPixels`` rows as a Kaggle submission CSV."""
-    with open(path, "w", newline="") as handle:
+    """Write ``ImageId,EncodedPixels`` rows as a Kaggle submission CSV, atomically."""
+    with runs.atomic_path(path) as temporary, open(temporary, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["ImageId", "EncodedPixels"])
         writer.writerows(rows)

@@ -1,13 +1,19 @@
-"""The U-Net of Ronneberger et al. (2015) for nuclei masks, with its Dice metric and loss.
+"""The U-Net of Ronneberger et al. (2015) for nuclei masks: build, save, load, export; its Dice metric and loss.
 
 Backend-neutral Keras 3: everything here is ``keras.layers`` and ``keras.ops``, so the same code
-runs on TensorFlow (the default), JAX and PyTorch.
+runs on TensorFlow (the default), JAX and PyTorch. Only the SavedModel export needs TensorFlow.
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import keras
 from keras import layers, ops
+
+import runs
+from errors import MissingPathError, UserError
 
 
 def build_unet(
@@ -171,3 +177,68 @@ class DiceCoefficient(keras.metrics.Metric):
 
     def get_config(self):
         return {**super().get_config(), "threshold": self.threshold}
+
+
+# --------------------------------------------------------------------------------------------
+# Saving, loading, exporting
+# --------------------------------------------------------------------------------------------
+
+def save_model(model: keras.Model, path: str | os.PathLike) -> None:
+    """``model.save`` under a temporary name, renamed: a kill never leaves half a model file."""
+    with runs.atomic_path(path) as temporary:
+        model.save(temporary)
+
+
+def load_model(path: str | os.PathLike, *, compile: bool = False) -> keras.Model:
+    """Load a saved U-Net (its custom layers, loss and metric are registered by this module).
+
+    Raises
+    ------
+    UserError
+        The file is missing, is not a Keras model, or does not map one-channel images to one
+        (nuclei) or two (nuclei, contacts) probability channels.
+    """
+    if not Path(path).is_file():
+        raise MissingPathError(f"model file not found: {path}")
+    try:
+        model = keras.models.load_model(path, compile=compile)
+    except Exception as error:  # noqa: BLE001 - Keras raises many types for a file that is not a model
+        raise UserError(f"{path} is not a readable Keras model: {error}") from error
+    shape = tuple(model.input_shape)
+    if len(shape) != 4 or shape[-1] != 1 or tuple(model.output_shape)[-1] not in (1, 2):
+        raise UserError(f"{path}: expected a model from (batch, H, W, 1) to (batch, H, W, 1) (nuclei) or "
+                        f"(batch, H, W, 2) (nuclei, contacts), got {shape} -> {model.output_shape}")
+    return model
+
+
+EXPORT_FORMATS = {"savedmodel": "tf_saved_model"}  # our name -> Keras' model.export format
+
+
+def export_model(model_path: str | os.PathLike, out: str | os.PathLike, export_format: str = "savedmodel") -> Path:
+    """Export a saved model to the new folder ``out`` for serving.
+
+    A TensorFlow SavedModel (TF Serving, ``tf.saved_model.load``): its ``serve`` endpoint maps
+    tiles (batch, H, W, 1) float32 in [0, 1], preprocessed as ``imaging.preprocess`` does, to the
+    model's probabilities (batch, H, W, C): nuclei, and contacts for a contact model. Written under a
+    temporary name and renamed; an existing ``out`` is an error, never overwritten.
+    """
+    if export_format not in EXPORT_FORMATS:
+        raise UserError(f"unknown export format {export_format!r}: choose from {', '.join(EXPORT_FORMATS)}")
+    out = Path(out)
+    if out.exists():
+        raise UserError(f"{out} already exists: an export is never overwritten")
+    if not tensorflow_available():
+        raise UserError("export --format savedmodel needs TensorFlow installed (a SavedModel is TensorFlow's format)")
+    model = load_model(model_path)
+    with runs.atomic_path(out) as temporary:
+        model.export(str(temporary), format=EXPORT_FORMATS[export_format], verbose=False)
+    return out
+
+
+def tensorflow_available() -> bool:
+    """Whether TensorFlow can be imported (the JAX and PyTorch backends run without it)."""
+    try:
+        import tensorflow  # noqa: F401 - only whether it imports
+    except ImportError:
+        return False
+    return True

@@ -26,6 +26,7 @@ MODES = ("cold-threads", "cold-processes", "warm", "write-cache", "floor-decode"
 def measure(mode: str, source: Path, cache_dir: Path) -> dict:
     """One measurement in this process: seconds, images, tiles, peak RSS."""
     import dsb
+    import tiling
 
     start = time.perf_counter()
     if mode == "floor-decode":
@@ -33,8 +34,8 @@ def measure(mode: str, source: Path, cache_dir: Path) -> dict:
 
         from PIL import Image
 
-        reader = dsb._Reader(source)
-        entries, _ = dsb.scan_layout(dsb._list_source(source))
+        reader = dsb.DatasetReader(source)
+        entries, _ = dsb.scan_layout(dsb.list_files(source))
         for entry in entries:
             for name in (entry.image, *entry.masks):
                 Image.open(io.BytesIO(reader.read_bytes(name)[0])).load()
@@ -44,7 +45,7 @@ def measure(mode: str, source: Path, cache_dir: Path) -> dict:
         records, report = dsb.read_dataset(source, cache_dir=None, progress=False, processes=True)
         path = dsb.cache_file(cache_dir, source)
         written = time.perf_counter()
-        dsb._write_cache(path, records, report)
+        dsb.write_cache(path, records, report)
         return {"seconds": time.perf_counter() - written, "images": len(records),
                 "cache_mib": path.stat().st_size / 2**20, "peak_rss_mib": common.peak_rss_mib()}
     if mode == "warm":
@@ -52,7 +53,7 @@ def measure(mode: str, source: Path, cache_dir: Path) -> dict:
     else:
         records = dsb.load_dataset(source, cache_dir=None, progress=False, processes=mode == "cold-processes")
     loaded = time.perf_counter()
-    images, masks, _ = dsb.tiles_for_records(records)
+    images, masks, _ = tiling.tiles_for_records(records)
     end = time.perf_counter()
     return {"seconds": end - start, "load_seconds": loaded - start, "tile_seconds": end - loaded,
             "images": len(records), "masks": int(sum(r.labels.max(initial=0) for r in records)),

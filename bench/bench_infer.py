@@ -1,6 +1,6 @@
 """Inference benchmark: megapixels/s of stitched full-image prediction against the raw model on pre-cut tiles.
 
-Ours: ``segment.predict_probability`` with the training script's ``make_predictor`` (tiling,
+Ours: ``segment.predict_maps`` (the nucleus channel) with ``segment.make_predictor`` (tiling,
 ``predict_on_batch`` batch by batch, weighted stitching), image by image over the test split. The floor: one
 ``model.predict`` over all the same tiles, cut beforehand, as one float32 array. Both count the
 images' own pixels, measured side by side in this process (alternating, median of ``--repeats``).
@@ -29,10 +29,12 @@ def load_images(quick: bool, config) -> list[np.ndarray]:
     if quick:
         rng = np.random.default_rng(0)
         return [rng.random(shape).astype(np.float32) for shape in ((64, 64), (96, 80), (130, 70))]
-    import train_and_predicted_masks as tm
+    import dsb
+    import pipeline
+    import stratify
 
-    records, split = tm.load_data(config, cache_dir=tm.dsb.DEFAULT_CACHE_DIR, progress=False)
-    return [record.image for record in tm.subset_records(records, split, "test")]
+    records, split, _ = pipeline.load_data(config, cache_dir=dsb.DEFAULT_CACHE_DIR, progress=False)
+    return [record.image for record in stratify.subset_records(records, split, "test")]
 
 
 def stitched(predict_tiles, images, config, *, tta=False) -> float:
@@ -40,8 +42,8 @@ def stitched(predict_tiles, images, config, *, tta=False) -> float:
 
     start = time.perf_counter()
     for image in images:
-        segment.predict_probability(predict_tiles, image, tile_size=config.tile_size,
-                                    min_overlap=config.min_overlap, tta=tta)
+        segment.predict_maps(predict_tiles, image, tile_size=config.tile_size, min_overlap=config.min_overlap,
+                             tta=tta)[..., 0]
     return time.perf_counter() - start
 
 
@@ -54,32 +56,37 @@ def main(argv=None) -> int:
 
     import keras
 
-    import dsb
-    import train_and_predicted_masks as tm
+    import segment
+    import tiling
+    import training
+    import unet
+    from config import TrainConfig
 
     preset = "smoke" if args.quick else "cpu"
-    config = tm.TrainConfig(preset=preset, **tm.PRESETS[preset])
+    config = TrainConfig.from_preset(preset)
     if args.quick:
         config = dataclasses.replace(config, tile_size=64)
         args.repeats, args.tta_images = 1, 2
     if args.model:
-        model = tm.load_model(args.model)
+        model = unet.load_model(args.model)
     else:
-        # The preset's own U-Net (with its contact channel), saved and reloaded as --evaluate and
-        # --predict load it: uncompiled, so no training-time settings reach inference.
+        # The preset's own U-Net (with its contact channel), saved and reloaded as the evaluate and
+        # predict commands load it: uncompiled, so no training-time settings reach inference.
         keras.utils.set_random_seed(0)
         with tempfile.TemporaryDirectory(prefix="bench-infer-") as scratch:
             path = Path(scratch) / "model.keras"
-            tm.build_model(config).save(path)
-            model = tm.load_model(path)
+            unet.save_model(training.build_model(config), path)
+            model = unet.load_model(path)
     images = load_images(args.quick, config)
-    predict_tiles, tile_size = tm.make_predictor(model, config)
+    batch_size = max(config.batch_size, 8)
+    # The batch size and tile size that pipeline.TrainedModel.predictor uses for a run's model.
+    predict_tiles = segment.make_predictor(model, batch_size)
+    tile_size = model.input_shape[1] or config.tile_size
     if tile_size != config.tile_size:
         config = dataclasses.replace(config, tile_size=tile_size)
-    tiles = np.concatenate([dsb.make_tiles(image, config.tile_size, config.min_overlap)[0] for image in images])
+    tiles = np.concatenate([tiling.make_tiles(image, config.tile_size, config.min_overlap)[0] for image in images])
     tiles = tiles.astype(np.float32)[..., None]
     megapixels = sum(image.size for image in images) / 1e6
-    batch_size = max(config.batch_size, 8)
 
     def raw() -> float:
         start = time.perf_counter()
@@ -113,7 +120,7 @@ def main(argv=None) -> int:
     results["met"] = {"ratio": results["ratio"] >= 0.85}
     rows = [("floor: model.predict on pre-cut tiles", len(floor_runs), floor_seconds,
              results["floor"]["megapixels_per_second"], 1.0),
-            ("ours: predict_probability per image (stitched)", len(ours_runs), ours_seconds,
+            ("ours: predict_maps per image (stitched)", len(ours_runs), ours_seconds,
              results["ours"]["megapixels_per_second"], results["ratio"]),
             (f"ours, no TTA, first {len(subset)} images", 1, plain_subset,
              sum(i.size for i in subset) / 1e6 / plain_subset, "-"),

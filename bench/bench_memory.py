@@ -1,6 +1,6 @@
 """Memory benchmark: peak resident memory of a ``cpu``-preset training run (train, validate, evaluate, figures).
 
-Runs ``train_and_predicted_masks.py`` in a subprocess (a run folder in a temporary directory) and reads its
+Runs ``train_and_predicted_masks.py train`` in a subprocess (a run folder in a temporary directory) and reads its
 peak RSS from ``getrusage(RUSAGE_CHILDREN)``; ``--minutes`` shortens the training budget (the rest of the
 run is unchanged: data, tiles, validation, test evaluation). Also reports what the stored tiles take.
 
@@ -31,7 +31,7 @@ def main(argv=None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as scratch:
         scratch = Path(scratch)
-        command = [sys.executable, str(common.PROJECT_DIR / "train_and_predicted_masks.py"),
+        command = [sys.executable, str(common.PROJECT_DIR / "train_and_predicted_masks.py"), "train",
                    "--out", str(scratch / "runs"), "--quiet"]
         if args.quick:
             data = common.write_tiny_dataset(scratch / "data", images=24)

@@ -1,7 +1,7 @@
 """Training benchmark: tiles/s of the real training path against plain ``model.fit`` on in-memory tiles.
 
-Ours: ``make_training_sequence`` (random tiles, dihedral augmentation, float16/uint8 storage cast per
-batch) + the callbacks ``train()`` uses. The floor: ``model.fit`` on the same number of tiles already
+Ours: ``training.TileBatches`` (random tiles, dihedral augmentation, float16/uint8 storage cast per
+batch) + the callbacks ``training.train()`` uses. The floor: ``model.fit`` on the same number of tiles already
 in memory as one float32 array, no augmentation, no callbacks but the timer. Both are the ``cpu``
 preset's model exactly as ``train()`` builds and compiles it (``build_model``: its outputs, loss and
 XLA setting), measured side by side in this process, alternating floor and ours for ``--rounds``
@@ -91,28 +91,28 @@ def step_timer():
 
 
 def build_model(config, *, jit_compile=None):
-    """The training script's model for ``config``; ``jit_compile`` overrides the config's XLA setting."""
-    import train_and_predicted_masks as tm
+    """Training's model for ``config``; ``jit_compile`` overrides the config's XLA setting."""
+    import training
 
     if jit_compile is not None:
         config = dataclasses.replace(config, jit_compile=jit_compile)
-    return tm.build_model(config)
+    return training.build_model(config)
 
 
 def run_ours(config, images, masks, owners, run_dir: Path, skip: int) -> dict:
-    """One epoch through the training script's feed and callbacks."""
+    """One epoch through training's feed and callbacks."""
     import keras
 
-    import train_and_predicted_masks as tm
+    import training
 
     keras.utils.set_random_seed(config.seed)
     model = build_model(config)
-    sequence = tm.make_training_sequence(images, masks, config, owners)
+    sequence = training.TileBatches(images, masks, config, owners)
     timer = step_timer()
     callbacks = [keras.callbacks.TerminateOnNaN(), keras.callbacks.CSVLogger(run_dir / "history.csv"),
-                 tm.make_checkpoint_callbacks(run_dir, -np.inf, 0.0),
+                 training.Checkpoints(run_dir, -np.inf, 0.0),
                  keras.callbacks.TensorBoard(log_dir=run_dir / "logs"),
-                 tm.make_time_budget_callback(config.minutes or 1e6), tm.epoch_setter(sequence), timer]
+                 training.TimeBudget(config.minutes or 1e6), training.SetEpoch(sequence), timer]
     start = time.perf_counter()
     model.fit(sequence, epochs=1, callbacks=callbacks, verbose=0)
     return summarize_steps(timer.step_seconds(skip), config.batch_size, time.perf_counter() - start)
@@ -156,11 +156,13 @@ def load_tiles(quick: bool, config):
         rng = np.random.default_rng(0)
         images = rng.random((64, config.tile_size, config.tile_size)).astype(np.float16)
         return images, (images > 0.7).astype(np.uint8), np.arange(len(images)) // 4
-    import train_and_predicted_masks as tm
+    import dsb
+    import pipeline
+    import training
 
-    records, split = tm.load_data(config, cache_dir=tm.dsb.DEFAULT_CACHE_DIR, progress=False)
-    data = tm.prepare_training_data(records, split, config)
-    return data["train_images"], data["train_masks"], data["train_ids"]
+    records, split, _ = pipeline.load_data(config, cache_dir=dsb.DEFAULT_CACHE_DIR, progress=False)
+    tiles = training.prepare_training_data(records, split, config)
+    return tiles.train_images, tiles.train_masks, tiles.train_ids
 
 
 def main(argv=None) -> int:
@@ -177,10 +179,11 @@ def main(argv=None) -> int:
     parser.add_argument("--matmul-size", type=int, default=4096)
     args = parser.parse_args(argv)
 
-    import train_and_predicted_masks as tm
+    import training
+    from config import TrainConfig
 
     preset = "smoke" if args.quick else "cpu"
-    config = tm.TrainConfig(preset=preset, **tm.PRESETS[preset])
+    config = TrainConfig.from_preset(preset)
     if args.quick:
         config = dataclasses.replace(config, tile_size=64)
         args.steps, args.skip, args.matmul_size = 4, 1, 256
@@ -198,7 +201,7 @@ def main(argv=None) -> int:
         chosen = rng.permutation(len(images))[: args.steps * batch_size] % len(images)
         count = args.steps * batch_size
         chosen = np.resize(chosen, count)
-        return images[chosen].astype(np.float32)[..., None], tm.target_channels(masks[chosen], config)
+        return images[chosen].astype(np.float32)[..., None], training.target_channels(masks[chosen], config.contacts)
 
     x, y = plain_arrays(config.batch_size)
     floor_rounds, ours_rounds = [], []

@@ -99,7 +99,7 @@ def timed(function, *args, **kwargs):
 
 def print_table(title: str, rows: list[tuple], header: tuple) -> None:
     """A plain fixed-width table on stdout."""
-    cells = [tuple(header)] + [tuple(_format(value) for value in row) for row in rows]
+    cells = [tuple(header)] + [tuple(format_value(value) for value in row) for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     print(f"\n{title}")
     for index, row in enumerate(cells):
@@ -109,7 +109,8 @@ def print_table(title: str, rows: list[tuple], header: tuple) -> None:
             print("  ".join("-" * width for width in widths))
 
 
-def _format(value) -> str:
+def format_value(value) -> str:
+    """A table cell: floats to 3 significant digits (whole numbers from 100 up)."""
     if isinstance(value, float):
         return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
     return str(value)

@@ -24,7 +24,7 @@ def load(folder: Path, name: str) -> dict | None:
 
 def table(header, rows) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(common._format(value) for value in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(common.format_value(value) for value in row) + " |" for row in rows]
     return "\n".join(lines)
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
@@ -25,11 +24,12 @@ import pandas as pd
 import skimage.measure
 import skimage.segmentation
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import dsb  # noqa: E402
-import segment  # noqa: E402
-import train_and_predicted_masks as tm  # noqa: E402
+import common  # noqa: F401 - puts the project on sys.path and quiets TensorFlow's start-up before it loads
+import dsb
+import pipeline
+import segment
+import stratify
+from config import TrainConfig
 
 
 def main(argv=None) -> int:
@@ -38,25 +38,25 @@ def main(argv=None) -> int:
     parser.add_argument("--subset", default="cv", choices=("cv", "test", "train"))
     args = parser.parse_args(argv)
 
-    config = dataclasses.replace(tm.TrainConfig.from_dict(json.loads((args.run / "config.json").read_text())),
-                                 split=str(args.run / "split.csv"))
-    records, split = tm.load_data(config, cache_dir=dsb.DEFAULT_CACHE_DIR, progress=False)
-    chosen = tm.subset_records(records, split, args.subset)
+    config = dataclasses.replace(TrainConfig.load(args.run / "config.json"), split=str(args.run / "split.csv"))
+    records, split, _ = pipeline.load_data(config, cache_dir=dsb.DEFAULT_CACHE_DIR, progress=False)
+    chosen = stratify.subset_records(records, split, args.subset)
     cluster = dict(zip(split["image_id"], split["cluster"]))
-    predict_tiles, tile_size = tm.make_predictor(tm.load_model(args.run / "model.keras"), config)
+    predict_tiles, tile_size, min_overlap = pipeline.TrainedModel.open(args.run / "model.keras").predictor()
     rows = []
     for record in chosen:
-        probability = segment.predict_probability(predict_tiles, record.image, tile_size=tile_size)
+        probability = segment.predict_maps(predict_tiles, record.image, tile_size=tile_size,
+                                           min_overlap=min_overlap)[..., 0]
         foreground = probability > 0.5
         nearest = skimage.segmentation.expand_labels(record.labels, 20) * foreground
         rest = skimage.measure.label(foreground & (nearest == 0))
         oracle = segment.drop_specks(np.where(rest > 0, rest + nearest.max(), nearest), 30)
         rows.append({
             "cluster": int(cluster[record.image_id]),
-            "predicted": segment.average_precision(record.labels, segment.probability_to_labels(probability))["map"],
-            "oracle_split": segment.average_precision(record.labels, oracle)["map"],
+            "predicted": segment.average_precision(record.labels, segment.probability_to_labels(probability)),
+            "oracle_split": segment.average_precision(record.labels, oracle),
             "true_mask_components": segment.average_precision(
-                record.labels, skimage.measure.label(record.mask, connectivity=1))["map"],
+                record.labels, skimage.measure.label(record.mask, connectivity=1)),
         })
     table = pd.DataFrame(rows)
     print(f"{args.subset} split, {len(table)} images: mAP per cluster and overall")

@@ -101,12 +101,12 @@ def synthetic_folder(tmp_path, synthetic_items):
 
 
 def real_dataset_path() -> Path:
-    """The real stage1_train zip, from $DSB_DATA or the team mirror; skip (fail in CI) without it."""
-    candidates = [os.environ.get("DSB_DATA"), dsb.TEAM_MIRROR, dsb.DATASETS_DIR / "stage1_train.zip"]
+    """The real stage1_train zip, from $DSB_DATA or ../shared/datasets; skip (fail in CI) without it."""
+    candidates = [os.environ.get("DSB_DATA"), dsb.SHARED_COPY, dsb.DATASETS_DIR / "stage1_train.zip"]
     for candidate in candidates:
         if candidate and Path(candidate).exists():
             return Path(candidate)
-    message = (f"the real DSB2018 zip is missing: set DSB_DATA or provide {dsb.TEAM_MIRROR} "
+    message = (f"the real DSB2018 zip is missing: set DSB_DATA or provide {dsb.SHARED_COPY} "
                f"(looked at {[str(c) for c in candidates if c]})")
     if os.environ.get("CI"):
         pytest.fail(message)
@@ -118,16 +118,13 @@ def real_subset_zip(tmp_path_factory) -> Path:
     """Every 28th image of the real training set (24 images of several kinds), as a zip."""
     source = real_dataset_path()
     target = tmp_path_factory.mktemp("real") / "subset.zip"
-    entries, _ = dsb.scan_layout(dsb._list_source(source))
+    entries, _ = dsb.scan_layout(dsb.list_files(source))
     chosen = entries[::28][:SUBSET_SIZE]
-    reader = dsb._Reader(source)
+    reader = dsb.DatasetReader(source)
     with zipfile.ZipFile(target, "w") as out:
         for entry in chosen:
             for name in (entry.image, *entry.masks):
-                if reader.is_zip:
-                    out.writestr(name, reader._archive().read(name))
-                else:
-                    out.write(source / name, name)
+                out.writestr(name, reader.read_bytes(name)[0])
     return target
 
 

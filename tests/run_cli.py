@@ -33,22 +33,24 @@ def main(request: dict) -> dict:
     import numpy as np
 
     import train_and_predicted_masks as cli
+    import training
+    import unet
 
     if request.get("keep_last_model"):
         # Non-chief workers delete their folder when done: keep a copy of the model each worker ends with.
-        train = cli.train
+        train = training.train
 
         def train_and_keep_model(config, run_dir, *args, **kwargs):
             result = train(config, run_dir, *args, **kwargs)
             shutil.copy(Path(run_dir) / "last.keras", request["keep_last_model"])
             return result
 
-        cli.train = train_and_keep_model
+        training.train = train_and_keep_model
 
     result = {"codes": [cli.main(argv) for argv in request["runs"]], "backend": keras.backend.backend()}
     if request.get("predict_runs_in"):
         (model_path,) = Path(request["predict_runs_in"]).glob("*/model.keras")
-        model = cli.load_model(model_path)
+        model = unet.load_model(model_path)
         tiles = np.random.default_rng(0).random((2, *model.input_shape[1:])).astype(np.float32)
         probabilities = np.asarray(model.predict(tiles, verbose=0))
         result["predict"] = {"shape": list(probabilities.shape), "finite": bool(np.isfinite(probabilities).all()),

@@ -14,14 +14,14 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
-
-import train_and_predicted_masks as cli
-import unet
 from conftest import run_cli_process
+
+import unet
+from config import PRESETS
 
 BACKEND_PACKAGES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
 RUN_FILES = ("config.json", "split.csv", "clusters.json", "model.keras", "last.keras", "state.json", "history.csv",
-             "training.json", "metrics.json")
+             "training.json", "metrics.json", "postprocessing.json")
 
 
 def require_backend(backend: str) -> None:
@@ -43,7 +43,7 @@ def backend_run(request, tmp_path_factory, synthetic_training_set):
     require_backend(backend)
     folder, split = synthetic_training_set
     runs = tmp_path_factory.mktemp(f"runs-{backend}")
-    args = ["--preset", "smoke", "--data", str(folder), "--split", str(split), "--out", str(runs), "--no-cache",
+    args = ["train", "--preset", "smoke", "--data", str(folder), "--split", str(split), "--out", str(runs), "--no-cache",
             "--quiet"]
     result, output = run_cli_process({"runs": [args], "predict_runs_in": str(runs),
                                       "block_tensorflow": backend != "tensorflow"},
@@ -54,14 +54,9 @@ def backend_run(request, tmp_path_factory, synthetic_training_set):
 
 
 @ALL_BACKENDS
-def test_training_runs_on_the_requested_backend(backend_run):
-    backend, _, result, _ = backend_run
-    assert result["backend"] == backend
-
-
-@ALL_BACKENDS
 def test_run_folder_is_complete_on_every_backend(backend_run):
-    _, run_dir, _, _ = backend_run
+    backend, run_dir, result, _ = backend_run
+    assert result["backend"] == backend  # the training really ran on it
     for name in RUN_FILES:
         assert (run_dir / name).stat().st_size > 0, name
     history = pd.read_csv(run_dir / "history.csv")
@@ -82,7 +77,7 @@ def test_test_images_are_evaluated_on_every_backend(backend_run):
 def test_saved_model_loads_and_predicts_probabilities_on_every_backend(backend_run):
     _, _, result, _ = backend_run
     prediction = result["predict"]
-    channels = 2 if cli.PRESETS["smoke"].get("contacts") else 1  # nuclei (+ contacts)
+    channels = 2 if PRESETS["smoke"].get("contacts") else 1  # nuclei (+ contacts)
     assert prediction["shape"] == [2, 256, 256, channels] and prediction["finite"]
     assert 0.0 <= prediction["min"] <= prediction["max"] <= 1.0
 

@@ -9,24 +9,25 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import logging
 import socket
-import time
 
 import keras
 import numpy as np
 import pandas as pd
 import pytest
-
-import train_and_predicted_masks as cli
-import unet
 from conftest import finish_cli_process, run_cli_process, start_cli_process, write_split
 
-RUN_FILES = ("config.json", "split.csv", "clusters.json", "model.keras", "last.keras", "history.csv", "metrics.json")
+import distribute
+import runs
+import train_and_predicted_masks as cli
+from config import TrainConfig
+
+RUN_FILES = ("config.json", "split.csv", "clusters.json", "model.keras", "last.keras", "history.csv", "metrics.json",
+             "training.json")
 
 
 def smoke_args(folder, split, out, *extra) -> list[str]:
-    return ["--preset", "smoke", "--data", str(folder), "--split", str(split), "--out", str(out), "--no-cache",
+    return ["train", "--preset", "smoke", "--data", str(folder), "--split", str(split), "--out", str(out), "--no-cache",
             "--quiet", *extra]
 
 
@@ -38,19 +39,20 @@ def only_run_folder(out):
 # ---- configuration and command line ----------------------------------------------------------
 
 def test_distribute_must_be_a_known_mode():
-    assert cli.TrainConfig(preset="smoke").distribute == "none"
+    assert TrainConfig(preset="smoke").distribute == "none"
     with pytest.raises(ValueError, match="distribute must be one of"):
-        cli.TrainConfig(preset="smoke", distribute="horovod")
+        TrainConfig(preset="smoke", distribute="horovod")
 
 
 def test_multiworker_refuses_a_time_budget():
     with pytest.raises(ValueError, match="cannot be used with distribute='multiworker'"):
-        cli.TrainConfig(preset="cpu", minutes=14.0, distribute="multiworker")
+        TrainConfig(preset="cpu", minutes=14.0, distribute="multiworker")
 
 
 def test_minutes_zero_on_the_command_line_means_no_time_budget():
-    args = cli.build_arg_parser().parse_args(["--preset", "cpu", "--minutes", "0", "--distribute", "multiworker"])
-    config = cli.config_from_args(args, "cpu")
+    args = cli.build_arg_parser().parse_args(["train", "--preset", "cpu", "--minutes", "0",
+                                              "--distribute", "multiworker"])
+    config = cli.config_from_args(args)
     assert config.minutes is None and config.distribute == "multiworker"
 
 
@@ -67,7 +69,7 @@ def test_tf_config_must_place_this_process_in_the_cluster(monkeypatch, tf_config
     else:
         monkeypatch.setenv("TF_CONFIG", tf_config)
     with pytest.raises(ValueError, match=message):
-        cli.read_tf_config()
+        distribute.read_tf_config()
 
 
 @pytest.mark.parametrize("cluster, task, chief", [
@@ -77,7 +79,7 @@ def test_tf_config_must_place_this_process_in_the_cluster(monkeypatch, tf_config
     ({"chief": ["a:1"], "worker": ["b:1"]}, {"type": "chief", "index": 0}, True),
 ])
 def test_chief_is_the_named_chief_or_else_worker_zero(cluster, task, chief):
-    assert cli.is_chief_task({"cluster": cluster, "task": task}) is chief
+    assert distribute.is_chief_task({"cluster": cluster, "task": task}) is chief
 
 
 def test_cli_multiworker_without_tf_config_is_a_one_line_error(monkeypatch, tmp_path, capsys, synthetic_training_set):
@@ -100,29 +102,10 @@ def test_cli_multiworker_needs_an_existing_split(tmp_path, capsys, synthetic_tra
 def test_cli_resume_of_a_multiworker_run_is_a_one_line_error(tmp_path, capsys):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    cli.write_json(run_dir / "config.json", cli.TrainConfig(preset="smoke", distribute="multiworker").to_dict())
+    runs.write_json(run_dir / "config.json", TrainConfig(preset="smoke", distribute="multiworker").to_dict())
     (run_dir / "split.csv").write_text("image_id,cluster,subset\n")
-    assert cli.main(["--resume", str(run_dir)]) == 2
-    assert capsys.readouterr().err.startswith("error: --resume of a multi-worker run is not supported")
-
-
-def test_throughput_log_times_the_steps_after_the_first(caplog):
-    rng = np.random.default_rng(0)
-    masks = (rng.random((8, 16, 16)) > 0.5).astype(np.uint8)
-    config = cli.TrainConfig(preset="smoke", batch_size=4, steps_per_epoch=5, depth=2, tile_size=16, min_overlap=4)
-    model = unet.build_unet((16, 16, 1), depth=2, base_filters=2)
-    model.compile(optimizer="adam", loss="binary_crossentropy")
-    started = time.monotonic()
-    with caplog.at_level(logging.INFO, logger="train"):
-        model.fit(cli.make_training_sequence(masks.astype(np.float16), masks, config), epochs=1, verbose=0,
-                  callbacks=[cli.make_throughput_callback(config.batch_size)])
-    seconds = time.monotonic() - started
-    (message,) = [record.getMessage() for record in caplog.records if "training steps/s" in record.getMessage()]
-    steps_per_second = float(message.split()[2])
-    assert message.endswith("(steps 2-5, global batch 4)")
-    assert steps_per_second >= 4 / seconds  # 4 steps timed, within the whole fit
-    tiles_per_second = float(message.split()[6])
-    assert tiles_per_second == pytest.approx(steps_per_second * 4, abs=0.1)  # both rounded in the message
+    assert cli.main(["resume", str(run_dir)]) == 2
+    assert capsys.readouterr().err.startswith("error: resume of a multi-worker run is not supported")
 
 
 # ---- MirroredStrategy over two logical CPU devices ---------------------------------------------
@@ -144,8 +127,8 @@ def mirrored_runs(tmp_path_factory, synthetic_training_set):
 def test_mirrored_strategy_splits_the_global_batch_over_two_devices(mirrored_runs):
     out, result, output = mirrored_runs
     assert result["codes"][1] == 0, output[-4000:]
-    assert "MirroredStrategy: 2 replicas, global batch 2 = 1 per replica" in output
     run_dir = only_run_folder(out / "mirrored")
+    assert json.loads((run_dir / "training.json").read_text())["replicas"] == 2
     for name in RUN_FILES:
         assert (run_dir / name).stat().st_size > 0, name
     assert json.loads((run_dir / "config.json").read_text())["distribute"] == "mirrored"
@@ -209,9 +192,8 @@ def two_workers(tmp_path_factory, synthetic_training_set):
 
 
 def test_two_workers_form_one_strategy_of_two_replicas(two_workers):
-    _, workers = two_workers
-    for _, output in workers:
-        assert "MultiWorkerMirroredStrategy: 2 replicas, global batch 4 = 2 per replica" in output
+    root, _ = two_workers
+    assert json.loads((only_run_folder(root / "out0") / "training.json").read_text())["replicas"] == 2
 
 
 def test_two_workers_end_with_identical_weights(two_workers):
@@ -268,8 +250,8 @@ def jax_data_parallel(tmp_path_factory, synthetic_training_set):
 def test_jax_data_parallel_trains_on_two_devices(jax_data_parallel):
     out, result, output = jax_data_parallel
     assert result["codes"][0] == 0, output[-4000:]
-    assert "keras.distribution.DataParallel: 2 replicas, global batch 2 = 1 per replica" in output
     run_dir = only_run_folder(out / "mirrored")
+    assert json.loads((run_dir / "training.json").read_text())["replicas"] == 2
     for name in RUN_FILES:
         assert (run_dir / name).stat().st_size > 0, name
     history = pd.read_csv(run_dir / "history.csv")
@@ -277,9 +259,9 @@ def test_jax_data_parallel_trains_on_two_devices(jax_data_parallel):
 
 
 def test_jax_data_parallel_validates_on_the_tiles_two_devices_can_share(jax_data_parallel):
-    _, result, output = jax_data_parallel
+    out, result, output = jax_data_parallel
     assert result["codes"][0] == 0, output[-4000:]
-    assert "validating on 6 of 7 CV tiles: the 2 devices need equal shares" in output
+    assert json.loads((only_run_folder(out / "mirrored") / "training.json").read_text())["validation_tiles"] == 6
 
 
 def test_multiworker_on_jax_is_a_one_line_error(jax_data_parallel):

@@ -1,6 +1,8 @@
-"""``export --model M --format savedmodel``: a SavedModel that TensorFlow reloads with the same predictions."""
+"""``export MODEL``: a SavedModel in a new run folder that TensorFlow reloads with the same predictions."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
@@ -14,7 +16,7 @@ import unet
 def exported(tmp_path_factory):
     """A small U-Net as trained with --distribute (synchronized batch norm) saved in a run folder, and its export.
 
-    Returns (model path, export folder, exit code, printed output).
+    Returns (model path, export run folder, exit code).
     """
     run_dir = tmp_path_factory.mktemp("run")
     keras_model = unet.build_unet((32, 32, 1), depth=2, base_filters=4, batch_norm=True, synchronized_batch_norm=True)
@@ -24,63 +26,45 @@ def exported(tmp_path_factory):
                       + (rng.uniform(0.1, 0.3, weight.shape).astype(np.float32) if "moving" in weight.path else 0))
     model_path = run_dir / "model.keras"
     keras_model.save(model_path)
-    import contextlib
-    import io
-
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        code = cli.main(["export", "--model", str(model_path), "--format", "savedmodel"])
-    return model_path, run_dir / "export_savedmodel" / "1", code, printed.getvalue()
+    out = tmp_path_factory.mktemp("exports")
+    code = cli.main(["export", str(model_path), "--out", str(out)])
+    (export_dir,) = out.iterdir()
+    return model_path, export_dir, code
 
 
-def test_export_writes_a_versioned_savedmodel_beside_the_model(exported):
-    _, folder, code, printed = exported
-    assert code == 0
-    assert (folder / "saved_model.pb").is_file() and (folder / "variables").is_dir()
-    assert f"to {folder}/" in printed
-    assert [path.name for path in folder.parent.iterdir()] == ["1"]  # no temporary folder left behind
+def test_export_writes_a_versioned_savedmodel_in_a_new_run_folder(exported):
+    model_path, export_dir, code = exported
+    assert code == 0 and export_dir.name.endswith("-export")
+    assert (export_dir / "1" / "saved_model.pb").is_file() and (export_dir / "1" / "variables").is_dir()
+    assert json.loads((export_dir / "config.json").read_text()) == {"model": str(model_path), "format": "savedmodel"}
+    assert sorted(path.name for path in export_dir.iterdir()) == ["1", "config.json"]  # nothing half-written left
 
 
 def test_reloaded_export_predicts_what_the_keras_model_predicts(exported):
-    model_path, folder, _, _ = exported
+    model_path, export_dir, _ = exported
     tiles = np.random.default_rng(1).random((3, 32, 32, 1)).astype(np.float32)
-    expected = cli.load_model(model_path).predict(tiles, verbose=0)
-    reloaded = tf.saved_model.load(str(folder))  # kept in a name: its variables die with it
+    expected = unet.load_model(model_path).predict(tiles, verbose=0)
+    reloaded = tf.saved_model.load(str(export_dir / "1"))  # kept in a name: its variables die with it
     served = reloaded.serve(tf.constant(tiles)).numpy()
     assert served.shape == (3, 32, 32, 1)
     np.testing.assert_allclose(served, expected, atol=1e-5)
     assert np.ptp(expected) > 0.01  # not a constant output that any export would match
 
 
-def test_export_never_overwrites_an_existing_export(exported, capsys):
-    model_path, folder, _, _ = exported
-    before = (folder / "saved_model.pb").stat().st_mtime_ns
-    assert cli.main(["export", "--model", str(model_path), "--format", "savedmodel"]) == 2
-    assert capsys.readouterr().err == f"error: {folder} already exists: an export is never overwritten; pass another --out\n"
-    assert (folder / "saved_model.pb").stat().st_mtime_ns == before
+def test_export_never_overwrites_an_existing_folder(exported):
+    model_path, export_dir, _ = exported
+    with pytest.raises(ValueError, match="already exists: an export is never overwritten"):
+        unet.export_model(model_path, export_dir / "1")
 
 
-def test_export_to_a_chosen_folder(exported, tmp_path):
-    model_path, _, _, _ = exported
-    assert cli.main(["export", "--model", str(model_path), "--out", str(tmp_path / "serving" / "unet" / "7")]) == 0
-    assert (tmp_path / "serving" / "unet" / "7" / "saved_model.pb").is_file()
-
-
-def test_export_unknown_format_is_a_one_line_error(exported, tmp_path, capsys):
-    model_path, _, _, _ = exported
-    assert cli.main(["export", "--model", str(model_path), "--format", "onnx", "--out", str(tmp_path / "x")]) == 2
-    assert capsys.readouterr().err == "error: unknown export format 'onnx': choose from savedmodel\n"
-    assert not (tmp_path / "x").exists()
-
-
-def test_export_missing_model_is_a_one_line_error(tmp_path, capsys):
-    assert cli.main(["export", "--model", str(tmp_path / "none.keras"), "--format", "savedmodel"]) == 2
-    assert capsys.readouterr().err == f"error: model file not found: {tmp_path / 'none.keras'}\n"
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_export_without_model_option_exits_2(capsys):
+def test_export_unknown_format_is_rejected_by_the_parser(exported, capsys):
+    model_path, _, _ = exported
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(["export", "--format", "savedmodel"])
-    assert exit_info.value.code == 2
-    assert "the following arguments are required: --model" in capsys.readouterr().err
+        cli.main(["export", str(model_path), "--format", "onnx"])
+    assert exit_info.value.code == 2 and "invalid choice: 'onnx'" in capsys.readouterr().err
+
+
+def test_export_of_a_missing_model_is_a_one_line_error_and_leaves_no_folder(tmp_path, capsys):
+    assert cli.main(["export", str(tmp_path / "none.keras"), "--out", str(tmp_path / "exports")]) == 2
+    assert capsys.readouterr().err == f"error: model file not found: {tmp_path / 'none.keras'}\n"
+    assert not (tmp_path / "exports").exists()

@@ -11,12 +11,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+from conftest import make_synthetic_image, write_dsb_folder
 
 import dsb
+import imaging
 import segment
+import tiling
 import train_and_predicted_masks as cli
+import training
 import unet
-from conftest import make_synthetic_image, write_dsb_folder
+from config import TrainConfig
 
 
 def _float_image(seed=0, shape=(64, 80)):
@@ -51,7 +55,7 @@ def _tiff_dataset(tmp_path, everywhere=False):
 def test_nonfinite_values_take_the_median_of_the_finite_ones():
     image, _ = _float_image()
     poisoned, count = _poison(image)
-    fixed, replaced = dsb.replace_nonfinite(poisoned)
+    fixed, replaced = imaging.replace_nonfinite(poisoned)
     finite = np.isfinite(poisoned)
     assert replaced == count
     assert np.isfinite(fixed).all() and np.array_equal(fixed[finite], poisoned[finite])
@@ -60,14 +64,14 @@ def test_nonfinite_values_take_the_median_of_the_finite_ones():
 
 def test_no_finite_value_is_an_error_naming_the_image():
     with pytest.raises(ValueError, match="scan7: all 20 pixel values are NaN or infinite"):
-        dsb.replace_nonfinite(np.full((4, 5), -np.inf, np.float32), name="scan7")
+        imaging.replace_nonfinite(np.full((4, 5), -np.inf, np.float32), name="scan7")
 
 
 def test_finite_and_integer_images_are_returned_untouched():
     image = np.arange(12, dtype=np.uint16).reshape(3, 4)
-    assert dsb.replace_nonfinite(image)[0] is image
+    assert imaging.replace_nonfinite(image)[0] is image
     floats = image.astype(np.float32)
-    assert dsb.replace_nonfinite(floats) == (floats, 0)
+    assert imaging.replace_nonfinite(floats) == (floats, 0)
 
 
 # ---- training data: a float TIFF on disk ----------------------------------------------------
@@ -102,8 +106,8 @@ def _records(tmp_path):
 def test_record_with_some_nonfinite_pixels_trains_on_replaced_values(tmp_path, caplog):
     records = _records(tmp_path)
     records[1].image, count = _poison(records[1].image)
-    with caplog.at_level(logging.WARNING, logger="dsb"):
-        images, _, owner = dsb.tiles_for_records(records, 64, 16)
+    with caplog.at_level(logging.WARNING, logger="tiling"):
+        images, _, owner = tiling.tiles_for_records(records, 64, 16)
     assert np.isfinite(images.astype(np.float32)).all() and sorted(set(owner.tolist())) == [0, 1, 2, 3]
     assert f"{records[1].image_id}: {count} pixel values are NaN or infinite" in caplog.text
 
@@ -111,8 +115,8 @@ def test_record_with_some_nonfinite_pixels_trains_on_replaced_values(tmp_path, c
 def test_record_with_no_finite_pixel_is_left_out_of_training_and_named(tmp_path, caplog):
     records = _records(tmp_path)
     records[2].image[:] = np.nan
-    with caplog.at_level(logging.WARNING, logger="dsb"):
-        images, _, owner = dsb.tiles_for_records(records, 64, 16)
+    with caplog.at_level(logging.WARNING, logger="tiling"):
+        images, _, owner = tiling.tiles_for_records(records, 64, 16)
     assert sorted(set(owner.tolist())) == [0, 1, 3] and np.isfinite(images.astype(np.float32)).all()
     assert f"left out of training: {records[2].image_id}: all" in caplog.text
 
@@ -123,9 +127,9 @@ def test_training_split_of_only_nonfinite_images_is_a_clear_error(tmp_path):
         record.image[:] = np.nan
     split = pd.DataFrame({"image_id": [r.image_id for r in records], "cluster": 0,
                           "subset": ["train", "train", "cv", "test"]})
-    config = cli.TrainConfig.from_dict(dict(preset="smoke", depth=2, base_filters=2, tile_size=64, min_overlap=16))
+    config = TrainConfig.from_dict(dict(preset="smoke", depth=2, base_filters=2, tile_size=64, min_overlap=16))
     with pytest.raises(ValueError, match="no training or no CV images"):
-        cli.prepare_training_data(records, split, config)
+        training.prepare_training_data(records, split, config)
 
 
 # ---- prediction -----------------------------------------------------------------------------
@@ -171,8 +175,8 @@ def test_predicting_float_tiffs_replaces_or_skips_and_says_so(tmp_path, tiny_mod
     tifffile.imwrite(folder / "some.tif", some)
     tifffile.imwrite(folder / "none.tif", _poison(image, everywhere=True)[0])
     tifffile.imwrite(folder / "clean.tif", image)
-    assert cli.main(["--predict", str(tiny_model), "--input", str(folder), "--out", str(tmp_path / "runs"),
-                     "--no-tta", "--quiet"]) == 0
+    assert cli.main(["predict", str(tiny_model), str(folder), "--out", str(tmp_path / "runs"), "--no-tta",
+                     "--quiet"]) == 0
     (run_dir,) = (tmp_path / "runs").iterdir()
     counts = pd.read_csv(run_dir / "counts.csv").set_index("image_id")
     assert counts.loc["some", "nonfinite_pixels"] == count and counts.loc["clean", "nonfinite_pixels"] == 0

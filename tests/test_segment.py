@@ -1,12 +1,14 @@
-"""segment.py: tiled full-image prediction and pixel Dice."""
+"""segment.py: tiled prediction, post-processing settings, the competition metric, RLE, tuning."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
 
-import dsb
 import segment
+import tiling
 
 
 def test_identity_model_gives_the_image_back_for_many_sizes():
@@ -99,7 +101,7 @@ def test_watershed_splits_two_touching_disks():
     probability = (truth > 0).astype(np.float32)
     labels = segment.probability_to_labels(probability, marker_height=2.0)
     assert labels.max() == 2
-    assert segment.average_precision(truth, labels)["ap50"] == 1.0
+    assert segment.score_image(truth, labels).ap50 == 1.0
 
 
 def test_connected_components_keep_touching_disks_together():
@@ -149,17 +151,18 @@ def _reference_map(truth, predicted, thresholds=segment.IOU_THRESHOLDS):
 
 def test_perfect_prediction_scores_one():
     truth = _disks((50, 50), [(15, 15), (35, 35)], 8)
-    result = segment.average_precision(truth, truth)
-    assert result["map"] == 1.0 and result["f1_50"] == 1.0 and result["true"] == result["predicted"] == 2
+    result = segment.score_image(truth, truth)
+    assert result.map == 1.0 and result.f1_50 == 1.0 and result.true == result.predicted == 2
+    assert result.matched_true.all() and result.matched_predicted.all() and result.dice == 1.0
 
 
 def test_empty_truth_and_prediction():
     empty = np.zeros((10, 10), np.int32)
     some = _disks((10, 10), [(5, 5)], 2)
-    assert segment.average_precision(empty, empty)["map"] == 1.0
-    assert segment.average_precision(empty, some)["map"] == 0.0
-    assert segment.average_precision(some, empty)["map"] == 0.0
-    assert segment.average_precision(some, empty)["f1_50"] == 0.0
+    assert segment.average_precision(empty, empty) == 1.0
+    assert segment.average_precision(empty, some) == 0.0
+    assert segment.average_precision(some, empty) == 0.0
+    assert segment.score_image(some, empty).f1_50 == 0.0 and segment.score_image(empty, empty).f1_50 == 1.0
 
 
 def test_shifted_square_scores_by_hand():
@@ -167,17 +170,18 @@ def test_shifted_square_scores_by_hand():
     truth[0:10, 0:10] = 1
     predicted = np.zeros_like(truth)
     predicted[0:10, 1:11] = 1  # IoU = 90 / 110 = 0.818: matched at 0.50 .. 0.80, not at 0.85 .. 0.95
-    result = segment.average_precision(truth, predicted)
-    assert result["ap"] == [1.0] * 7 + [0.0] * 3
-    assert result["map"] == pytest.approx(0.7)
+    result = segment.score_image(truth, predicted)
+    assert result.ap == (1.0,) * 7 + (0.0,) * 3
+    assert result.map == pytest.approx(0.7) == segment.average_precision(truth, predicted)
 
 
 def test_merged_prediction_scores_by_hand():
     truth = np.zeros((10, 20), np.int32)
     truth[:, :10], truth[:, 10:] = 1, 2
     merged = (truth > 0).astype(np.int32)  # IoU 0.5 with each: never above any threshold
-    result = segment.average_precision(truth, merged)
-    assert result["map"] == 0.0 and result["true"] == 2 and result["predicted"] == 1
+    result = segment.score_image(truth, merged)
+    assert result.map == 0.0 and result.true == 2 and result.predicted == 1
+    assert result.matched_true.tolist() == [False, False] and result.matched_predicted.tolist() == [False]
 
 
 def test_split_prediction_scores_by_hand():
@@ -186,9 +190,10 @@ def test_split_prediction_scores_by_hand():
     predicted = np.zeros_like(truth)
     predicted[:, :12], predicted[:, 12:16] = 1, 2  # IoU 0.75 and 0.25
     # TP 1, FP 1, FN 0 at t < 0.75 -> 0.5; nothing at t >= 0.75 -> 0.
-    result = segment.average_precision(truth, predicted)
-    assert result["ap"] == [0.5] * 5 + [0.0] * 5
-    assert result["f1_50"] == pytest.approx(2 / 3)
+    result = segment.score_image(truth, predicted)
+    assert result.ap == (0.5,) * 5 + (0.0,) * 5
+    assert result.f1_50 == pytest.approx(2 / 3)
+    assert result.matched_predicted.tolist() == [True, False]
 
 
 def test_metric_agrees_with_a_double_loop_on_random_label_images():
@@ -200,7 +205,7 @@ def test_metric_agrees_with_a_double_loop_on_random_label_images():
         predicted[rng.random(predicted.shape) < 0.05] = 0
         if trial % 3 == 0:
             predicted[predicted == 1] = 0
-        assert segment.average_precision(truth, predicted)["map"] == pytest.approx(_reference_map(truth, predicted))
+        assert segment.average_precision(truth, predicted) == pytest.approx(_reference_map(truth, predicted))
 
 
 def test_iou_matrix_ignores_label_numbering():
@@ -273,11 +278,11 @@ def test_contacts_split_touching_nuclei_that_components_merge():
     truth = np.zeros((40, 60), np.int32)
     truth[10:30, 5:30], truth[10:30, 30:55] = 1, 2
     probability = (truth > 0).astype(np.float32)
-    contact = dsb.contact_map(truth).astype(np.float32)
+    contact = tiling.contact_map(truth).astype(np.float32)
     assert segment.probability_to_labels(probability).max() == 1
     labels = segment.probability_to_labels(probability, contact=contact)
     assert labels.max() == 2
-    assert segment.average_precision(truth, labels)["map"] > 0.9
+    assert segment.average_precision(truth, labels) > 0.9
     # Every foreground pixel is given to a nucleus: the contact band is grown back over.
     np.testing.assert_array_equal(labels > 0, truth > 0)
 
@@ -305,3 +310,68 @@ def test_predict_maps_keeps_every_channel():
     assert maps.shape == (100, 150, 2)
     np.testing.assert_allclose(maps[..., 0], image, atol=1e-6)
     np.testing.assert_allclose(maps[..., 1], 1 - image, atol=1e-6)
+
+
+def test_score_image_dice_uses_the_given_mask():
+    truth = _disks((30, 30), [(15, 15)], 6)
+    labels = truth.copy()
+    mask = np.zeros(truth.shape, bool)  # e.g. the thresholded probability, specks included
+    assert segment.score_image(truth, labels).dice == 1.0
+    assert segment.score_image(truth, labels, mask).dice == 0.0
+
+
+# ---- post-processing settings and tuning ---------------------------------------------------
+
+def test_postprocessing_round_trips_through_its_file(tmp_path):
+    settings = segment.Postprocessing(threshold=0.6, min_size=15, marker_height=2.0, contact_threshold=0.3, tta=True)
+    settings.save(tmp_path / "postprocessing.json")
+    assert segment.Postprocessing.load(tmp_path / "postprocessing.json") == settings
+    assert json.loads((tmp_path / "postprocessing.json").read_text())["threshold"] == 0.6
+
+
+@pytest.mark.parametrize("field, value", [("threshold", 1.0), ("contact_threshold", 0.0), ("min_size", -1),
+                                          ("marker_height", 0.0)])
+def test_postprocessing_rejects_values_out_of_range(field, value):
+    with pytest.raises(ValueError, match=field):
+        segment.Postprocessing(**{field: value})
+
+
+def test_postprocessing_splits_by_contacts_unless_a_marker_height_is_set():
+    truth = np.zeros((40, 60), np.int32)
+    truth[10:30, 5:30], truth[10:30, 30:55] = 1, 2
+    maps = np.stack([(truth > 0).astype(np.float32), tiling.contact_map(truth).astype(np.float32)], axis=-1)
+    assert segment.Postprocessing(min_size=0).labels(maps).max() == 2
+    assert segment.Postprocessing(min_size=0, marker_height=50.0).labels(maps).max() == 1  # no marker that high
+    assert segment.Postprocessing(min_size=0).labels(maps[..., :1]).max() == 1
+
+
+def test_tuning_grid_sizes():
+    n = len(segment.TUNE_THRESHOLDS) * len(segment.TUNE_MIN_SIZES)
+    heights = len(segment.TUNE_MARKER_HEIGHTS)
+    assert len(segment.tuning_grid(has_contacts=True, tta=False)) == n * (len(segment.TUNE_CONTACT_THRESHOLDS) + heights)
+    assert len(segment.tuning_grid(has_contacts=False, tta=True)) == n * (1 + heights)
+    assert all(settings.tta for settings in segment.tuning_grid(has_contacts=False, tta=True))
+
+
+def test_tuning_finds_the_threshold_that_separates_the_nuclei():
+    truth = _disks((60, 80), [(30, 20), (30, 44)], 10)  # 4 pixels of gap between them
+    rows, cols = np.indices(truth.shape)
+    # Probability 0.65 in the gap between the disks, 0.9 inside: only thresholds >= 0.65 keep them apart.
+    probability = np.where(truth > 0, 0.9, np.where((rows > 20) & (rows < 40) & (cols > 28) & (cols < 36), 0.65, 0.0))
+    maps = probability.astype(np.float32)[..., None]
+    grid = [segment.Postprocessing(threshold=t) for t in (0.3, 0.5, 0.7)]
+    table = segment.tune_postprocessing([maps], [truth], grid)
+    assert table[0]["threshold"] == 0.7 and table[0]["mean_map"] == 1.0
+    assert [row["mean_map"] for row in table] == sorted((row["mean_map"] for row in table), reverse=True)
+
+
+def test_make_predictor_batches_a_model():
+    calls = []
+
+    class Model:
+        def predict_on_batch(self, tiles):
+            calls.append(len(tiles))
+            return tiles * 2
+
+    tiles = np.ones((19, 4, 4, 1), np.float32)
+    assert np.all(segment.make_predictor(Model(), batch_size=8)(tiles) == 2) and calls == [8, 8, 3]

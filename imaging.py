@@ -1,0 +1,227 @@
+"""Reading and normalising microscope images: any file to a grayscale image the U-Net takes.
+
+NumPy and scikit-image only. ``preprocess`` is the one rule for training images and for the
+images a user segments: grayscale, non-finite pixels replaced, contrast stretched, dark-on-light
+images inverted so that nuclei are bright.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path, PurePosixPath
+
+import imageio.v3
+import numpy as np
+import skimage.color
+import skimage.exposure
+
+from errors import UserError
+
+log = logging.getLogger("imaging")
+
+# Files that ``read_image`` is asked to read when a folder of images is segmented.
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+
+STAT_COLUMNS = (
+    "min", "max", "mean", "std", "width", "height",
+    "mean_red", "mean_green", "mean_blue", "saturation", "channel_spread", "median",
+)
+
+
+def _scale_to_unit(image: np.ndarray) -> np.ndarray:
+    """Integer images to float32 [0, 1] by their dtype's range; floats are clipped to [0, 1]."""
+    if np.issubdtype(image.dtype, np.integer):
+        return image.astype(np.float32) / np.float32(np.iinfo(image.dtype).max)
+    if np.issubdtype(image.dtype, np.floating) or image.dtype == bool:
+        return np.clip(image.astype(np.float32), 0.0, 1.0)
+    raise ValueError(f"unsupported image dtype {image.dtype}")
+
+
+def replace_nonfinite(image: np.ndarray, *, name: str = "image") -> tuple[np.ndarray, int]:
+    """Replace NaN and infinite pixels by the median of the finite ones.
+
+    Float TIFFs from microscopes can hold NaN or infinity (outside the field of view, after
+    registration or stitching, saturated or masked pixels). Such pixels never reach the model as
+    arbitrary numbers: they take the median of the image's finite values, which on a nucleus image
+    is background (the background covers most of it), so they add no nuclei. This is the one rule
+    for training data and for prediction.
+
+    Parameters
+    ----------
+    image : ndarray, any shape, any dtype
+    name : str
+        Names the image in the error.
+
+    Returns
+    -------
+    image : ndarray, same shape and dtype; the input itself when every pixel is finite (integer
+        images always are)
+    count : int
+        How many values were replaced.
+
+    Raises
+    ------
+    ValueError
+        When no pixel is finite: there is nothing to segment or to learn from.
+
+    Examples
+    --------
+    >>> fixed, count = replace_nonfinite(np.array([[0.0, np.nan], [0.2, np.inf]], np.float32))
+    >>> fixed.tolist(), count
+    ([[0.0, 0.10000000149011612], [0.20000000298023224, 0.10000000149011612]], 2)
+    """
+    image = np.asarray(image)
+    if not np.issubdtype(image.dtype, np.floating):
+        return image, 0
+    finite = np.isfinite(image)
+    count = int(finite.size - np.count_nonzero(finite))
+    if count == 0:
+        return image, 0
+    if count == finite.size:
+        raise UserError(f"{name}: all {count} pixel values are NaN or infinite; nothing to segment")
+    fixed = image.copy()
+    fixed[~finite] = np.median(image[finite])
+    return fixed, count
+
+
+def _colour_channels(image: np.ndarray) -> np.ndarray:
+    """Any supported layout to shape (H, W, 3) float32 in [0, 1] (alpha dropped, gray repeated)."""
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3 or image.shape[-1] not in (1, 2, 3, 4):
+        raise ValueError(
+            f"expected an image of shape (H, W) or (H, W, C) with C in 1..4, got shape {image.shape}"
+        )
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise ValueError(f"empty image of shape {image.shape}")
+    image = _scale_to_unit(image)
+    channels = image.shape[-1]
+    if channels in (1, 2):  # gray, or gray + alpha
+        return np.repeat(image[..., :1], 3, axis=-1)
+    return image[..., :3]
+
+
+def to_grayscale(image: np.ndarray) -> np.ndarray:
+    """Convert an image of any supported layout to grayscale.
+
+    Parameters
+    ----------
+    image : ndarray, shape (H, W) or (H, W, C) with C = 1 (gray), 2 (gray + alpha), 3 (RGB) or 4 (RGBA)
+        uint8, uint16 (scaled by the dtype's maximum) or float in [0, 1].
+
+    Returns
+    -------
+    gray : ndarray, shape (H, W), float32 in [0, 1]
+        Luminance (ITU-R 709 weights), or the one channel of gray stored as RGB; alpha is ignored.
+
+    Examples
+    --------
+    >>> to_grayscale(np.full((2, 2, 4), 255, np.uint8)).tolist()
+    [[1.0, 1.0], [1.0, 1.0]]
+    """
+    rgb = _colour_channels(np.asarray(image))
+    if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
+        return np.ascontiguousarray(rgb[..., 0])  # gray stored as RGB: keep its values exactly
+    return skimage.color.rgb2gray(rgb).astype(np.float32)
+
+
+def is_dark_on_light(gray: np.ndarray) -> bool:
+    """Whether the background is brighter than the nuclei (brightfield, stained histology).
+
+    The background covers most of a DSB image, so the median decides: above the middle of the
+    image's own intensity range means a light background.
+    """
+    low, high = float(gray.min()), float(gray.max())
+    if high <= low:
+        return False
+    return float(np.median(gray)) > (low + high) / 2
+
+
+def preprocess(image: np.ndarray) -> np.ndarray:
+    """Grayscale, stretch to [0, 1], and invert dark-on-light images so nuclei are bright.
+
+    Parameters
+    ----------
+    image : ndarray, shape (H, W) or (H, W, C), uint8, uint16 or float in [0, 1]
+        NaN and infinite values are replaced as ``replace_nonfinite`` says (with a warning); an
+        image with no finite value is a ``ValueError``.
+
+    Returns
+    -------
+    ndarray, shape (H, W), float32 in [0, 1]
+        The stretch maps the minimum to 0 and the 99.95th percentile to 1 (a few hot pixels
+        do not squash the rest), so dim and bright exposures look alike to the model.
+
+    Examples
+    --------
+    >>> preprocess(np.array([[0, 100], [200, 200]], np.uint8)).round(2).tolist()  # light background
+    [[1.0, 0.5], [0.0, 0.0]]
+    """
+    image, count = replace_nonfinite(image)
+    if count:
+        log.warning("%d pixel values are NaN or infinite; replaced by the median of the others", count)
+    gray = to_grayscale(image)
+    low, high = float(gray.min()), float(np.percentile(gray, 99.95))
+    if high <= low:
+        return np.zeros_like(gray)
+    gray = skimage.exposure.rescale_intensity(gray, in_range=(low, high), out_range=(0.0, 1.0))
+    gray = gray.astype(np.float32)
+    if is_dark_on_light(gray):
+        gray = 1.0 - gray
+    return gray
+
+
+def image_stats(image: np.ndarray) -> dict:
+    """Statistics of a raw image that tell its kind apart (see ``STAT_COLUMNS``).
+
+    The reference's min, max, mean, std, width and height (of the grayscale), and colour
+    features: fluorescence is gray with a dark median, brightfield gray with a light median,
+    stained histology coloured (saturation and channel spread well above zero).
+    """
+    rgb = _colour_channels(np.asarray(image))
+    gray = skimage.color.rgb2gray(rgb)
+    # HSV saturation as skimage.color.rgb2hsv computes it (spread / max, 0 where the spread is 0),
+    # without the hue and value planes it also builds: rgb2hsv was most of a cold dataset load.
+    red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]  # elementwise: NumPy is slow over a last axis of 3
+    top = np.maximum(np.maximum(red, green), blue)
+    spread = top - np.minimum(np.minimum(red, green), blue)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        saturation = np.where(spread == 0, np.float32(0), spread / top)
+    return {
+        "min": float(gray.min()),
+        "max": float(gray.max()),
+        "mean": float(gray.mean()),
+        "std": float(gray.std()),
+        "width": int(gray.shape[1]),
+        "height": int(gray.shape[0]),
+        "mean_red": float(red.mean()),
+        "mean_green": float(green.mean()),
+        "mean_blue": float(blue.mean()),
+        "saturation": float(saturation.mean()),
+        "channel_spread": float(spread.mean()),
+        "median": float(np.median(gray)),
+    }
+
+
+
+def decode_image(data: bytes, where: str) -> np.ndarray:
+    """Decode image file bytes; ``UserError`` naming ``where`` with a one-line reason if they are not an image."""
+    if not data:
+        raise UserError(f"cannot read {where}: empty file (0 bytes)")
+    try:
+        # imageio is scikit-image's reader; the suffix picks the right plugin for bytes.
+        return np.asarray(imageio.v3.imread(data, extension=PurePosixPath(where).suffix.lower() or None))
+    except Exception as error:  # noqa: BLE001 - decoders raise many types; name the file
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise UserError(f"cannot read {where}: not a readable image ({reason})") from error
+
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read one image file (PNG, TIFF, JPEG) as stored; ``UserError`` naming the file if it cannot."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise UserError(f"cannot read {path}: {error}") from error
+    return decode_image(data, str(path))

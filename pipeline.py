@@ -1,0 +1,379 @@
+"""What each subcommand does: train, resume, evaluate, tune, predict, export. Each writes one run folder.
+
+The command line (``train_and_predicted_masks.py``) parses options into the arguments of these
+functions; notebooks and scripts can call them directly. A model is used with the files of the run
+it comes from, when it sits in one: ``config.json``, ``split.csv`` (the test images, never re-split),
+``clusters.json`` and ``postprocessing.json`` (the post-processing that ``tune`` chose).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import skimage.io
+from tqdm.auto import tqdm
+
+import distribute
+import dsb
+import imaging
+import inputs
+import reports
+import runs
+import segment
+import stratify
+import training
+import unet
+from config import TrainConfig
+from errors import MissingPathError, UserError
+from tiling import MIN_OVERLAP
+
+log = logging.getLogger("pipeline")
+
+
+# --------------------------------------------------------------------------------------------
+# A trained model and the files of its run
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A saved model with what its run folder says about it (all optional beside a bare model file).
+
+    Attributes
+    ----------
+    path : Path
+        The ``.keras`` file.
+    config : TrainConfig or None
+        The training run's ``config.json``.
+    split : Path or None
+        The training run's ``split.csv``: which images were train, CV and test.
+    cluster_model : dict or None
+        The training run's ``clusters.json`` (``stratify.fit_cluster_model``), to place other images.
+    postprocessing : segment.Postprocessing
+        ``postprocessing.json`` beside the model if there is one, else the run's config, else the defaults.
+    """
+
+    path: Path
+    config: TrainConfig | None
+    split: Path | None
+    cluster_model: dict | None
+    postprocessing: segment.Postprocessing
+
+    @classmethod
+    def open(cls, path: str | Path) -> TrainedModel:
+        path = Path(path)
+        if not path.is_file():
+            raise MissingPathError(f"model file not found: {path}")
+        folder = path.parent
+        config = TrainConfig.load(folder / "config.json") if (folder / "config.json").is_file() else None
+        if (folder / "postprocessing.json").is_file():
+            postprocessing = segment.Postprocessing.load(folder / "postprocessing.json")
+        elif config is not None:
+            postprocessing = config.postprocessing
+        else:
+            postprocessing = segment.Postprocessing()
+        return cls(path=path, config=config,
+                   split=folder / "split.csv" if (folder / "split.csv").is_file() else None,
+                   cluster_model=runs.read_json(folder / "clusters.json") if (folder / "clusters.json").is_file()
+                   else None,
+                   postprocessing=postprocessing)
+
+    def predictor(self) -> tuple[segment.PredictTiles, int, int]:
+        """The model loaded as ``segment.PredictTiles``, with the tile size and overlap it predicts with."""
+        model = unet.load_model(self.path)
+        batch_size = max(self.config.batch_size, 8) if self.config else 8
+        tile_size = model.input_shape[1] or (self.config.tile_size if self.config else 256)
+        min_overlap = self.config.min_overlap if self.config else MIN_OVERLAP
+        return segment.make_predictor(model, batch_size), tile_size, min_overlap
+
+    def clusters(self, stats: pd.DataFrame, split: pd.DataFrame | None = None) -> dict:
+        """Cluster of each image: from ``split`` (default: the run's) if listed there, else the nearest
+        training cluster (``clusters.json``)."""
+        if split is None and self.split is not None:
+            split = stratify.read_split(self.split)
+        clusters = {} if split is None else dict(zip(split["image_id"], split["cluster"].astype(int)))
+        unknown = stats.loc[[image_id for image_id in stats.index if image_id not in clusters]]
+        if len(unknown) and self.cluster_model is not None:
+            assigned = stratify.assign_clusters(unknown, self.cluster_model)
+            clusters.update(zip(unknown.index, (int(c) for c in assigned)))
+        return clusters
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+
+def load_data(config: TrainConfig, *, cache_dir: Path | None, progress: bool):
+    """The dataset's records, the split (reused if saved at ``config.split``, else made and saved there) and
+    the records' ``stratify.image_statistics``."""
+    source = dsb.find_dataset(config.data)
+    log.info("data: %s", source)
+    records = dsb.load_dataset(source, cache_dir=cache_dir, progress=progress)
+    stats = stratify.image_statistics(records)
+    split = stratify.load_or_make_split(stats, config.split, seed=config.seed)
+    counts = split["subset"].value_counts()
+    log.info("%d images (%d nuclei): train %d, cv %d, test %d; split %s", len(records), int(stats["nuclei"].sum()),
+             counts.get("train", 0), counts.get("cv", 0), counts.get("test", 0), config.split)
+    return records, split, stats
+
+
+def train_run(config: TrainConfig, out: Path, *, cache_dir: Path | None, progress: bool) -> Path | None:
+    """A new training run: ``out/<timestamp>-<preset>/`` with the model, its history, and the test-split
+    evaluation. Returns the run folder (None on a non-chief worker of a multi-worker run)."""
+    distribution = distribute.start_distribution(config)  # before the run folder: a bad combination leaves none
+    if not distribution.is_chief:
+        _train_as_worker(config, distribution, cache_dir=cache_dir, progress=progress)
+        return None
+    records, split, stats = load_data(config, cache_dir=cache_dir, progress=progress)
+    run_dir = runs.new_run_dir(out, config.preset)
+    log.info("run folder: %s", run_dir)
+    config.save(run_dir / "config.json")
+    runs.write_csv(split, run_dir / "split.csv")
+    runs.write_json(run_dir / "clusters.json", stratify.fit_cluster_model(stats, split))
+    # Only the tiles and the test images are needed from here on: the other decoded images go before
+    # training starts (images loaded from the cache are views of one array, hence the copies).
+    test_records = [dataclasses.replace(record, image=record.image.copy())
+                    for record in stratify.subset_records(records, split, "test")]
+    tiles = training.prepare_training_data(records, split, config)
+    del records
+    return _train_and_evaluate(config, run_dir, tiles, split, test_records, distribution, progress=progress)
+
+
+def resume_run(run_dir: Path, *, data: Path | None, cache_dir: Path | None, progress: bool) -> Path:
+    """Continue a killed or interrupted training run from the end of its last finished epoch, with its
+    own config, split and the rest of its time budget; then evaluate it as a new run would."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file() or not (run_dir / "split.csv").is_file():
+        raise UserError(f"{run_dir} is not a training run folder (no config.json and split.csv)")
+    config = TrainConfig.load(run_dir / "config.json")
+    config = dataclasses.replace(config, split=str(run_dir / "split.csv"),
+                                 data=str(data) if data is not None else config.data)
+    if config.distribute == "multiworker":
+        raise UserError("resume of a multi-worker run is not supported: every worker would need the run's "
+                        "last.keras; start a new run")
+    distribution = distribute.start_distribution(config)
+    log.info("resuming run folder: %s", run_dir)
+    records, split, _ = load_data(config, cache_dir=cache_dir, progress=progress)
+    test_records = [dataclasses.replace(record, image=record.image.copy())
+                    for record in stratify.subset_records(records, split, "test")]
+    tiles = training.prepare_training_data(records, split, config)
+    del records
+    return _train_and_evaluate(config, run_dir, tiles, split, test_records, distribution, progress=progress,
+                               resume=True)
+
+
+def _train_and_evaluate(config, run_dir, tiles, split, test_records, distribution, *, progress, resume=False):
+    with distribution.scope():
+        checkpoint = training.train(config, run_dir, tiles, progress=progress, resume=resume,
+                                    replicas=distribution.replicas)
+    del tiles
+    postprocessing = config.postprocessing
+    postprocessing.save(run_dir / "postprocessing.json")
+    model = TrainedModel.open(checkpoint)
+    clusters = dict(zip(split["image_id"], split["cluster"].astype(int)))
+    evaluate_records(model, test_records, clusters, run_dir, postprocessing,
+                     figures_per_cluster=config.figures_per_cluster, seed=config.seed, progress=progress)
+    return run_dir
+
+
+def _train_as_worker(config: TrainConfig, distribution, *, cache_dir: Path | None, progress: bool) -> None:
+    """Train as a non-chief worker: in step with the chief, in a scratch folder removed at the end."""
+    scratch = Path(tempfile.mkdtemp(prefix="unet-worker-"))
+    try:
+        records, split, _ = load_data(config, cache_dir=cache_dir, progress=progress)
+        tiles = training.prepare_training_data(records, split, config)
+        del records
+        with distribution.scope():
+            training.train(config, scratch, tiles, progress=progress, replicas=distribution.replicas)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation and tuning
+# --------------------------------------------------------------------------------------------
+
+def evaluate_records(model: TrainedModel, records: list, clusters: dict, run_dir: Path,
+                     postprocessing: segment.Postprocessing, *, figures_per_cluster: int = 2, seed: int = 0,
+                     progress: bool, title: str = "test split") -> dict:
+    """Predict every record at full size and score it once; writes ``metrics.json`` and ``figures/``."""
+    predict_tiles, tile_size, min_overlap = model.predictor()
+    rows, predictions = [], {}
+    for record in tqdm(records, desc="predict images", unit="img", disable=not progress):
+        maps = segment.predict_maps(predict_tiles, record.image, tile_size=tile_size, min_overlap=min_overlap,
+                                    tta=postprocessing.tta)
+        labels, mask = postprocessing.labels(maps), postprocessing.mask(maps)
+        score = segment.score_image(record.labels, labels, mask)
+        predictions[record.image_id] = (mask, labels, score)
+        rows.append({"image_id": record.image_id, "cluster": int(clusters.get(record.image_id, -1)),
+                     "height": record.image.shape[0], "width": record.image.shape[1], **score.row()})
+    metrics = reports.summarize(rows)
+    metrics["model"] = str(model.path)
+    metrics["postprocessing"] = dataclasses.asdict(postprocessing)
+    runs.write_json(run_dir / "metrics.json", metrics)
+    print(reports.format_metrics(metrics, title))
+    figures = reports.draw_figures(records, predictions, clusters, run_dir / "figures",
+                                   per_cluster=figures_per_cluster, seed=seed)
+    log.info("wrote %d figures to %s", len(figures), run_dir / "figures")
+    return metrics
+
+
+def _records_of(model: TrainedModel, data: Path | None, split_path: Path | None, subset: str, *,
+                cache_dir: Path | None, progress: bool):
+    """The images of ``subset`` ('test', 'cv', 'train' or 'all') and their clusters, for evaluate and tune.
+
+    The split is read, never made: the model's own unless ``split_path`` names another.
+    """
+    source = dsb.find_dataset(data if data is not None else (model.config.data if model.config else None))
+    records = dsb.load_dataset(source, cache_dir=cache_dir, progress=progress)
+    stats = stratify.image_statistics(records)
+    split = None
+    if subset != "all":
+        split_path = split_path or model.split
+        if split_path is None:
+            raise UserError(f"{model.path} has no split.csv beside it, so its {subset} images are unknown: "
+                            f"pass --split, or --subset all to use every image of the data")
+        split = stratify.read_split(split_path, stats)
+        records = stratify.subset_records(records, split, subset)
+    log.info("%s: %d images from %s", subset, len(records), source)
+    return records, model.clusters(stats, split), source
+
+
+def evaluate_run(model_path: Path, *, data: Path | None = None, split: Path | None = None, subset: str = "test",
+                 overrides: dict | None = None, figures_per_cluster: int | None = None, out: Path,
+                 cache_dir: Path | None, progress: bool) -> Path:
+    """Evaluate a saved model on ``subset`` of a dataset: ``metrics.json`` and figures in a new run folder."""
+    model = TrainedModel.open(model_path)
+    postprocessing = model.postprocessing.replace(**(overrides or {}))
+    records, clusters, source = _records_of(model, data, split, subset, cache_dir=cache_dir, progress=progress)
+    run_dir = runs.new_run_dir(out, "evaluate")
+    log.info("run folder: %s", run_dir)
+    runs.write_json(run_dir / "config.json", {"model": str(model_path), "data": str(source), "subset": subset,
+                                              "postprocessing": dataclasses.asdict(postprocessing)})
+    if figures_per_cluster is None:
+        figures_per_cluster = model.config.figures_per_cluster if model.config else 2
+    evaluate_records(model, records, clusters, run_dir, postprocessing, figures_per_cluster=figures_per_cluster,
+                     seed=model.config.seed if model.config else 0, progress=progress,
+                     title=f"{subset} {'images' if subset == 'all' else 'split'} of {source.name}")
+    return run_dir
+
+
+def tune_run(model_path: Path, *, data: Path | None = None, split: Path | None = None, subset: str = "cv",
+             tta: bool | None = None, out: Path, cache_dir: Path | None, progress: bool) -> Path:
+    """Choose the post-processing on ``subset`` (the CV split by default; never the test split).
+
+    Writes ``tuning.csv`` (every setting tried, best first) and the best as ``postprocessing.json``,
+    in the tune's run folder and beside the model, where evaluate and predict read it from then on;
+    the file it replaces beside the model is kept in the tune's folder as ``postprocessing_before.json``.
+    """
+    if subset == "test":
+        raise UserError("tune chooses settings and must not look at the test split; use --subset cv")
+    model = TrainedModel.open(model_path)
+    tta = model.postprocessing.tta if tta is None else tta
+    records, _, source = _records_of(model, data, split, subset, cache_dir=cache_dir, progress=progress)
+    run_dir = runs.new_run_dir(out, "tune")
+    log.info("run folder: %s", run_dir)
+    runs.write_json(run_dir / "config.json", {"model": str(model_path), "data": str(source), "subset": subset,
+                                              "tta": tta})
+    predict_tiles, tile_size, min_overlap = model.predictor()
+    maps = [segment.predict_maps(predict_tiles, record.image, tile_size=tile_size, min_overlap=min_overlap, tta=tta)
+            for record in tqdm(records, desc="predict images", unit="img", disable=not progress)]
+    grid = segment.tuning_grid(has_contacts=maps[0].shape[-1] > 1, tta=tta)
+    rows = segment.tune_postprocessing(maps, [record.labels for record in records], grid,
+                                       progress=lambda items: tqdm(items, desc="post-processing grid",
+                                                                   disable=not progress))
+    table = pd.DataFrame(rows)
+    runs.write_csv(table, run_dir / "tuning.csv")
+    best = segment.Postprocessing.from_dict(rows[0])
+    best.save(run_dir / "postprocessing.json")
+    beside_model = Path(model_path).parent / "postprocessing.json"
+    if beside_model.is_file():
+        shutil.copy(beside_model, run_dir / "postprocessing_before.json")
+    best.save(beside_model)
+    print(f"\nPost-processing on {len(records)} {subset} images (tta={tta}), best first:")
+    print(table.head(10).to_string(index=False))
+    print(f"\nSaved the best as {beside_model} (was: {model.postprocessing}); evaluate and predict use it from now on.")
+    return run_dir
+
+
+# --------------------------------------------------------------------------------------------
+# Prediction and export
+# --------------------------------------------------------------------------------------------
+
+def predict_run(model_path: Path, input_paths: list[Path], *, overrides: dict | None = None, out: Path,
+                progress: bool) -> Path:
+    """Segment images: mask, 16-bit labels and overlay PNGs, ``submission.csv`` and ``counts.csv`` in a run folder.
+
+    An image that cannot be read (or has no finite pixel) is skipped, named in ``skipped.json``, and
+    the others are still segmented.
+    """
+    model = TrainedModel.open(model_path)
+    postprocessing = model.postprocessing.replace(**(overrides or {}))
+    images = inputs.list_inputs(input_paths)
+    predict_tiles, tile_size, min_overlap = model.predictor()
+    run_dir = runs.new_run_dir(out, "predict")
+    log.info("run folder: %s", run_dir)
+    runs.write_json(run_dir / "config.json", {"model": str(model_path), "inputs": [str(item) for item in input_paths],
+                                              "postprocessing": dataclasses.asdict(postprocessing)})
+    for sub in ("masks", "labels", "overlays"):
+        (run_dir / sub).mkdir()
+    rows, counts, skipped = [], [], {}
+    for image_id, path in tqdm(images, desc="segment images", unit="img", disable=not progress):
+        try:
+            raw, nonfinite = imaging.replace_nonfinite(imaging.read_image(path), name=str(path))
+            image = imaging.preprocess(raw)
+        except UserError as error:  # one bad file must not cost the others: skip it, report at the end
+            skipped[image_id] = str(error) if str(path) in str(error) else f"{path}: {error}"
+            continue
+        if nonfinite:
+            log.warning("%s: %d pixel values are NaN or infinite; replaced by the median of the others",
+                        path, nonfinite)
+        maps = segment.predict_maps(predict_tiles, image, tile_size=tile_size, min_overlap=min_overlap,
+                                    tta=postprocessing.tta)
+        labels, mask = postprocessing.labels(maps), postprocessing.mask(maps)
+        skimage.io.imsave(run_dir / "masks" / f"{image_id}.png", (mask * 255).astype(np.uint8), check_contrast=False)
+        skimage.io.imsave(run_dir / "labels" / f"{image_id}.png", labels.astype(np.uint16), check_contrast=False)
+        skimage.io.imsave(run_dir / "overlays" / f"{image_id}.png", reports.overlay(image, labels),
+                          check_contrast=False)
+        rows += segment.submission_rows(image_id, labels)
+        areas = np.bincount(labels.ravel())[1:]
+        counts.append({"image_id": image_id, "height": image.shape[0], "width": image.shape[1],
+                       "nuclei": int(labels.max()), "median_area": float(np.median(areas)) if len(areas) else 0.0,
+                       "foreground_fraction": float(mask.mean()), "nonfinite_pixels": nonfinite})
+    for image_id, reason in skipped.items():
+        log.warning("skipped %s: %s", image_id, reason)
+    if skipped:
+        runs.write_json(run_dir / "skipped.json", skipped)
+    if not counts:
+        raise UserError(f"none of the {len(skipped)} input image(s) could be read; the reasons are in "
+                        f"{run_dir / 'skipped.json'}")
+    segment.write_submission(run_dir / "submission.csv", rows)
+    table = pd.DataFrame(counts)
+    runs.write_csv(table, run_dir / "counts.csv")
+    print(f"\nSegmented {len(table)} images: {int(table['nuclei'].sum())} nuclei in all, per image "
+          f"min {table['nuclei'].min()}, median {table['nuclei'].median():.0f}, max {table['nuclei'].max()}")
+    print(table.to_string(index=False, max_rows=20))
+    if skipped:
+        print(f"Skipped {len(skipped)} unreadable image(s), listed in skipped.json: {', '.join(sorted(skipped))}")
+    return run_dir
+
+
+def export_run(model_path: Path, *, export_format: str = "savedmodel", out: Path) -> Path:
+    """Export a model for serving into a new run folder: ``<run>/1/`` is the SavedModel (``1``: the version
+    folder TF Serving expects; serve the run folder as the model's base path)."""
+    if not Path(model_path).is_file():
+        raise MissingPathError(f"model file not found: {model_path}")
+    run_dir = runs.new_run_dir(out, "export")
+    runs.write_json(run_dir / "config.json", {"model": str(model_path), "format": export_format})
+    try:
+        unet.export_model(model_path, run_dir / "1", export_format)
+    except UserError:
+        shutil.rmtree(run_dir, ignore_errors=True)  # a failed export leaves no folder behind
+        raise
+    return run_dir

@@ -1,0 +1,56 @@
+"""config.py: the presets and the one configuration object of a training run."""
+
+from __future__ import annotations
+
+import pytest
+
+import segment
+from config import PRESETS, TrainConfig
+
+
+def test_every_preset_is_a_valid_config():
+    for name in PRESETS:
+        TrainConfig.from_preset(name)
+
+
+def test_unknown_preset_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown preset 'huge': choose from cpu, seed, smoke"):
+        TrainConfig.from_preset("huge")
+
+
+def test_preset_overrides_ignore_options_not_given():
+    config = TrainConfig.from_preset("cpu", batch_size=4, epochs=None)
+    assert config.batch_size == 4 and config.epochs == PRESETS["cpu"]["epochs"]
+
+
+def test_config_rejects_unknown_keys():
+    with pytest.raises(ValueError, match="unknown configuration keys: colour"):
+        TrainConfig.from_dict({"preset": "cpu", "colour": "red"})
+
+
+@pytest.mark.parametrize("field, value", [("batch_size", 0), ("epochs", -1), ("learning_rate", 0.0),
+                                          ("minutes", 0.0), ("loss", "mse"), ("threshold", 1.0),
+                                          ("lr_schedule", "linear"), ("sampling", "cluster"), ("dropout", 1.0),
+                                          ("min_overlap", 256), ("marker_height", -2.0)])
+def test_config_rejects_bad_values(field, value):
+    with pytest.raises(ValueError, match=field):
+        TrainConfig.from_dict({"preset": "cpu", field: value})
+
+
+def test_tile_size_must_fit_the_depth():
+    with pytest.raises(ValueError, match="divisible by 2\\*\\*\\(depth-1\\) = 16"):
+        TrainConfig(preset="cpu", tile_size=200, depth=5)
+
+
+def test_config_round_trips_through_its_file(tmp_path):
+    config = TrainConfig.from_preset("cpu", seed=3)
+    config.save(tmp_path / "config.json")
+    assert TrainConfig.load(tmp_path / "config.json") == config
+
+
+def test_postprocessing_comes_from_the_config_fields():
+    config = TrainConfig.from_preset("cpu")
+    assert config.postprocessing == segment.Postprocessing(threshold=config.threshold, min_size=config.min_size,
+                                                           marker_height=config.marker_height,
+                                                           contact_threshold=config.contact_threshold,
+                                                           tta=config.tta)

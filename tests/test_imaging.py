@@ -1,0 +1,66 @@
+"""imaging.py: grayscale, inversion, contrast, statistics of any image."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import make_synthetic_image
+
+import imaging
+
+# ---- preprocessing -------------------------------------------------------------------------
+
+def test_grayscale_of_gray_rgba_is_the_channel_scaled():
+    rng = np.random.default_rng(1)
+    gray = rng.integers(0, 256, (5, 7), dtype=np.uint8)
+    rgba = np.dstack([gray, gray, gray, np.full_like(gray, 255)])
+    np.testing.assert_array_equal(imaging.to_grayscale(rgba), gray.astype(np.float32) / 255)
+
+
+def test_grayscale_of_colour_uses_luminance():
+    red = np.zeros((2, 2, 3), np.uint8)
+    red[..., 0] = 255
+    np.testing.assert_allclose(imaging.to_grayscale(red), 0.2125, atol=1e-4)
+
+
+def test_grayscale_scales_16_bit_by_its_range():
+    image = np.full((3, 3), 65535, np.uint16)
+    image[0, 0] = 0
+    gray = imaging.to_grayscale(image)
+    assert gray.dtype == np.float32 and gray[0, 0] == 0.0 and gray[1, 1] == 1.0
+
+
+def test_grayscale_rejects_five_channels():
+    with pytest.raises(ValueError, match=r"got shape \(4, 4, 5\)"):
+        imaging.to_grayscale(np.zeros((4, 4, 5), np.uint8))
+
+
+@pytest.mark.parametrize("kind", ["fluorescence", "brightfield", "histology", "gray"])
+def test_preprocess_makes_nuclei_bright(kind):
+    image, masks = make_synthetic_image(np.random.default_rng(2), (96, 96), nuclei=3, kind=kind)
+    gray = imaging.preprocess(image)
+    inside = np.any(np.stack(masks) > 0, axis=0)
+    assert gray[inside].mean() > gray[~inside].mean() + 0.4
+    assert gray.min() == 0.0 and gray.max() == 1.0
+
+
+def test_preprocess_16_bit_matches_8_bit():
+    image, _ = make_synthetic_image(np.random.default_rng(4), (64, 64), kind="gray")
+    wide = image.astype(np.uint16) * 257  # the same picture on the 16-bit scale
+    np.testing.assert_allclose(imaging.preprocess(wide), imaging.preprocess(image), atol=1e-6)
+
+
+def test_brightfield_is_detected_as_dark_on_light():
+    bright, _ = make_synthetic_image(np.random.default_rng(5), kind="brightfield")
+    dark, _ = make_synthetic_image(np.random.default_rng(5), kind="fluorescence")
+    assert imaging.is_dark_on_light(imaging.to_grayscale(bright))
+    assert not imaging.is_dark_on_light(imaging.to_grayscale(dark))
+
+
+def test_stats_tell_histology_from_gray():
+    rng = np.random.default_rng(6)
+    histology = imaging.image_stats(make_synthetic_image(rng, kind="histology")[0])
+    fluorescence = imaging.image_stats(make_synthetic_image(rng, kind="fluorescence")[0])
+    assert histology["saturation"] > 0.1 and fluorescence["saturation"] == 0.0
+    assert histology["median"] > 0.5 > fluorescence["median"]
+    assert set(histology) == set(imaging.STAT_COLUMNS)
