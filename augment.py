@@ -95,18 +95,17 @@ def random_crop(image: np.ndarray, labels: np.ndarray, size: int, scale: float,
         rows = _mirror(np.arange(top, top + size), height)
         cols = _mirror(np.arange(left, left + size), width)
         return image[np.ix_(rows, cols)].astype(np.float32), labels[np.ix_(rows, cols)]
-    # Source coordinates of the output pixel centres.
+    # Source coordinates of the output pixel centres; only a window around them is read (mirrored at borders).
     rows = top + (np.arange(size) + 0.5) / scale - 0.5
     cols = left + (np.arange(size) + 0.5) / scale - 0.5
-    source = image
-    if scale < 1.0:  # shrinking: smooth the part that is read, so the sampling does not alias
-        first_row, first_col = max(int(rows[0]) - 4, 0), max(int(cols[0]) - 4, 0)
-        last_row, last_col = min(int(rows[-1]) + 6, height), min(int(cols[-1]) + 6, width)
-        source = np.array(image, dtype=np.float32)
-        source[first_row:last_row, first_col:last_col] = ndi.gaussian_filter(
-            source[first_row:last_row, first_col:last_col], sigma=0.5 * (1 / scale - 1) ** 0.5 + 0.25)
-    grid = np.meshgrid(rows, cols, indexing="ij")
-    crop = ndi.map_coordinates(source, grid, order=1, mode="mirror").astype(np.float32)
+    first_row, first_col = int(np.floor(rows[0])) - 3, int(np.floor(cols[0])) - 3
+    window_rows = _mirror(np.arange(first_row, int(np.floor(rows[-1])) + 5), height)
+    window_cols = _mirror(np.arange(first_col, int(np.floor(cols[-1])) + 5), width)
+    window = image[np.ix_(window_rows, window_cols)].astype(np.float32)
+    if scale < 1.0:  # shrinking: smooth first, so the sampling does not alias fine texture
+        window = ndi.gaussian_filter(window, sigma=0.5 * (1 / scale - 1) ** 0.5 + 0.25)
+    grid = np.meshgrid(rows - first_row, cols - first_col, indexing="ij")
+    crop = ndi.map_coordinates(window, grid, order=1, mode="nearest").astype(np.float32)
     nearest = [_mirror(np.round(axis).astype(int), length) for axis, length in zip((rows, cols), (height, width))]
     return crop, labels[np.ix_(*nearest)]
 

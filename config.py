@@ -9,6 +9,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 
+import augment
 import runs
 import segment
 from dsb import DEFAULT_SPLIT_PATH
@@ -17,7 +18,10 @@ from tiling import MIN_OVERLAP, TILE_SIZE
 
 LOSSES = ("bce", "bce_dice")
 LR_SCHEDULES = ("constant", "cosine")
-SAMPLINGS = ("tile", "image")
+SAMPLINGS = ("tile", "image", "crop")
+PRECISIONS = ("float32", "mixed_bfloat16", "auto")
+JIT_CHOICES = (True, False, "auto")
+RANGE_FIELDS = ("scale_range", "gamma_range", "contrast_range")  # pairs, stored as JSON lists
 DISTRIBUTE_MODES = ("none", "mirrored", "multiworker")
 
 _POSTPROCESSING = segment.Postprocessing()  # the defaults, chosen on CV (see its docstring)
@@ -51,10 +55,24 @@ class TrainConfig:
         'constant' (the reference) or 'cosine': the learning rate decays from ``learning_rate`` to 0 over
         ``epochs * steps_per_epoch`` steps (a function of the step, not of the clock, so runs reproduce).
     sampling : str
-        How training tiles are drawn: 'tile' (uniformly over all tiles, so large images weigh more) or
-        'image' (an image uniformly, then one of its tiles, so small images and rare clusters weigh more).
-    jit_compile : bool
-        Compile the training step with XLA (TensorFlow backend).
+        How training examples are drawn: 'tile' (uniformly over the overlapping tiles of the training
+        images, so large images weigh more), 'image' (an image uniformly, then one of its tiles, so small
+        images and rare clusters weigh more) or 'crop' (an image with a chance proportional to its area,
+        then a ``crop_size`` crop at a random place, scale and intensity: ``augment.py``).
+    crop_size : int
+        Side of the training crops with ``sampling='crop'`` (the U-Net is fully convolutional: it predicts
+        ``tile_size`` tiles all the same).
+    scale_range, gamma_range, contrast_range, noise, blur
+        With ``sampling='crop'``: how much the crops vary (``augment.Augmentation``).
+    warmup_steps : int
+        Steps over which the learning rate rises linearly from 0 to ``learning_rate`` (cosine schedule only).
+    precision : str
+        'float32', 'mixed_bfloat16' (compute in bfloat16, weights in float32; fast only where the CPU has
+        bfloat16 instructions or on a GPU), or 'auto' (mixed bfloat16 on CPUs with AVX512_BF16 or AMX,
+        else float32; ``training.json`` records the choice).
+    jit_compile : bool or 'auto'
+        Compile the training step with XLA (TensorFlow backend); 'auto' decides by the CPU as measured
+        on this project's machines (``training.choose_jit_compile``; recorded in ``training.json``).
     contacts : bool
         A second output channel learns where nuclei touch (``tiling.contact_map``); post-processing then
         seeds one nucleus per contact-free part of the foreground (see ``segment.probability_to_labels``).
@@ -86,7 +104,15 @@ class TrainConfig:
     loss: str = "bce"
     lr_schedule: str = "constant"
     sampling: str = "tile"
-    jit_compile: bool = False
+    crop_size: int = TILE_SIZE
+    scale_range: tuple[float, float] = (1.0, 1.0)
+    gamma_range: tuple[float, float] = (1.0, 1.0)
+    contrast_range: tuple[float, float] = (1.0, 1.0)
+    noise: float = 0.0
+    blur: float = 0.0
+    warmup_steps: int = 0
+    precision: str = "float32"
+    jit_compile: bool | str = False
     contacts: bool = False
     tile_size: int = TILE_SIZE
     min_overlap: int = MIN_OVERLAP
@@ -99,7 +125,9 @@ class TrainConfig:
     distribute: str = "none"
 
     def __post_init__(self):
-        for name in ("epochs", "steps_per_epoch", "batch_size", "depth", "base_filters", "tile_size"):
+        for name in RANGE_FIELDS:  # JSON gives lists; the frozen dataclass compares tuples
+            object.__setattr__(self, name, tuple(float(value) for value in getattr(self, name)))
+        for name in ("epochs", "steps_per_epoch", "batch_size", "depth", "base_filters", "tile_size", "crop_size"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not self.learning_rate > 0:
@@ -107,15 +135,21 @@ class TrainConfig:
         if self.minutes is not None and not self.minutes > 0:
             raise UserError(f"minutes must be positive, got {self.minutes}")
         for name, allowed in (("loss", LOSSES), ("lr_schedule", LR_SCHEDULES), ("sampling", SAMPLINGS),
-                              ("distribute", DISTRIBUTE_MODES)):
+                              ("distribute", DISTRIBUTE_MODES), ("precision", PRECISIONS),
+                              ("jit_compile", JIT_CHOICES)):
             if getattr(self, name) not in allowed:
                 raise UserError(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise UserError(f"dropout must be in [0, 1), got {self.dropout}")
         if not 0 <= self.min_overlap < self.tile_size:
             raise UserError(f"min_overlap must be in [0, tile_size), got {self.min_overlap}")
-        if self.tile_size % 2 ** (self.depth - 1):
-            raise UserError(f"tile_size {self.tile_size} must be divisible by 2**(depth-1) = {2 ** (self.depth - 1)}")
+        for name in ("tile_size", "crop_size"):
+            if getattr(self, name) % 2 ** (self.depth - 1):
+                raise UserError(f"{name} {getattr(self, name)} must be divisible by 2**(depth-1) = "
+                                f"{2 ** (self.depth - 1)}")
+        if self.warmup_steps < 0:
+            raise UserError(f"warmup_steps must be non-negative, got {self.warmup_steps}")
+        self.augmentation  # noqa: B018 - checks the ranges (augment.Augmentation raises ValueError)
         if self.figures_per_cluster < 0:
             raise UserError(f"figures_per_cluster must be non-negative, got {self.figures_per_cluster}")
         segment.Postprocessing.from_dict(self.to_dict())  # checks the post-processing fields
@@ -151,6 +185,15 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @property
+    def augmentation(self) -> augment.Augmentation:
+        """How the training crops vary (with ``sampling='crop'``)."""
+        try:
+            return augment.Augmentation(scale=self.scale_range, gamma=self.gamma_range, contrast=self.contrast_range,
+                                        noise=self.noise, blur=self.blur)
+        except ValueError as error:
+            raise UserError(str(error)) from None
 
     @property
     def postprocessing(self) -> segment.Postprocessing:

@@ -356,6 +356,31 @@ def _load_entry(source: Path, entry: LayoutEntry):
     return image, labels, stats, {"empty_masks": empty, "overlap_pixels": overlap, "nonfinite_pixels": nonfinite}
 
 
+def read_raw_images(source: str | os.PathLike, image_ids) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """The chosen images as stored in their files (before ``preprocess``), with their labels.
+
+    For shifts of the raw images (``robustness.perturb``); ``load_dataset`` gives the preprocessed ones.
+
+    Returns
+    -------
+    list of (image_id, raw, labels), in ``image_ids``' sorted order: raw as decoded (any dtype, (H, W)
+    or (H, W, C)), labels ndarray (H, W) int32.
+    """
+    wanted = set(image_ids)
+    entries, _ = scan_layout(list_files(source))
+    reader = DatasetReader(Path(source))
+    found = []
+    for entry in entries:
+        if entry.image_id in wanted:
+            raw = reader.read(entry.image)
+            labels, _, _ = _stack_masks([reader.read_mask(name) for name in entry.masks], raw.shape[:2])
+            found.append((entry.image_id, raw, labels))
+    missing = wanted - {image_id for image_id, _, _ in found}
+    if missing:
+        raise UserError(f"{source}: {len(missing)} of the images asked for are not there (e.g. {sorted(missing)[:3]})")
+    return found
+
+
 def _load_entry_star(args):
     return _load_entry(*args)
 

@@ -30,12 +30,13 @@ STAT_COLUMNS = (
 
 
 def _scale_to_unit(image: np.ndarray) -> np.ndarray:
-    """Integer images to float32 [0, 1] by their dtype's range; floats are clipped to [0, 1]."""
+    """Integer images to float32 [0, 1] by their dtype's range; floats keep their values (any range:
+    ``preprocess`` stretches every image by its own percentiles)."""
     if np.issubdtype(image.dtype, np.integer):
         return image.astype(np.float32) / np.float32(np.iinfo(image.dtype).max)
     if np.issubdtype(image.dtype, np.floating) or image.dtype == bool:
-        return np.clip(image.astype(np.float32), 0.0, 1.0)
-    raise ValueError(f"unsupported image dtype {image.dtype}")
+        return image.astype(np.float32)
+    raise UserError(f"unsupported image dtype {image.dtype}")
 
 
 def replace_nonfinite(image: np.ndarray, *, name: str = "image") -> tuple[np.ndarray, int]:
@@ -85,16 +86,18 @@ def replace_nonfinite(image: np.ndarray, *, name: str = "image") -> tuple[np.nda
     return fixed, count
 
 
+def _check_layout(image: np.ndarray) -> None:
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] not in (1, 2, 3, 4)):
+        raise UserError(f"expected an image of shape (H, W) or (H, W, C) with C in 1..4, got shape {image.shape}")
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise UserError(f"empty image of shape {image.shape}")
+
+
 def _colour_channels(image: np.ndarray) -> np.ndarray:
-    """Any supported layout to shape (H, W, 3) float32 in [0, 1] (alpha dropped, gray repeated)."""
+    """Any supported layout to shape (H, W, 3) float32 (alpha dropped, gray repeated)."""
+    _check_layout(image)
     if image.ndim == 2:
         image = image[..., None]
-    if image.ndim != 3 or image.shape[-1] not in (1, 2, 3, 4):
-        raise ValueError(
-            f"expected an image of shape (H, W) or (H, W, C) with C in 1..4, got shape {image.shape}"
-        )
-    if image.shape[0] < 1 or image.shape[1] < 1:
-        raise ValueError(f"empty image of shape {image.shape}")
     image = _scale_to_unit(image)
     channels = image.shape[-1]
     if channels in (1, 2):  # gray, or gray + alpha
@@ -108,22 +111,29 @@ def to_grayscale(image: np.ndarray) -> np.ndarray:
     Parameters
     ----------
     image : ndarray, shape (H, W) or (H, W, C) with C = 1 (gray), 2 (gray + alpha), 3 (RGB) or 4 (RGBA)
-        uint8, uint16 (scaled by the dtype's maximum) or float in [0, 1].
+        uint8, uint16 (scaled by the dtype's maximum) or float (kept as it is).
 
     Returns
     -------
-    gray : ndarray, shape (H, W), float32 in [0, 1]
+    gray : ndarray, shape (H, W), float32 (in [0, 1] for integer images)
         Luminance (ITU-R 709 weights), or the one channel of gray stored as RGB; alpha is ignored.
+        A gray image is only scaled: no colour copy of it is made (it may be large).
 
     Examples
     --------
     >>> to_grayscale(np.full((2, 2, 4), 255, np.uint8)).tolist()
     [[1.0, 1.0], [1.0, 1.0]]
     """
-    rgb = _colour_channels(np.asarray(image))
+    image = np.asarray(image)
+    _check_layout(image)
+    if image.ndim == 2:
+        return _scale_to_unit(image)
+    if image.shape[-1] in (1, 2):  # gray, or gray + alpha
+        return _scale_to_unit(image[..., 0])
+    rgb = image[..., :3]
     if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
-        return np.ascontiguousarray(rgb[..., 0])  # gray stored as RGB: keep its values exactly
-    return skimage.color.rgb2gray(rgb).astype(np.float32)
+        return _scale_to_unit(rgb[..., 0])  # gray stored as RGB: keep its values exactly
+    return skimage.color.rgb2gray(_scale_to_unit(rgb)).astype(np.float32)
 
 
 def is_dark_on_light(gray: np.ndarray) -> bool:
@@ -138,20 +148,22 @@ def is_dark_on_light(gray: np.ndarray) -> bool:
     return float(np.median(gray)) > (low + high) / 2
 
 
-def preprocess(image: np.ndarray) -> np.ndarray:
+def preprocess(image: np.ndarray, percentiles: tuple[float, float] = (0.0, 99.95)) -> np.ndarray:
     """Grayscale, stretch to [0, 1], and invert dark-on-light images so nuclei are bright.
 
     Parameters
     ----------
-    image : ndarray, shape (H, W) or (H, W, C), uint8, uint16 or float in [0, 1]
+    image : ndarray, shape (H, W) or (H, W, C), uint8, uint16 or float (any range)
         NaN and infinite values are replaced as ``replace_nonfinite`` says (with a warning); an
-        image with no finite value is a ``ValueError``.
+        image with no finite value is a ``UserError``.
+    percentiles : (low, high)
+        The stretch maps the ``low`` percentile (0: the minimum) to 0 and the ``high`` one to 1, values
+        beyond them clipped: a few hot pixels do not squash the rest, and dim and bright exposures, 8 bit,
+        16 bit or float, look alike to the model.
 
     Returns
     -------
     ndarray, shape (H, W), float32 in [0, 1]
-        The stretch maps the minimum to 0 and the 99.95th percentile to 1 (a few hot pixels
-        do not squash the rest), so dim and bright exposures look alike to the model.
 
     Examples
     --------
@@ -162,7 +174,7 @@ def preprocess(image: np.ndarray) -> np.ndarray:
     if count:
         log.warning("%d pixel values are NaN or infinite; replaced by the median of the others", count)
     gray = to_grayscale(image)
-    low, high = float(gray.min()), float(np.percentile(gray, 99.95))
+    low, high = robust_range(gray, percentiles)
     if high <= low:
         return np.zeros_like(gray)
     gray = skimage.exposure.rescale_intensity(gray, in_range=(low, high), out_range=(0.0, 1.0))
@@ -170,6 +182,17 @@ def preprocess(image: np.ndarray) -> np.ndarray:
     if is_dark_on_light(gray):
         gray = 1.0 - gray
     return gray
+
+
+def robust_range(gray: np.ndarray, percentiles: tuple[float, float] = (0.0, 99.95)) -> tuple[float, float]:
+    """The intensities at the two percentiles (0: the minimum); images over 16 MP are sampled every few pixels,
+    so that a very large image needs no sorted copy of itself."""
+    low, high = percentiles
+    if not 0 <= low < high <= 100:
+        raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {percentiles}")
+    sample = gray if gray.size <= 2**24 else gray.ravel()[:: int(np.ceil(gray.size / 2**24))]
+    low_value = float(gray.min()) if low == 0 else float(np.percentile(sample, low))
+    return low_value, float(np.percentile(sample, high))
 
 
 def image_stats(image: np.ndarray) -> dict:

@@ -12,22 +12,25 @@ import dataclasses
 import logging
 import shutil
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import skimage.io
 from tqdm.auto import tqdm
 
 import distribute
 import dsb
 import imaging
 import inputs
+import outputs
 import reports
+import robustness
 import runs
 import segment
 import stratify
+import tiling
 import training
 import unet
 from config import TrainConfig
@@ -206,8 +209,7 @@ def evaluate_records(model: TrainedModel, records: list, clusters: dict, run_dir
     predict_tiles, tile_size, min_overlap = model.predictor()
     rows, predictions = [], {}
     for record in tqdm(records, desc="predict images", unit="img", disable=not progress):
-        maps = segment.predict_maps(predict_tiles, record.image, tile_size=tile_size, min_overlap=min_overlap,
-                                    tta=postprocessing.tta)
+        maps = postprocessing.maps(predict_tiles, record.image, tile_size=tile_size, min_overlap=min_overlap)
         labels, mask = postprocessing.labels(maps), postprocessing.mask(maps)
         score = segment.score_image(record.labels, labels, mask)
         predictions[record.image_id] = (mask, labels, score)
@@ -222,6 +224,37 @@ def evaluate_records(model: TrainedModel, records: list, clusters: dict, run_dir
                                    per_cluster=figures_per_cluster, seed=seed)
     log.info("wrote %d figures to %s", len(figures), run_dir / "figures")
     return metrics
+
+
+def robustness_table(model: TrainedModel, source: Path, records: list, clusters: dict,
+                     postprocessing: segment.Postprocessing, *, shifts=tuple(robustness.SHIFTS),
+                     progress: bool) -> pd.DataFrame:
+    """Score ``records`` under every shift of ``robustness.SHIFTS``: one row per shift and image.
+
+    The raw images are read again from ``source`` (``dsb.read_raw_images``), shifted
+    (``robustness.perturb``, labels rescaled with the image), preprocessed and predicted as ``predict``
+    would. Columns: shift, image_id, cluster, and ``segment.ImageScore.row()``.
+    """
+    raw = dsb.read_raw_images(source, [record.image_id for record in records])
+    predict_tiles, tile_size, min_overlap = model.predictor()
+    rows = []
+    jobs = [(shift, item) for shift in shifts for item in raw]
+    for shift, (image_id, raw_image, labels) in tqdm(jobs, desc="shifted images", unit="img", disable=not progress):
+        image, shifted_labels = robustness.perturb(raw_image, labels, shift, seed=zlib.crc32(image_id.encode()))
+        maps = postprocessing.maps(predict_tiles, imaging.preprocess(image), tile_size=tile_size,
+                                   min_overlap=min_overlap)
+        score = segment.score_image(shifted_labels, postprocessing.labels(maps), postprocessing.mask(maps))
+        rows.append({"shift": shift, "image_id": image_id, "cluster": int(clusters.get(image_id, -1)), **score.row()})
+    return pd.DataFrame(rows)
+
+
+def summarize_robustness(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean Dice and mAP per shift (in the order of ``robustness.SHIFTS``), with mAP per cluster."""
+    order = [shift for shift in robustness.SHIFTS if shift in set(table["shift"])]
+    summary = table.groupby("shift")[["dice", "map", "ap50"]].mean().loc[order]
+    per_cluster = table.pivot_table(index="shift", columns="cluster", values="map", aggfunc="mean").loc[order]
+    per_cluster.columns = [f"map_cluster_{cluster}" for cluster in per_cluster.columns]
+    return summary.join(per_cluster).reset_index()
 
 
 def _records_of(model: TrainedModel, data: Path | None, split_path: Path | None, subset: str, *,
@@ -246,9 +279,13 @@ def _records_of(model: TrainedModel, data: Path | None, split_path: Path | None,
 
 
 def evaluate_run(model_path: Path, *, data: Path | None = None, split: Path | None = None, subset: str = "test",
-                 overrides: dict | None = None, figures_per_cluster: int | None = None, out: Path,
-                 cache_dir: Path | None, progress: bool) -> Path:
-    """Evaluate a saved model on ``subset`` of a dataset: ``metrics.json`` and figures in a new run folder."""
+                 overrides: dict | None = None, figures_per_cluster: int | None = None, perturb: bool = False,
+                 out: Path, cache_dir: Path | None, progress: bool) -> Path:
+    """Evaluate a saved model on ``subset`` of a dataset: ``metrics.json`` and figures in a new run folder.
+
+    With ``perturb``, also under every shift of ``robustness.SHIFTS``: ``robustness.csv`` (mean Dice and
+    mAP per shift, mAP per cluster) and ``robustness_per_image.csv``.
+    """
     model = TrainedModel.open(model_path)
     postprocessing = model.postprocessing.replace(**(overrides or {}))
     records, clusters, source = _records_of(model, data, split, subset, cache_dir=cache_dir, progress=progress)
@@ -261,6 +298,13 @@ def evaluate_run(model_path: Path, *, data: Path | None = None, split: Path | No
     evaluate_records(model, records, clusters, run_dir, postprocessing, figures_per_cluster=figures_per_cluster,
                      seed=model.config.seed if model.config else 0, progress=progress,
                      title=f"{subset} {'images' if subset == 'all' else 'split'} of {source.name}")
+    if perturb:
+        table = robustness_table(model, source, records, clusters, postprocessing, progress=progress)
+        runs.write_csv(table, run_dir / "robustness_per_image.csv")
+        summary = summarize_robustness(table)
+        runs.write_csv(summary, run_dir / "robustness.csv")
+        print(f"\nUnder shifts of the {subset} images (robustness.csv):")
+        print(summary.to_string(index=False, float_format=lambda value: f"{value:.3f}"))
     return run_dir
 
 
@@ -282,9 +326,10 @@ def tune_run(model_path: Path, *, data: Path | None = None, split: Path | None =
     runs.write_json(run_dir / "config.json", {"model": str(model_path), "data": str(source), "subset": subset,
                                               "tta": tta})
     predict_tiles, tile_size, min_overlap = model.predictor()
-    maps = [segment.predict_maps(predict_tiles, record.image, tile_size=tile_size, min_overlap=min_overlap, tta=tta)
+    prediction = model.postprocessing.replace(tta=tta)
+    maps = [prediction.maps(predict_tiles, record.image, tile_size=tile_size, min_overlap=min_overlap)
             for record in tqdm(records, desc="predict images", unit="img", disable=not progress)]
-    grid = segment.tuning_grid(has_contacts=maps[0].shape[-1] > 1, tta=tta)
+    grid = segment.tuning_grid(has_contacts=maps[0].shape[-1] > 1, tta=tta, scale=prediction.scale)
     rows = segment.tune_postprocessing(maps, [record.labels for record in records], grid,
                                        progress=lambda items: tqdm(items, desc="post-processing grid",
                                                                    disable=not progress))
@@ -306,61 +351,79 @@ def tune_run(model_path: Path, *, data: Path | None = None, split: Path | None =
 # Prediction and export
 # --------------------------------------------------------------------------------------------
 
-def predict_run(model_path: Path, input_paths: list[Path], *, overrides: dict | None = None, out: Path,
-                progress: bool) -> Path:
-    """Segment images: mask, 16-bit labels and overlay PNGs, ``submission.csv`` and ``counts.csv`` in a run folder.
+def predict_run(model_path: Path, input_paths: list, *, overrides: dict | None = None,
+                formats=outputs.DEFAULT_FORMATS, channel: int | None = None, stack: str = "planes",
+                recursive: bool = False, out: Path, progress: bool) -> Path:
+    """Segment images into a new run folder: per image the ``formats`` of ``outputs.write_outputs``, and for
+    all of them ``counts.csv``, ``measurements.csv`` (with ``measurements``) and ``submission.csv``.
 
-    An image that cannot be read (or has no finite pixel) is skipped, named in ``skipped.json``, and
-    the others are still segmented.
+    Inputs are listed by ``inputs.list_inputs``; each file gives one image per plane or its maximum
+    projection (``stack``), of ``channel`` where it has several (``inputs.planes``). Large images are
+    segmented block by block (``segment.segment_image``). An image that cannot be read, or has no finite
+    pixel, is skipped and named in ``skipped.json``; the others are still segmented.
     """
+    formats = outputs.check_formats(formats)
     model = TrainedModel.open(model_path)
     postprocessing = model.postprocessing.replace(**(overrides or {}))
-    images = inputs.list_inputs(input_paths)
+    items = inputs.list_inputs(input_paths, recursive=recursive)
     predict_tiles, tile_size, min_overlap = model.predictor()
     run_dir = runs.new_run_dir(out, "predict")
-    log.info("run folder: %s", run_dir)
-    runs.write_json(run_dir / "config.json", {"model": str(model_path), "inputs": [str(item) for item in input_paths],
-                                              "postprocessing": dataclasses.asdict(postprocessing)})
-    for sub in ("masks", "labels", "overlays"):
-        (run_dir / sub).mkdir()
-    rows, counts, skipped = [], [], {}
-    for image_id, path in tqdm(images, desc="segment images", unit="img", disable=not progress):
+    log.info("run folder: %s (%d input files)", run_dir, len(items))
+    runs.write_json(run_dir / "config.json", {
+        "model": str(model_path), "inputs": [str(item) for item in input_paths], "recursive": recursive,
+        "channel": channel, "stack": stack, "formats": list(formats),
+        "postprocessing": dataclasses.asdict(postprocessing)})
+    rows, counts, tables, skipped = [], [], [], {}
+    for item in tqdm(items, desc="segment images", unit="file", disable=not progress):
         try:
-            raw, nonfinite = imaging.replace_nonfinite(imaging.read_image(path), name=str(path))
-            image = imaging.preprocess(raw)
+            raw, axes = inputs.read_input(item)
+            images = inputs.planes(raw, axes, channel=channel, stack=stack, name=item.where)
         except UserError as error:  # one bad file must not cost the others: skip it, report at the end
-            skipped[image_id] = str(error) if str(path) in str(error) else f"{path}: {error}"
+            skipped[item.key] = str(error)
             continue
-        if nonfinite:
-            log.warning("%s: %d pixel values are NaN or infinite; replaced by the median of the others",
-                        path, nonfinite)
-        maps = segment.predict_maps(predict_tiles, image, tile_size=tile_size, min_overlap=min_overlap,
-                                    tta=postprocessing.tta)
-        labels, mask = postprocessing.labels(maps), postprocessing.mask(maps)
-        skimage.io.imsave(run_dir / "masks" / f"{image_id}.png", (mask * 255).astype(np.uint8), check_contrast=False)
-        skimage.io.imsave(run_dir / "labels" / f"{image_id}.png", labels.astype(np.uint16), check_contrast=False)
-        skimage.io.imsave(run_dir / "overlays" / f"{image_id}.png", reports.overlay(image, labels),
-                          check_contrast=False)
-        rows += segment.submission_rows(image_id, labels)
-        areas = np.bincount(labels.ravel())[1:]
-        counts.append({"image_id": image_id, "height": image.shape[0], "width": image.shape[1],
-                       "nuclei": int(labels.max()), "median_area": float(np.median(areas)) if len(areas) else 0.0,
-                       "foreground_fraction": float(mask.mean()), "nonfinite_pixels": nonfinite})
-    for image_id, reason in skipped.items():
-        log.warning("skipped %s: %s", image_id, reason)
+        for suffix, plane in images:
+            key = item.key + suffix
+            try:
+                plane, nonfinite = imaging.replace_nonfinite(plane, name=item.where + suffix)
+                image = imaging.preprocess(plane)
+            except UserError as error:
+                skipped[key] = str(error)
+                continue
+            if nonfinite:
+                log.warning("%s: %d pixel values are NaN or infinite; replaced by the median of the others",
+                            item.where + suffix, nonfinite)
+            with tqdm(total=len(tiling.tile_grid(image.shape, tile_size, min_overlap)), desc=f"  tiles of {key}",
+                      unit="tile", leave=False, disable=not progress or image.size < 4_000_000) as bar:
+                labels, probability = segment.segment_image(predict_tiles, image, postprocessing, tile_size=tile_size,
+                                                            min_overlap=min_overlap, progress=bar.update)
+            mask = postprocessing.mask(probability[..., None])
+            table = outputs.write_outputs(run_dir, key, plane, labels, mask, probability, formats)
+            if table is not None:
+                tables.append(table.assign(image=key))
+            rows += outputs.submission_rows(key, labels)
+            areas = np.bincount(labels.ravel())[1:]
+            counts.append({"image": key, "height": image.shape[0], "width": image.shape[1],
+                           "nuclei": int(labels.max()), "median_area": float(np.median(areas)) if len(areas) else 0.0,
+                           "foreground_fraction": float(mask.mean()), "nonfinite_pixels": nonfinite})
+    for key, reason in skipped.items():
+        log.warning("skipped %s: %s", key, reason)
     if skipped:
         runs.write_json(run_dir / "skipped.json", skipped)
     if not counts:
         raise UserError(f"none of the {len(skipped)} input image(s) could be read; the reasons are in "
                         f"{run_dir / 'skipped.json'}")
-    segment.write_submission(run_dir / "submission.csv", rows)
+    outputs.write_submission(run_dir / "submission.csv", rows)
     table = pd.DataFrame(counts)
     runs.write_csv(table, run_dir / "counts.csv")
+    if tables:
+        runs.write_csv(pd.concat(tables, ignore_index=True)[["image", *tables[0].columns.drop("image")]],
+                       run_dir / "measurements.csv")
     print(f"\nSegmented {len(table)} images: {int(table['nuclei'].sum())} nuclei in all, per image "
           f"min {table['nuclei'].min()}, median {table['nuclei'].median():.0f}, max {table['nuclei'].max()}")
     print(table.to_string(index=False, max_rows=20))
     if skipped:
-        print(f"Skipped {len(skipped)} unreadable image(s), listed in skipped.json: {', '.join(sorted(skipped))}")
+        print(f"Skipped {len(skipped)} image(s) that could not be read, listed in skipped.json: "
+              f"{', '.join(sorted(skipped))}")
     return run_dir
 
 

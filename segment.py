@@ -1,4 +1,4 @@
-"""From a model to nuclei: tiled prediction, post-processing, the competition metric, run-length encoding.
+"""From a model to nuclei: tiled prediction, post-processing, the competition metric, choosing the settings.
 
 The model reaches this module as a callable (``make_predictor``), so nothing here imports Keras.
 
@@ -7,12 +7,10 @@ The model reaches this module as a callable (``make_predictor``), so nothing her
     settings = Postprocessing.load(run_dir / "postprocessing.json")  # chosen on CV by `tune`
     labels = settings.labels(maps)                                   # (H, W) int32 instances
     score = score_image(true_labels, labels)                         # IoU -> matches -> AP, once per image
-    rows = submission_rows(image_id, labels)                         # Kaggle RLE rows
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import itertools
 import logging
@@ -25,6 +23,7 @@ import scipy.ndimage as ndi
 import skimage.measure
 import skimage.morphology
 import skimage.segmentation
+import skimage.transform
 
 import runs
 from errors import UserError
@@ -64,6 +63,7 @@ def predict_maps(
     tile_size: int = TILE_SIZE,
     min_overlap: int = MIN_OVERLAP,
     tta: bool = False,
+    scale: float = 1.0,
 ) -> np.ndarray:
     """Every output channel of the model over a whole image of any size, from overlapping tiles.
 
@@ -77,6 +77,9 @@ def predict_maps(
         ``imaging.replace_nonfinite`` says, with a warning; none finite is a ``UserError``.
     tta : bool
         Test-time augmentation: average the predictions of the 8 flips/rotations (8x the time).
+    scale : float
+        Zoom the image by this factor before predicting (2: nuclei twice as large as in the image, for
+        nuclei smaller than the training set's), and the maps back to the image's size afterwards.
 
     Returns
     -------
@@ -88,6 +91,14 @@ def predict_maps(
     image, count = replace_nonfinite(image)
     if count:
         log.warning("%d pixel values are NaN or infinite; replaced by the median of the others", count)
+    if scale <= 0:
+        raise UserError(f"scale must be positive, got {scale}")
+    if scale != 1.0:
+        shape = image.shape
+        zoomed = skimage.transform.resize(image, [max(int(round(side * scale)), 1) for side in shape], order=1,
+                                          anti_aliasing=scale < 1, preserve_range=True).astype(np.float32)
+        maps = predict_maps(predict_tiles, zoomed, tile_size=tile_size, min_overlap=min_overlap, tta=tta)
+        return skimage.transform.resize(maps, shape + maps.shape[2:], order=1, preserve_range=True).astype(np.float32)
     tiles, corners = make_tiles(image.astype(np.float32), tile_size, min_overlap)
     tiles = tiles[..., None]
     transforms = range(8) if tta else (0,)
@@ -153,6 +164,9 @@ class Postprocessing:
         With a contact channel: pixels of higher contact probability seed no nucleus.
     tta : bool
         Test-time augmentation (the 8 flips/rotations averaged) when predicting the maps.
+    scale : float
+        The images are zoomed by it before the model sees them (``predict_maps``); ``min_size`` stays
+        in the image's own pixels.
     """
 
     threshold: float = 0.5
@@ -160,6 +174,7 @@ class Postprocessing:
     marker_height: float | None = None
     contact_threshold: float = 0.2
     tta: bool = False
+    scale: float = 1.0
 
     def __post_init__(self):
         if not 0.0 < self.threshold < 1.0:
@@ -170,6 +185,8 @@ class Postprocessing:
             raise UserError(f"min_size must be non-negative, got {self.min_size}")
         if self.marker_height is not None and not self.marker_height > 0:
             raise UserError(f"marker_height must be positive or None, got {self.marker_height}")
+        if not self.scale > 0:
+            raise UserError(f"scale must be positive, got {self.scale}")
 
     @classmethod
     def from_dict(cls, values: dict) -> Postprocessing:
@@ -198,6 +215,12 @@ class Postprocessing:
         return probability_to_labels(maps[..., 0], threshold=self.threshold, min_size=self.min_size,
                                      marker_height=self.marker_height, contact=contact,
                                      contact_threshold=self.contact_threshold)
+
+    def maps(self, predict_tiles: PredictTiles, image: np.ndarray, *, tile_size: int = TILE_SIZE,
+             min_overlap: int = MIN_OVERLAP) -> np.ndarray:
+        """``predict_maps`` of ``image`` with this object's ``tta`` and ``scale``."""
+        return predict_maps(predict_tiles, image, tile_size=tile_size, min_overlap=min_overlap, tta=self.tta,
+                            scale=self.scale)
 
     def mask(self, maps: np.ndarray) -> np.ndarray:
         """The thresholded nucleus channel: ndarray (H, W), bool (what the pixel Dice scores)."""
@@ -266,6 +289,65 @@ def probability_to_labels(
         labels = np.where(orphans > 0, orphans + labels.max(), labels)
     relabelled, _, _ = skimage.segmentation.relabel_sequential(drop_specks(labels, min_size))
     return relabelled.astype(np.int32)
+
+
+def segment_image(predict_tiles: PredictTiles, image: np.ndarray, settings: Postprocessing, *,
+                  tile_size: int = TILE_SIZE, min_overlap: int = MIN_OVERLAP, block_size: int = 2048,
+                  margin: int = 128, progress=None) -> tuple[np.ndarray, np.ndarray]:
+    """Nuclei of an image of any size, block by block so that memory stays bounded.
+
+    An image no larger than ``block_size`` in both directions is predicted in one piece
+    (``Postprocessing.maps`` and ``labels``). A larger one is cut into ``block_size`` blocks, each
+    predicted and post-processed with ``margin`` pixels of context around it; a block keeps the nuclei
+    whose centre lies in it, whole, so a nucleus cut by a block border comes out in one piece (nuclei
+    up to ``margin`` pixels across; larger ones may be cut).
+
+    Parameters
+    ----------
+    image : ndarray, shape (H, W), float32 in [0, 1], preprocessed
+    progress : callable, optional
+        Called with the number of tiles each model call predicted (e.g. a tqdm bar's ``update``).
+
+    Returns
+    -------
+    labels : ndarray, shape (H, W), int32, nuclei numbered 1..n
+    probability : ndarray, shape (H, W), float16: the nucleus channel (``settings.mask`` thresholds it)
+    """
+    if progress is not None:
+        predict_tiles = _counting(predict_tiles, progress, 8 if settings.tta else 1)
+    height, width = image.shape
+    if height <= block_size and width <= block_size:
+        maps = settings.maps(predict_tiles, image, tile_size=tile_size, min_overlap=min_overlap)
+        return settings.labels(maps), maps[..., 0].astype(np.float16)
+    labels = np.zeros((height, width), np.int32)
+    probability = np.zeros((height, width), np.float16)
+    count = 0
+    for top in range(0, height, block_size):
+        for left in range(0, width, block_size):
+            bottom, right = min(top + block_size, height), min(left + block_size, width)
+            r0, c0 = max(top - margin, 0), max(left - margin, 0)
+            r1, c1 = min(bottom + margin, height), min(right + margin, width)
+            maps = settings.maps(predict_tiles, image[r0:r1, c0:c1], tile_size=tile_size, min_overlap=min_overlap)
+            probability[top:bottom, left:right] = maps[top - r0:bottom - r0, left - c0:right - c0, 0]
+            for region in skimage.measure.regionprops(settings.labels(maps)):
+                row, col = region.centroid
+                if not (top <= row + r0 < bottom and left <= col + c0 < right):
+                    continue  # a neighbouring block owns it
+                rows, cols = region.coords[:, 0] + r0, region.coords[:, 1] + c0
+                free = labels[rows, cols] == 0  # where a neighbour's nucleus overlaps it, the neighbour keeps its pixels
+                count += 1
+                labels[rows[free], cols[free]] = count
+    return labels, probability
+
+
+def _counting(predict_tiles: PredictTiles, progress, calls_per_tile: int) -> PredictTiles:
+    """``predict_tiles`` that also reports how many image tiles it predicted (each seen ``calls_per_tile`` times)."""
+    def counted(tiles: np.ndarray) -> np.ndarray:
+        predicted = predict_tiles(tiles)
+        progress(len(tiles) / calls_per_tile)
+        return predicted
+
+    return counted
 
 
 def drop_specks(labels: np.ndarray, min_size: int) -> np.ndarray:
@@ -447,14 +529,14 @@ TUNE_MIN_SIZES = (0, 15, 30)
 TUNE_CONTACT_THRESHOLDS = (0.1, 0.2, 0.3, 0.5, 0.7)
 
 
-def tuning_grid(has_contacts: bool, tta: bool) -> list[Postprocessing]:
+def tuning_grid(has_contacts: bool, tta: bool, scale: float = 1.0) -> list[Postprocessing]:
     """The settings ``tune_postprocessing`` tries: every threshold and speck size with every way of
     splitting (by the contact channel at each contact threshold if the model has one, else not at
     all; or by a distance watershed of each marker height)."""
     splits = ([(None, c) for c in TUNE_CONTACT_THRESHOLDS] if has_contacts else [(None, 0.2)])
     splits += [(height, 0.2) for height in TUNE_MARKER_HEIGHTS]
     return [Postprocessing(threshold=threshold, min_size=min_size, marker_height=height, contact_threshold=contact,
-                           tta=tta)
+                           tta=tta, scale=scale)
             for threshold, (height, contact), min_size in itertools.product(TUNE_THRESHOLDS, splits, TUNE_MIN_SIZES)]
 
 
@@ -464,7 +546,7 @@ def tune_postprocessing(maps: list[np.ndarray], truths: list[np.ndarray], grid: 
 
     Parameters
     ----------
-    maps : list of ndarray, shape (H, W, C), from ``predict_maps`` (with the grid's ``tta``)
+    maps : list of ndarray, shape (H, W, C), from ``predict_maps`` (with the grid's ``tta`` and ``scale``)
     truths : list of ndarray, shape (H, W), int, the true labels of the same images
     grid : list of Postprocessing, e.g. ``tuning_grid``
     progress : callable wrapping an iterable (e.g. ``tqdm``), optional
@@ -481,102 +563,3 @@ def tune_postprocessing(maps: list[np.ndarray], truths: list[np.ndarray], grid: 
         scores = [average_precision(truth, settings.labels(image_maps)) for image_maps, truth in zip(maps, truths)]
         rows.append({**dataclasses.asdict(settings), "mean_map": float(np.mean(scores))})
     return sorted(rows, key=lambda row: -row["mean_map"])
-
-
-# --------------------------------------------------------------------------------------------
-# Kaggle run-length encoding
-# --------------------------------------------------------------------------------------------
-
-def rle_encode(mask: np.ndarray) -> str:
-    """Run-length encode a binary mask as Kaggle does.
-
-    Pixels are numbered from 1, top to bottom then left to right (column-major); the result
-    is ``"start length start length ..."`` with ascending starts.
-
-    Examples
-    --------
-    >>> rle_encode(np.array([[0, 1], [1, 1]]))  # column-major: 0 1 1 1
-    '2 3'
-    """
-    pixels = np.asarray(mask).astype(bool).T.ravel()
-    padded = np.concatenate([[False], pixels, [False]])
-    changes = np.flatnonzero(padded[1:] != padded[:-1]) + 1
-    starts, ends = changes[::2], changes[1::2]
-    return " ".join(f"{start} {end - start}" for start, end in zip(starts, ends))
-
-
-def rle_decode(rle: str, shape: tuple[int, int]) -> np.ndarray:
-    """Inverse of ``rle_encode``: ndarray of ``shape``, bool.
-
-    Raises ValueError for an odd number of values, unsorted or overlapping runs, or runs
-    outside the image.
-    """
-    height, width = shape
-    values = [int(value) for value in str(rle).split()]
-    if len(values) % 2:
-        raise ValueError(f"RLE has an odd number of values: {rle[:60]!r}")
-    pixels = np.zeros(height * width, bool)
-    previous_end = 0
-    for start, length in zip(values[::2], values[1::2]):
-        if start < 1 or length < 1 or start - 1 < previous_end or start - 1 + length > height * width:
-            raise ValueError(f"bad run ({start}, {length}) for an image of {height}x{width} pixels")
-        pixels[start - 1:start - 1 + length] = True
-        previous_end = start - 1 + length
-    return pixels.reshape(width, height).T
-
-
-def submission_rows(image_id: str, labels: np.ndarray) -> list[tuple[str, str]]:
-    """``(ImageId, EncodedPixels)`` rows, one per nucleus; one row with empty pixels if none."""
-    labels = np.asarray(labels)
-    ids = [value for value in np.unique(labels) if value != 0]
-    if not ids:
-        return [(image_id, "")]
-    return [(image_id, rle_encode(labels == value)) for value in ids]
-
-
-def write_submission(path: str | os.PathLike, rows) -> None:
-    """Write ``ImageId,EncodedPixels`` rows as a Kaggle submission CSV, atomically."""
-    with runs.atomic_path(path) as temporary, open(temporary, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["ImageId", "EncodedPixels"])
-        writer.writerows(rows)
-
-
-def read_labels_csv(path: str | os.PathLike, shapes: dict | None = None) -> dict[str, np.ndarray]:
-    """Read a Kaggle labels CSV (``stage1_train_labels.csv`` or ``stage1_solution.csv``) into label images.
-
-    Parameters
-    ----------
-    path : CSV with columns ImageId, EncodedPixels and, optionally, Height and Width.
-    shapes : dict image_id -> (H, W), needed when the CSV has no Height/Width columns.
-
-    Returns
-    -------
-    dict image_id -> labels, ndarray (H, W) int32, nuclei numbered 1..n in the order of the rows.
-    """
-    masks: dict[str, list[str]] = {}
-    sizes: dict[str, tuple[int, int]] = dict(shapes or {})
-    with open(path, newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = {"ImageId", "EncodedPixels"} - set(reader.fieldnames or [])
-        if missing:
-            raise ValueError(f"{path}: missing columns {sorted(missing)}")
-        for row in reader:
-            image_id = row["ImageId"]
-            masks.setdefault(image_id, [])
-            if row.get("EncodedPixels", "").strip():
-                masks[image_id].append(row["EncodedPixels"])
-            if row.get("Height") and row.get("Width"):
-                sizes[image_id] = (int(row["Height"]), int(row["Width"]))
-    result = {}
-    for image_id, rles in masks.items():
-        if image_id not in sizes:
-            raise ValueError(f"{path}: no Height/Width for {image_id}; pass its shape in `shapes`")
-        labels = np.zeros(sizes[image_id], np.int32)
-        for index, rle in enumerate(rles, start=1):
-            mask = rle_decode(rle, sizes[image_id])
-            if np.any(labels[mask]):
-                raise ValueError(f"{path}: nuclei of {image_id} overlap (row {index})")
-            labels[mask] = index
-        result[image_id] = labels
-    return result

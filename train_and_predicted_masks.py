@@ -26,6 +26,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import config as configuration  # noqa: E402 - after the environment is set
 import dsb  # noqa: E402
+import inputs  # noqa: E402
+import outputs  # noqa: E402
 import pipeline  # noqa: E402
 import runs  # noqa: E402
 import training  # noqa: E402
@@ -37,9 +39,10 @@ COMMANDS = ("train", "resume", "evaluate", "tune", "predict", "export")
 
 # Options that override a preset's value of the same name (argparse dest = TrainConfig field).
 TRAINING_OPTIONS = ("epochs", "steps_per_epoch", "batch_size", "learning_rate", "depth", "base_filters",
-                    "batch_norm", "dropout", "loss", "lr_schedule", "sampling", "jit_compile", "contacts",
-                    "distribute", "figures_per_cluster")
-POSTPROCESSING_OPTIONS = ("threshold", "min_size", "marker_height", "contact_threshold", "tta")
+                    "batch_norm", "dropout", "loss", "lr_schedule", "warmup_steps", "sampling", "crop_size",
+                    "scale_range", "gamma_range", "contrast_range", "noise", "blur", "precision", "jit_compile",
+                    "contacts", "distribute", "figures_per_cluster")
+POSTPROCESSING_OPTIONS = ("threshold", "min_size", "marker_height", "contact_threshold", "tta", "scale")
 
 
 # --------------------------------------------------------------------------------------------
@@ -68,7 +71,7 @@ def _add_data_options(parser: argparse.ArgumentParser, *, split: bool = True) ->
     group.add_argument("--no-cache", action="store_true", help="decode the images; neither read nor write the cache")
 
 
-def _add_postprocessing_options(parser: argparse.ArgumentParser, default_text: str) -> None:
+def _add_postprocessing_options(parser: argparse.ArgumentParser, default_text: str, *, scale: bool = True) -> None:
     group = parser.add_argument_group(f"post-processing (default: {default_text})")
     group.add_argument("--threshold", type=float, metavar="P",
                        help="nucleus probability above which a pixel is foreground")
@@ -80,6 +83,10 @@ def _add_postprocessing_options(parser: argparse.ArgumentParser, default_text: s
                        help="with a contact channel: pixels of higher contact probability seed no nucleus")
     group.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                        help="test-time augmentation: average the 8 flips/rotations (8x the model's work)")
+    if scale:
+        group.add_argument("--scale", type=float, metavar="FACTOR",
+                           help="zoom images by this factor before the model sees them (2 for nuclei half the "
+                                "size of the training set's)")
 
 
 def _add_output_options(parser: argparse.ArgumentParser, *, out: bool = True, figures: bool = False) -> None:
@@ -127,8 +134,23 @@ def build_arg_parser() -> argparse.ArgumentParser:
     group.add_argument("--loss", choices=configuration.LOSSES, help="training loss")
     group.add_argument("--lr-schedule", choices=configuration.LR_SCHEDULES,
                        help="'constant', or 'cosine' decay to 0 over epochs x steps-per-epoch")
+    group.add_argument("--warmup-steps", type=int, metavar="N",
+                       help="with the cosine schedule: steps over which the learning rate rises from 0")
     group.add_argument("--sampling", choices=configuration.SAMPLINGS,
-                       help="draw tiles uniformly ('tile') or an image first, then one of its tiles ('image')")
+                       help="draw tiles uniformly ('tile'), an image first and then one of its tiles ('image'), or "
+                            "crops of whole images at random places, scales and intensities ('crop')")
+    group.add_argument("--crop-size", type=int, metavar="N", help="side of the training crops with --sampling crop")
+    group.add_argument("--scale-range", type=float, nargs=2, metavar=("MIN", "MAX"),
+                       help="with --sampling crop: zoom of the crops, drawn log-uniformly (e.g. 0.5 2)")
+    group.add_argument("--gamma-range", type=float, nargs=2, metavar=("MIN", "MAX"),
+                       help="with --sampling crop: intensity gamma of the crops (e.g. 0.6 1.6)")
+    group.add_argument("--contrast-range", type=float, nargs=2, metavar=("MIN", "MAX"),
+                       help="with --sampling crop: contrast about the background (e.g. 0.6 1.3)")
+    group.add_argument("--noise", type=float, metavar="SIGMA", help="with --sampling crop: largest Gaussian noise")
+    group.add_argument("--blur", type=float, metavar="SIGMA", help="with --sampling crop: largest Gaussian blur")
+    group.add_argument("--precision", choices=configuration.PRECISIONS,
+                       help="'mixed_bfloat16' computes in bfloat16 (fast where the CPU has bfloat16 instructions, "
+                            "or on a GPU); 'auto' chooses by the hardware")
     group.add_argument("--jit-compile", action=argparse.BooleanOptionalAction, default=None,
                        help="compile the training step with XLA (TensorFlow backend)")
     group.add_argument("--contacts", action=argparse.BooleanOptionalAction, default=None,
@@ -137,7 +159,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
                        help="'mirrored': every GPU of this machine (tf.distribute.MirroredStrategy; "
                             "keras.distribution.DataParallel on JAX); 'multiworker': the machines in TF_CONFIG "
                             "(tf.distribute.MultiWorkerMirroredStrategy)")
-    _add_postprocessing_options(train, "the preset's")
+    _add_postprocessing_options(train, "the preset's", scale=False)
     _add_output_options(train, figures=True)
 
     resume = _command(subparsers, "resume", "continue a killed or interrupted training run from the end of its "
@@ -154,6 +176,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("model", type=Path, metavar="MODEL", help="a saved model, e.g. runs/RUN/model.keras")
     evaluate.add_argument("--subset", choices=("test", "cv", "train", "all"), default="test",
                           help="which images: a subset of the model's split, or 'all' of --data (default: test)")
+    evaluate.add_argument("--perturb", action="store_true",
+                          help="also score the images under controlled shifts (scale, gamma, contrast, noise, blur, "
+                               "inversion, colour channels): robustness.csv")
     _add_data_options(evaluate)
     _add_postprocessing_options(evaluate, "the model's postprocessing.json")
     _add_output_options(evaluate, figures=True)
@@ -173,9 +198,20 @@ def build_arg_parser() -> argparse.ArgumentParser:
                                               "Kaggle submission",
                        ["predict runs/RUN/model.keras my_images/", "predict runs/RUN/model.keras a.png b.tif"])
     predict.add_argument("model", type=Path, metavar="MODEL", help="a saved model, e.g. runs/RUN/model.keras")
-    predict.add_argument("inputs", type=Path, nargs="+", metavar="INPUT",
-                         help="image files (PNG, TIFF, JPEG; gray, RGB or RGBA; 8 or 16 bit or float) or folders "
-                              "of them (plain files or the DSB layout)")
+    predict.add_argument("inputs", nargs="+", metavar="INPUT",
+                         help="image files (PNG, TIFF, JPEG; gray, RGB or RGBA; 8 or 16 bit or float), folders or "
+                              "zips of them (plain files or the DSB layout), or glob patterns ('scans/**/*.tif')")
+    group = predict.add_argument_group("inputs")
+    group.add_argument("--recursive", action="store_true", help="also segment the images in subfolders")
+    group.add_argument("--channel", type=int, metavar="N",
+                       help="the nuclear channel (0-based) of multichannel images, e.g. 2 for DAPI in the blue "
+                            "channel of an RGB image (default: luminance of RGB; other multichannel images need it)")
+    group.add_argument("--stack", choices=inputs.STACK_MODES, default="planes",
+                       help="a z-stack or time series: segment every plane, or their maximum projection "
+                            "(default: planes)")
+    predict.add_argument("--formats", default=",".join(outputs.DEFAULT_FORMATS), metavar="LIST",
+                         help=f"comma-separated outputs per image, from {', '.join(outputs.FORMATS)} "
+                              f"(default: {','.join(outputs.DEFAULT_FORMATS)})")
     _add_postprocessing_options(predict, "the model's postprocessing.json")
     _add_output_options(predict)
 
@@ -199,7 +235,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
 
 def postprocessing_overrides(args: argparse.Namespace) -> dict:
     """The post-processing options given on the command line (``--marker-height 0`` means none)."""
-    overrides = {name: getattr(args, name) for name in POSTPROCESSING_OPTIONS if getattr(args, name) is not None}
+    overrides = {name: getattr(args, name) for name in POSTPROCESSING_OPTIONS if getattr(args, name, None) is not None}
     if "marker_height" in overrides and overrides["marker_height"] <= 0:
         overrides["marker_height"] = None
     return overrides
@@ -228,13 +264,15 @@ def run(args: argparse.Namespace) -> Path | None:
     if args.command == "evaluate":
         return pipeline.evaluate_run(args.model, data=args.data, split=args.split, subset=args.subset,
                                      overrides=postprocessing_overrides(args),
-                                     figures_per_cluster=args.figures_per_cluster, out=args.out,
+                                     figures_per_cluster=args.figures_per_cluster, perturb=args.perturb, out=args.out,
                                      cache_dir=cache_dir, progress=progress)
     if args.command == "tune":
         return pipeline.tune_run(args.model, data=args.data, split=args.split, subset=args.subset, tta=args.tta,
                                  out=args.out, cache_dir=cache_dir, progress=progress)
     if args.command == "predict":
         return pipeline.predict_run(args.model, args.inputs, overrides=postprocessing_overrides(args),
+                                    formats=[name for name in args.formats.split(",") if name],
+                                    channel=args.channel, stack=args.stack, recursive=args.recursive,
                                     out=args.out, progress=progress)
     if args.command == "export":
         return pipeline.export_run(args.model, export_format=args.format, out=args.out)

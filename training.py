@@ -14,13 +14,15 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import keras
 import numpy as np
 import pandas as pd
 
+import augment
+import imaging
 import runs
 import segment
 import stratify
@@ -75,15 +77,24 @@ def choose_preset(requested: str | None) -> str:
 def learning_rate_schedule(config: TrainConfig):
     """Adam's learning rate: a number, or a schedule of the step (saved with the model, so resumable)."""
     if config.lr_schedule == "cosine":
-        return keras.optimizers.schedules.CosineDecay(config.learning_rate,
-                                                      decay_steps=config.epochs * config.steps_per_epoch)
+        total = config.epochs * config.steps_per_epoch
+        if config.warmup_steps:  # from 0 up to the learning rate, then the cosine over the remaining steps
+            return keras.optimizers.schedules.CosineDecay(
+                0.0, decay_steps=max(total - config.warmup_steps, 1), warmup_target=config.learning_rate,
+                warmup_steps=config.warmup_steps)
+        return keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=total)
     return config.learning_rate
 
 
 def build_model(config: TrainConfig) -> keras.Model:
-    """The U-Net of ``config``, compiled with its loss, Adam and the Dice metric, ready to ``fit``."""
+    """The U-Net of ``config``, compiled with its loss, Adam and the Dice metric, ready to ``fit``.
+
+    Its layers compute in the current Keras dtype policy (``mixed_precision``).
+    """
+    # Training crops of another size than the tiles need a model that takes any size.
+    side = config.tile_size if config.sampling != "crop" or config.crop_size == config.tile_size else None
     model = unet.build_unet(
-        (config.tile_size, config.tile_size, 1), depth=config.depth, base_filters=config.base_filters,
+        (side, side, 1), depth=config.depth, base_filters=config.base_filters,
         batch_norm=config.batch_norm, dropout=config.dropout, output_channels=2 if config.contacts else 1,
         # Per-replica statistics would differ between workers and come from as little as one tile.
         synchronized_batch_norm=config.distribute != "none",
@@ -99,10 +110,46 @@ def effective_jit_compile(config: TrainConfig):
     ``tf.distribute`` (whose CPU collectives XLA cannot compile); JAX always compiles; torch stays eager."""
     if keras.backend.backend() != "tensorflow":
         return "auto"
-    if config.jit_compile and config.distribute != "none":
+    jit_compile = choose_jit_compile(config.jit_compile)
+    if jit_compile and config.distribute != "none":
         log.info("XLA (jit_compile) is off under --distribute %s", config.distribute)
         return False
-    return config.jit_compile
+    return jit_compile
+
+
+def cpu_flags() -> set[str]:
+    """The instruction-set flags of this machine's CPU (Linux ``/proc/cpuinfo``; empty elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def has_bfloat16_instructions() -> bool:
+    """Whether the CPU computes bfloat16 in hardware (AVX512_BF16 or AMX): only then is mixed bfloat16 fast."""
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def choose_precision(requested: str) -> str:
+    """'float32' or 'mixed_bfloat16': as ``requested``, or for 'auto' mixed bfloat16 where a GPU is in use
+    or the CPU has bfloat16 instructions (``has_bfloat16_instructions``), else float32."""
+    if requested != "auto":
+        return requested
+    return "mixed_bfloat16" if detect_accelerator() or has_bfloat16_instructions() else "float32"
+
+
+def choose_jit_compile(requested: bool | str) -> bool:
+    """XLA for the training step: as ``requested``, or for 'auto' by the CPU: on where it lacks AVX-512.
+
+    Measured on this project's 2-core machines (``bench/RESULTS.md``): on an AVX2-only AMD EPYC, XLA made
+    the ``cpu`` preset's step 1.64x faster; on AVX-512 CPUs, TensorFlow's own oneDNN kernels were faster.
+    """
+    if requested != "auto":
+        return bool(requested)
+    return "avx512f" not in cpu_flags()
 
 
 # --------------------------------------------------------------------------------------------
@@ -110,11 +157,13 @@ def effective_jit_compile(config: TrainConfig):
 # --------------------------------------------------------------------------------------------
 
 @dataclass
-class TrainingTiles:
-    """The train and CV tiles of a split: the only data training lets the model see.
+class TrainingData:
+    """What training lets the model see of a split: its train and CV images, never a test image.
 
-    Images are float16 in [0, 1], targets uint8 (bit 0 nucleus, bit 1 contact), both of shape
-    (N, tile, tile); ``*_ids`` holds the image id of every tile.
+    Tiles: images float16 in [0, 1], targets uint8 (bit 0 nucleus, bit 1 contact), both of shape
+    (N, tile, tile); ``*_ids`` holds the image id of every tile. With ``sampling='crop'`` the train
+    tiles are empty and ``whole`` holds every training image instead, as (image id, image float16
+    (H, W), labels uint16 or int32 (H, W)), for ``CropBatches``. CV is always validated on its tiles.
     """
 
     train_images: np.ndarray
@@ -123,19 +172,43 @@ class TrainingTiles:
     cv_images: np.ndarray
     cv_masks: np.ndarray
     cv_ids: np.ndarray
+    whole: list = field(default_factory=list)
 
 
-def prepare_training_data(records: list, split: pd.DataFrame, config: TrainConfig) -> TrainingTiles:
-    """Tiles of the train and CV images (``tiling.tiles_for_records``); test images are never tiled here."""
-    parts = {}
+def prepare_training_data(records: list, split: pd.DataFrame, config: TrainConfig) -> TrainingData:
+    """Tiles of the train and CV images (``tiling.tiles_for_records``), or with ``sampling='crop'`` the
+    whole training images and the CV tiles; test images are never used here."""
+    parts, whole = {}, []
     for subset in ("train", "cv"):
         chosen = stratify.subset_records(records, split, subset)
+        if subset == "train" and config.sampling == "crop":
+            whole = _whole_images(chosen)
+            empty = np.zeros((0, config.tile_size, config.tile_size))
+            parts[subset] = (empty.astype(np.float16), empty.astype(np.uint8), np.zeros(0, dtype=object))
+            continue
         images, masks, owner = tiling.tiles_for_records(chosen, config.tile_size, config.min_overlap,
                                                      contacts=config.contacts)
         parts[subset] = (images, masks, np.array([chosen[index].image_id for index in owner], dtype=object))
-    if len(parts["train"][0]) == 0 or len(parts["cv"][0]) == 0:
+    if (len(parts["train"][0]) == 0 and not whole) or len(parts["cv"][0]) == 0:
         raise UserError("the split has no training or no CV images; the dataset is too small")
-    return TrainingTiles(*parts["train"], *parts["cv"])
+    return TrainingData(*parts["train"], *parts["cv"], whole=whole)
+
+
+def _whole_images(records: list) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(image id, image float16, labels) of records, non-finite pixels handled as ``tiling.tiles_for_records`` does."""
+    whole = []
+    for record in records:
+        try:
+            image, count = imaging.replace_nonfinite(record.image, name=record.image_id)
+        except UserError as error:
+            log.warning("left out of training: %s", error)
+            continue
+        if count:
+            log.warning("%s: %d pixel values are NaN or infinite; replaced by the median of the others",
+                        record.image_id, count)
+        dtype = np.uint16 if record.labels.max(initial=0) < 2**16 else np.int32
+        whole.append((record.image_id, image.astype(np.float16), record.labels.astype(dtype)))
+    return whole
 
 
 def dihedral(array: np.ndarray, k: int) -> np.ndarray:
@@ -189,6 +262,52 @@ class TileBatches(keras.utils.PyDataset):
         return x[..., None], target_channels(y, self.config.contacts)
 
 
+class CropBatches(keras.utils.PyDataset):
+    """Batches of crops cut from whole training images at random places, scales, turns and intensities.
+
+    An image is drawn with a chance proportional to its area (as drawing tiles uniformly does), then a
+    ``config.crop_size`` crop of it zoomed by a log-uniform ``config.scale_range`` factor, turned by one
+    of the 8 flips/rotations and changed in intensity (``augment``); the targets are made from the
+    crop's labels after zooming. Batch ``i`` of epoch ``e`` depends only on ``(seed, e, i)``, as for
+    ``TileBatches``.
+    """
+
+    def __init__(self, whole: list, config: TrainConfig):
+        super().__init__()
+        if not whole:
+            raise ValueError("CropBatches needs at least one training image")
+        self.images = [image for _, image, _ in whole]
+        self.labels = [labels for _, _, labels in whole]
+        areas = np.array([image.size for image in self.images], np.float64)
+        self.chances = areas / areas.sum()
+        self.config, self.augmentation = config, config.augmentation
+        self.log_scales = np.log(self.augmentation.scale)
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.config.steps_per_epoch
+
+    def __getitem__(self, index: int):
+        rng = np.random.default_rng([self.config.seed, self.epoch, index])
+        size, images, targets = self.config.crop_size, [], []
+        for _ in range(self.config.batch_size):
+            which = rng.choice(len(self.images), p=self.chances)
+            scale = float(np.exp(rng.uniform(*self.log_scales)))
+            crop, labels = augment.random_crop(self.images[which], self.labels[which], size, scale, rng)
+            turn = int(rng.integers(0, 8))
+            crop, labels = dihedral(crop, turn), dihedral(labels, turn)
+            images.append(augment.change_intensities(crop, self.augmentation, rng))
+            targets.append(augment.crop_targets(np.ascontiguousarray(labels), self.config.contacts))
+        return np.stack(images)[..., None], np.stack(targets)
+
+
+def training_batches(data: TrainingData, config: TrainConfig) -> TileBatches | CropBatches:
+    """The training feed that ``config.sampling`` asks for."""
+    if config.sampling == "crop":
+        return CropBatches(data.whole, config)
+    return TileBatches(data.train_images, data.train_masks, config, data.train_ids)
+
+
 class ValidationBatches(keras.utils.PyDataset):
     """The CV tiles in order, cast to float32 one batch at a time.
 
@@ -232,9 +351,9 @@ def shardable_validation(images: np.ndarray, masks: np.ndarray, batch_size: int)
 # --------------------------------------------------------------------------------------------
 
 class SetEpoch(keras.callbacks.Callback):
-    """Tells a ``TileBatches`` which epoch Keras is in, before its first batch."""
+    """Tells a ``TileBatches`` or ``CropBatches`` which epoch Keras is in, before its first batch."""
 
-    def __init__(self, sequence: TileBatches):
+    def __init__(self, sequence: TileBatches | CropBatches):
         super().__init__()
         self.sequence = sequence
 
@@ -328,25 +447,42 @@ class Checkpoints(keras.callbacks.Callback):
 # Fit and resume
 # --------------------------------------------------------------------------------------------
 
-def train(config: TrainConfig, run_dir: Path, tiles: TrainingTiles, *, progress: bool, resume: bool = False,
+def train(config: TrainConfig, run_dir: Path, tiles: TrainingData, *, progress: bool, resume: bool = False,
           replicas: int = 1) -> Path:
-    """Fit the U-Net on the train tiles, validating on the CV tiles; returns the path of the best checkpoint.
+    """Fit the U-Net on the training data, validating on the CV tiles; returns the path of the best checkpoint.
 
     With ``resume``, training continues from ``run_dir/last.keras`` and ``state.json`` (the end of
     the last finished epoch), with the time budget that was left. Writes ``history.csv``,
     ``training.json`` (minutes trained, why training stopped, the last epoch's tiles/s, the
-    ``replicas`` of a distributed run, the CV tiles validated on, the epochs after which it was
-    resumed) and, on TensorFlow, TensorBoard ``logs/``.
+    ``replicas`` of a distributed run, the CV tiles validated on, the precision and XLA setting used,
+    the epochs after which it was resumed) and, on TensorFlow, TensorBoard ``logs/``. The model
+    computes in ``config.precision`` (``choose_precision``) while it trains; the Keras dtype policy is
+    restored afterwards.
 
     Raises
     ------
     UserError
         The loss became NaN before any model was saved, or no CV Dice was ever computed.
     """
-    run_dir = Path(run_dir)
+    precision = choose_precision(config.precision)
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(precision)
+    try:
+        return _fit(config, Path(run_dir), tiles, progress=progress, resume=resume, replicas=replicas,
+                    precision=precision)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def _fit(config: TrainConfig, run_dir: Path, tiles: TrainingData, *, progress: bool, resume: bool, replicas: int,
+         precision: str) -> Path:
     keras.utils.set_random_seed(config.seed)
-    log.info("tiles %dx%d: train %d, cv %d", config.tile_size, config.tile_size,
-             len(tiles.train_images), len(tiles.cv_images))
+    if config.sampling == "crop":
+        log.info("training crops %dx%d from %d whole images; CV tiles %dx%d: %d", config.crop_size,
+                 config.crop_size, len(tiles.whole), config.tile_size, config.tile_size, len(tiles.cv_images))
+    else:
+        log.info("tiles %dx%d: train %d, cv %d", config.tile_size, config.tile_size,
+                 len(tiles.train_images), len(tiles.cv_images))
 
     state = {"epoch": -1, "best_val_dice": -np.inf, "training_seconds": 0.0}
     if resume and (run_dir / "state.json").exists():
@@ -363,7 +499,7 @@ def train(config: TrainConfig, run_dir: Path, tiles: TrainingTiles, *, progress:
              config.base_filters * 2 ** (config.depth - 1), f"{model.count_params():,}")
 
     initial_epoch = state["epoch"] + 1
-    sequence = TileBatches(tiles.train_images, tiles.train_masks, config, tiles.train_ids)
+    sequence = training_batches(tiles, config)
     throughput, budget = Throughput(config.batch_size), None
     if config.minutes is not None:
         budget = TimeBudget(max(config.minutes - state["training_seconds"] / 60, 1e-3))
@@ -398,7 +534,7 @@ def train(config: TrainConfig, run_dir: Path, tiles: TrainingTiles, *, progress:
     runs.write_json(run_dir / "training.json", {
         "minutes": round(minutes, 2), "stopped_by_time_budget": bool(budget and budget.stopped),
         "stopped_by_nan_loss": diverged, "tiles_per_second": throughput.tiles_per_second, "replicas": replicas,
-        "validation_tiles": len(cv_images),
+        "validation_tiles": len(cv_images), "precision": precision, "jit_compile": model.jit_compile,
         "resumed_after_epochs": resumed + ([initial_epoch] if initial_epoch > 0 else [])})
     checkpoint = run_dir / "model.keras"
     if diverged:

@@ -16,7 +16,9 @@ import pytest
 import skimage.io
 
 import dsb
+import outputs
 import pipeline
+import robustness
 import segment
 import stratify
 import train_and_predicted_masks as cli
@@ -136,6 +138,21 @@ def test_reevaluation_reproduces_the_numbers_and_writes_no_split(smoke_run, real
     assert (run_dir / "split.csv").read_bytes() == split_before
 
 
+def test_evaluation_under_shifts_scores_every_shift_and_none_as_plain(smoke_run, real_subset_zip, tmp_path):
+    _, run_dir, _ = smoke_run
+    assert cli.main(["evaluate", str(run_dir / "model.keras"), "--perturb", "--data", str(real_subset_zip),
+                     "--no-cache", "--quiet", "--out", str(tmp_path)]) == 0
+    evaluation = _newest(tmp_path, "evaluate")
+    summary = pd.read_csv(evaluation / "robustness.csv")
+    assert summary["shift"].tolist() == list(robustness.SHIFTS)
+    plain = json.loads((evaluation / "metrics.json").read_text())["summary"]
+    none = summary.set_index("shift").loc["none"]
+    assert none["map"] == pytest.approx(plain["mean_map"], abs=1e-6)
+    assert none["dice"] == pytest.approx(plain["mean_dice"], abs=1e-6)
+    per_image = pd.read_csv(evaluation / "robustness_per_image.csv")
+    assert len(per_image) == len(robustness.SHIFTS) * plain["images"]
+
+
 def test_evaluation_of_a_model_without_a_split_needs_one(smoke_run, tmp_path, synthetic_folder, capsys):
     _, run_dir, _ = smoke_run
     lone = tmp_path / "lone" / "model.keras"
@@ -219,13 +236,13 @@ def test_predicts_a_folder_of_mixed_images(smoke_run, real_subset_zip, tmp_path)
         rebuilt = np.zeros(shapes[name], int)
         for rle in group["EncodedPixels"]:
             if rle:
-                decoded = segment.rle_decode(rle, shapes[name])
+                decoded = outputs.rle_decode(rle, shapes[name])
                 assert not np.any(rebuilt[decoded]), "nuclei of one image overlap"
                 rebuilt[decoded] += 1
         labels = skimage.io.imread(prediction / "labels" / f"{name}.png")
         np.testing.assert_array_equal(rebuilt > 0, labels > 0)
     counts = pd.read_csv(prediction / "counts.csv")
-    assert sorted(counts["image_id"]) == ["a", "b", "c"]
+    assert sorted(counts["image"]) == ["a", "b", "c"]
     skipped = json.loads((prediction / "skipped.json").read_text())
     assert list(skipped) == ["broken"] and "broken.png" in skipped["broken"]
 

@@ -133,3 +133,14 @@ def test_cache_is_invalidated_when_a_file_changes(tmp_path, synthetic_folder):
     # A new cache for the changed files; the stale one of this dataset and the legacy file are gone.
     assert sorted(cache.glob("*.npz")) == sorted([dsb.cache_file(cache, synthetic_folder), other_dataset])
     assert dsb.cache_file(cache, synthetic_folder) != before
+
+
+def test_raw_images_are_read_as_stored_with_their_labels(synthetic_folder, synthetic_items):
+    records = {r.image_id: r for r in dsb.load_dataset(synthetic_folder, cache_dir=None, workers=1, progress=False)}
+    raw = dsb.read_raw_images(synthetic_folder, ["img04", "img01"])
+    assert [image_id for image_id, _, _ in raw] == ["img01", "img04"]
+    for image_id, image, labels in raw:
+        np.testing.assert_array_equal(image, synthetic_items[image_id][0])
+        np.testing.assert_array_equal(labels, records[image_id].labels)
+    with pytest.raises(ValueError, match="1 of the images asked for are not there"):
+        dsb.read_raw_images(synthetic_folder, ["img01", "nope"])

@@ -178,7 +178,7 @@ def test_predicting_float_tiffs_replaces_or_skips_and_says_so(tmp_path, tiny_mod
     assert cli.main(["predict", str(tiny_model), str(folder), "--out", str(tmp_path / "runs"), "--no-tta",
                      "--quiet"]) == 0
     (run_dir,) = (tmp_path / "runs").iterdir()
-    counts = pd.read_csv(run_dir / "counts.csv").set_index("image_id")
+    counts = pd.read_csv(run_dir / "counts.csv").set_index("image")
     assert counts.loc["some", "nonfinite_pixels"] == count and counts.loc["clean", "nonfinite_pixels"] == 0
     assert "none" not in counts.index
     skipped = json.loads((run_dir / "skipped.json").read_text())

@@ -214,64 +214,6 @@ def test_iou_matrix_ignores_label_numbering():
     np.testing.assert_allclose(segment.iou_matrix(truth, predicted), [[1 / 3, 0.0], [0.0, 1.0]])
 
 
-# ---- RLE -----------------------------------------------------------------------------------
-
-def test_rle_known_example_by_hand():
-    mask = np.zeros((3, 4), bool)
-    mask[1:3, 0] = True  # column 0, rows 1-2: pixels 2, 3
-    mask[0, 1] = True    # column 1, row 0: pixel 4 -> one run 2..4
-    mask[2, 3] = True    # column 3, row 2: pixel 12
-    assert segment.rle_encode(mask) == "2 3 12 1"
-    np.testing.assert_array_equal(segment.rle_decode("2 3 12 1", (3, 4)), mask)
-
-
-def test_rle_round_trip_on_random_label_images():
-    rng = np.random.default_rng(1)
-    for _ in range(20):
-        shape = tuple(int(v) for v in rng.integers(1, 40, 2))
-        labels = rng.integers(0, 4, shape)
-        rows = segment.submission_rows("x", labels)
-        rebuilt = np.zeros(shape, np.int64)
-        for (image_id, rle), value in zip(rows, [v for v in np.unique(labels) if v] or [0]):
-            assert image_id == "x"
-            if rle:
-                rebuilt[segment.rle_decode(rle, shape)] = value
-        np.testing.assert_array_equal(rebuilt, labels)
-
-
-def test_rle_of_an_empty_mask_is_empty_and_empty_image_gets_one_row():
-    assert segment.rle_encode(np.zeros((4, 4))) == ""
-    assert segment.submission_rows("e", np.zeros((4, 4), int)) == [("e", "")]
-
-
-@pytest.mark.parametrize("rle", ["1", "5 2 1 2", "0 3", "15 5"])
-def test_rle_decode_rejects_bad_runs(rle):
-    with pytest.raises(ValueError):
-        segment.rle_decode(rle, (4, 4))
-
-
-def test_labels_csv_round_trip(tmp_path):
-    labels = _disks((30, 40), [(10, 10), (20, 30)], 5)
-    path = tmp_path / "labels.csv"
-    segment.write_submission(path, segment.submission_rows("a", labels) + segment.submission_rows("b", labels * 0))
-    read = segment.read_labels_csv(path, shapes={"a": (30, 40), "b": (30, 40)})
-    np.testing.assert_array_equal(read["a"], labels)
-    assert read["b"].max() == 0
-
-
-def test_labels_csv_with_height_and_width_columns(tmp_path):
-    path = tmp_path / "solution.csv"
-    path.write_text("ImageId,EncodedPixels,Height,Width,Usage\na,1 2,2,2,Public\n")
-    np.testing.assert_array_equal(segment.read_labels_csv(path)["a"], [[1, 0], [1, 0]])
-
-
-def test_labels_csv_without_shapes_is_an_error(tmp_path):
-    path = tmp_path / "labels.csv"
-    path.write_text("ImageId,EncodedPixels\na,1 2\n")
-    with pytest.raises(ValueError, match="no Height/Width for a"):
-        segment.read_labels_csv(path)
-
-
 # ---- the contact channel -------------------------------------------------------------------
 
 def test_contacts_split_touching_nuclei_that_components_merge():
@@ -375,3 +317,27 @@ def test_make_predictor_batches_a_model():
 
     tiles = np.ones((19, 4, 4, 1), np.float32)
     assert np.all(segment.make_predictor(Model(), batch_size=8)(tiles) == 2) and calls == [8, 8, 3]
+
+
+def test_prediction_at_a_scale_returns_maps_of_the_image_size_and_shows_the_model_a_zoomed_image():
+    seen = []
+
+    def model(tiles):
+        seen.append(tiles.shape)
+        return tiles
+
+    image = np.zeros((100, 60), np.float32)
+    image[40:60, 20:40] = 1.0
+    maps = segment.predict_maps(model, image, tile_size=64, min_overlap=8, scale=2.0)
+    assert maps.shape == (100, 60, 1)
+    assert sum(shape[0] for shape in seen) == len(tiling.tile_grid((200, 120), 64, 8))
+    assert maps[50, 30, 0] == pytest.approx(1.0) and maps[5, 5, 0] == pytest.approx(0.0)
+
+
+def test_postprocessing_scale_is_used_for_the_maps():
+    image = np.random.default_rng(0).random((50, 70)).astype(np.float32)
+    settings = segment.Postprocessing(scale=0.5)
+    maps = settings.maps(lambda tiles: tiles, image, tile_size=32, min_overlap=8)
+    assert maps.shape == (50, 70, 1) and not np.allclose(maps[..., 0], image)  # shrunk, then enlarged: smoother
+    with pytest.raises(ValueError, match="scale must be positive"):
+        segment.Postprocessing(scale=0.0)

@@ -253,3 +253,84 @@ def test_nan_loss_later_keeps_the_last_good_checkpoint(synthetic_folder, tmp_pat
     assert len(pd.read_csv(tmp_path / "history.csv")) == 2  # epoch 2 ran, and stopped training
     weights = unet.load_model(checkpoint).get_weights()
     assert all(np.isfinite(w).all() for w in weights)
+
+
+# ---- crops of whole images, precision, XLA ----------------------------------------------------
+
+def test_crop_batches_keep_images_and_targets_aligned_at_every_scale():
+    rows, cols = np.indices((100, 140))
+    labels = np.zeros((100, 140), np.int32)
+    labels[((rows - 50) ** 2 + (cols - 40) ** 2) < 15**2] = 1
+    labels[((rows - 50) ** 2 + (cols - 95) ** 2) < 15**2] = 2
+    image = (labels > 0).astype(np.float16)
+    config = TrainConfig.from_dict(dict(preset="smoke", sampling="crop", crop_size=32, batch_size=6, seed=2,
+                                        depth=2, scale_range=(0.5, 2.0), contacts=True, steps_per_epoch=4))
+    batches = training.CropBatches([("a", image, labels)], config)
+    x, y = batches[0]
+    assert x.shape == (6, 32, 32, 1) and y.shape == (6, 32, 32, 2) and x.dtype == y.dtype == np.float32
+    # Labels by nearest neighbour, the image linearly: they may differ only on the nuclei's edges.
+    assert np.mean((x[..., 0] > 0.5) != (y[..., 0] > 0.5)) < 0.03
+    np.testing.assert_array_equal(batches[0][0], x)  # batch i of epoch e depends only on (seed, e, i)
+    batches.epoch = 1
+    assert not np.array_equal(batches[0][0], x)
+
+
+def test_crop_batches_apply_the_intensity_changes():
+    image = np.full((64, 64), 0.5, np.float16)
+    plain = TrainConfig.from_dict(dict(preset="smoke", sampling="crop", crop_size=32, depth=2, batch_size=4))
+    noisy = TrainConfig.from_dict({**plain.to_dict(), "noise": 0.2})
+    whole = [("a", image, np.zeros((64, 64), np.uint16))]
+    assert np.all(training.CropBatches(whole, plain)[0][0] == 0.5)
+    assert np.std(training.CropBatches(whole, noisy)[0][0]) > 0.01
+
+
+def test_crop_sampling_keeps_whole_training_images_and_cv_tiles(synthetic_folder):
+    records, split = _records_and_split(synthetic_folder)
+    data = training.prepare_training_data(records, split, _config(sampling="crop", crop_size=32))
+    assert len(data.train_images) == 0 and len(data.cv_images) > 0
+    train_ids = set(split.loc[split["subset"] == "train", "image_id"])
+    assert {image_id for image_id, _, _ in data.whole} == train_ids
+    assert all(image.dtype == np.float16 and image.shape == labels.shape for _, image, labels in data.whole)
+
+
+def test_a_model_trained_on_small_crops_predicts_whole_tiles(synthetic_folder, tmp_path):
+    records, split = _records_and_split(synthetic_folder)
+    config = _config(sampling="crop", crop_size=32, scale_range=(0.7, 1.4), gamma_range=(0.8, 1.2), noise=0.02)
+    checkpoint = training.train(config, tmp_path, training.prepare_training_data(records, split, config),
+                                progress=False)
+    model = unet.load_model(checkpoint)
+    assert model.input_shape[1:3] == (None, None)
+    assert model.predict(np.zeros((1, 64, 64, 1), np.float32), verbose=0).shape == (1, 64, 64, 1)
+
+
+def test_warmup_rises_to_the_learning_rate_then_decays():
+    config = TrainConfig.from_dict({"preset": "cpu", "learning_rate": 1e-3, "epochs": 2, "steps_per_epoch": 60,
+                                    "lr_schedule": "cosine", "warmup_steps": 20})
+    schedule = training.learning_rate_schedule(config)
+    assert float(schedule(0)) == pytest.approx(0.0, abs=1e-9)
+    assert float(schedule(10)) == pytest.approx(5e-4, rel=1e-3)
+    assert float(schedule(20)) == pytest.approx(1e-3, rel=1e-3)
+    assert float(schedule(120)) == pytest.approx(0.0, abs=1e-9)
+
+
+@pytest.mark.parametrize("flags, precision, jit", [
+    ({"avx2", "fma"}, "float32", True),
+    ({"avx2", "avx512f", "avx512_bf16"}, "mixed_bfloat16", False),
+    ({"avx2", "avx512f", "amx_bf16"}, "mixed_bfloat16", False),
+    ({"avx2", "avx512f"}, "float32", False),
+])
+def test_auto_choices_follow_the_cpu(monkeypatch, flags, precision, jit):
+    monkeypatch.setattr(training, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(training, "detect_accelerator", lambda: None)
+    assert training.choose_precision("auto") == precision and training.choose_jit_compile("auto") is jit
+    assert training.choose_precision("float32") == "float32" and training.choose_jit_compile(True) is True
+
+
+def test_mixed_precision_trains_and_leaves_the_global_policy_as_it_was(synthetic_folder, tmp_path):
+    records, split = _records_and_split(synthetic_folder)
+    config = _config(precision="mixed_bfloat16", epochs=1)
+    training.train(config, tmp_path, training.prepare_training_data(records, split, config), progress=False)
+    assert keras.mixed_precision.global_policy().name == "float32"
+    assert json.loads((tmp_path / "training.json").read_text())["precision"] == "mixed_bfloat16"
+    model = unet.load_model(tmp_path / "model.keras")
+    assert model.layers[1].dtype_policy.name == "mixed_bfloat16" and model.output.dtype == "float32"

@@ -1,0 +1,189 @@
+"""outputs.py: what predict writes, read back by the tools that open it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import outputs
+
+
+def _disks(shape, centres, radius):
+    rows, cols = np.indices(shape)
+    labels = np.zeros(shape, np.int32)
+    for index, (r, c) in enumerate(centres, start=1):
+        labels[(rows - r) ** 2 + (cols - c) ** 2 <= radius ** 2] = index
+    return labels
+
+
+# ---- RLE -----------------------------------------------------------------------------------
+
+def test_rle_known_example_by_hand():
+    mask = np.zeros((3, 4), bool)
+    mask[1:3, 0] = True  # column 0, rows 1-2: pixels 2, 3
+    mask[0, 1] = True    # column 1, row 0: pixel 4 -> one run 2..4
+    mask[2, 3] = True    # column 3, row 2: pixel 12
+    assert outputs.rle_encode(mask) == "2 3 12 1"
+    np.testing.assert_array_equal(outputs.rle_decode("2 3 12 1", (3, 4)), mask)
+
+
+def test_rle_round_trip_on_random_label_images():
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        shape = tuple(int(v) for v in rng.integers(1, 40, 2))
+        labels = rng.integers(0, 4, shape)
+        rows = outputs.submission_rows("x", labels)
+        rebuilt = np.zeros(shape, np.int64)
+        for (image_id, rle), value in zip(rows, [v for v in np.unique(labels) if v] or [0]):
+            assert image_id == "x"
+            if rle:
+                rebuilt[outputs.rle_decode(rle, shape)] = value
+        np.testing.assert_array_equal(rebuilt, labels)
+
+
+def test_rle_of_an_empty_mask_is_empty_and_empty_image_gets_one_row():
+    assert outputs.rle_encode(np.zeros((4, 4))) == ""
+    assert outputs.submission_rows("e", np.zeros((4, 4), int)) == [("e", "")]
+
+
+@pytest.mark.parametrize("rle", ["1", "5 2 1 2", "0 3", "15 5"])
+def test_rle_decode_rejects_bad_runs(rle):
+    with pytest.raises(ValueError):
+        outputs.rle_decode(rle, (4, 4))
+
+
+def test_labels_csv_round_trip(tmp_path):
+    labels = _disks((30, 40), [(10, 10), (20, 30)], 5)
+    path = tmp_path / "labels.csv"
+    outputs.write_submission(path, outputs.submission_rows("a", labels) + outputs.submission_rows("b", labels * 0))
+    read = outputs.read_labels_csv(path, shapes={"a": (30, 40), "b": (30, 40)})
+    np.testing.assert_array_equal(read["a"], labels)
+    assert read["b"].max() == 0
+
+
+def test_labels_csv_with_height_and_width_columns(tmp_path):
+    path = tmp_path / "solution.csv"
+    path.write_text("ImageId,EncodedPixels,Height,Width,Usage\na,1 2,2,2,Public\n")
+    np.testing.assert_array_equal(outputs.read_labels_csv(path)["a"], [[1, 0], [1, 0]])
+
+
+def test_labels_csv_without_shapes_is_an_error(tmp_path):
+    path = tmp_path / "labels.csv"
+    path.write_text("ImageId,EncodedPixels\na,1 2\n")
+    with pytest.raises(ValueError, match="no Height/Width for a"):
+        outputs.read_labels_csv(path)
+
+
+# ---- formats that Fiji, napari and QuPath open ------------------------------------------------
+
+import json  # noqa: E402
+
+import roifile  # noqa: E402
+import shapely.geometry  # noqa: E402
+import skimage.draw  # noqa: E402
+import skimage.measure  # noqa: E402
+import tifffile  # noqa: E402
+
+
+def _nuclei(shape=(120, 160), seed=0, count=12):
+    """Label image of ellipses of several sizes, some touching, and an intensity image."""
+    rng = np.random.default_rng(seed)
+    labels = np.zeros(shape, np.int32)
+    for label in range(1, count + 1):
+        centre = rng.integers(10, np.array(shape) - 10)
+        rr, cc = skimage.draw.ellipse(*centre, rng.integers(4, 12), rng.integers(4, 12), shape=shape,
+                                      rotation=rng.uniform(0, np.pi))
+        labels[rr, cc] = label
+    labels = skimage.segmentation.relabel_sequential(labels)[0]
+    intensity = (rng.random(shape) * 1000).astype(np.uint16) + (labels > 0) * 3000
+    return labels, intensity
+
+
+import skimage.segmentation  # noqa: E402
+
+
+def test_label_tiff_reads_back_identical(tmp_path):
+    labels, _ = _nuclei()
+    outputs.write_label_tiff(tmp_path / "labels.tif", labels)
+    back = tifffile.imread(tmp_path / "labels.tif")
+    assert back.dtype == np.uint16
+    np.testing.assert_array_equal(back, labels)
+
+
+def test_label_tiff_is_32_bit_above_65535_nuclei(tmp_path):
+    labels = np.arange(70_000, dtype=np.int32).reshape(200, 350)
+    outputs.write_label_tiff(tmp_path / "many.tif", labels)
+    back = tifffile.imread(tmp_path / "many.tif")
+    assert back.dtype == np.uint32 and np.array_equal(back, labels)
+
+
+def test_roi_zip_rasterised_matches_every_nucleus(tmp_path):
+    labels, _ = _nuclei()
+    assert outputs.write_roi_zip(tmp_path / "rois.zip", labels) == labels.max()
+    rois = roifile.roiread(tmp_path / "rois.zip")
+    assert sorted(int(roi.name) for roi in rois) == list(range(1, labels.max() + 1))
+    for roi in rois:
+        points = roi.coordinates()  # (x, y)
+        drawn = np.zeros(labels.shape, bool)
+        rr, cc = skimage.draw.polygon(points[:, 1], points[:, 0], shape=labels.shape)
+        drawn[rr, cc] = True
+        truth = labels == int(roi.name)
+        iou = (drawn & truth).sum() / (drawn | truth).sum()
+        assert iou >= 0.9, (roi.name, iou)
+
+
+def test_geojson_parses_into_valid_polygons_whose_areas_match(tmp_path):
+    labels, intensity = _nuclei()
+    table = outputs.measure(labels, intensity)
+    outputs.write_geojson(tmp_path / "nuclei.geojson", labels, table)
+    collection = json.loads((tmp_path / "nuclei.geojson").read_text())
+    assert collection["type"] == "FeatureCollection" and len(collection["features"]) == labels.max()
+    areas = dict(zip(table["label"], table["area"]))
+    for feature in collection["features"]:
+        polygon = shapely.geometry.shape(feature["geometry"])
+        assert polygon.is_valid and feature["properties"]["objectType"] == "detection"
+        label = int(feature["properties"]["name"])
+        assert polygon.area == pytest.approx(areas[label], rel=0.2, abs=6)
+        assert feature["properties"]["measurements"]["area"] == areas[label]
+
+
+def test_measurements_equal_regionprops(tmp_path):
+    labels, intensity = _nuclei()
+    table = outputs.measure(labels, intensity)
+    props = skimage.measure.regionprops(labels, intensity_image=intensity)
+    assert list(table.columns) == ["label", "centroid_row", "centroid_col", "area", "perimeter", "equivalent_diameter",
+                                   "eccentricity", "solidity", "mean_intensity", "max_intensity"]
+    for row, region in zip(table.itertuples(), props):
+        assert row.label == region.label and row.area == region.area
+        assert (row.centroid_row, row.centroid_col) == pytest.approx(region.centroid)
+        assert row.perimeter == pytest.approx(region.perimeter) and row.solidity == pytest.approx(region.solidity)
+        assert row.mean_intensity == pytest.approx(region.intensity_mean) and row.max_intensity == region.intensity_max
+
+
+def test_measurements_of_a_colour_image_have_one_column_per_channel():
+    labels, intensity = _nuclei()
+    table = outputs.measure(labels, np.dstack([intensity, intensity // 2, intensity // 4]))
+    assert {"mean_intensity_0", "mean_intensity_2", "max_intensity_1"} <= set(table.columns)
+    assert (table["mean_intensity_1"] <= table["mean_intensity_0"]).all()
+
+
+def test_overlay_is_drawn_on_the_original_image():
+    labels, intensity = _nuclei()
+    picture = outputs.overlay_on(intensity, labels)
+    assert picture.shape == labels.shape + (3,) and picture.dtype == np.uint8
+    inside = (labels > 0) & ~skimage.segmentation.find_boundaries(labels, mode="inner")
+    assert picture[inside].mean() > picture[labels == 0].mean() + 100  # bright nuclei stay bright: not inverted
+
+
+def test_write_outputs_writes_the_asked_formats_under_the_key(tmp_path):
+    labels, intensity = _nuclei()
+    probability = (labels > 0).astype(np.float16)
+    table = outputs.write_outputs(tmp_path, "plate 1/wéll A", intensity, labels, labels > 0, probability,
+                                  outputs.FORMATS)
+    written = sorted(path.relative_to(tmp_path).as_posix() for path in tmp_path.rglob("*") if path.is_file())
+    assert written == ["geojson/plate 1/wéll A.geojson", "labels/plate 1/wéll A.png", "labels/plate 1/wéll A.tif",
+                       "masks/plate 1/wéll A.png", "measurements/plate 1/wéll A.csv", "overlays/plate 1/wéll A.png",
+                       "probabilities/plate 1/wéll A.tif", "rois/plate 1/wéll A.zip"]
+    assert len(table) == labels.max()
+    with pytest.raises(ValueError, match="unknown output format"):
+        outputs.check_formats(["labels", "pdf"])

@@ -1,0 +1,150 @@
+"""predict end to end on the kinds of files users have, with a stand-in model whose nuclei are the bright blobs.
+
+The stand-in returns the preprocessed image as the nucleus probability (and no contacts), so what comes out
+depends only on how each input was read, normalised and written: the same picture stored as 8-bit PNG,
+16-bit PNG, float TIFF in [0, 1] or in raw units, RGB or one channel of several must give the same nuclei.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import skimage.draw
+import skimage.io
+import tifffile
+
+import pipeline
+import segment
+import train_and_predicted_masks as cli
+import unet
+
+
+@pytest.fixture
+def stand_in_model(tmp_path, monkeypatch):
+    """A model file (for the command line to open) whose predictor is the identity on the nucleus channel."""
+    path = tmp_path / "model" / "model.keras"
+    path.parent.mkdir()
+    unet.build_unet((None, None, 1), depth=2, base_filters=2, output_channels=2).save(path)
+    segment.Postprocessing(threshold=0.5, min_size=5).save(path.parent / "postprocessing.json")
+
+    def predictor(self):
+        return (lambda tiles: np.concatenate([tiles, np.zeros_like(tiles)], axis=-1)), 64, 16
+
+    monkeypatch.setattr(pipeline.TrainedModel, "predictor", predictor)
+    return path
+
+
+def _picture(shape=(90, 120)):
+    """Gray [0, 1] image with 5 bright disks on a dim background, and the number of disks."""
+    image = np.full(shape, 0.1, np.float32)
+    for row, col in [(20, 20), (20, 70), (50, 40), (70, 95), (60, 10)]:
+        rr, cc = skimage.draw.disk((row, col), 8, shape=shape)
+        image[rr, cc] = 0.9
+    return image, 5
+
+
+def _run(model, inputs, tmp_path, *extra):
+    out = tmp_path / f"runs{len(list(tmp_path.glob('runs*')))}"  # one folder per run: only its run folder in it
+    assert cli.main(["predict", str(model), *map(str, inputs), "--out", str(out), "--quiet", *extra]) == 0
+    (run_dir,) = out.iterdir()
+    return run_dir
+
+
+def _nuclei(run_dir) -> dict:
+    return dict(pd.read_csv(run_dir / "counts.csv").set_index("image")["nuclei"])
+
+
+def test_one_picture_in_many_file_kinds_gives_the_same_nuclei(stand_in_model, tmp_path):
+    image, disks = _picture()
+    folder = tmp_path / "in"
+    folder.mkdir()
+    skimage.io.imsave(folder / "gray8.png", (image * 255).astype(np.uint8), check_contrast=False)
+    skimage.io.imsave(folder / "gray16.png", (image * 65535).astype(np.uint16), check_contrast=False)
+    tifffile.imwrite(folder / "unit float.tif", image)
+    tifffile.imwrite(folder / "raw units.tif", image * 10_000)  # a float TIFF of raw intensities
+    rgba = np.dstack([(image * 255).astype(np.uint8)] * 3 + [np.full(image.shape, 255, np.uint8)])
+    skimage.io.imsave(folder / "rgba.png", rgba, check_contrast=False)
+    skimage.io.imsave(folder / "jpeg é.jpg", (image * 255).astype(np.uint8), check_contrast=False, quality=95)
+    run_dir = _run(stand_in_model, [folder], tmp_path)
+    assert _nuclei(run_dir) == {name: disks for name in ["gray16", "gray8", "jpeg é", "raw units", "rgba",
+                                                         "unit float"]}
+
+
+def test_nan_and_infinite_corners_are_background(stand_in_model, tmp_path):
+    image, disks = _picture()
+    image[:10, :10] = np.nan
+    image[-5:, -5:] = np.inf
+    tifffile.imwrite(tmp_path / "holes.tif", image)
+    run_dir = _run(stand_in_model, [tmp_path / "holes.tif"], tmp_path)
+    counts = pd.read_csv(run_dir / "counts.csv")
+    assert counts["nuclei"].tolist() == [disks] and counts["nonfinite_pixels"].tolist() == [125]
+
+
+def test_the_nuclear_channel_of_a_two_channel_tiff(stand_in_model, tmp_path):
+    image, disks = _picture()
+    two = np.stack([np.random.default_rng(0).random(image.shape).astype(np.float32), image])  # nuclei in channel 1
+    tifffile.imwrite(tmp_path / "two.tif", two, imagej=True, metadata={"axes": "CYX"})
+    out = tmp_path / "refused"
+    assert cli.main(["predict", str(stand_in_model), str(tmp_path / "two.tif"), "--out", str(out), "--quiet"]) == 2
+    (run_dir,) = out.iterdir()
+    refused = json.loads((run_dir / "skipped.json").read_text())
+    assert "2 channels; pass --channel N" in refused["two"]
+    run_dir = _run(stand_in_model, [tmp_path / "two.tif"], tmp_path, "--channel", "1")
+    assert _nuclei(run_dir) == {"two": disks}
+
+
+def test_a_stack_plane_by_plane_or_projected(stand_in_model, tmp_path):
+    image, disks = _picture()
+    stack = np.stack([image, np.full_like(image, 0.1), image])
+    tifffile.imwrite(tmp_path / "stack.tif", stack, imagej=True, metadata={"axes": "ZYX"})
+    by_plane = _nuclei(_run(stand_in_model, [tmp_path / "stack.tif"], tmp_path))
+    assert by_plane == {"stack_z000": disks, "stack_z001": 0, "stack_z002": disks}
+    assert _nuclei(_run(stand_in_model, [tmp_path / "stack.tif"], tmp_path, "--stack", "max")) == {"stack": disks}
+
+
+def test_bad_files_are_skipped_and_named_and_the_rest_segmented(stand_in_model, tmp_path):
+    image, disks = _picture()
+    folder = tmp_path / "in"
+    folder.mkdir()
+    skimage.io.imsave(folder / "good.png", (image * 255).astype(np.uint8), check_contrast=False)
+    (folder / "text.png").write_text("not an image")
+    skimage.io.imsave(folder / "tiny.png", np.zeros((10, 10), np.uint8), check_contrast=False)
+    run_dir = _run(stand_in_model, [folder], tmp_path)
+    assert _nuclei(run_dir) == {"good": disks, "tiny": 0}
+    assert list(json.loads((run_dir / "skipped.json").read_text())) == ["text"]
+
+
+def test_outputs_of_every_format_and_the_tables(stand_in_model, tmp_path):
+    image, disks = _picture()
+    nested = tmp_path / "in" / "plate 1"
+    nested.mkdir(parents=True)
+    skimage.io.imsave(nested / "well.png", (image * 255).astype(np.uint8), check_contrast=False)
+    run_dir = _run(stand_in_model, [tmp_path / "in"], tmp_path, "--recursive", "--formats",
+                   "labels,tiff,mask,overlay,roi,geojson,measurements,probability")
+    for path in ["labels/plate 1/well.png", "labels/plate 1/well.tif", "masks/plate 1/well.png",
+                 "overlays/plate 1/well.png", "rois/plate 1/well.zip", "geojson/plate 1/well.geojson",
+                 "measurements/plate 1/well.csv", "probabilities/plate 1/well.tif", "measurements.csv",
+                 "counts.csv", "submission.csv", "config.json"]:
+        assert (run_dir / path).is_file(), path
+    table = pd.read_csv(run_dir / "measurements.csv")
+    assert len(table) == disks and set(table["image"]) == {"plate 1/well"}
+    assert table["mean_intensity"].min() > 200  # in the original image's units (8-bit), nuclei at 0.9 * 255
+
+
+def test_a_large_image_is_segmented_in_blocks_without_seams(stand_in_model, tmp_path, monkeypatch):
+    """Blocks of 64 pixels with a margin of 32: nuclei across block borders come out whole, as in one piece."""
+    rng = np.random.default_rng(1)
+    image = np.full((300, 260), 0.1, np.float32)
+    for _ in range(40):
+        rr, cc = skimage.draw.disk(tuple(rng.integers(10, 250, 2)), int(rng.integers(4, 9)), shape=image.shape)
+        image[rr, cc] = 0.9
+    settings = segment.Postprocessing(min_size=0)
+    predict = lambda tiles: np.concatenate([tiles, np.zeros_like(tiles)], axis=-1)  # noqa: E731
+    whole, _ = segment.segment_image(predict, image, settings, tile_size=64, min_overlap=16, block_size=1000)
+    blocks, probability = segment.segment_image(predict, image, settings, tile_size=64, min_overlap=16,
+                                                block_size=64, margin=32)
+    assert blocks.max() == whole.max() and probability.shape == image.shape
+    assert segment.average_precision(whole, blocks) == 1.0

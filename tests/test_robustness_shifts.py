@@ -1,0 +1,62 @@
+"""robustness.py: the controlled shifts a model is scored under, each doing what it says."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import robustness
+
+
+def _image(shape=(40, 60), colour=False):
+    rng = np.random.default_rng(0)
+    gray = (rng.random(shape) * 200).astype(np.uint8)
+    if not colour:
+        return gray
+    return np.dstack([gray, gray // 2, gray // 3, np.full(shape, 255, np.uint8)])  # RGBA, channels differ
+
+
+def test_none_returns_the_image_scaled_to_unit_floats():
+    image = _image()
+    shifted, labels = robustness.perturb(image, np.ones(image.shape, int), "none")
+    np.testing.assert_allclose(shifted, image / 255, atol=1e-7)
+    assert labels.shape == image.shape
+
+
+@pytest.mark.parametrize("shift, factor", [("scale0.5", 0.5), ("scale0.75", 0.75), ("scale1.5", 1.5), ("scale2", 2)])
+def test_scale_resizes_image_and_labels_together(shift, factor):
+    image = _image(colour=True)
+    labels = np.zeros(image.shape[:2], np.int32)
+    labels[10:30, 20:40] = 3
+    shifted, shifted_labels = robustness.perturb(image, labels, shift)
+    expected = (round(40 * factor), round(60 * factor))
+    assert shifted.shape == expected + (3,) and shifted_labels.shape == expected
+    assert set(np.unique(shifted_labels)) == {0, 3}  # nearest neighbour: no new label values
+    assert (shifted_labels == 3).sum() == pytest.approx(400 * factor**2, rel=0.15)
+
+
+def test_intensity_shifts_change_what_they_say():
+    image = _image()
+    unit = image / 255
+    assert np.allclose(robustness.perturb(image, image, "gamma2")[0], unit**2, atol=1e-6)
+    assert np.allclose(robustness.perturb(image, image, "inverted")[0], 1 - unit, atol=1e-6)
+    halved = robustness.perturb(image, image, "contrast0.5")[0]
+    assert halved.std() == pytest.approx(unit.std() / 2, rel=1e-4) and halved.mean() == pytest.approx(unit.mean())
+    blurred = robustness.perturb(image, image, "blur")[0]
+    assert blurred.std() < unit.std() / 2
+    noisy, again = robustness.perturb(image, image, "noise", seed=1)[0], robustness.perturb(image, image, "noise", 1)[0]
+    np.testing.assert_array_equal(noisy, again)
+    assert 0.05 < (noisy - unit).std() < 0.1
+
+
+def test_channels_are_permuted_only_in_colour_images():
+    colour = _image(colour=True)
+    permuted = robustness.perturb(colour, colour[..., 0], "channels")[0]
+    np.testing.assert_allclose(permuted[..., 1], colour[..., 0] / 255, atol=1e-6)  # red moved to green
+    gray = _image()
+    np.testing.assert_allclose(robustness.perturb(gray, gray, "channels")[0], gray / 255, atol=1e-7)
+
+
+def test_unknown_shift_is_an_error():
+    with pytest.raises(ValueError, match="unknown shift 'fog'"):
+        robustness.perturb(_image(), _image(), "fog")
