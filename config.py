@@ -14,6 +14,7 @@ import runs
 import segment
 from dsb import DEFAULT_SPLIT_PATH
 from errors import UserError
+from imaging import DEFAULT_PERCENTILES
 from tiling import MIN_OVERLAP, TILE_SIZE
 
 LOSSES = ("bce", "bce_dice")
@@ -21,7 +22,7 @@ LR_SCHEDULES = ("constant", "cosine")
 SAMPLINGS = ("tile", "image", "crop")
 PRECISIONS = ("float32", "mixed_bfloat16", "auto")
 JIT_CHOICES = (True, False, "auto")
-RANGE_FIELDS = ("scale_range", "gamma_range", "contrast_range")  # pairs, stored as JSON lists
+RANGE_FIELDS = ("scale_range", "gamma_range", "contrast_range", "normalization")  # pairs, stored as JSON lists
 DISTRIBUTE_MODES = ("none", "mirrored", "multiworker")
 
 _POSTPROCESSING = segment.Postprocessing()  # the defaults, chosen on CV (see its docstring)
@@ -78,6 +79,9 @@ class TrainConfig:
         seeds one nucleus per contact-free part of the foreground (see ``segment.probability_to_labels``).
     tile_size, min_overlap : int
         Tiles cut from the images for training and for full-image prediction.
+    normalization : (float, float)
+        The percentiles of each image's intensities stretched to 0 and 1 (``imaging.preprocess``; 0 is
+        the minimum), for training and for every image the model predicts.
     threshold, min_size, marker_height, contact_threshold, tta
         The post-processing this run starts with (``segment.Postprocessing``); ``tune`` may choose others.
     figures_per_cluster : int
@@ -116,6 +120,7 @@ class TrainConfig:
     contacts: bool = False
     tile_size: int = TILE_SIZE
     min_overlap: int = MIN_OVERLAP
+    normalization: tuple[float, float] = DEFAULT_PERCENTILES
     threshold: float = _POSTPROCESSING.threshold
     min_size: int = _POSTPROCESSING.min_size
     marker_height: float | None = _POSTPROCESSING.marker_height
@@ -147,12 +152,15 @@ class TrainConfig:
             if getattr(self, name) % 2 ** (self.depth - 1):
                 raise UserError(f"{name} {getattr(self, name)} must be divisible by 2**(depth-1) = "
                                 f"{2 ** (self.depth - 1)}")
+        low, high = self.normalization
+        if not 0 <= low < high <= 100:
+            raise UserError(f"normalization must be two percentiles 0 <= low < high <= 100, got {self.normalization}")
         if self.warmup_steps < 0:
             raise UserError(f"warmup_steps must be non-negative, got {self.warmup_steps}")
         self.augmentation  # noqa: B018 - checks the ranges (augment.Augmentation raises ValueError)
         if self.figures_per_cluster < 0:
             raise UserError(f"figures_per_cluster must be non-negative, got {self.figures_per_cluster}")
-        segment.Postprocessing.from_dict(self.to_dict())  # checks the post-processing fields
+        self.postprocessing  # noqa: B018 - checks the post-processing fields (segment.Postprocessing raises)
         if self.distribute == "multiworker" and self.minutes is not None:
             # Each worker would read its own clock and stop at another step, leaving the others waiting.
             raise UserError("minutes (a time budget) cannot be used with distribute='multiworker': the workers "
@@ -197,8 +205,10 @@ class TrainConfig:
 
     @property
     def postprocessing(self) -> segment.Postprocessing:
-        """The post-processing this run starts with."""
-        return segment.Postprocessing.from_dict(self.to_dict())
+        """The post-processing this run starts with (its other settings: ``segment.Postprocessing``'s defaults)."""
+        return segment.Postprocessing(threshold=self.threshold, min_size=self.min_size,
+                                      marker_height=self.marker_height, contact_threshold=self.contact_threshold,
+                                      tta=self.tta)
 
 
 PRESETS: dict[str, dict] = {

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 import runs
 from errors import MissingPathError, UserError
-from imaging import decode_image, image_stats, preprocess, replace_nonfinite
+from imaging import DEFAULT_PERCENTILES, decode_image, image_stats, preprocess, replace_nonfinite
 
 log = logging.getLogger("dsb")
 
@@ -342,12 +342,12 @@ def _stack_masks(masks, shape) -> tuple[np.ndarray, int, int]:
     return labels, empty, overlap
 
 
-def _load_entry(source: Path, entry: LayoutEntry):
+def _load_entry(source: Path, entry: LayoutEntry, percentiles=DEFAULT_PERCENTILES):
     """Decode one image and its masks: (image, labels, stats, notes), or a reason to skip it (str)."""
     reader = DatasetReader(source)
     try:
         raw, nonfinite = replace_nonfinite(reader.read(entry.image), name=reader.where(entry.image))
-        image = preprocess(raw)
+        image = preprocess(raw, percentiles)
         stats = image_stats(raw)
         masks = [reader.read_mask(name) for name in entry.masks]
         labels, empty, overlap = _stack_masks(masks, image.shape)
@@ -446,6 +446,7 @@ def load_dataset(
     source: str | os.PathLike | None = None,
     *,
     cache_dir: str | os.PathLike | None = DEFAULT_CACHE_DIR,
+    percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
     workers: int | None = None,
     progress: bool = True,
     processes: bool = False,
@@ -458,6 +459,8 @@ def load_dataset(
         Folder or zip; by default found with ``find_dataset()``.
     cache_dir : path or None
         Where decoded arrays are kept between runs, keyed by ``source_fingerprint``; None: no cache.
+    percentiles : (low, high)
+        The intensity stretch of ``imaging.preprocess`` (each choice is cached apart).
     workers : int, optional
         Decoding threads; default: the number of CPUs (at most 8). 1 decodes in the calling thread.
     progress : bool
@@ -472,8 +475,8 @@ def load_dataset(
     -------
     list of ImageRecord, sorted by image id. See ``read_dataset`` for what is skipped.
     """
-    records, report = read_dataset(source, cache_dir=cache_dir, workers=workers, progress=progress,
-                                   processes=processes)
+    records, report = read_dataset(source, cache_dir=cache_dir, percentiles=percentiles, workers=workers,
+                                   progress=progress, processes=processes)
     for line in report.warnings():
         log.warning(line)
     return records
@@ -483,6 +486,7 @@ def read_dataset(
     source: str | os.PathLike | None = None,
     *,
     cache_dir: str | os.PathLike | None = DEFAULT_CACHE_DIR,
+    percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
     workers: int | None = None,
     progress: bool = True,
     processes: bool = False,
@@ -498,7 +502,7 @@ def read_dataset(
     source = find_dataset() if source is None else Path(source)
     cache_path = None
     if cache_dir is not None:
-        cache_path = cache_file(cache_dir, source)
+        cache_path = cache_file(cache_dir, source, percentiles)
         if cache_path.exists():
             try:
                 records, report = _read_cache(cache_path)
@@ -513,7 +517,7 @@ def read_dataset(
         raise UserError(f"{source}: {error}") from error
     report = LoadReport(skipped=dict(skipped))
     workers = min(os.cpu_count() or 1, 8) if workers is None else workers
-    jobs = [(source, entry) for entry in entries]
+    jobs = [(source, entry, tuple(percentiles)) for entry in entries]
     bar = dict(total=len(jobs), desc="decode images", unit="img", disable=not progress)
     if workers <= 1:
         results = [_load_entry(*job) for job in tqdm(jobs, **bar)]
@@ -547,14 +551,17 @@ def read_dataset(
     return records, report
 
 
-def cache_file(cache_dir: str | os.PathLike, source: str | os.PathLike) -> Path:
+def cache_file(cache_dir: str | os.PathLike, source: str | os.PathLike,
+               percentiles: tuple[float, float] = DEFAULT_PERCENTILES) -> Path:
     """Where the decoded arrays of ``source`` are cached: ``dsb-<path key>-<source_fingerprint>.npz``.
 
-    The path key (a hash of the resolved path) names the dataset, the fingerprint its content, so
-    a newer cache of the same dataset can replace the older ones.
+    The path key (a hash of the resolved path, and of the stretch ``percentiles`` where they are not the
+    default) names the dataset, the fingerprint its content, so a newer cache of the same dataset
+    can replace the older ones.
     """
     source = Path(source).resolve()
-    key = hashlib.sha256(str(source).encode()).hexdigest()[:8]
+    name = str(source) if tuple(percentiles) == DEFAULT_PERCENTILES else f"{source}|{tuple(percentiles)}"
+    key = hashlib.sha256(name.encode()).hexdigest()[:8]
     return Path(cache_dir) / f"dsb-{key}-{source_fingerprint(source)}.npz"
 
 

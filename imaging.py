@@ -20,6 +20,9 @@ from errors import UserError
 
 log = logging.getLogger("imaging")
 
+# The intensity stretch of ``preprocess``: the minimum to 0, the 99.95th percentile to 1.
+DEFAULT_PERCENTILES = (0.0, 99.95)
+
 # Files that ``read_image`` is asked to read when a folder of images is segmented.
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 
@@ -148,7 +151,7 @@ def is_dark_on_light(gray: np.ndarray) -> bool:
     return float(np.median(gray)) > (low + high) / 2
 
 
-def preprocess(image: np.ndarray, percentiles: tuple[float, float] = (0.0, 99.95)) -> np.ndarray:
+def preprocess(image: np.ndarray, percentiles: tuple[float, float] = DEFAULT_PERCENTILES) -> np.ndarray:
     """Grayscale, stretch to [0, 1], and invert dark-on-light images so nuclei are bright.
 
     Parameters
@@ -184,7 +187,7 @@ def preprocess(image: np.ndarray, percentiles: tuple[float, float] = (0.0, 99.95
     return gray
 
 
-def robust_range(gray: np.ndarray, percentiles: tuple[float, float] = (0.0, 99.95)) -> tuple[float, float]:
+def robust_range(gray: np.ndarray, percentiles: tuple[float, float] = DEFAULT_PERCENTILES) -> tuple[float, float]:
     """The intensities at the two percentiles (0: the minimum); images over 16 MP are sampled every few pixels,
     so that a very large image needs no sorted copy of itself."""
     low, high = percentiles

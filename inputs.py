@@ -66,8 +66,8 @@ def _key(relative: str) -> str:
 
 def _from_names(names: list[str], make) -> list[InputImage]:
     """Images among the relative ``names`` of a folder or zip: the DSB layout if there is one, else every image file."""
-    layout = [name for name in names if len(PurePosixPath(name).parts) >= 3 and PurePosixPath(name).parts[-2] == "images"
-              and _is_image_name(name)]
+    layout = [name for name in names if _is_image_name(name)
+              and len(PurePosixPath(name).parts) >= 3 and PurePosixPath(name).parts[-2] == "images"]
     if layout:
         entries, skipped = dsb.scan_layout(layout, require_masks=False)
         for image_id, reason in skipped.items():
@@ -227,7 +227,8 @@ def planes(raw: np.ndarray, axes: str, *, channel: int | None = None, stack: str
         channels = image.shape[-1]
         if channel is not None:
             if not 0 <= channel < channels:
-                raise UserError(f"{name}: --channel {channel} but the image has {channels} channel(s) (0..{channels - 1})")
+                raise UserError(f"{name}: --channel {channel} but the image has {channels} channel(s) "
+                                f"(0..{channels - 1})")
             image = image[..., channel]
         elif axes[channel_axes[0]] == "S" and channels in (3, 4):
             pass  # RGB(A): converted by luminance

@@ -30,12 +30,11 @@ import robustness
 import runs
 import segment
 import stratify
-import tiling
 import training
 import unet
 from config import TrainConfig
 from errors import MissingPathError, UserError
-from tiling import MIN_OVERLAP
+from tiling import MIN_OVERLAP, TILE_SIZE
 
 log = logging.getLogger("pipeline")
 
@@ -88,12 +87,21 @@ class TrainedModel:
                    postprocessing=postprocessing)
 
     def predictor(self) -> tuple[segment.PredictTiles, int, int]:
-        """The model loaded as ``segment.PredictTiles``, with the tile size and overlap it predicts with."""
+        """The model loaded as ``segment.PredictTiles`` (taking tiles of any size), with the tile size it was
+        trained on and the tile overlap to predict with."""
         model = unet.load_model(self.path)
+        trained_on = model.input_shape[1] or (self.config.tile_size if self.config else TILE_SIZE)
+        # Any tile size (the U-Net is fully convolutional); bfloat16 only where the hardware computes it.
+        fast_bfloat16 = training.choose_precision("auto") == "mixed_bfloat16"
+        model = unet.portable(model, dtype=None if fast_bfloat16 else "float32")
         batch_size = max(self.config.batch_size, 8) if self.config else 8
-        tile_size = model.input_shape[1] or (self.config.tile_size if self.config else 256)
         min_overlap = self.config.min_overlap if self.config else MIN_OVERLAP
-        return segment.make_predictor(model, batch_size), tile_size, min_overlap
+        return segment.make_predictor(model, batch_size), trained_on, min_overlap
+
+    @property
+    def normalization(self) -> tuple[float, float]:
+        """The intensity stretch the model was trained with (``imaging.preprocess``), for every image it sees."""
+        return self.config.normalization if self.config else imaging.DEFAULT_PERCENTILES
 
     def clusters(self, stats: pd.DataFrame, split: pd.DataFrame | None = None) -> dict:
         """Cluster of each image: from ``split`` (default: the run's) if listed there, else the nearest
@@ -117,7 +125,7 @@ def load_data(config: TrainConfig, *, cache_dir: Path | None, progress: bool):
     the records' ``stratify.image_statistics``."""
     source = dsb.find_dataset(config.data)
     log.info("data: %s", source)
-    records = dsb.load_dataset(source, cache_dir=cache_dir, progress=progress)
+    records = dsb.load_dataset(source, cache_dir=cache_dir, percentiles=config.normalization, progress=progress)
     stats = stratify.image_statistics(records)
     split = stratify.load_or_make_split(stats, config.split, seed=config.seed)
     counts = split["subset"].value_counts()
@@ -241,7 +249,7 @@ def robustness_table(model: TrainedModel, source: Path, records: list, clusters:
     jobs = [(shift, item) for shift in shifts for item in raw]
     for shift, (image_id, raw_image, labels) in tqdm(jobs, desc="shifted images", unit="img", disable=not progress):
         image, shifted_labels = robustness.perturb(raw_image, labels, shift, seed=zlib.crc32(image_id.encode()))
-        maps = postprocessing.maps(predict_tiles, imaging.preprocess(image), tile_size=tile_size,
+        maps = postprocessing.maps(predict_tiles, imaging.preprocess(image, model.normalization), tile_size=tile_size,
                                    min_overlap=min_overlap)
         score = segment.score_image(shifted_labels, postprocessing.labels(maps), postprocessing.mask(maps))
         rows.append({"shift": shift, "image_id": image_id, "cluster": int(clusters.get(image_id, -1)), **score.row()})
@@ -264,7 +272,7 @@ def _records_of(model: TrainedModel, data: Path | None, split_path: Path | None,
     The split is read, never made: the model's own unless ``split_path`` names another.
     """
     source = dsb.find_dataset(data if data is not None else (model.config.data if model.config else None))
-    records = dsb.load_dataset(source, cache_dir=cache_dir, progress=progress)
+    records = dsb.load_dataset(source, cache_dir=cache_dir, percentiles=model.normalization, progress=progress)
     stats = stratify.image_statistics(records)
     split = None
     if subset != "all":
@@ -329,7 +337,8 @@ def tune_run(model_path: Path, *, data: Path | None = None, split: Path | None =
     prediction = model.postprocessing.replace(tta=tta)
     maps = [prediction.maps(predict_tiles, record.image, tile_size=tile_size, min_overlap=min_overlap)
             for record in tqdm(records, desc="predict images", unit="img", disable=not progress)]
-    grid = segment.tuning_grid(has_contacts=maps[0].shape[-1] > 1, tta=tta, scale=prediction.scale)
+    grid = segment.tuning_grid(has_contacts=maps[0].shape[-1] > 1, tta=tta, scale=prediction.scale,
+                               tile_size=prediction.tile_size)
     rows = segment.tune_postprocessing(maps, [record.labels for record in records], grid,
                                        progress=lambda items: tqdm(items, desc="post-processing grid",
                                                                    disable=not progress))
@@ -385,14 +394,15 @@ def predict_run(model_path: Path, input_paths: list, *, overrides: dict | None =
             key = item.key + suffix
             try:
                 plane, nonfinite = imaging.replace_nonfinite(plane, name=item.where + suffix)
-                image = imaging.preprocess(plane)
+                image = imaging.preprocess(plane, model.normalization)
             except UserError as error:
                 skipped[key] = str(error)
                 continue
             if nonfinite:
                 log.warning("%s: %d pixel values are NaN or infinite; replaced by the median of the others",
                             item.where + suffix, nonfinite)
-            with tqdm(total=len(tiling.tile_grid(image.shape, tile_size, min_overlap)), desc=f"  tiles of {key}",
+            with tqdm(total=segment.tile_count(image.shape, postprocessing, tile_size, min_overlap),
+                      desc=f"  tiles of {key}",
                       unit="tile", leave=False, disable=not progress or image.size < 4_000_000) as bar:
                 labels, probability = segment.segment_image(predict_tiles, image, postprocessing, tile_size=tile_size,
                                                             min_overlap=min_overlap, progress=bar.update)

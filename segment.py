@@ -26,14 +26,18 @@ import skimage.segmentation
 import skimage.transform
 
 import runs
+import tiling
 from errors import UserError
 from imaging import replace_nonfinite
-from tiling import MIN_OVERLAP, TILE_SIZE, make_tiles, stitch_tiles
+from tiling import MIN_OVERLAP, TILE_SIZE, inference_tile_size, make_tiles, stitch_tiles
 
 log = logging.getLogger("segment")
 
 # The competition's IoU thresholds: 0.50, 0.55, ..., 0.95.
 IOU_THRESHOLDS = np.round(np.arange(0.5, 1.0, 0.05), 2)
+
+# The largest tile side with tile_size='auto' (bench/bench_infer.py times tile sizes).
+AUTO_TILE_MAX = 1024
 
 PredictTiles = Callable[[np.ndarray], np.ndarray]
 """Maps tiles, shape (N, T, T, 1) float32 in [0, 1], to probabilities (N, T, T, C): nuclei [, contacts]."""
@@ -60,7 +64,7 @@ def predict_maps(
     predict_tiles: PredictTiles,
     image: np.ndarray,
     *,
-    tile_size: int = TILE_SIZE,
+    tile_size=TILE_SIZE,
     min_overlap: int = MIN_OVERLAP,
     tta: bool = False,
     scale: float = 1.0,
@@ -75,6 +79,9 @@ def predict_maps(
     image : ndarray, shape (H, W), float32 in [0, 1]
         A preprocessed image (``imaging.preprocess``). NaN or infinite pixels are replaced as
         ``imaging.replace_nonfinite`` says, with a warning; none finite is a ``UserError``.
+    tile_size : int, (rows, cols), or 'auto'
+        The tiles the model sees; 'auto': ``tiling.inference_tile_size`` of the image with tiles of
+        at most ``AUTO_TILE_MAX`` pixels (a model that takes any size is needed).
     tta : bool
         Test-time augmentation: average the predictions of the 8 flips/rotations (8x the time).
     scale : float
@@ -99,14 +106,17 @@ def predict_maps(
                                           anti_aliasing=scale < 1, preserve_range=True).astype(np.float32)
         maps = predict_maps(predict_tiles, zoomed, tile_size=tile_size, min_overlap=min_overlap, tta=tta)
         return skimage.transform.resize(maps, shape + maps.shape[2:], order=1, preserve_range=True).astype(np.float32)
+    if tile_size == "auto":
+        tile_size = inference_tile_size(image.shape, AUTO_TILE_MAX, min_overlap)
     tiles, corners = make_tiles(image.astype(np.float32), tile_size, min_overlap)
     tiles = tiles[..., None]
     transforms = range(8) if tta else (0,)
     total = None
     for k in transforms:
-        predicted = np.asarray(predict_tiles(np.ascontiguousarray(dihedral_tiles(tiles, k))))
-        if predicted.ndim != 4 or predicted.shape[:3] != tiles.shape[:3] or predicted.shape[3] < 1:
-            raise ValueError(f"the model returned shape {predicted.shape} for tiles of shape {tiles.shape}")
+        turned = np.ascontiguousarray(dihedral_tiles(tiles, k))  # rectangular tiles turn into (N, W, H, 1)
+        predicted = np.asarray(predict_tiles(turned))
+        if predicted.ndim != 4 or predicted.shape[:3] != turned.shape[:3] or predicted.shape[3] < 1:
+            raise ValueError(f"the model returned shape {predicted.shape} for tiles of shape {turned.shape}")
         restored = dihedral_tiles(predicted.astype(np.float32), k, inverse=True)
         total = restored if total is None else total + restored
     return stitch_tiles(total / len(transforms), corners, image.shape, tile_size)
@@ -167,6 +177,9 @@ class Postprocessing:
     scale : float
         The images are zoomed by it before the model sees them (``predict_maps``); ``min_size`` stays
         in the image's own pixels.
+    tile_size : int, 'auto' or None
+        The tiles the model sees: None, the size it was trained on; 'auto', the fewest tiles of at most
+        ``AUTO_TILE_MAX`` pixels that cover each image (``tiling.inference_tile_size``); or a side.
     """
 
     threshold: float = 0.5
@@ -175,6 +188,7 @@ class Postprocessing:
     contact_threshold: float = 0.2
     tta: bool = False
     scale: float = 1.0
+    tile_size: int | str | None = None
 
     def __post_init__(self):
         if not 0.0 < self.threshold < 1.0:
@@ -187,6 +201,8 @@ class Postprocessing:
             raise UserError(f"marker_height must be positive or None, got {self.marker_height}")
         if not self.scale > 0:
             raise UserError(f"scale must be positive, got {self.scale}")
+        if self.tile_size not in (None, "auto") and not (isinstance(self.tile_size, int) and self.tile_size >= 32):
+            raise UserError(f"tile_size must be None, 'auto' or a side of at least 32 pixels, got {self.tile_size!r}")
 
     @classmethod
     def from_dict(cls, values: dict) -> Postprocessing:
@@ -218,9 +234,10 @@ class Postprocessing:
 
     def maps(self, predict_tiles: PredictTiles, image: np.ndarray, *, tile_size: int = TILE_SIZE,
              min_overlap: int = MIN_OVERLAP) -> np.ndarray:
-        """``predict_maps`` of ``image`` with this object's ``tta`` and ``scale``."""
-        return predict_maps(predict_tiles, image, tile_size=tile_size, min_overlap=min_overlap, tta=self.tta,
-                            scale=self.scale)
+        """``predict_maps`` of ``image`` with this object's ``tta``, ``scale`` and ``tile_size`` (if set;
+        else the ``tile_size`` given: the model's)."""
+        return predict_maps(predict_tiles, image, tile_size=self.tile_size or tile_size, min_overlap=min_overlap,
+                            tta=self.tta, scale=self.scale)
 
     def mask(self, maps: np.ndarray) -> np.ndarray:
         """The thresholded nucleus channel: ndarray (H, W), bool (what the pixel Dice scores)."""
@@ -334,10 +351,27 @@ def segment_image(predict_tiles: PredictTiles, image: np.ndarray, settings: Post
                 if not (top <= row + r0 < bottom and left <= col + c0 < right):
                     continue  # a neighbouring block owns it
                 rows, cols = region.coords[:, 0] + r0, region.coords[:, 1] + c0
-                free = labels[rows, cols] == 0  # where a neighbour's nucleus overlaps it, the neighbour keeps its pixels
+                free = labels[rows, cols] == 0  # where a neighbour's nucleus overlaps it, the neighbour keeps them
                 count += 1
                 labels[rows[free], cols[free]] = count
     return labels, probability
+
+
+def tile_count(shape: tuple[int, int], settings: Postprocessing, tile_size=TILE_SIZE,
+               min_overlap: int = MIN_OVERLAP, block_size: int = 2048, margin: int = 128) -> int:
+    """How many tiles ``segment_image`` predicts for an image of ``shape`` (for a progress bar)."""
+    def tiles_of(size):
+        size = tuple(max(int(round(side * settings.scale)), 1) for side in size)
+        side = settings.tile_size or tile_size
+        side = inference_tile_size(size, AUTO_TILE_MAX, min_overlap) if side == "auto" else side
+        return len(tiling.tile_grid(size, side, min_overlap))
+
+    height, width = shape
+    if height <= block_size and width <= block_size:
+        return tiles_of(shape)
+    return sum(tiles_of((min(top + block_size + margin, height) - max(top - margin, 0),
+                         min(left + block_size + margin, width) - max(left - margin, 0)))
+               for top in range(0, height, block_size) for left in range(0, width, block_size))
 
 
 def _counting(predict_tiles: PredictTiles, progress, calls_per_tile: int) -> PredictTiles:
@@ -529,14 +563,14 @@ TUNE_MIN_SIZES = (0, 15, 30)
 TUNE_CONTACT_THRESHOLDS = (0.1, 0.2, 0.3, 0.5, 0.7)
 
 
-def tuning_grid(has_contacts: bool, tta: bool, scale: float = 1.0) -> list[Postprocessing]:
+def tuning_grid(has_contacts: bool, tta: bool, scale: float = 1.0, tile_size=None) -> list[Postprocessing]:
     """The settings ``tune_postprocessing`` tries: every threshold and speck size with every way of
     splitting (by the contact channel at each contact threshold if the model has one, else not at
     all; or by a distance watershed of each marker height)."""
     splits = ([(None, c) for c in TUNE_CONTACT_THRESHOLDS] if has_contacts else [(None, 0.2)])
     splits += [(height, 0.2) for height in TUNE_MARKER_HEIGHTS]
     return [Postprocessing(threshold=threshold, min_size=min_size, marker_height=height, contact_threshold=contact,
-                           tta=tta, scale=scale)
+                           tta=tta, scale=scale, tile_size=tile_size)
             for threshold, (height, contact), min_size in itertools.product(TUNE_THRESHOLDS, splits, TUNE_MIN_SIZES)]
 
 

@@ -45,35 +45,46 @@ def tile_starts(length: int, tile_size: int = TILE_SIZE, min_overlap: int = MIN_
     return np.round(np.linspace(0, length - tile_size, count)).astype(int)
 
 
-def pad_to_tile(image: np.ndarray, tile_size: int = TILE_SIZE) -> np.ndarray:
-    """Reflect-pad the bottom and right so both sides are at least ``tile_size``."""
-    pad_rows = max(tile_size - image.shape[0], 0)
-    pad_cols = max(tile_size - image.shape[1], 0)
+def _pair(tile_size) -> tuple[int, int]:
+    """(rows, cols) of a tile size given as one side or as a pair."""
+    rows, cols = (tile_size, tile_size) if np.isscalar(tile_size) else tile_size
+    return int(rows), int(cols)
+
+
+def pad_to_tile(image: np.ndarray, tile_size=TILE_SIZE) -> np.ndarray:
+    """Reflect-pad the bottom and right so the image is at least a tile high and wide."""
+    tile_rows, tile_cols = _pair(tile_size)
+    pad_rows = max(tile_rows - image.shape[0], 0)
+    pad_cols = max(tile_cols - image.shape[1], 0)
     if not pad_rows and not pad_cols:
         return image
     widths = [(0, pad_rows), (0, pad_cols)] + [(0, 0)] * (image.ndim - 2)
     return np.pad(image, widths, mode="reflect" if min(image.shape[:2]) > 1 else "edge")
 
 
-def tile_grid(shape: tuple[int, ...], tile_size: int = TILE_SIZE,
-              min_overlap: int = MIN_OVERLAP) -> list[tuple[int, int]]:
-    """Top-left corners (row, col) of the tiles for an image of ``shape`` (after ``pad_to_tile``)."""
-    rows = tile_starts(max(shape[0], tile_size), tile_size, min_overlap)
-    cols = tile_starts(max(shape[1], tile_size), tile_size, min_overlap)
+def tile_grid(shape: tuple[int, ...], tile_size=TILE_SIZE, min_overlap: int = MIN_OVERLAP) -> list[tuple[int, int]]:
+    """Top-left corners (row, col) of the tiles for an image of ``shape`` (after ``pad_to_tile``).
+
+    ``tile_size`` is one side (square tiles) or (rows, cols).
+    """
+    tile_rows, tile_cols = _pair(tile_size)
+    rows = tile_starts(max(shape[0], tile_rows), tile_rows, min_overlap)
+    cols = tile_starts(max(shape[1], tile_cols), tile_cols, min_overlap)
     return [(int(r), int(c)) for r in rows for c in cols]
 
 
-def make_tiles(image: np.ndarray, tile_size: int = TILE_SIZE, min_overlap: int = MIN_OVERLAP):
+def make_tiles(image: np.ndarray, tile_size=TILE_SIZE, min_overlap: int = MIN_OVERLAP):
     """Cut an image into overlapping tiles.
 
     Parameters
     ----------
     image : ndarray, shape (H, W) or (H, W, C), any dtype
-    tile_size, min_overlap : int
+    tile_size : int, or (rows, cols) for rectangular tiles
+    min_overlap : int
 
     Returns
     -------
-    tiles : ndarray, shape (N, tile_size, tile_size[, C]), the image's dtype
+    tiles : ndarray, shape (N, tile rows, tile cols[, C]), the image's dtype
     corners : list of (row, col)
         Pass both, with the image's shape, to ``stitch_tiles``.
 
@@ -83,36 +94,41 @@ def make_tiles(image: np.ndarray, tile_size: int = TILE_SIZE, min_overlap: int =
     >>> tiles.shape, corners
     ((2, 256, 256), [(0, 0), (44, 0)])
     """
+    tile_rows, tile_cols = _pair(tile_size)
     padded = pad_to_tile(np.asarray(image), tile_size)
     corners = tile_grid(image.shape, tile_size, min_overlap)
-    tiles = np.stack([padded[r:r + tile_size, c:c + tile_size] for r, c in corners])
+    tiles = np.stack([padded[r:r + tile_rows, c:c + tile_cols] for r, c in corners])
     return tiles, corners
 
 
-def tile_weights(tile_size: int = TILE_SIZE, ramp: int | None = None) -> np.ndarray:
+def tile_weights(tile_size=TILE_SIZE, ramp: int | None = None) -> np.ndarray:
     """Blending weights for one tile: 1 in the middle, tapering linearly over ``ramp`` pixels
-    towards each border, and never zero (the outermost pixel weighs ``1 / ramp``).
+    (default: an eighth of the shorter side) towards each border, and never zero (the outermost pixel
+    weighs ``1 / ramp``).
 
     Returns
     -------
-    ndarray, shape (tile_size, tile_size), float32 in (0, 1]
+    ndarray, shape (tile rows, tile cols), float32 in (0, 1]
     """
-    ramp = max(tile_size // 8, 1) if ramp is None else ramp
+    tile_rows, tile_cols = _pair(tile_size)
+    ramp = max(min(tile_rows, tile_cols) // 8, 1) if ramp is None else ramp
     if ramp < 1:
         raise ValueError(f"ramp must be at least 1, got {ramp}")
-    distance = np.minimum(np.arange(tile_size), np.arange(tile_size)[::-1]) + 1
-    profile = np.minimum(distance / ramp, 1.0)
-    return np.outer(profile, profile).astype(np.float32)
+
+    def profile(length):
+        distance = np.minimum(np.arange(length), np.arange(length)[::-1]) + 1
+        return np.minimum(distance / ramp, 1.0)
+
+    return np.outer(profile(tile_rows), profile(tile_cols)).astype(np.float32)
 
 
-def stitch_tiles(
-    tiles: np.ndarray, corners, shape: tuple[int, int], tile_size: int = TILE_SIZE, *, ramp: int | None = None
-) -> np.ndarray:
+def stitch_tiles(tiles: np.ndarray, corners, shape: tuple[int, int], tile_size=TILE_SIZE, *,
+                 ramp: int | None = None) -> np.ndarray:
     """Blend tile predictions back into one image, the inverse of ``make_tiles``.
 
     Parameters
     ----------
-    tiles : ndarray, shape (N, tile_size, tile_size[, C]), float
+    tiles : ndarray, shape (N, tile rows, tile cols[, C]), float
     corners : list of (row, col), from ``make_tiles``
     shape : (H, W), the original image's size
 
@@ -123,19 +139,45 @@ def stitch_tiles(
         result equals them.
     """
     tiles = np.asarray(tiles)
+    tile_rows, tile_cols = _pair(tile_size)
     if len(tiles) != len(corners):
         raise ValueError(f"{len(tiles)} tiles but {len(corners)} corners")
-    if tiles.shape[1:3] != (tile_size, tile_size):
-        raise ValueError(f"tiles have shape {tiles.shape}, expected (N, {tile_size}, {tile_size}, ...)")
-    height, width = max(shape[0], tile_size), max(shape[1], tile_size)
+    if tiles.shape[1:3] != (tile_rows, tile_cols):
+        raise ValueError(f"tiles have shape {tiles.shape}, expected (N, {tile_rows}, {tile_cols}, ...)")
+    height, width = max(shape[0], tile_rows), max(shape[1], tile_cols)
     extra = tiles.shape[3:]
-    weights = tile_weights(tile_size, ramp).astype(np.float64).reshape((tile_size, tile_size) + (1,) * len(extra))
+    weights = tile_weights(tile_size, ramp).astype(np.float64).reshape((tile_rows, tile_cols) + (1,) * len(extra))
     total = np.zeros((height, width) + extra, np.float64)
     weight_sum = np.zeros((height, width) + (1,) * len(extra), np.float64)
     for tile, (row, col) in zip(tiles, corners):
-        total[row:row + tile_size, col:col + tile_size] += tile * weights
-        weight_sum[row:row + tile_size, col:col + tile_size] += weights
+        total[row:row + tile_rows, col:col + tile_cols] += tile * weights
+        weight_sum[row:row + tile_rows, col:col + tile_cols] += weights
     return (total / weight_sum)[: shape[0], : shape[1]].astype(np.float32)
+
+
+def inference_tile_size(shape: tuple[int, int], max_side: int, min_overlap: int = MIN_OVERLAP,
+                        multiple: int = 32) -> tuple[int, int]:
+    """The (rows, cols) of the fewest, least overlapping tiles of at most ``max_side`` that cover ``shape``.
+
+    Each side is the smallest multiple of ``multiple`` (what the U-Net's poolings need) with which
+    ``ceil((length - min_overlap) / (max_side - min_overlap))`` tiles cover the image: one tile of about
+    the image's own size when it fits.
+
+    Examples
+    --------
+    >>> inference_tile_size((256, 320), 1024)
+    (256, 320)
+    >>> inference_tile_size((2000, 2000), 1024)  # 2 x 2 tiles
+    (1024, 1024)
+    >>> inference_tile_size((1040, 1388), 1024)
+    (544, 736)
+    """
+    sides = []
+    for length in shape:
+        count = max(int(np.ceil((length - min_overlap) / (max_side - min_overlap))), 1)
+        side = max(int(np.ceil((length + (count - 1) * min_overlap) / count)), min_overlap + 1)
+        sides.append(min(int(np.ceil(side / multiple)) * multiple, max(max_side, multiple)))
+    return sides[0], sides[1]
 
 
 def contact_map(labels: np.ndarray, radius: int = CONTACT_RADIUS) -> np.ndarray:

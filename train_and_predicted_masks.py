@@ -39,10 +39,11 @@ COMMANDS = ("train", "resume", "evaluate", "tune", "predict", "export")
 
 # Options that override a preset's value of the same name (argparse dest = TrainConfig field).
 TRAINING_OPTIONS = ("epochs", "steps_per_epoch", "batch_size", "learning_rate", "depth", "base_filters",
+                    "normalization",
                     "batch_norm", "dropout", "loss", "lr_schedule", "warmup_steps", "sampling", "crop_size",
                     "scale_range", "gamma_range", "contrast_range", "noise", "blur", "precision", "jit_compile",
                     "contacts", "distribute", "figures_per_cluster")
-POSTPROCESSING_OPTIONS = ("threshold", "min_size", "marker_height", "contact_threshold", "tta", "scale")
+POSTPROCESSING_OPTIONS = ("threshold", "min_size", "marker_height", "contact_threshold", "tta", "scale", "tile_size")
 
 
 # --------------------------------------------------------------------------------------------
@@ -71,6 +72,15 @@ def _add_data_options(parser: argparse.ArgumentParser, *, split: bool = True) ->
     group.add_argument("--no-cache", action="store_true", help="decode the images; neither read nor write the cache")
 
 
+def _tile_size(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of pixels or 'auto', got {text!r}") from None
+
+
 def _add_postprocessing_options(parser: argparse.ArgumentParser, default_text: str, *, scale: bool = True) -> None:
     group = parser.add_argument_group(f"post-processing (default: {default_text})")
     group.add_argument("--threshold", type=float, metavar="P",
@@ -87,6 +97,9 @@ def _add_postprocessing_options(parser: argparse.ArgumentParser, default_text: s
         group.add_argument("--scale", type=float, metavar="FACTOR",
                            help="zoom images by this factor before the model sees them (2 for nuclei half the "
                                 "size of the training set's)")
+        group.add_argument("--tile-size", type=_tile_size, metavar="N|auto",
+                           help="side of the tiles the model sees ('auto': the fewest tiles of at most 1024 pixels "
+                                "that cover each image; default: the size it was trained on)")
 
 
 def _add_output_options(parser: argparse.ArgumentParser, *, out: bool = True, figures: bool = False) -> None:
@@ -148,6 +161,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
                        help="with --sampling crop: contrast about the background (e.g. 0.6 1.3)")
     group.add_argument("--noise", type=float, metavar="SIGMA", help="with --sampling crop: largest Gaussian noise")
     group.add_argument("--blur", type=float, metavar="SIGMA", help="with --sampling crop: largest Gaussian blur")
+    group.add_argument("--normalization", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                       help="percentiles of each image stretched to 0 and 1 (0 = the minimum; default 0 99.95)")
     group.add_argument("--precision", choices=configuration.PRECISIONS,
                        help="'mixed_bfloat16' computes in bfloat16 (fast where the CPU has bfloat16 instructions, "
                             "or on a GPU); 'auto' chooses by the hardware")

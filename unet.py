@@ -211,6 +211,26 @@ def load_model(path: str | os.PathLike, *, compile: bool = False) -> keras.Model
     return model
 
 
+def portable(model: keras.Model, *, dtype: str | None = "float32") -> keras.Model:
+    """The same network and weights, taking images of any size (H and W None), computing in ``dtype``
+    (float32: the same on every CPU and backend; None keeps each layer's own), without optimizer state.
+
+    A model trained on fixed-size tiles predicts larger tiles with this copy (fewer tile borders,
+    less overlap), and a model trained in mixed bfloat16 predicts in float32 where the CPU has no
+    bfloat16 instructions.
+    """
+    config = model.get_config()
+    for layer in config["layers"]:
+        if layer["class_name"] == "InputLayer":
+            shape = layer["config"]["batch_shape"]
+            layer["config"]["batch_shape"] = (shape[0], None, None, *shape[3:])
+        elif dtype is not None and layer["config"].get("dtype") is not None:
+            layer["config"]["dtype"] = dtype if layer["config"].get("name") != "mask" else "float32"
+    copy = keras.Model.from_config(config)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 EXPORT_FORMATS = {"savedmodel": "tf_saved_model"}  # our name -> Keras' model.export format
 
 

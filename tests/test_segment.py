@@ -341,3 +341,9 @@ def test_postprocessing_scale_is_used_for_the_maps():
     assert maps.shape == (50, 70, 1) and not np.allclose(maps[..., 0], image)  # shrunk, then enlarged: smoother
     with pytest.raises(ValueError, match="scale must be positive"):
         segment.Postprocessing(scale=0.0)
+
+
+def test_automatic_tiles_with_tta_give_the_image_back():
+    image = np.random.default_rng(5).random((150, 230)).astype(np.float32)
+    maps = segment.predict_maps(lambda tiles: tiles, image, tile_size="auto", tta=True)
+    np.testing.assert_allclose(maps[..., 0], image, atol=1e-6)

@@ -100,3 +100,21 @@ def test_contact_tiles_store_nuclei_and_contacts_as_bits():
     assert set(np.unique(plain)) == {0, 1}
     np.testing.assert_array_equal(both & 1, plain)
     np.testing.assert_array_equal((both[0] >> 1) & 1, tiling.contact_map(labels))
+
+
+def test_rectangular_tiles_round_trip():
+    rng = np.random.default_rng(3)
+    for shape, tile in [((100, 300), (64, 96)), ((37, 50), (64, 32)), ((300, 41), (96, 64))]:
+        image = rng.random(shape).astype(np.float32)
+        tiles, corners = tiling.make_tiles(image, tile, 16)
+        assert tiles.shape[1:] == tile
+        np.testing.assert_allclose(tiling.stitch_tiles(tiles, corners, shape, tile), image, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(256, 320), (1040, 1388), (2000, 2000), (10, 10), (5000, 300)])
+def test_inference_tiles_cover_the_image_with_few_tiles(shape):
+    rows, cols = tiling.inference_tile_size(shape, 1024, 32)
+    assert rows % 32 == 0 and cols % 32 == 0 and rows <= 1024 and cols <= 1024
+    corners = tiling.tile_grid(shape, (rows, cols), 32)
+    covered = len(corners) * rows * cols
+    assert covered < 1.6 * max(shape[0], 64) * max(shape[1], 64)  # little padding and overlap
