@@ -90,6 +90,9 @@ class TrainConfig:
         'none', 'mirrored' (the GPUs of one machine: ``tf.distribute.MirroredStrategy``, or
         ``keras.distribution.DataParallel`` on JAX) or 'multiworker' (machines listed in ``TF_CONFIG``:
         ``tf.distribute.MultiWorkerMirroredStrategy``). ``batch_size`` is the global batch.
+    init : str or None
+        A saved model to start from (fine-tuning): its network and weights are trained further, and the
+        architecture fields above should be its own (``ARCHITECTURE``).
     """
 
     preset: str
@@ -128,6 +131,7 @@ class TrainConfig:
     tta: bool = _POSTPROCESSING.tta
     figures_per_cluster: int = 2
     distribute: str = "none"
+    init: str | None = None
 
     def __post_init__(self):
         for name in RANGE_FIELDS:  # JSON gives lists; the frozen dataclass compares tuples
@@ -211,6 +215,10 @@ class TrainConfig:
                                       tta=self.tta)
 
 
+# The fields that describe the network and what it sees: a fine-tuning run takes them from the model it starts from.
+ARCHITECTURE = ("depth", "base_filters", "batch_norm", "dropout", "contacts", "tile_size", "min_overlap",
+                "normalization", "loss", "threshold", "min_size", "marker_height", "contact_threshold", "tta")
+
 PRESETS: dict[str, dict] = {
     # The reference write-up: a 64..1024 U-Net, BCE, batch 20, 3 x 3500 steps. A GPU job.
     "seed": dict(epochs=3, steps_per_epoch=3500, batch_size=20, learning_rate=1e-4,
@@ -221,6 +229,12 @@ PRESETS: dict[str, dict] = {
     "cpu": dict(epochs=5, steps_per_epoch=60, batch_size=8, learning_rate=1e-3, lr_schedule="cosine", minutes=14.0,
                 jit_compile=True, depth=5, base_filters=16, batch_norm=True, loss="bce_dice", contacts=True,
                 threshold=0.6, contact_threshold=0.2, tta=True),
+    # Fine-tuning a model (train --init MODEL) on a few of your own annotated images: minutes, not hours. The
+    # network and post-processing come from that model; random crops at many scales and intensities stretch the
+    # few images.
+    "finetune": dict(epochs=4, steps_per_epoch=50, batch_size=8, learning_rate=3e-4, lr_schedule="cosine",
+                     warmup_steps=20, minutes=10.0, sampling="crop", scale_range=(0.7, 1.4), gamma_range=(0.7, 1.4),
+                     contrast_range=(0.8, 1.25), noise=0.03, blur=1.0, precision="auto", jit_compile="auto"),
     # Seconds: checks that everything runs end to end; its model is not meant to be good.
     "smoke": dict(epochs=1, steps_per_epoch=2, batch_size=2, learning_rate=1e-3, lr_schedule="cosine",
                   depth=3, base_filters=4, batch_norm=True, loss="bce_dice", contacts=True, figures_per_cluster=1),

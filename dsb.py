@@ -1,10 +1,11 @@
-"""The 2018 Data Science Bowl training set: find it, read its layout, cache the decoded images.
+"""Annotated nucleus images, the 2018 Data Science Bowl training set first: find them, load them, cache them.
 
 NumPy and scikit-image only: nothing here imports Keras. The data flow::
 
     stage1_train(.zip) -> load_dataset() -> [ImageRecord(image_id, image, labels, stats)]
                        -> stratify.load_or_make_split() -> tiling.tiles_for_records() (training tiles)
 
+``load_dataset`` reads any folder or zip in the layouts of ``layouts.py`` (DSB, StarDist, Cellpose).
 Images are normalised by ``imaging.preprocess`` and cut by ``tiling``; the split lives in ``stratify``.
 Run ``python dsb.py`` to find (or download) the training set and print where it is.
 """
@@ -14,27 +15,24 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import io
 import json
 import logging
 import multiprocessing
 import os
 import re
 import sys
-import threading
 import urllib.request
-import zipfile
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
-import PIL.Image
 from tqdm.auto import tqdm
 
 import runs
 from errors import MissingPathError, UserError
-from imaging import DEFAULT_PERCENTILES, decode_image, image_stats, preprocess, replace_nonfinite
+from imaging import DEFAULT_PERCENTILES, image_stats, preprocess, replace_nonfinite
+from layouts import DatasetReader, LayoutEntry, list_files, read_labels, scan_layout
 
 log = logging.getLogger("dsb")
 
@@ -132,215 +130,6 @@ def _download(url: str, target: Path) -> None:
 
 
 # Image and mask files of the DSB layout: the dataset's PNGs, and TIFFs (8, 16 bit or float) as microscopes write them.
-LAYOUT_SUFFIXES = (".png", ".tif", ".tiff")
-
-
-@dataclass(frozen=True)
-class LayoutEntry:
-    """Where one image and its masks are, as paths relative to the dataset root (or zip members)."""
-
-    image_id: str
-    image: str
-    masks: tuple[str, ...]
-
-
-def is_ignored(name: str) -> bool:
-    """Hidden and system files (``.DS_Store``, ``Thumbs.db``, ``__MACOSX/``), which no listing counts."""
-    base = PurePosixPath(name).name
-    return base.startswith(".") or base == "Thumbs.db" or "__MACOSX" in PurePosixPath(name).parts
-
-
-def scan_layout(names: list[str], *, require_masks: bool = True) -> tuple[list[LayoutEntry], dict[str, str]]:
-    """Group the file names of a DSB-layout tree into images with their masks.
-
-    Parameters
-    ----------
-    names : list of str
-        Relative POSIX paths such as ``stage1_train/<id>/images/<id>.png`` or ``<id>/masks/<m>.png``
-        (any top folder, or none). Files that are not PNG or TIFF, and hidden or system files (``.DS_Store``,
-        ``Thumbs.db``, ``__MACOSX/``) are ignored.
-    require_masks : bool
-        Whether an image without ``masks/`` entries is unusable.
-
-    Returns
-    -------
-    entries : list of LayoutEntry, sorted by image id
-    skipped : dict image_id -> reason, for image folders that cannot be used (no image file, no masks)
-
-    Raises
-    ------
-    UserError
-        No DSB-layout image at all, or an ``images/`` folder with several images (which one is
-        meant cannot be guessed).
-    """
-    images: dict[str, list[str]] = {}
-    masks: dict[str, list[str]] = {}
-    for name in names:
-        parts = PurePosixPath(name).parts
-        if len(parts) < 3 or is_ignored(name) or not name.lower().endswith(LAYOUT_SUFFIXES):
-            continue
-        image_id, kind = parts[-3], parts[-2]
-        if kind == "images":
-            images.setdefault(image_id, []).append(name)
-        elif kind == "masks":
-            masks.setdefault(image_id, []).append(name)
-    if not images and not masks:
-        raise UserError("no DSB-layout images found (expected <ImageId>/images/<ImageId>.png)")
-    entries, skipped = [], {}
-    for image_id in sorted(set(images) | set(masks)):
-        found = images.get(image_id, [])
-        if len(found) > 1:
-            raise UserError(f"{image_id}: expected one file in images/, found {len(found)} "
-                            f"({', '.join(sorted(found))})")
-        if not found:
-            skipped[image_id] = "no image file in images/"
-        elif require_masks and not masks.get(image_id):
-            skipped[image_id] = "no mask files in masks/"
-        else:
-            entries.append(LayoutEntry(image_id, found[0], tuple(sorted(masks.get(image_id, [])))))
-    return entries, skipped
-
-
-def list_files(source: str | os.PathLike) -> list[str]:
-    """Every file of a folder or zip, as relative POSIX paths (zip members)."""
-    source = Path(source)
-    if not source.exists():
-        raise MissingPathError(f"dataset path does not exist: {source}")
-    if source.is_dir():
-        return [path.relative_to(source).as_posix() for path in sorted(source.rglob("*")) if path.is_file()]
-    if zipfile.is_zipfile(source):
-        with zipfile.ZipFile(source) as archive:
-            return [info.filename for info in archive.infolist() if not info.is_dir()]
-    if source.suffix.lower() == ".zip":
-        raise UserError(f"{source} is not a readable zip file (truncated or corrupt?)")
-    raise UserError(f"{source} is neither a folder nor a zip file")
-
-
-class DatasetReader:
-    """Reads files from a folder or a zip; keeps one open zip per thread."""
-
-    _local = threading.local()
-
-    def __init__(self, source: Path):
-        self.source = Path(source)
-        self.is_zip = self.source.is_file()
-
-    def _archive(self) -> zipfile.ZipFile:
-        archives = self._local.__dict__.setdefault("archives", {})
-        key = str(self.source.resolve())
-        if key not in archives:
-            archives[key] = zipfile.ZipFile(self.source)
-        return archives[key]
-
-    def where(self, name: str) -> str:
-        """A name for messages: ``zip:member`` or the path."""
-        return f"{self.source}:{name}" if self.is_zip else str(self.source / name)
-
-    def read_bytes(self, name: str) -> tuple[bytes, str]:
-        """The file's bytes and a name for messages (``where``)."""
-        where = self.where(name)
-        try:
-            data = self._archive().read(name) if self.is_zip else (self.source / name).read_bytes()
-        except (OSError, KeyError, zipfile.BadZipFile) as error:
-            raise UserError(f"cannot read {where}: {error}") from error
-        return data, where
-
-    def read(self, name: str) -> np.ndarray:
-        return decode_image(*self.read_bytes(name))
-
-    def read_mask(self, name: str) -> _MaskPixels:
-        """The nonzero pixels of one mask file, without building a full-size array for them.
-
-        A DSB mask is a full-size 8-bit PNG with one small nucleus, so ~30,000 of them are
-        dominated by per-pixel work: PIL's ``getbbox`` (C) finds the nucleus and only that
-        crop reaches NumPy. Any other layout, or a file PIL cannot read, goes through
-        ``decode_image``, which decides and words errors exactly as for images.
-        """
-        data, where = self.read_bytes(name)
-        if data[:8] == _PNG_SIGNATURE:
-            try:
-                with PIL.Image.open(io.BytesIO(data)) as mask:
-                    if mask.mode in ("L", "1", "I;16", "I"):
-                        mask.load()
-                        return _pixels_of_mask(mask)
-            except (OSError, ValueError, SyntaxError, PIL.Image.DecompressionBombError):
-                pass  # decode_image below raises the same error as before, or copes
-        return _MaskPixels.from_array(decode_image(data, where))
-
-
-def labels_from_masks(masks: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
-    """Stack binary masks into one instance label image.
-
-    Parameters
-    ----------
-    masks : list of ndarray, shape (H, W), any dtype, nonzero = nucleus
-    shape : (H, W)
-
-    Returns
-    -------
-    labels : ndarray, shape (H, W), int32, 0 = background
-        The non-empty masks get labels 1..n in their order; where masks overlap, the later
-        one wins (``mask_overlaps`` counts such pixels).
-
-    Examples
-    --------
-    >>> labels_from_masks([np.eye(2), np.zeros((2, 2)), np.fliplr(np.eye(2))], (2, 2)).tolist()
-    [[1, 2], [2, 1]]
-    """
-    return _stack_masks(masks, shape)[0]
-
-
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-@dataclass(frozen=True)
-class _MaskPixels:
-    """One mask as its shape and the (rows, cols) of its nonzero pixels (of channel 0)."""
-
-    shape: tuple[int, int]
-    rows: np.ndarray
-    cols: np.ndarray
-
-    @classmethod
-    def from_array(cls, mask: np.ndarray) -> _MaskPixels:
-        if mask.ndim == 3:
-            mask = mask[..., 0]
-        rows, cols = np.nonzero(mask)
-        return cls(tuple(mask.shape), rows, cols)
-
-
-def _pixels_of_mask(mask) -> _MaskPixels:
-    """``_MaskPixels`` of a loaded single-band PIL image."""
-    shape = (mask.height, mask.width)
-    box = mask.getbbox()
-    if box is None:
-        empty = np.zeros(0, np.intp)
-        return _MaskPixels(shape, empty, empty)
-    left, top, right, bottom = box
-    rows, cols = np.nonzero(np.asarray(mask.crop(box)))
-    return _MaskPixels(shape, rows + top, cols + left)
-
-
-def _stack_masks(masks, shape) -> tuple[np.ndarray, int, int]:
-    """Labels, number of empty masks, number of pixels claimed by more than one mask.
-
-    ``masks`` holds arrays (see ``labels_from_masks``) or ``_MaskPixels``.
-    """
-    labels = np.zeros(shape, np.int32)
-    empty = overlap = 0
-    for index, mask in enumerate(masks, start=1):
-        if not isinstance(mask, _MaskPixels):
-            mask = _MaskPixels.from_array(np.asarray(mask))
-        if mask.shape != tuple(shape):
-            raise UserError(f"mask {index} has shape {mask.shape}, image has shape {tuple(shape)}")
-        if not len(mask.rows):
-            empty += 1
-            continue
-        where = (mask.rows, mask.cols)
-        overlap += int(np.count_nonzero(labels[where]))
-        labels[where] = index - empty
-    return labels, empty, overlap
-
 
 def _load_entry(source: Path, entry: LayoutEntry, percentiles=DEFAULT_PERCENTILES):
     """Decode one image and its masks: (image, labels, stats, notes), or a reason to skip it (str)."""
@@ -349,8 +138,7 @@ def _load_entry(source: Path, entry: LayoutEntry, percentiles=DEFAULT_PERCENTILE
         raw, nonfinite = replace_nonfinite(reader.read(entry.image), name=reader.where(entry.image))
         image = preprocess(raw, percentiles)
         stats = image_stats(raw)
-        masks = [reader.read_mask(name) for name in entry.masks]
-        labels, empty, overlap = _stack_masks(masks, image.shape)
+        labels, empty, overlap = read_labels(reader, entry, image.shape)
     except ValueError as error:
         return str(error)
     return image, labels, stats, {"empty_masks": empty, "overlap_pixels": overlap, "nonfinite_pixels": nonfinite}
@@ -373,7 +161,7 @@ def read_raw_images(source: str | os.PathLike, image_ids) -> list[tuple[str, np.
     for entry in entries:
         if entry.image_id in wanted:
             raw = reader.read(entry.image)
-            labels, _, _ = _stack_masks([reader.read_mask(name) for name in entry.masks], raw.shape[:2])
+            labels, _, _ = read_labels(reader, entry, raw.shape[:2])
             found.append((entry.image_id, raw, labels))
     missing = wanted - {image_id for image_id, _, _ in found}
     if missing:

@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import tifffile
 
-import dsb
+import layouts
 from errors import MissingPathError, UserError
 from imaging import IMAGE_SUFFIXES, decode_image
 
@@ -57,7 +57,7 @@ class InputImage:
 
 
 def _is_image_name(name: str) -> bool:
-    return PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES and not dsb.is_ignored(name)
+    return PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES and not layouts.is_ignored(name)
 
 
 def _key(relative: str) -> str:
@@ -69,7 +69,7 @@ def _from_names(names: list[str], make) -> list[InputImage]:
     layout = [name for name in names if _is_image_name(name)
               and len(PurePosixPath(name).parts) >= 3 and PurePosixPath(name).parts[-2] == "images"]
     if layout:
-        entries, skipped = dsb.scan_layout(layout, require_masks=False)
+        entries, skipped = layouts.scan_layout(layout, require_masks=False)
         for image_id, reason in skipped.items():
             log.warning("skipping %s: %s", image_id, reason)
         return [make(entry.image_id, entry.image) for entry in entries]
@@ -83,7 +83,7 @@ def _folder(folder: Path, recursive: bool) -> list[InputImage]:
         names = [path.name for path in sorted(folder.iterdir()) if path.is_file()]
         nested = [path.relative_to(folder).as_posix() for path in folder.glob("*/images/*") if path.is_file()]
         names += nested
-        subfolders = [path.name for path in folder.iterdir() if path.is_dir() and not dsb.is_ignored(path.name)]
+        subfolders = [path.name for path in folder.iterdir() if path.is_dir() and not layouts.is_ignored(path.name)]
         if subfolders and not nested:
             log.warning("%s: %d subfolder(s) not searched (%s); pass --recursive to segment their images too",
                         folder, len(subfolders), ", ".join(sorted(subfolders)[:3]))

@@ -38,6 +38,9 @@ from tiling import MIN_OVERLAP, TILE_SIZE
 
 log = logging.getLogger("pipeline")
 
+# The model that predict uses when none is named (models/README.md describes it).
+READY_MODEL = Path(__file__).resolve().parent / "models" / "unet_dsb2018" / "model.keras"
+
 
 # --------------------------------------------------------------------------------------------
 # A trained model and the files of its run
@@ -186,6 +189,10 @@ def _train_and_evaluate(config, run_dir, tiles, split, test_records, distributio
     del tiles
     postprocessing = config.postprocessing
     postprocessing.save(run_dir / "postprocessing.json")
+    if not test_records:  # a small dataset's split (fine-tuning) has no test images
+        log.info("no test images in the split: score the model on images of your own with "
+                 "'evaluate %s --subset all --data FOLDER'", checkpoint)
+        return run_dir
     model = TrainedModel.open(checkpoint)
     clusters = dict(zip(split["image_id"], split["cluster"].astype(int)))
     evaluate_records(model, test_records, clusters, run_dir, postprocessing,
@@ -359,6 +366,19 @@ def tune_run(model_path: Path, *, data: Path | None = None, split: Path | None =
 # --------------------------------------------------------------------------------------------
 # Prediction and export
 # --------------------------------------------------------------------------------------------
+
+def model_and_inputs(items: list) -> tuple[Path, list]:
+    """``predict``'s positional arguments: a model first if the first is a ``.keras`` file, else the ready
+    model (``READY_MODEL``), then the inputs."""
+    if items and str(items[0]).endswith(".keras"):
+        if len(items) == 1:
+            raise UserError(f"no images to segment: give them after the model {items[0]}")
+        return Path(items[0]), list(items[1:])
+    if not READY_MODEL.is_file():
+        raise MissingPathError(f"no model given and no ready model at {READY_MODEL}: name a model.keras first "
+                               f"(train one with 'train')")
+    return READY_MODEL, list(items)
+
 
 def predict_run(model_path: Path, input_paths: list, *, overrides: dict | None = None,
                 formats=outputs.DEFAULT_FORMATS, channel: int | None = None, stack: str = "planes",

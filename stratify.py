@@ -25,6 +25,7 @@ log = logging.getLogger("stratify")
 N_CLUSTERS = 8
 SUBSETS = ("train", "cv", "test")
 SPLIT_COLUMNS = ["image_id", "cluster", "subset"]
+SMALL_DATASET = 40  # images: below it, a split has no test images (see load_or_make_split)
 
 
 def image_statistics(records) -> pd.DataFrame:
@@ -131,12 +132,19 @@ def load_or_make_split(
 ) -> pd.DataFrame:
     """Reuse the split saved at ``path`` (see ``read_split``), or cluster, split and save it there.
 
-    Only training makes a split; an evaluation reads the one its model was trained with.
+    Only training makes a split; an evaluation reads the one its model was trained with. A dataset of
+    fewer than ``SMALL_DATASET`` images (a few annotated images to fine-tune on) is split 80 / 20 into
+    train and CV, with no test images, in at most one cluster per 5 images.
     """
     if Path(path).exists():
         return read_split(path, stats)
+    fractions = (0.8, 0.1, 0.1)
+    if len(stats) < SMALL_DATASET:
+        n_clusters, fractions = max(min(n_clusters, len(stats) // 5), 1), (0.8, 0.2, 0.0)
+    if len(stats) < 3:
+        raise UserError(f"cannot split {len(stats)} image(s) into training and CV images: at least 3 are needed")
     clusters = cluster_images(stats, n_clusters=n_clusters, seed=seed)
-    split = stratified_split(stats.index.to_numpy(), clusters, seed=seed)
+    split = stratified_split(stats.index.to_numpy(), clusters, fractions=fractions, seed=seed)
     runs.write_csv(split, path)
     log.info("saved a new split of %d images to %s", len(split), path)
     return split

@@ -61,12 +61,14 @@ def _command(subparsers, name: str, help_text: str, examples: list[str]) -> argp
 def _add_data_options(parser: argparse.ArgumentParser, *, split: bool = True) -> None:
     group = parser.add_argument_group("data")
     group.add_argument("--data", type=Path, metavar="PATH",
-                       help="DSB-layout folder or zip (default: $DSB_DATA, datasets/stage1_train[.zip], or the "
-                            "training run's data)")
+                       help="annotated images, a folder or zip: the DSB layout, images/ with masks/ of the same names "
+                            "(StarDist), or img.tif with img_masks.tif beside it (Cellpose) (default: $DSB_DATA, "
+                            "datasets/stage1_train[.zip], or the training run's data)")
     if split:
         group.add_argument("--split", type=Path, metavar="CSV",
                            help="split CSV (image_id, cluster, subset). train: made on first use, then reused "
-                                "(default datasets/split.csv); evaluate, tune: only read (default: the model's run's)")
+                                "(default datasets/split.csv, or datasets/split-<name of --data>.csv); evaluate, "
+                                "tune: only read (default: the model's run's)")
     group.add_argument("--cache-dir", type=Path, metavar="DIR", default=dsb.DEFAULT_CACHE_DIR,
                        help="cache of decoded images (default: datasets/cache)")
     group.add_argument("--no-cache", action="store_true", help="decode the images; neither read nor write the cache")
@@ -124,10 +126,15 @@ def build_arg_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     train = _command(subparsers, "train", "train a U-Net, evaluate it on the test split, draw predicted masks",
-                     ["train --preset cpu --seed 1", "train --preset smoke --data my_dsb_folder.zip"])
+                     ["train --preset cpu --seed 1",
+                      "train --init models/unet_dsb2018/model.keras --data my_annotated_images/"])
     train.add_argument("--preset", choices=sorted(configuration.PRESETS),
                        help="settings to start from: 'seed' = the reference (GPU), 'cpu' = at most 14 min on "
-                            "2 cores, 'smoke' = a seconds-long check. Default: 'seed' if a GPU is found, else 'cpu'")
+                            "2 cores, 'finetune' = a few minutes from --init, 'smoke' = a seconds-long check. "
+                            "Default: 'finetune' with --init, else 'seed' if a GPU is found, else 'cpu'")
+    train.add_argument("--init", type=Path, metavar="MODEL",
+                       help="start from this model's network and weights (fine-tuning, e.g. on your own annotated "
+                            "images with --data): its architecture and post-processing are kept")
     _add_data_options(train)
     group = train.add_argument_group("training (override the preset)")
     group.add_argument("--seed", type=int, metavar="N", default=0,
@@ -211,11 +218,11 @@ def build_arg_parser() -> argparse.ArgumentParser:
 
     predict = _command(subparsers, "predict", "segment your own images: masks, labels, overlays, counts and a "
                                               "Kaggle submission",
-                       ["predict runs/RUN/model.keras my_images/", "predict runs/RUN/model.keras a.png b.tif"])
-    predict.add_argument("model", type=Path, metavar="MODEL", help="a saved model, e.g. runs/RUN/model.keras")
-    predict.add_argument("inputs", nargs="+", metavar="INPUT",
-                         help="image files (PNG, TIFF, JPEG; gray, RGB or RGBA; 8 or 16 bit or float), folders or "
-                              "zips of them (plain files or the DSB layout), or glob patterns ('scans/**/*.tif')")
+                       ["predict my_images/", "predict runs/RUN/model.keras a.png b.tif \"scans/**/*.tif\""])
+    predict.add_argument("inputs", nargs="+", metavar="[MODEL] INPUT",
+                         help="a saved model (a .keras file; default: the ready model in models/), then image files "
+                              "(PNG, TIFF, JPEG; gray, RGB or RGBA; 8 or 16 bit or float), folders or zips of them "
+                              "(plain files or the DSB layout), or glob patterns ('scans/**/*.tif')")
     group = predict.add_argument_group("inputs")
     group.add_argument("--recursive", action="store_true", help="also segment the images in subfolders")
     group.add_argument("--channel", type=int, metavar="N",
@@ -257,15 +264,35 @@ def postprocessing_overrides(args: argparse.Namespace) -> dict:
 
 
 def config_from_args(args: argparse.Namespace) -> configuration.TrainConfig:
-    """The one place where training options become a ``TrainConfig``: the preset, then the options given."""
-    preset = training.choose_preset(args.preset)
+    """The one place where training options become a ``TrainConfig``: the preset (with ``--init``, the
+    'finetune' preset and the starting model's own network and post-processing), then the options given."""
+    base = {}
+    if args.init is not None:
+        preset = args.preset or "finetune"
+        start = pipeline.TrainedModel.open(args.init)
+        if start.config is not None:
+            base = {name: getattr(start.config, name) for name in configuration.ARCHITECTURE}
+        base.update({name: getattr(start.postprocessing, name)
+                     for name in ("threshold", "min_size", "marker_height", "contact_threshold", "tta")},
+                    init=str(args.init))
+    else:
+        preset = training.choose_preset(args.preset)
     changes = {name: getattr(args, name) for name in TRAINING_OPTIONS if getattr(args, name) is not None}
     changes.update(postprocessing_overrides(args))
     if args.minutes is not None:
         changes["minutes"] = args.minutes or None  # 0: no time budget
     return configuration.TrainConfig.from_dict({
-        **configuration.PRESETS[preset], "preset": preset, "seed": args.seed,
-        "split": str(args.split or dsb.DEFAULT_SPLIT_PATH), "data": str(args.data) if args.data else None, **changes})
+        **configuration.PRESETS[preset], **base, "preset": preset, "seed": args.seed,
+        "split": str(args.split or default_split(args.data)), "data": str(args.data) if args.data else None,
+        **changes})
+
+
+def default_split(data: Path | None) -> Path:
+    """Where a training run keeps its split when ``--split`` is not given: ``datasets/split.csv`` for the DSB
+    training set, ``datasets/split-<name>.csv`` for another dataset (named after its folder or zip)."""
+    if data is None:
+        return dsb.DEFAULT_SPLIT_PATH
+    return dsb.DATASETS_DIR / f"split-{Path(data).stem}.csv"
 
 
 def run(args: argparse.Namespace) -> Path | None:
@@ -285,7 +312,8 @@ def run(args: argparse.Namespace) -> Path | None:
         return pipeline.tune_run(args.model, data=args.data, split=args.split, subset=args.subset, tta=args.tta,
                                  out=args.out, cache_dir=cache_dir, progress=progress)
     if args.command == "predict":
-        return pipeline.predict_run(args.model, args.inputs, overrides=postprocessing_overrides(args),
+        model, images = pipeline.model_and_inputs(args.inputs)
+        return pipeline.predict_run(model, images, overrides=postprocessing_overrides(args),
                                     formats=[name for name in args.formats.split(",") if name],
                                     channel=args.channel, stack=args.stack, recursive=args.recursive,
                                     out=args.out, progress=progress)

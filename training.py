@@ -91,17 +91,31 @@ def build_model(config: TrainConfig) -> keras.Model:
 
     Its layers compute in the current Keras dtype policy (``mixed_precision``).
     """
+    model = _new_model(config) if config.init is None else _initial_model(config)
+    loss = unet.bce_dice_loss if config.loss == "bce_dice" else keras.losses.BinaryCrossentropy()
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate_schedule(config)), loss=loss,
+                  metrics=[unet.DiceCoefficient()], jit_compile=effective_jit_compile(config))
+    return model
+
+
+def _new_model(config: TrainConfig) -> keras.Model:
     # Training crops of another size than the tiles need a model that takes any size.
     side = config.tile_size if config.sampling != "crop" or config.crop_size == config.tile_size else None
-    model = unet.build_unet(
+    return unet.build_unet(
         (side, side, 1), depth=config.depth, base_filters=config.base_filters,
         batch_norm=config.batch_norm, dropout=config.dropout, output_channels=2 if config.contacts else 1,
         # Per-replica statistics would differ between workers and come from as little as one tile.
         synchronized_batch_norm=config.distribute != "none",
     )
-    loss = unet.bce_dice_loss if config.loss == "bce_dice" else keras.losses.BinaryCrossentropy()
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate_schedule(config)), loss=loss,
-                  metrics=[unet.DiceCoefficient()], jit_compile=effective_jit_compile(config))
+
+
+def _initial_model(config: TrainConfig) -> keras.Model:
+    """The network and weights of ``config.init``, taking any size, computing in the current dtype policy."""
+    model = unet.portable(unet.load_model(config.init), dtype=keras.mixed_precision.global_policy().name)
+    channels = model.output_shape[-1]
+    if channels != (2 if config.contacts else 1):
+        raise UserError(f"{config.init} has {channels} output channel(s), but the run's contacts={config.contacts} "
+                        f"needs {2 if config.contacts else 1}")
     return model
 
 

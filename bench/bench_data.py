@@ -26,6 +26,7 @@ MODES = ("cold-threads", "cold-processes", "warm", "write-cache", "floor-decode"
 def measure(mode: str, source: Path, cache_dir: Path) -> dict:
     """One measurement in this process: seconds, images, tiles, peak RSS."""
     import dsb
+    import layouts
     import tiling
 
     start = time.perf_counter()
@@ -34,8 +35,8 @@ def measure(mode: str, source: Path, cache_dir: Path) -> dict:
 
         from PIL import Image
 
-        reader = dsb.DatasetReader(source)
-        entries, _ = dsb.scan_layout(dsb.list_files(source))
+        reader = layouts.DatasetReader(source)
+        entries, _ = layouts.scan_layout(layouts.list_files(source))
         for entry in entries:
             for name in (entry.image, *entry.masks):
                 Image.open(io.BytesIO(reader.read_bytes(name)[0])).load()

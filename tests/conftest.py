@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import dsb  # noqa: E402
+import layouts  # noqa: E402
 
 SUBSET_SIZE = 24
 
@@ -118,9 +119,9 @@ def real_subset_zip(tmp_path_factory) -> Path:
     """Every 28th image of the real training set (24 images of several kinds), as a zip."""
     source = real_dataset_path()
     target = tmp_path_factory.mktemp("real") / "subset.zip"
-    entries, _ = dsb.scan_layout(dsb.list_files(source))
+    entries, _ = layouts.scan_layout(layouts.list_files(source))
     chosen = entries[::28][:SUBSET_SIZE]
-    reader = dsb.DatasetReader(source)
+    reader = layouts.DatasetReader(source)
     with zipfile.ZipFile(target, "w") as out:
         for entry in chosen:
             for name in (entry.image, *entry.masks):

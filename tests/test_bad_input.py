@@ -38,7 +38,7 @@ def test_path_that_does_not_exist(tmp_path):
 
 def test_empty_folder(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="empty: no DSB-layout images found"):
+    with pytest.raises(ValueError, match="empty: no annotated images found"):
         _load(tmp_path / "empty")
 
 

@@ -395,3 +395,37 @@ def test_unknown_preset_exits_2(capsys):
         cli.main(["--preset", "huge"])
     assert exit_info.value.code == 2
     assert "invalid choice: 'huge'" in capsys.readouterr().err
+
+
+def test_fine_tuning_on_a_few_images_of_another_layout_starts_from_the_model(smoke_run, tmp_path):
+    import tifffile
+
+    from conftest import make_synthetic_image
+
+    _, run_dir, _ = smoke_run
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(6):  # the Cellpose layout: img.tif with img_masks.tif
+        image, masks = make_synthetic_image(rng, (96, 96), nuclei=3, kind="gray")
+        tifffile.imwrite(folder / f"img{index}.tif", image)
+        tifffile.imwrite(folder / f"img{index}_masks.tif", sum((mask > 0) * (k + 1) for k, mask in enumerate(masks))
+                         .astype(np.uint16))
+    assert cli.main(["train", "--init", str(run_dir / "model.keras"), "--data", str(folder), "--split",
+                     str(tmp_path / "split.csv"), "--epochs", "2", "--steps-per-epoch", "2", "--crop-size", "64",
+                     "--no-cache", "--quiet", "--out", str(tmp_path / "runs")]) == 0
+    (tuned,) = (tmp_path / "runs").iterdir()
+    config = TrainConfig.load(tuned / "config.json")
+    base = TrainConfig.load(run_dir / "config.json")
+    assert config.preset == "finetune" and config.init == str(run_dir / "model.keras")
+    assert (config.depth, config.base_filters, config.contacts) == (base.depth, base.base_filters, base.contacts)
+    split = pd.read_csv(tmp_path / "split.csv")
+    assert set(split["subset"]) == {"train", "cv"}  # six images: no test split
+    assert (tuned / "model.keras").is_file() and not (tuned / "metrics.json").exists()
+
+
+def test_predict_without_a_model_needs_the_ready_one(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(pipeline, "READY_MODEL", tmp_path / "models" / "none" / "model.keras")
+    assert cli.main(["predict", str(tmp_path), "--out", str(tmp_path / "runs")]) == 2
+    assert "no model given and no ready model" in capsys.readouterr().err
+    assert pipeline.model_and_inputs(["m.keras", "a.png"]) == (Path("m.keras"), ["a.png"])

@@ -7,9 +7,11 @@ import time
 
 import numpy as np
 import pytest
+import skimage.io
 from conftest import make_synthetic_image, write_dsb_folder, zip_folder
 
 import dsb
+import layouts
 
 # ---- loading -------------------------------------------------------------------------------
 
@@ -55,28 +57,28 @@ def test_labels_follow_sorted_mask_file_names(tmp_path):
 def test_scan_layout_ignores_stray_files():
     names = ["t/a/images/a.png", "t/a/masks/1.png", "t/a/images/.DS_Store", "t/a/masks/Thumbs.db", "t/README.txt",
              "__MACOSX/t/a/images/._a.png"]
-    (entry,), skipped = dsb.scan_layout(names)
+    (entry,), skipped = layouts.scan_layout(names)
     assert entry.image_id == "a" and entry.image == "t/a/images/a.png" and entry.masks == ("t/a/masks/1.png",)
     assert skipped == {}
 
 
 def test_scan_layout_rejects_two_images():
     with pytest.raises(ValueError, match="a: expected one file in images/, found 2"):
-        dsb.scan_layout(["a/images/a.png", "a/images/b.png", "a/masks/1.png"])
+        layouts.scan_layout(["a/images/a.png", "a/images/b.png", "a/masks/1.png"])
 
 
 def test_scan_layout_skips_image_without_masks():
-    entries, skipped = dsb.scan_layout(["a/images/a.png", "b/images/b.png", "b/masks/1.png"])
+    entries, skipped = layouts.scan_layout(["a/images/a.png", "b/images/b.png", "b/masks/1.png"])
     assert [e.image_id for e in entries] == ["b"] and skipped == {"a": "no mask files in masks/"}
 
 
 def test_scan_layout_skips_masks_without_image():
-    entries, skipped = dsb.scan_layout(["a/masks/1.png", "b/images/b.png", "b/masks/1.png"])
+    entries, skipped = layouts.scan_layout(["a/masks/1.png", "b/images/b.png", "b/masks/1.png"])
     assert [e.image_id for e in entries] == ["b"] and skipped == {"a": "no image file in images/"}
 
 
 def test_scan_layout_accepts_image_without_masks_when_not_required():
-    (entry,), _ = dsb.scan_layout(["a/images/a.png"], require_masks=False)
+    (entry,), _ = layouts.scan_layout(["a/images/a.png"], require_masks=False)
     assert entry.masks == ()
 
 
@@ -96,7 +98,7 @@ def test_find_dataset_missing_path_is_a_clear_error(tmp_path):
 
 def test_labels_from_masks_rejects_wrong_shape():
     with pytest.raises(ValueError, match=r"mask 1 has shape \(3, 3\), image has shape \(4, 4\)"):
-        dsb.labels_from_masks([np.ones((3, 3))], (4, 4))
+        layouts.labels_from_masks([np.ones((3, 3))], (4, 4))
 
 
 
@@ -144,3 +146,47 @@ def test_raw_images_are_read_as_stored_with_their_labels(synthetic_folder, synth
         np.testing.assert_array_equal(labels, records[image_id].labels)
     with pytest.raises(ValueError, match="1 of the images asked for are not there"):
         dsb.read_raw_images(synthetic_folder, ["img01", "nope"])
+
+
+# ---- the StarDist and Cellpose layouts ----------------------------------------------------------
+
+def _label_image(seed=0, shape=(64, 80)):
+    image, masks = make_synthetic_image(np.random.default_rng(seed), shape, nuclei=3, kind="gray")
+    labels = np.zeros(shape, np.uint16)
+    for index, mask in enumerate(masks, start=1):
+        labels[mask > 0] = index * 7  # any numbering: the loader renumbers 1..n
+    return image, labels
+
+
+@pytest.mark.parametrize("layout", ["stardist", "cellpose"])
+def test_image_and_label_image_layouts_load(tmp_path, layout):
+    import tifffile
+
+    expected = {}
+    for seed, name in enumerate(["a", "b c"]):
+        image, labels = _label_image(seed)
+        expected[name] = labels
+        if layout == "stardist":
+            (tmp_path / "images").mkdir(exist_ok=True)
+            (tmp_path / "masks").mkdir(exist_ok=True)
+            tifffile.imwrite(tmp_path / "images" / f"{name}.tif", image)
+            tifffile.imwrite(tmp_path / "masks" / f"{name}.tif", labels)
+        else:
+            tifffile.imwrite(tmp_path / f"{name}.tif", image)
+            skimage.io.imsave(tmp_path / f"{name}_masks.png", labels, check_contrast=False)
+    records = dsb.load_dataset(tmp_path, cache_dir=None, workers=1, progress=False)
+    assert [record.image_id for record in records] == ["a", "b c"]
+    for record in records:
+        assert record.labels.max() == 3 and np.array_equal(record.labels > 0, expected[record.image_id] > 0)
+
+
+def test_a_label_image_of_another_size_is_skipped(tmp_path):
+    import tifffile
+
+    image, labels = _label_image()
+    tifffile.imwrite(tmp_path / "a.tif", image)
+    tifffile.imwrite(tmp_path / "a_masks.tif", labels[:32])
+    tifffile.imwrite(tmp_path / "b.tif", image)
+    tifffile.imwrite(tmp_path / "b_masks.tif", labels)
+    records, report = dsb.read_dataset(tmp_path, cache_dir=None, workers=1, progress=False)
+    assert [record.image_id for record in records] == ["b"] and "has shape (32, 80)" in report.skipped["a"]

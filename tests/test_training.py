@@ -334,3 +334,16 @@ def test_mixed_precision_trains_and_leaves_the_global_policy_as_it_was(synthetic
     assert json.loads((tmp_path / "training.json").read_text())["precision"] == "mixed_bfloat16"
     model = unet.load_model(tmp_path / "model.keras")
     assert model.layers[1].dtype_policy.name == "mixed_bfloat16" and model.output.dtype == "float32"
+
+
+# ---- fine-tuning from a saved model -----------------------------------------------------------------
+
+def test_a_model_built_from_init_starts_from_its_weights(tmp_path):
+    start = unet.build_unet((64, 64, 1), depth=2, base_filters=2, output_channels=2, batch_norm=True)
+    start.save(tmp_path / "start.keras")
+    config = _config(init=str(tmp_path / "start.keras"), contacts=True, batch_norm=True)
+    model = training.build_model(config)
+    for mine, theirs in zip(model.get_weights(), start.get_weights()):
+        np.testing.assert_array_equal(mine, theirs)
+    with pytest.raises(ValueError, match="has 2 output channel"):
+        training.build_model(_config(init=str(tmp_path / "start.keras"), contacts=False))
