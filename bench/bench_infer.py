@@ -19,9 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 import common
+import numpy as np
 
 
 def load_images(quick: bool, config) -> list[np.ndarray]:

@@ -23,9 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 import common
+import numpy as np
 
 VARIANTS = ("xla", "bf16", "batch16")
 DEFAULT_VARIANTS = ("xla", "batch16")

@@ -16,7 +16,6 @@ Writes ``bench/results/peer_stardist.json``.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -29,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # StarDist needs tf.keras 2 (the tf-keras package)
 
 import common  # noqa: E402
+
 import dsb  # noqa: E402
 import imaging  # noqa: E402
 import robustness  # noqa: E402

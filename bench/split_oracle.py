@@ -19,12 +19,12 @@ import dataclasses
 import sys
 from pathlib import Path
 
+import common  # noqa: F401 - puts the project on sys.path and quiets TensorFlow's start-up before it loads
 import numpy as np
 import pandas as pd
 import skimage.measure
 import skimage.segmentation
 
-import common  # noqa: F401 - puts the project on sys.path and quiets TensorFlow's start-up before it loads
 import dsb
 import pipeline
 import segment

@@ -99,3 +99,11 @@ def test_unet_flop_count_matches_a_hand_count():
                     + pixels * 9 * (4 * 2 + 2 * 2)          # up level 0: concat 4 -> 2, 2 -> 2
                     + pixels * 1 * 2 * 1)                   # 1x1 output
     assert bench_train.forward_flops(model) == expected
+
+
+def test_bench_large_quick(tmp_path):
+    results = run_quick(tmp_path, "bench_large.py")
+    assert results["benchmark"] == "large" and results["side"] == 1000
+    assert_positive(results, "large.seconds", "large.peak_rss_gib", "large.megapixels_per_second")
+    assert set(results["speed"]) == {"256", "512"} and set(results["speed"]["512"]) == {"floor", "trained tiles",
+                                                                                          "auto tiles"}

@@ -399,7 +399,6 @@ def test_unknown_preset_exits_2(capsys):
 
 def test_fine_tuning_on_a_few_images_of_another_layout_starts_from_the_model(smoke_run, tmp_path):
     import tifffile
-
     from conftest import make_synthetic_image
 
     _, run_dir, _ = smoke_run

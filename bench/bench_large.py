@@ -1,0 +1,140 @@
+"""Large images: the memory and speed of ``predict`` on a 10,000 x 10,000 image, and tiled prediction against
+one pass of the model over the whole image.
+
+1. **Memory.** A gray 8-bit 10,000 x 10,000 image, made by repeating the test split's images, is segmented by
+   ``train_and_predicted_masks.py predict`` in a subprocess (no TTA; labels, ROI, GeoJSON and measurements
+   written): its peak RSS (``getrusage(RUSAGE_CHILDREN)``) against the 3 GiB target, and its megapixels/s.
+2. **Speed against the floor.** On square images up to 2000 x 2000 cut from the same mosaic: the floor is one
+   call of the model on the whole image (padded to a multiple of 32: the U-Net is fully convolutional); ours is
+   ``segment.predict_maps`` without TTA, with the tiles the model was trained on and with ``tile_size='auto'``
+   (the fewest tiles of at most 1024 pixels). Alternating, median of ``--repeats``.
+
+    python bench/bench_large.py                          # the ready model in models/ (or --model)
+    python bench/bench_large.py --quick
+"""
+
+from __future__ import annotations
+
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import common
+import numpy as np
+import pandas as pd
+
+TARGET_GIB = 3.0
+TARGET_RATIO = 0.9
+
+
+def mosaic(side: int, quick: bool) -> np.ndarray:
+    """A gray uint8 image of side x side pixels tiled from the test split's images (random data with --quick)."""
+    if quick:
+        rng = np.random.default_rng(0)
+        return (rng.random((side, side)) * 255).astype(np.uint8)
+    import dsb
+    import pipeline
+    import stratify
+    from config import TrainConfig
+
+    records, split, _ = pipeline.load_data(TrainConfig.from_preset("cpu"), cache_dir=dsb.DEFAULT_CACHE_DIR,
+                                           progress=False)
+    tiles = [(record.image[:256, :256] * 255).astype(np.uint8) for record in stratify.subset_records(
+        records, split, "test") if min(record.image.shape) >= 256]
+    rows = []
+    count = int(np.ceil(side / 256))
+    for row in range(count):
+        rows.append(np.hstack([tiles[(row * count + col) % len(tiles)] for col in range(count)]))
+    return np.vstack(rows)[:side, :side]
+
+
+def whole_image(model, image: np.ndarray) -> np.ndarray:
+    """The floor: the model once on the whole image, reflect-padded to a multiple of 32."""
+    height, width = image.shape
+    padded = np.pad(image, ((0, -height % 32), (0, -width % 32)), mode="reflect")
+    return np.asarray(model.predict_on_batch(padded[None, ..., None]))[0, :height, :width]
+
+
+def main(argv=None) -> int:
+    parser = common.base_parser("large", __doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, help="a saved model.keras (default: the ready model in models/)")
+    parser.add_argument("--side", type=int, default=10_000, help="side of the large image (default 10000)")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating runs of each, median taken (default 3)")
+    args = parser.parse_args(argv)
+
+    import tifffile
+
+    import pipeline
+    import segment
+    import unet
+
+    model_path = args.model or pipeline.READY_MODEL
+    side = 1000 if args.quick else args.side
+    if args.quick and args.model is None:
+        scratch_model = Path(tempfile.mkdtemp(prefix="bench-large-")) / "model.keras"
+        unet.build_unet((None, None, 1), depth=3, base_filters=4, output_channels=2).save(scratch_model)
+        model_path = scratch_model
+    image = mosaic(side, args.quick)
+    results = {"benchmark": "large", "quick": args.quick, "machine": common.machine(), "model": str(model_path),
+               "side": side, "targets": {"peak_rss_gib": TARGET_GIB, "ratio": TARGET_RATIO}}
+
+    # 1. the whole predict command on the large image
+    with tempfile.TemporaryDirectory(prefix="bench-large-") as scratch:
+        scratch = Path(scratch)
+        tifffile.imwrite(scratch / "large.tif", image, compression="zlib")
+        command = [sys.executable, str(common.PROJECT_DIR / "train_and_predicted_masks.py"), "predict",
+                   str(model_path), str(scratch / "large.tif"), "--no-tta", "--quiet", "--out", str(scratch / "runs"),
+                   "--formats", "labels,tiff,roi,geojson,measurements"]
+        start = time.perf_counter()
+        finished = subprocess.run(command, capture_output=True, text=True)
+        seconds = time.perf_counter() - start
+        if finished.returncode:
+            print(finished.stdout[-3000:], finished.stderr[-3000:], sep="\n", file=sys.stderr)
+            raise SystemExit(f"predict failed with exit status {finished.returncode}")
+        (run_dir,) = (scratch / "runs").iterdir()
+        nuclei = int(pd.read_csv(run_dir / "counts.csv")["nuclei"].iloc[0])
+    peak_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+    megapixels_per_second = side**2 / 1e6 / seconds
+    results["large"] = {"command": " ".join(command[1:]), "seconds": seconds, "peak_rss_gib": peak_gib,
+                        "megapixels_per_second": megapixels_per_second, "nuclei": nuclei}
+    common.print_table(f"predict on a {side} x {side} image",
+                       [("whole command", peak_gib, TARGET_GIB, seconds, megapixels_per_second, nuclei)],
+                       ("measurement", "peak RSS GiB", "target GiB", "wall s", "MP/s", "nuclei"))
+
+    # 2. tiled prediction against one pass over the whole image
+    trained = pipeline.TrainedModel.open(model_path)
+    predict_tiles, trained_on, min_overlap = trained.predictor()
+    model = unet.portable(unet.load_model(model_path), dtype=None)
+    sizes = (256, 512) if args.quick else (500, 1000, 2000)
+    rows, speed = [], {}
+    for size in sizes:
+        crop = image[:size, :size].astype(np.float32) / 255
+        timings = {"floor": [], "trained tiles": [], "auto tiles": []}
+        for _ in range(args.repeats):
+            timings["floor"].append(common.timed(whole_image, model, crop)[0])
+            timings["trained tiles"].append(common.timed(segment.predict_maps, predict_tiles, crop,
+                                                         tile_size=trained_on, min_overlap=min_overlap)[0])
+            timings["auto tiles"].append(common.timed(segment.predict_maps, predict_tiles, crop, tile_size="auto",
+                                                      min_overlap=min_overlap)[0])
+        megapixels = size * size / 1e6
+        speed[size] = {name: megapixels / common.median(values) for name, values in timings.items()}
+        for name in timings:
+            rows.append((f"{size} x {size}: {name}", common.median(timings[name]), speed[size][name],
+                         speed[size][name] / speed[size]["floor"]))
+    results["speed"] = {str(size): value for size, value in speed.items()}
+    results["met"] = {"peak_rss": peak_gib <= TARGET_GIB,
+                      "auto_tiles_ratio": all(value["auto tiles"] >= TARGET_RATIO * value["floor"] for value in
+                                              speed.values())}
+    common.print_table("Tiled prediction against the whole image in one call (no TTA)", rows,
+                       ("measurement", "median s", "MP/s", "x floor"))
+    print(f"targets: peak <= {TARGET_GIB} GiB ({'met' if results['met']['peak_rss'] else 'NOT met'}); "
+          f"auto tiles >= {TARGET_RATIO} x floor ({'met' if results['met']['auto_tiles_ratio'] else 'NOT met'})")
+    common.write_json(args.json, results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
