@@ -176,6 +176,9 @@ class TrainConfig:
         if preset not in PRESETS:
             raise UserError(f"unknown preset {preset!r}: choose from {', '.join(sorted(PRESETS))}")
         values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+        length = values.pop("length", None)  # by precision: training.for_this_machine chooses; here the float32 one
+        if length is not None and "epochs" not in overrides:
+            values["epochs"], values["steps_per_epoch"] = length["float32"]
         return cls.from_dict({**values, "preset": preset})
 
     @classmethod

@@ -281,10 +281,12 @@ def config_from_args(args: argparse.Namespace) -> configuration.TrainConfig:
     changes.update(postprocessing_overrides(args))
     if args.minutes is not None:
         changes["minutes"] = args.minutes or None  # 0: no time budget
+    # The preset's length follows its precision on this machine; options given override both.
+    values = training.for_this_machine({**training.for_this_machine({**configuration.PRESETS[preset], **base}),
+                                        **changes})
     return configuration.TrainConfig.from_dict({
-        **configuration.PRESETS[preset], **base, "preset": preset, "seed": args.seed,
-        "split": str(args.split or default_split(args.data)), "data": str(args.data) if args.data else None,
-        **changes})
+        **values, "preset": preset, "seed": args.seed, "split": str(args.split or default_split(args.data)),
+        "data": str(args.data) if args.data else None})
 
 
 def default_split(data: Path | None) -> Path:

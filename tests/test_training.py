@@ -347,3 +347,14 @@ def test_a_model_built_from_init_starts_from_its_weights(tmp_path):
         np.testing.assert_array_equal(mine, theirs)
     with pytest.raises(ValueError, match="has 2 output channel"):
         training.build_model(_config(init=str(tmp_path / "start.keras"), contacts=False))
+
+
+def test_a_preset_length_follows_the_precision_chosen_for_this_machine(monkeypatch):
+    monkeypatch.setattr(training, "detect_accelerator", lambda: None)
+    preset = {"precision": "auto", "jit_compile": "auto", "length": {"mixed_bfloat16": (7, 100), "float32": (5, 60)}}
+    monkeypatch.setattr(training, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})
+    assert training.for_this_machine(preset) == {"precision": "mixed_bfloat16", "jit_compile": False, "epochs": 7,
+                                                 "steps_per_epoch": 100}
+    monkeypatch.setattr(training, "cpu_flags", lambda: {"avx2", "fma"})
+    assert training.for_this_machine(preset) == {"precision": "float32", "jit_compile": True, "epochs": 5,
+                                                 "steps_per_epoch": 60}

@@ -1,0 +1,117 @@
+"""How much do a few annotated images give? Fine-tune a model on N training images of one cluster, score that
+cluster's test images, against the model as it was.
+
+For each N of ``--counts``: a zip of N training images of ``--cluster`` (the first N of the split's training
+images of that cluster, in a seeded order) and that cluster's CV images, with a split file that marks them so;
+then ``train_and_predicted_masks.py train --init MODEL --data ZIP --split SPLIT`` (the ``finetune`` preset), and
+``evaluate`` of the fine-tuned model and of the starting model on the cluster's test images (``--subset all`` of
+a zip of them). Writes ``bench/results/finetune_few.json`` and keeps each run's small files under ``--keep``.
+
+    python bench/finetune_few.py --model models/unet_dsb2018/model.keras --cluster 4 --counts 5 10 20
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import common
+import numpy as np
+import pandas as pd
+
+SCRIPT = common.PROJECT_DIR / "train_and_predicted_masks.py"
+SMALL_FILES = ("config.json", "history.csv", "training.json", "postprocessing.json", "metrics.json")
+
+
+def subset_zip(source: Path, image_ids: list[str], target: Path) -> Path:
+    """A zip in the DSB layout holding only ``image_ids`` of ``source``."""
+    import layouts
+
+    entries, _ = layouts.scan_layout(layouts.list_files(source))
+    reader = layouts.DatasetReader(source)
+    with zipfile.ZipFile(target, "w") as archive:
+        for entry in entries:
+            if entry.image_id in image_ids:
+                for name in (entry.image, *entry.masks):
+                    archive.writestr(name, reader.read_bytes(name)[0])
+    return target
+
+
+def run(arguments: list[str]) -> str:
+    finished = subprocess.run([sys.executable, str(SCRIPT), *arguments, "--quiet"], capture_output=True, text=True)
+    if finished.returncode:
+        print(finished.stdout[-3000:], finished.stderr[-3000:], sep="\n", file=sys.stderr)
+        raise SystemExit(f"{' '.join(arguments[:2])} failed with exit status {finished.returncode}")
+    return finished.stdout
+
+
+def evaluate(model: Path, data: Path, out: Path) -> dict:
+    run(["evaluate", str(model), "--subset", "all", "--data", str(data), "--no-cache", "--out", str(out)])
+    (folder,) = out.iterdir()
+    return json.loads((folder / "metrics.json").read_text())["summary"]
+
+
+def main(argv=None) -> int:
+    parser = common.base_parser("finetune_few", __doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, required=True, help="the model to start from")
+    parser.add_argument("--split", type=Path, help="the split the model was trained on (default: its run's)")
+    parser.add_argument("--data", type=Path, help="the DSB training set (default: dsb.find_dataset())")
+    parser.add_argument("--cluster", type=int, default=4, help="the cluster to fine-tune on (default 4)")
+    parser.add_argument("--counts", type=int, nargs="+", default=[5, 10, 20], help="training images (default 5 10 20)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--keep", type=Path, help="folder to keep each run's small files in")
+    args = parser.parse_args(argv)
+
+    import dsb
+
+    source = dsb.find_dataset(args.data)
+    split = pd.read_csv(args.split or args.model.parent / "split.csv", dtype={"image_id": str})
+    members = split[split["cluster"] == args.cluster]
+    train_ids = sorted(members.loc[members["subset"] == "train", "image_id"])
+    np.random.default_rng(args.seed).shuffle(train_ids)
+    cv_ids = sorted(members.loc[members["subset"] == "cv", "image_id"])
+    test_ids = sorted(members.loc[members["subset"] == "test", "image_id"])
+    counts = [count for count in args.counts if count <= len(train_ids)]
+    results = {"benchmark": "finetune_few", "quick": args.quick, "machine": common.machine(), "model": str(args.model),
+               "cluster": args.cluster, "available_training_images": len(train_ids), "cv_images": len(cv_ids),
+               "test_images": len(test_ids), "runs": {}}
+    with tempfile.TemporaryDirectory(prefix="finetune-few-") as scratch:
+        scratch = Path(scratch)
+        test_zip = subset_zip(source, test_ids, scratch / "test.zip")
+        results["before"] = evaluate(args.model, test_zip, scratch / "before")
+        for count in counts:
+            chosen = train_ids[:count]
+            data = subset_zip(source, chosen + cv_ids, scratch / f"train{count}.zip")
+            split_path = scratch / f"split{count}.csv"
+            pd.DataFrame({"image_id": chosen + cv_ids, "cluster": args.cluster,
+                          "subset": ["train"] * len(chosen) + ["cv"] * len(cv_ids)}).to_csv(split_path, index=False)
+            options = ["--epochs", "1", "--steps-per-epoch", "2"] if args.quick else []
+            run(["train", "--init", str(args.model), "--data", str(data), "--split", str(split_path), "--no-cache",
+                 "--seed", str(args.seed), "--out", str(scratch / f"runs{count}"), *options])
+            (run_dir,) = (scratch / f"runs{count}").iterdir()
+            after = evaluate(run_dir / "model.keras", test_zip, scratch / f"after{count}")
+            training = json.loads((run_dir / "training.json").read_text())
+            results["runs"][str(count)] = {"test": after, "training_minutes": training["minutes"],
+                                           "train_images": chosen}
+            if args.keep:
+                target = args.keep / f"{count}_images"
+                target.mkdir(parents=True, exist_ok=True)
+                for name in SMALL_FILES:
+                    if (run_dir / name).exists():
+                        shutil.copy(run_dir / name, target / name)
+    rows = [("starting model", "-", results["before"]["mean_dice"], results["before"]["mean_map"])]
+    rows += [(f"fine-tuned on {count}", value["training_minutes"], value["test"]["mean_dice"],
+              value["test"]["mean_map"]) for count, value in results["runs"].items()]
+    common.print_table(f"Cluster {args.cluster}: its {len(test_ids)} test images", rows,
+                       ("model", "minutes", "Dice", "mAP"))
+    common.write_json(args.json, results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
