@@ -457,15 +457,31 @@ def predict_run(model_path: Path, input_paths: list, *, overrides: dict | None =
     return run_dir
 
 
+SHAREABLE_FILES = ("config.json", "postprocessing.json", "clusters.json", "split.csv")
+
+
 def export_run(model_path: Path, *, export_format: str = "savedmodel", out: Path) -> Path:
-    """Export a model for serving into a new run folder: ``<run>/1/`` is the SavedModel (``1``: the version
-    folder TF Serving expects; serve the run folder as the model's base path)."""
+    """Export a model into a new run folder.
+
+    'savedmodel': ``<run>/1/`` is a TensorFlow SavedModel (``1``: the version folder TF Serving expects;
+    serve the run folder as the model's base path). 'keras': ``<run>/model.keras`` is a copy to share or to
+    ship (``unet.portable``: float32, any image size, no optimizer state: loads on every backend), with its
+    training run's ``config.json``, ``postprocessing.json``, ``clusters.json`` and ``split.csv``, so that
+    ``evaluate`` and ``predict`` use it as they use the original.
+    """
     if not Path(model_path).is_file():
         raise MissingPathError(f"model file not found: {model_path}")
     run_dir = runs.new_run_dir(out, "export")
-    runs.write_json(run_dir / "config.json", {"model": str(model_path), "format": export_format})
     try:
-        unet.export_model(model_path, run_dir / "1", export_format)
+        if export_format == "keras":
+            unet.portable(unet.load_model(model_path), dtype="float32").save(run_dir / "model.keras")
+            for name in SHAREABLE_FILES:
+                if (Path(model_path).parent / name).is_file():
+                    shutil.copy(Path(model_path).parent / name, run_dir / name)
+            runs.write_json(run_dir / "export.json", {"model": str(model_path), "format": export_format})
+        else:
+            runs.write_json(run_dir / "config.json", {"model": str(model_path), "format": export_format})
+            unet.export_model(model_path, run_dir / "1", export_format)
     except UserError:
         shutil.rmtree(run_dir, ignore_errors=True)  # a failed export leaves no folder behind
         raise

@@ -237,14 +237,16 @@ def build_arg_parser() -> argparse.ArgumentParser:
     _add_postprocessing_options(predict, "the model's postprocessing.json")
     _add_output_options(predict)
 
-    export = _command(subparsers, "export", "export a saved model for serving: a TensorFlow SavedModel whose "
+    export = _command(subparsers, "export", "export a saved model: for serving, a TensorFlow SavedModel whose "
                                             "'serve' endpoint maps tiles (batch, H, W, 1) float32 in [0, 1] to "
-                                            "probabilities (batch, H, W, C): nuclei [, contacts]",
-                      ["export runs/RUN/model.keras"])
+                                            "probabilities (batch, H, W, C): nuclei [, contacts]; to share, a "
+                                            "float32 .keras file of any input size with its run's settings",
+                      ["export runs/RUN/model.keras", "export runs/RUN/model.keras --format keras"])
     export.add_argument("model", type=Path, metavar="MODEL", help="a saved model, e.g. runs/RUN/model.keras")
-    export.add_argument("--format", choices=sorted(unet.EXPORT_FORMATS), default="savedmodel",
+    export.add_argument("--format", choices=sorted([*unet.EXPORT_FORMATS, "keras"]), default="savedmodel",
                         help="export format (default: savedmodel; the run folder's '1/' is the version folder "
-                             "TF Serving expects)")
+                             "TF Serving expects. keras: model.keras for every backend, with config.json, "
+                             "postprocessing.json, clusters.json and split.csv)")
     export.add_argument("--out", type=Path, metavar="DIR", default=runs.DEFAULT_RUNS_DIR,
                         help="folder in which the command makes its new run folder <timestamp>-export/ "
                              "(default: runs/)")

@@ -68,3 +68,17 @@ def test_export_of_a_missing_model_is_a_one_line_error_and_leaves_no_folder(tmp_
     assert cli.main(["export", str(tmp_path / "none.keras"), "--out", str(tmp_path / "exports")]) == 2
     assert capsys.readouterr().err == f"error: model file not found: {tmp_path / 'none.keras'}\n"
     assert not (tmp_path / "exports").exists()
+
+
+def test_keras_export_is_a_float32_any_size_copy_with_the_runs_settings(exported, tmp_path):
+    model_path, _, _ = exported
+    (model_path.parent / "postprocessing.json").write_text(json.dumps({"threshold": 0.55}))
+    assert cli.main(["export", str(model_path), "--format", "keras", "--out", str(tmp_path)]) == 0
+    (export_dir,) = tmp_path.iterdir()
+    assert sorted(path.name for path in export_dir.iterdir()) == ["export.json", "model.keras", "postprocessing.json"]
+    assert json.loads((export_dir / "postprocessing.json").read_text()) == {"threshold": 0.55}
+    original, copy = unet.load_model(model_path), unet.load_model(export_dir / "model.keras")
+    assert copy.input_shape[1:3] == (None, None) and all(weight.dtype == "float32" for weight in copy.weights)
+    tiles = np.random.default_rng(1).random((2, 32, 32, 1)).astype(np.float32)
+    np.testing.assert_allclose(copy.predict(tiles, verbose=0), original.predict(tiles, verbose=0), rtol=1e-5, atol=1e-6)
+    assert copy.predict(np.zeros((1, 64, 96, 1), np.float32), verbose=0).shape[1:3] == (64, 96)
