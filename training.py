@@ -487,7 +487,8 @@ def train(config: TrainConfig, run_dir: Path, tiles: TrainingData, *, progress: 
     the last finished epoch), with the time budget that was left. Writes ``history.csv``,
     ``training.json`` (minutes trained, why training stopped, the last epoch's tiles/s, the
     ``replicas`` of a distributed run, the CV tiles validated on, the precision and XLA setting used,
-    the epochs after which it was resumed) and, on TensorFlow, TensorBoard ``logs/``. The model
+    the epochs after which it was resumed; for a fine-tuning run, ``starting_model``: the CV loss and Dice
+    of the model it started from) and, on TensorFlow, TensorBoard ``logs/``. The model
     computes in ``config.precision`` (``choose_precision``) while it trains; the Keras dtype policy is
     restored afterwards.
 
@@ -546,10 +547,19 @@ def _fit(config: TrainConfig, run_dir: Path, tiles: TrainingData, *, progress: b
     ]
     cv_images, cv_masks, validation_batch_size = shardable_validation(tiles.cv_images, tiles.cv_masks,
                                                                       max(config.batch_size, 8))
+    validation = ValidationBatches(cv_images, cv_masks, validation_batch_size, config.contacts)
+    starting = {}
+    if initial_epoch > 0 and (run_dir / "training.json").exists():
+        starting = runs.read_json(run_dir / "training.json").get("starting_model", {})
+    elif config.init:  # what fine-tuning improves on: the model it starts from, scored as each epoch is
+        scores = model.evaluate(validation, verbose=0, return_dict=True)
+        starting = {"val_loss": float(scores["loss"]), "val_dice": float(scores.get("dice", np.nan))}
+        log.info("the model it starts from, on the CV tiles: loss %.4f, Dice %.4f", starting["val_loss"],
+                 starting["val_dice"])
     started = time.monotonic()
     history = model.fit(
         sequence,
-        validation_data=ValidationBatches(cv_images, cv_masks, validation_batch_size, config.contacts),
+        validation_data=validation,
         epochs=config.epochs,
         initial_epoch=initial_epoch,
         callbacks=callbacks,
@@ -567,7 +577,8 @@ def _fit(config: TrainConfig, run_dir: Path, tiles: TrainingData, *, progress: b
         "minutes": round(minutes, 2), "stopped_by_time_budget": bool(budget and budget.stopped),
         "stopped_by_nan_loss": diverged, "tiles_per_second": throughput.tiles_per_second, "replicas": replicas,
         "validation_tiles": len(cv_images), "precision": precision, "jit_compile": model.jit_compile,
-        "resumed_after_epochs": resumed + ([initial_epoch] if initial_epoch > 0 else [])})
+        "resumed_after_epochs": resumed + ([initial_epoch] if initial_epoch > 0 else []),
+        **({"starting_model": starting} if starting else {})})
     checkpoint = run_dir / "model.keras"
     if diverged:
         epoch = initial_epoch + len(losses) - 1

@@ -421,6 +421,8 @@ def test_fine_tuning_on_a_few_images_of_another_layout_starts_from_the_model(smo
     split = pd.read_csv(tmp_path / "split.csv")
     assert set(split["subset"]) == {"train", "cv"}  # six images: no test split
     assert (tuned / "model.keras").is_file() and not (tuned / "metrics.json").exists()
+    starting = json.loads((tuned / "training.json").read_text())["starting_model"]  # what fine-tuning improved on
+    assert np.isfinite(starting["val_loss"]) and 0 <= starting["val_dice"] <= 1
 
 
 def test_predict_without_a_model_needs_the_ready_one(tmp_path, monkeypatch, capsys):
