@@ -25,7 +25,7 @@ log = logging.getLogger("stratify")
 N_CLUSTERS = 8
 SUBSETS = ("train", "cv", "test")
 SPLIT_COLUMNS = ["image_id", "cluster", "subset"]
-SMALL_DATASET = 40  # images: below it, a split has no test images (see load_or_make_split)
+SMALL_DATASET = 20  # images: below it, a split has no test images (see load_or_make_split)
 
 
 def image_statistics(records) -> pd.DataFrame:

@@ -14,7 +14,7 @@ def test_every_preset_is_a_valid_config():
 
 
 def test_unknown_preset_is_a_clear_error():
-    with pytest.raises(ValueError, match="unknown preset 'huge': choose from cpu, seed, smoke"):
+    with pytest.raises(ValueError, match="unknown preset 'huge': choose from cpu, finetune, ready, seed, smoke"):
         TrainConfig.from_preset("huge")
 
 

@@ -75,6 +75,18 @@ def test_split_is_saved_and_reused(tmp_path):
     pd.testing.assert_frame_equal(made, reused)
 
 
+@pytest.mark.parametrize("count", [5, stratify.SMALL_DATASET - 1])
+def test_a_few_images_to_fine_tune_on_are_split_into_train_and_cv_only(tmp_path, count):
+    split = stratify.load_or_make_split(_fake_stats(count), tmp_path / "split.csv", seed=0)
+    counts = split["subset"].value_counts()
+    assert set(counts.index) == {"train", "cv"} and counts["cv"] >= 1 and counts["train"] > counts["cv"]
+
+
+def test_a_dataset_of_the_small_limit_or_more_keeps_a_test_split(tmp_path):
+    split = stratify.load_or_make_split(_fake_stats(stratify.SMALL_DATASET), tmp_path / "split.csv", seed=0)
+    assert set(split["subset"]) == {"train", "cv", "test"}
+
+
 def test_changed_dataset_is_reported_not_resplit(tmp_path):
     path = tmp_path / "split.csv"
     stratify.load_or_make_split(_fake_stats(80), path)
