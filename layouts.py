@@ -147,6 +147,20 @@ def list_files(source: str | os.PathLike) -> list[str]:
     raise UserError(f"{source} is neither a folder nor a zip file")
 
 
+def subset_zip(source: str | os.PathLike, image_ids, target: str | os.PathLike) -> Path:
+    """A new zip at ``target`` holding the images ``image_ids`` of the dataset ``source`` (a folder or zip, any
+    layout ``scan_layout`` reads) with their masks, under their own names: a smaller dataset of the same kind."""
+    wanted = set(image_ids)
+    entries, _ = scan_layout(list_files(source), require_masks=False)
+    reader = DatasetReader(Path(source))
+    with zipfile.ZipFile(target, "w") as archive:
+        for entry in entries:
+            if entry.image_id in wanted:
+                for name in (entry.image, *entry.masks):
+                    archive.writestr(name, reader.read_bytes(name)[0])
+    return Path(target)
+
+
 class DatasetReader:
     """Reads files from a folder or a zip; keeps one open zip per thread."""
 
@@ -247,7 +261,7 @@ def _pixels_of_mask(mask) -> _MaskPixels:
     if box is None:
         empty = np.zeros(0, np.intp)
         return _MaskPixels(shape, empty, empty)
-    left, top, right, bottom = box
+    left, top = box[:2]
     rows, cols = np.nonzero(np.asarray(mask.crop(box)))
     return _MaskPixels(shape, rows + top, cols + left)
 

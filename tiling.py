@@ -236,6 +236,20 @@ def training_target(labels: np.ndarray, contacts: bool = False) -> np.ndarray:
     return target
 
 
+def finite_image(record) -> np.ndarray | None:
+    """A record's image for training: NaN and infinite pixels replaced as ``imaging.replace_nonfinite`` says,
+    with a warning that counts them; None, with a warning that names the image, when no pixel is finite."""
+    try:
+        image, count = replace_nonfinite(record.image, name=record.image_id)
+    except ValueError as error:
+        log.warning("left out of training: %s", error)
+        return None
+    if count:
+        log.warning("%s: %d pixel values are NaN or infinite; replaced by the median of the others",
+                    record.image_id, count)
+    return image
+
+
 def tiles_for_records(
     records: list, tile_size: int = TILE_SIZE, min_overlap: int = MIN_OVERLAP, *, contacts: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -254,14 +268,9 @@ def tiles_for_records(
     """
     images, masks, owner = [], [], []
     for index, record in enumerate(records):
-        try:
-            image, count = replace_nonfinite(record.image, name=record.image_id)
-        except ValueError as error:
-            log.warning("left out of training: %s", error)
+        image = finite_image(record)
+        if image is None:
             continue
-        if count:
-            log.warning("%s: %d pixel values are NaN or infinite; replaced by the median of the others",
-                        record.image_id, count)
         image_tiles, _ = make_tiles(image.astype(np.float16), tile_size, min_overlap)
         mask_tiles, _ = make_tiles(training_target(record.labels, contacts), tile_size, min_overlap)
         images.append(image_tiles)

@@ -22,7 +22,6 @@ import numpy as np
 import pandas as pd
 
 import augment
-import imaging
 import runs
 import segment
 import stratify
@@ -230,14 +229,9 @@ def _whole_images(records: list) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """(image id, image float16, labels) of records, non-finite pixels handled as ``tiling.tiles_for_records`` does."""
     whole = []
     for record in records:
-        try:
-            image, count = imaging.replace_nonfinite(record.image, name=record.image_id)
-        except UserError as error:
-            log.warning("left out of training: %s", error)
+        image = tiling.finite_image(record)
+        if image is None:
             continue
-        if count:
-            log.warning("%s: %d pixel values are NaN or infinite; replaced by the median of the others",
-                        record.image_id, count)
         dtype = np.uint16 if record.labels.max(initial=0) < 2**16 else np.int32
         whole.append((record.image_id, image.astype(np.float16), record.labels.astype(dtype)))
     return whole

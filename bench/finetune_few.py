@@ -17,7 +17,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import zipfile
 from pathlib import Path
 
 import common
@@ -28,22 +27,9 @@ SCRIPT = common.PROJECT_DIR / "train_and_predicted_masks.py"
 SMALL_FILES = ("config.json", "history.csv", "training.json", "postprocessing.json", "metrics.json")
 
 
-def subset_zip(source: Path, image_ids: list[str], target: Path) -> Path:
-    """A zip in the DSB layout holding only ``image_ids`` of ``source``."""
-    import layouts
-
-    entries, _ = layouts.scan_layout(layouts.list_files(source))
-    reader = layouts.DatasetReader(source)
-    with zipfile.ZipFile(target, "w") as archive:
-        for entry in entries:
-            if entry.image_id in image_ids:
-                for name in (entry.image, *entry.masks):
-                    archive.writestr(name, reader.read_bytes(name)[0])
-    return target
-
-
 def run(arguments: list[str]) -> str:
-    finished = subprocess.run([sys.executable, str(SCRIPT), *arguments, "--quiet"], capture_output=True, text=True)
+    finished = subprocess.run([sys.executable, str(SCRIPT), *arguments, "--quiet"], capture_output=True, text=True,
+                              check=False)
     if finished.returncode:
         print(finished.stdout[-3000:], finished.stderr[-3000:], sep="\n", file=sys.stderr)
         raise SystemExit(f"{' '.join(arguments[:2])} failed with exit status {finished.returncode}")
@@ -68,6 +54,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     import dsb
+    import layouts
 
     source = dsb.find_dataset(args.data)
     split = pd.read_csv(args.split or args.model.parent / "split.csv", dtype={"image_id": str})
@@ -82,11 +69,11 @@ def main(argv=None) -> int:
                "test_images": len(test_ids), "runs": {}}
     with tempfile.TemporaryDirectory(prefix="finetune-few-") as scratch:
         scratch = Path(scratch)
-        test_zip = subset_zip(source, test_ids, scratch / "test.zip")
+        test_zip = layouts.subset_zip(source, test_ids, scratch / "test.zip")
         results["before"] = evaluate(args.model, test_zip, scratch / "before")
         for count in counts:
             chosen = train_ids[:count]
-            data = subset_zip(source, chosen + cv_ids, scratch / f"train{count}.zip")
+            data = layouts.subset_zip(source, chosen + cv_ids, scratch / f"train{count}.zip")
             split_path = scratch / f"split{count}.csv"
             pd.DataFrame({"image_id": chosen + cv_ids, "cluster": args.cluster,
                           "subset": ["train"] * len(chosen) + ["cv"] * len(cv_ids)}).to_csv(split_path, index=False)

@@ -120,13 +120,7 @@ def real_subset_zip(tmp_path_factory) -> Path:
     source = real_dataset_path()
     target = tmp_path_factory.mktemp("real") / "subset.zip"
     entries, _ = layouts.scan_layout(layouts.list_files(source))
-    chosen = entries[::28][:SUBSET_SIZE]
-    reader = layouts.DatasetReader(source)
-    with zipfile.ZipFile(target, "w") as out:
-        for entry in chosen:
-            for name in (entry.image, *entry.masks):
-                out.writestr(name, reader.read_bytes(name)[0])
-    return target
+    return layouts.subset_zip(source, [entry.image_id for entry in entries[::28][:SUBSET_SIZE]], target)
 
 
 def write_split(path: Path, subsets: dict[str, str]) -> Path:

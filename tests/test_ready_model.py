@@ -30,15 +30,7 @@ MAP_TOLERANCE = 0.02
 
 
 def subset_zip(image_ids, target):
-    source = real_dataset_path()
-    entries, _ = layouts.scan_layout(layouts.list_files(source))
-    reader = layouts.DatasetReader(source)
-    with zipfile.ZipFile(target, "w") as archive:
-        for entry in entries:
-            if entry.image_id in image_ids:
-                for name in (entry.image, *entry.masks):
-                    archive.writestr(name, reader.read_bytes(name)[0])
-    return target
+    return layouts.subset_zip(real_dataset_path(), image_ids, target)
 
 
 def card_images(count: int = 8) -> pd.DataFrame:
