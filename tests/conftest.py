@@ -23,6 +23,15 @@ import layouts  # noqa: E402
 SUBSET_SIZE = 24
 
 
+def disk_labels(shape, centres, radius) -> np.ndarray:
+    """A label image of discs of ``radius`` at ``centres`` (row, col), labelled 1, 2, ... in order (int32)."""
+    rows, cols = np.indices(shape)
+    labels = np.zeros(shape, np.int32)
+    for index, (r, c) in enumerate(centres, start=1):
+        labels[(rows - r) ** 2 + (cols - c) ** 2 <= radius ** 2] = index
+    return labels
+
+
 def make_synthetic_image(rng, shape=(64, 80), nuclei=3, *, kind="fluorescence", dtype=np.uint8):
     """A DSB-like image with round nuclei and their masks.
 

@@ -4,16 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import disk_labels
 
 import outputs
-
-
-def _disks(shape, centres, radius):
-    rows, cols = np.indices(shape)
-    labels = np.zeros(shape, np.int32)
-    for index, (r, c) in enumerate(centres, start=1):
-        labels[(rows - r) ** 2 + (cols - c) ** 2 <= radius ** 2] = index
-    return labels
 
 
 # ---- RLE -----------------------------------------------------------------------------------
@@ -53,7 +46,7 @@ def test_rle_decode_rejects_bad_runs(rle):
 
 
 def test_labels_csv_round_trip(tmp_path):
-    labels = _disks((30, 40), [(10, 10), (20, 30)], 5)
+    labels = disk_labels((30, 40), [(10, 10), (20, 30)], 5)
     path = tmp_path / "labels.csv"
     outputs.write_submission(path, outputs.submission_rows("a", labels) + outputs.submission_rows("b", labels * 0))
     read = outputs.read_labels_csv(path, shapes={"a": (30, 40), "b": (30, 40)})

@@ -13,7 +13,7 @@ import zipfile
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import real_dataset_path, run_cli_process
+from conftest import disk_labels, real_dataset_path, run_cli_process
 from test_backends import BACKEND_PACKAGES, require_backend
 
 import layouts
@@ -60,11 +60,8 @@ def test_predict_without_a_model_uses_the_ready_one_on_every_backend(backend, tm
     import skimage.io
 
     rng = np.random.default_rng(0)
-    image = np.zeros((120, 150), np.uint8)
-    for row, col in ((30, 30), (30, 100), (85, 60), (90, 120)):
-        rows, cols = np.ogrid[:120, :150]
-        image[(rows - row) ** 2 + (cols - col) ** 2 <= 12 ** 2] = 200
-    image = np.clip(image + rng.normal(0, 8, image.shape), 0, 255).astype(np.uint8)
+    discs = disk_labels((120, 150), [(30, 30), (30, 100), (85, 60), (90, 120)], 12) > 0
+    image = np.clip(discs * 200.0 + 20 + rng.normal(0, 8, discs.shape), 0, 255).astype(np.uint8)
     skimage.io.imsave(tmp_path / "cells.png", image, check_contrast=False)
     out = tmp_path / "runs"
     result, output = run_cli_process({"runs": [["predict", str(tmp_path / "cells.png"), "--out", str(out), "--quiet",

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import disk_labels
 
 import segment
 import tiling
@@ -88,16 +89,8 @@ def test_tta_averages_a_position_dependent_model_over_the_eight_views():
 
 # ---- instances -----------------------------------------------------------------------------
 
-def _disks(shape, centres, radius):
-    rows, cols = np.indices(shape)
-    labels = np.zeros(shape, np.int32)
-    for index, (r, c) in enumerate(centres, start=1):
-        labels[(rows - r) ** 2 + (cols - c) ** 2 <= radius ** 2] = index
-    return labels
-
-
-def test_watershed_splits_two_touching_disks():
-    truth = _disks((60, 80), [(30, 28), (30, 50)], 12)  # centres 22 apart, radius 12: they overlap
+def test_watershed_splits_two_touchingdisk_labels():
+    truth = disk_labels((60, 80), [(30, 28), (30, 50)], 12)  # centres 22 apart, radius 12: they overlap
     probability = (truth > 0).astype(np.float32)
     labels = segment.probability_to_labels(probability, marker_height=2.0)
     assert labels.max() == 2
@@ -105,7 +98,7 @@ def test_watershed_splits_two_touching_disks():
 
 
 def test_connected_components_keep_touching_disks_together():
-    truth = _disks((60, 80), [(30, 28), (30, 50)], 12)
+    truth = disk_labels((60, 80), [(30, 28), (30, 50)], 12)
     labels = segment.probability_to_labels((truth > 0).astype(np.float32), marker_height=None)
     assert labels.max() == 1
 
@@ -150,7 +143,7 @@ def _reference_map(truth, predicted, thresholds=segment.IOU_THRESHOLDS):
 
 
 def test_perfect_prediction_scores_one():
-    truth = _disks((50, 50), [(15, 15), (35, 35)], 8)
+    truth = disk_labels((50, 50), [(15, 15), (35, 35)], 8)
     result = segment.score_image(truth, truth)
     assert result.map == 1.0 and result.f1_50 == 1.0 and result.true == result.predicted == 2
     assert result.matched_true.all() and result.matched_predicted.all() and result.dice == 1.0
@@ -158,7 +151,7 @@ def test_perfect_prediction_scores_one():
 
 def test_empty_truth_and_prediction():
     empty = np.zeros((10, 10), np.int32)
-    some = _disks((10, 10), [(5, 5)], 2)
+    some = disk_labels((10, 10), [(5, 5)], 2)
     assert segment.average_precision(empty, empty) == 1.0
     assert segment.average_precision(empty, some) == 0.0
     assert segment.average_precision(some, empty) == 0.0
@@ -199,7 +192,7 @@ def test_split_prediction_scores_by_hand():
 def test_metric_agrees_with_a_double_loop_on_random_label_images():
     rng = np.random.default_rng(0)
     for trial in range(15):
-        truth = _disks((48, 48), rng.integers(4, 44, (int(rng.integers(0, 6)), 2)), int(rng.integers(3, 8)))
+        truth = disk_labels((48, 48), rng.integers(4, 44, (int(rng.integers(0, 6)), 2)), int(rng.integers(3, 8)))
         jitter = rng.integers(-3, 4, 2)
         predicted = np.roll(truth, tuple(jitter), axis=(0, 1))
         predicted[rng.random(predicted.shape) < 0.05] = 0
@@ -255,7 +248,7 @@ def test_predict_maps_keeps_every_channel():
 
 
 def test_score_image_dice_uses_the_given_mask():
-    truth = _disks((30, 30), [(15, 15)], 6)
+    truth = disk_labels((30, 30), [(15, 15)], 6)
     labels = truth.copy()
     mask = np.zeros(truth.shape, bool)  # e.g. the thresholded probability, specks included
     assert segment.score_image(truth, labels).dice == 1.0
@@ -296,7 +289,7 @@ def test_tuning_grid_sizes():
 
 
 def test_tuning_finds_the_threshold_that_separates_the_nuclei():
-    truth = _disks((60, 80), [(30, 20), (30, 44)], 10)  # 4 pixels of gap between them
+    truth = disk_labels((60, 80), [(30, 20), (30, 44)], 10)  # 4 pixels of gap between them
     rows, cols = np.indices(truth.shape)
     # Probability 0.65 in the gap between the disks, 0.9 inside: only thresholds >= 0.65 keep them apart.
     probability = np.where(truth > 0, 0.9, np.where((rows > 20) & (rows < 40) & (cols > 28) & (cols < 36), 0.65, 0.0))
