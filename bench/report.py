@@ -4,7 +4,8 @@
     python bench/report.py --results DIR      # JSON files written elsewhere (``--json DIR/<name>.json``)
 
 ``memory_full.json`` (``bench_memory.py --json bench/results/memory_full.json``: the whole preset, not
-shortened) is shown beside ``memory.json`` when present.
+shortened) is shown beside ``memory.json`` when present; ``large.json`` (``bench_large.py``) and
+``finetune_few.json`` (``finetune_few.py``) when present.
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ def main(argv=None) -> int:
                         help="folder of the benchmarks' JSON files (default: bench/results)")
     folder = parser.parse_args(argv).results
     out = []
-    data, train, infer, memory, memory_full = (load(folder, name) for name in
-                                               ("data", "train", "infer", "memory", "memory_full"))
-    if not any((data, train, infer, memory, memory_full)):
+    data, train, infer, memory, memory_full, large, finetune = (
+        load(folder, name) for name in ("data", "train", "infer", "memory", "memory_full", "large", "finetune_few"))
+    if not any((data, train, infer, memory, memory_full, large, finetune)):
         raise SystemExit(f"no benchmark results in {folder}: run make bench first")
     if data:
         floor = data["floor_decode"]["seconds"]
@@ -81,6 +82,26 @@ def main(argv=None) -> int:
                     (f"`{run['preset']}` run{' (shortened)' if run['shortened'] else ''}",
                      run["peak_rss_gib"], run["targets"]["peak_rss_gib"], run["training_minutes"],
                      run["wall_seconds"]) for run in runs]), ""]
+    if large:
+        whole = large["large"]
+        out += [f"### 5. Large images ({large['model']})", "",
+                table(("measurement", "peak RSS GiB", "target GiB", "wall s", "MP/s", "nuclei"), [
+                    (f"`predict` on a {large['side']} x {large['side']} image (no TTA; labels, TIFF, ROI, GeoJSON, "
+                     "measurements)", whole["peak_rss_gib"], large["targets"]["peak_rss_gib"], whole["seconds"],
+                     whole["megapixels_per_second"], whole["nuclei"])]), "",
+                table(("image", "floor MP/s (whole image, one call)", "trained tiles MP/s", "x floor",
+                       "auto tiles MP/s", "x floor"), [
+                    (f"{size} x {size}", value["floor"], value["trained tiles"], value["trained tiles"] / value["floor"],
+                     value["auto tiles"], value["auto tiles"] / value["floor"])
+                    for size, value in large["speed"].items()]), ""]
+    if finetune:
+        before = finetune["before"]
+        out += [f"### 6. Fine-tuning on a few images of cluster {finetune['cluster']} "
+                f"(its {finetune['test_images']} test images)", "",
+                table(("model", "training images", "minutes", "Dice", "mAP"),
+                      [("starting model", 0, 0, before["mean_dice"], before["mean_map"])]
+                      + [("fine-tuned", int(count), run["training_minutes"], run["test"]["mean_dice"],
+                          run["test"]["mean_map"]) for count, run in finetune["runs"].items()]), ""]
     print("\n".join(out))
     return 0
 

@@ -107,3 +107,14 @@ def test_bench_large_quick(tmp_path):
     assert_positive(results, "large.seconds", "large.peak_rss_gib", "large.megapixels_per_second")
     assert set(results["speed"]) == {"256", "512"} and set(results["speed"]["512"]) == {"floor", "trained tiles",
                                                                                           "auto tiles"}
+    finished = subprocess.run([sys.executable, str(BENCH_DIR / "report.py"), "--results", str(tmp_path)],
+                              capture_output=True, text=True, timeout=60)
+    assert finished.returncode == 0 and "### 5. Large images" in finished.stdout, finished.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_finetune_few_quick(tmp_path):
+    ready = BENCH_DIR.parent / "models" / "unet_dsb2018" / "model.keras"
+    results = run_quick(tmp_path, "finetune_few.py", "--model", str(ready), "--counts", "3")
+    assert results["cluster"] == 4 and set(results["runs"]) == {"3"}
+    assert 0 <= results["runs"]["3"]["test"]["mean_map"] <= 1 and results["before"]["images"] == results["test_images"]
