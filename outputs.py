@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import roifile
+import scipy.ndimage as ndi
 import skimage.color
 import skimage.io
 import skimage.measure
@@ -281,12 +282,28 @@ def rle_decode(rle: str, shape: tuple[int, int]) -> np.ndarray:
 
 
 def submission_rows(image_id: str, labels: np.ndarray) -> list[tuple[str, str]]:
-    """``(ImageId, EncodedPixels)`` rows, one per nucleus; one row with empty pixels if none."""
+    """``(ImageId, EncodedPixels)`` rows, one per nucleus in label order; one row with empty pixels if none.
+
+    Each nucleus is encoded from its bounding box (what ``rle_encode(labels == value)`` gives, without a
+    full-image mask per nucleus: a 10,000 x 10,000 image with 100,000 nuclei takes seconds, not hours).
+    """
     labels = np.asarray(labels)
-    ids = [value for value in np.unique(labels) if value != 0]
-    if not ids:
-        return [(image_id, "")]
-    return [(image_id, rle_encode(labels == value)) for value in ids]
+    height = labels.shape[0]
+    rows = []
+    for value, box in enumerate(ndi.find_objects(labels), start=1):
+        if box is None:
+            continue
+        inside = np.pad((labels[box] == value).T, ((0, 0), (1, 1)))  # one row per column of the box
+        steps = np.diff(inside.astype(np.int8), axis=1)
+        columns, first = np.nonzero(steps == 1)
+        _, after = np.nonzero(steps == -1)
+        starts = (box[1].start + columns) * height + box[0].start + first + 1  # column-major, from 1
+        ends = starts + (after - first)
+        joined = np.flatnonzero(starts[1:] != ends[:-1])  # a run that goes on at the top of the next column
+        starts = starts[np.concatenate([[0], joined + 1])]
+        ends = ends[np.concatenate([joined, [len(ends) - 1]])]
+        rows.append((image_id, " ".join(f"{start} {end - start}" for start, end in zip(starts, ends))))
+    return rows or [(image_id, "")]
 
 
 def write_submission(path: str | os.PathLike, rows) -> None:

@@ -34,6 +34,16 @@ def test_rle_round_trip_on_random_label_images():
         np.testing.assert_array_equal(rebuilt, labels)
 
 
+def test_submission_rows_encode_each_nucleus_as_its_whole_image_mask_would():
+    rng = np.random.default_rng(2)
+    for _ in range(30):
+        shape = tuple(int(v) for v in rng.integers(1, 30, 2))
+        labels = rng.integers(0, 6, shape) * (rng.random(shape) < 0.8)
+        labels[:, : shape[1] // 2] = 7  # a nucleus whose runs go on from the bottom of a column to the next
+        expected = [("y", outputs.rle_encode(labels == value)) for value in np.unique(labels) if value]
+        assert outputs.submission_rows("y", labels) == expected
+
+
 def test_rle_of_an_empty_mask_is_empty_and_empty_image_gets_one_row():
     assert outputs.rle_encode(np.zeros((4, 4))) == ""
     assert outputs.submission_rows("e", np.zeros((4, 4), int)) == [("e", "")]
