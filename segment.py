@@ -36,8 +36,13 @@ log = logging.getLogger("segment")
 # The competition's IoU thresholds: 0.50, 0.55, ..., 0.95.
 IOU_THRESHOLDS = np.round(np.arange(0.5, 1.0, 0.05), 2)
 
-# The largest tile side with tile_size='auto' (bench/bench_infer.py times tile sizes).
-AUTO_TILE_MAX = 1024
+# The largest tile side with tile_size='auto': an image up to 2048 x 2048 is one tile, as fast as one call
+# on the whole image (bench/bench_large.py).
+AUTO_TILE_MAX = 2048
+
+# The most pixels one model call sees (``make_predictor``): what a call's activations take grows with its
+# pixels (about 0.4 GiB per megapixel for the ready model on the CPU), so large tiles go one by one.
+MAX_BATCH_PIXELS = 2**21
 
 PredictTiles = Callable[[np.ndarray], np.ndarray]
 """Maps tiles, shape (N, T, T, 1) float32 in [0, 1], to probabilities (N, T, T, C): nuclei [, contacts]."""
@@ -47,15 +52,17 @@ PredictTiles = Callable[[np.ndarray], np.ndarray]
 # Tiled prediction
 # --------------------------------------------------------------------------------------------
 
-def make_predictor(model, batch_size: int = 8) -> PredictTiles:
-    """``PredictTiles`` for a Keras model: ``model.predict_on_batch`` over batches of ``batch_size`` tiles.
+def make_predictor(model, batch_size: int = 8, max_pixels: int = MAX_BATCH_PIXELS) -> PredictTiles:
+    """``PredictTiles`` for a Keras model: ``model.predict_on_batch`` over batches of ``batch_size`` tiles,
+    fewer where they would hold more than ``max_pixels`` pixels (at least one tile a call).
 
     ``predict_on_batch`` per batch, not ``model.predict`` per image: ``predict``'s per-call set-up
     cost 28 % of stitched inference (``bench/bench_infer.py``).
     """
     def predict_tiles(tiles: np.ndarray) -> np.ndarray:
-        return np.concatenate([np.asarray(model.predict_on_batch(tiles[start:start + batch_size]))
-                               for start in range(0, len(tiles), batch_size)])
+        step = max(min(batch_size, max_pixels // max(tiles.shape[1] * tiles.shape[2], 1)), 1)
+        return np.concatenate([np.asarray(model.predict_on_batch(tiles[start:start + step]))
+                               for start in range(0, len(tiles), step)])
 
     return predict_tiles
 

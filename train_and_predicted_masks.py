@@ -100,7 +100,7 @@ def _add_postprocessing_options(parser: argparse.ArgumentParser, default_text: s
                            help="zoom images by this factor before the model sees them (2 for nuclei half the "
                                 "size of the training set's)")
         group.add_argument("--tile-size", type=_tile_size, metavar="N|auto",
-                           help="side of the tiles the model sees ('auto': the fewest tiles of at most 1024 pixels "
+                           help="side of the tiles the model sees ('auto': the fewest tiles of at most 2048 pixels "
                                 "that cover each image; default: the size it was trained on)")
 
 

@@ -7,7 +7,7 @@ one pass of the model over the whole image.
 2. **Speed against the floor.** On square images up to 2000 x 2000 cut from the same mosaic: the floor is one
    call of the model on the whole image (padded to a multiple of 32: the U-Net is fully convolutional); ours is
    ``segment.predict_maps`` without TTA, with the tiles the model was trained on and with ``tile_size='auto'``
-   (the fewest tiles of at most 1024 pixels). Alternating, median of ``--repeats``.
+   (the fewest tiles of at most ``segment.AUTO_TILE_MAX`` pixels). Alternating, median of ``--repeats``.
 
     python bench/bench_large.py                          # the ready model in models/ (or --model)
     python bench/bench_large.py --quick

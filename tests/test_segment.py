@@ -310,6 +310,12 @@ def test_make_predictor_batches_a_model():
 
     tiles = np.ones((19, 4, 4, 1), np.float32)
     assert np.all(segment.make_predictor(Model(), batch_size=8)(tiles) == 2) and calls == [8, 8, 3]
+    # Large tiles: fewer a call, so that one call's memory stays bounded; a tile larger than the bound goes alone.
+    calls.clear()
+    assert np.all(segment.make_predictor(Model(), batch_size=8, max_pixels=40)(tiles[:5]) == 2) and calls == [2, 2, 1]
+    calls.clear()
+    segment.make_predictor(Model(), batch_size=8, max_pixels=10)(tiles[:2])
+    assert calls == [1, 1]
 
 
 def test_prediction_at_a_scale_returns_maps_of_the_image_size_and_shows_the_model_a_zoomed_image():
