@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     y_cv = [record.labels for record in subsets["cv"]]
 
     config = Config2D(n_rays=32, grid=(2, 2), n_channel_in=1, train_patch_size=(128, 128) if args.quick else (256, 256),
-                      train_batch_size=4, use_gpu=False)
+                      train_batch_size=4, train_tensorboard=False, use_gpu=False)
     scratch = Path(os.environ.get("TMPDIR", "/tmp")) / f"stardist-peer-{os.getpid()}"
     model = StarDist2D(config, name="peer", basedir=str(scratch))
     model.prepare_for_training()
