@@ -14,7 +14,6 @@ from pathlib import Path, PurePosixPath
 import imageio.v3
 import numpy as np
 import skimage.color
-import skimage.exposure
 
 from errors import UserError
 
@@ -36,7 +35,9 @@ def _scale_to_unit(image: np.ndarray) -> np.ndarray:
     """Integer images to float32 [0, 1] by their dtype's range; floats keep their values (any range:
     ``preprocess`` stretches every image by its own percentiles)."""
     if np.issubdtype(image.dtype, np.integer):
-        return image.astype(np.float32) / np.float32(np.iinfo(image.dtype).max)
+        scaled = image.astype(np.float32)
+        scaled /= np.float32(np.iinfo(image.dtype).max)  # in place: one float copy of a large image, not two
+        return scaled
     if np.issubdtype(image.dtype, np.floating) or image.dtype == bool:
         return image.astype(np.float32)
     raise UserError(f"unsupported image dtype {image.dtype}")
@@ -148,7 +149,7 @@ def is_dark_on_light(gray: np.ndarray) -> bool:
     low, high = float(gray.min()), float(gray.max())
     if high <= low:
         return False
-    return float(np.median(gray)) > (low + high) / 2
+    return float(np.median(_sample(gray))) > (low + high) / 2
 
 
 def preprocess(image: np.ndarray, percentiles: tuple[float, float] = DEFAULT_PERCENTILES) -> np.ndarray:
@@ -176,15 +177,22 @@ def preprocess(image: np.ndarray, percentiles: tuple[float, float] = DEFAULT_PER
     image, count = replace_nonfinite(image)
     if count:
         log.warning("%d pixel values are NaN or infinite; replaced by the median of the others", count)
-    gray = to_grayscale(image)
+    gray = to_grayscale(image)  # a new array, changed in place below: a large image gets no further copies
     low, high = robust_range(gray, percentiles)
     if high <= low:
         return np.zeros_like(gray)
-    gray = skimage.exposure.rescale_intensity(gray, in_range=(low, high), out_range=(0.0, 1.0))
-    gray = gray.astype(np.float32)
+    np.clip(gray, low, high, out=gray)
+    gray -= low
+    gray /= high - low
     if is_dark_on_light(gray):
-        gray = 1.0 - gray
+        np.subtract(1.0, gray, out=gray)
     return gray
+
+
+def _sample(gray: np.ndarray, most: int = 2**24) -> np.ndarray:
+    """``gray`` itself, or every few of its pixels when it has more than ``most``: percentiles and medians of a
+    very large image without a sorted copy of it."""
+    return gray if gray.size <= most else gray.ravel()[:: int(np.ceil(gray.size / most))]
 
 
 def robust_range(gray: np.ndarray, percentiles: tuple[float, float] = DEFAULT_PERCENTILES) -> tuple[float, float]:
@@ -193,7 +201,7 @@ def robust_range(gray: np.ndarray, percentiles: tuple[float, float] = DEFAULT_PE
     low, high = percentiles
     if not 0 <= low < high <= 100:
         raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {percentiles}")
-    sample = gray if gray.size <= 2**24 else gray.ravel()[:: int(np.ceil(gray.size / 2**24))]
+    sample = _sample(gray)
     low_value = float(gray.min()) if low == 0 else float(np.percentile(sample, low))
     return low_value, float(np.percentile(sample, high))
 

@@ -199,7 +199,7 @@ def check_formats(formats) -> tuple[str, ...]:
 
 
 def write_outputs(run_dir: Path, key: str, raw: np.ndarray, labels: np.ndarray, mask: np.ndarray,
-                  probability: np.ndarray, formats) -> pd.DataFrame | None:
+                  probability: np.ndarray | None, formats) -> pd.DataFrame | None:
     """Every output of one image that ``formats`` asks for, named by ``key`` (see ``FORMATS``):
 
     ``labels/<key>.png`` (16-bit; left out above 65,535 nuclei, which PNG cannot hold: use the TIFF),

@@ -424,15 +424,16 @@ def predict_run(model_path: Path, input_paths: list, *, overrides: dict | None =
             with tqdm(total=segment.tile_count(image.shape, postprocessing, tile_size, min_overlap),
                       desc=f"  tiles of {key}",
                       unit="tile", leave=False, disable=not progress or image.size < 4_000_000) as bar:
-                labels, probability = segment.segment_image(predict_tiles, image, postprocessing, tile_size=tile_size,
-                                                            min_overlap=min_overlap, progress=bar.update)
-            mask = postprocessing.mask(probability[..., None])
+                labels, mask, probability = segment.segment_image(
+                    predict_tiles, image, postprocessing, tile_size=tile_size, min_overlap=min_overlap,
+                    probability="probability" in formats, progress=bar.update)
+            del image  # the model's input: not needed for the outputs, which show the original
             table = outputs.write_outputs(run_dir, key, plane, labels, mask, probability, formats)
             if table is not None:
                 tables.append(table.assign(image=key))
             rows += outputs.submission_rows(key, labels)
             areas = np.bincount(labels.ravel())[1:]
-            counts.append({"image": key, "height": image.shape[0], "width": image.shape[1],
+            counts.append({"image": key, "height": labels.shape[0], "width": labels.shape[1],
                            "nuclei": int(labels.max()), "median_area": float(np.median(areas)) if len(areas) else 0.0,
                            "foreground_fraction": float(mask.mean()), "nonfinite_pixels": nonfinite})
     for key, reason in skipped.items():

@@ -317,7 +317,8 @@ def probability_to_labels(
 
 def segment_image(predict_tiles: PredictTiles, image: np.ndarray, settings: Postprocessing, *,
                   tile_size: int = TILE_SIZE, min_overlap: int = MIN_OVERLAP, block_size: int = 2048,
-                  margin: int = 128, progress=None) -> tuple[np.ndarray, np.ndarray]:
+                  margin: int = 128, probability: bool = True,
+                  progress=None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Nuclei of an image of any size, block by block so that memory stays bounded.
 
     An image no larger than ``block_size`` in both directions is predicted in one piece
@@ -329,22 +330,26 @@ def segment_image(predict_tiles: PredictTiles, image: np.ndarray, settings: Post
     Parameters
     ----------
     image : ndarray, shape (H, W), float32 in [0, 1], preprocessed
+    probability : bool
+        Also return the nucleus probability (2 bytes a pixel: leave it out of a large image unless needed).
     progress : callable, optional
         Called with the number of tiles each model call predicted (e.g. a tqdm bar's ``update``).
 
     Returns
     -------
     labels : ndarray, shape (H, W), int32, nuclei numbered 1..n
-    probability : ndarray, shape (H, W), float16: the nucleus channel (``settings.mask`` thresholds it)
+    mask : ndarray, shape (H, W), bool: the foreground (``settings.mask``)
+    probability : ndarray, shape (H, W), float16, or None: the nucleus channel
     """
     if progress is not None:
         predict_tiles = _counting(predict_tiles, progress, 8 if settings.tta else 1)
     height, width = image.shape
     if height <= block_size and width <= block_size:
         maps = settings.maps(predict_tiles, image, tile_size=tile_size, min_overlap=min_overlap)
-        return settings.labels(maps), maps[..., 0].astype(np.float16)
+        return settings.labels(maps), settings.mask(maps), maps[..., 0].astype(np.float16) if probability else None
     labels = np.zeros((height, width), np.int32)
-    probability = np.zeros((height, width), np.float16)
+    mask = np.zeros((height, width), bool)
+    nucleus = np.zeros((height, width), np.float16) if probability else None
     count = 0
     for top in range(0, height, block_size):
         for left in range(0, width, block_size):
@@ -352,8 +357,13 @@ def segment_image(predict_tiles: PredictTiles, image: np.ndarray, settings: Post
             r0, c0 = max(top - margin, 0), max(left - margin, 0)
             r1, c1 = min(bottom + margin, height), min(right + margin, width)
             maps = settings.maps(predict_tiles, image[r0:r1, c0:c1], tile_size=tile_size, min_overlap=min_overlap)
-            probability[top:bottom, left:right] = maps[top - r0:bottom - r0, left - c0:right - c0, 0]
-            for region in skimage.measure.regionprops(settings.labels(maps)):
+            inner = maps[top - r0:bottom - r0, left - c0:right - c0]
+            mask[top:bottom, left:right] = settings.mask(inner)
+            if nucleus is not None:
+                nucleus[top:bottom, left:right] = inner[..., 0]
+            block_labels = settings.labels(maps)
+            del maps, inner
+            for region in skimage.measure.regionprops(block_labels):
                 row, col = region.centroid
                 if not (top <= row + r0 < bottom and left <= col + c0 < right):
                     continue  # a neighbouring block owns it
@@ -361,7 +371,7 @@ def segment_image(predict_tiles: PredictTiles, image: np.ndarray, settings: Post
                 free = labels[rows, cols] == 0  # where a neighbour's nucleus overlaps it, the neighbour keeps them
                 count += 1
                 labels[rows[free], cols[free]] = count
-    return labels, probability
+    return labels, mask, nucleus
 
 
 def tile_count(shape: tuple[int, int], settings: Postprocessing, tile_size=TILE_SIZE,

@@ -144,6 +144,8 @@ def stitch_tiles(tiles: np.ndarray, corners, shape: tuple[int, int], tile_size=T
         raise ValueError(f"{len(tiles)} tiles but {len(corners)} corners")
     if tiles.shape[1:3] != (tile_rows, tile_cols):
         raise ValueError(f"tiles have shape {tiles.shape}, expected (N, {tile_rows}, {tile_cols}, ...)")
+    if len(corners) == 1:  # one tile covers the image: nothing to blend (the weights cancel exactly)
+        return tiles[0, : shape[0], : shape[1]].astype(np.float32)
     height, width = max(shape[0], tile_rows), max(shape[1], tile_cols)
     extra = tiles.shape[3:]
     weights = tile_weights(tile_size, ramp).astype(np.float64).reshape((tile_rows, tile_cols) + (1,) * len(extra))

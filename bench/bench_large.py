@@ -105,8 +105,11 @@ def main(argv=None) -> int:
                        ("measurement", "peak RSS GiB", "target GiB", "wall s", "MP/s", "nuclei"))
 
     # 2. tiled prediction against one pass over the whole image
+    # Each way its own model instance, as the floor has: a Keras model that has seen several input shapes
+    # traces a shape-generic function, which can be slower than one for a single shape.
     trained = pipeline.TrainedModel.open(model_path)
     predict_tiles, trained_on, min_overlap = trained.predictor()
+    predict_auto, _, _ = trained.predictor()
     model = unet.portable(unet.load_model(model_path), dtype=None)
     sizes = (256, 512) if args.quick else (500, 1000, 2000)
     rows, speed = [], {}
@@ -117,7 +120,7 @@ def main(argv=None) -> int:
             timings["floor"].append(common.timed(whole_image, model, crop)[0])
             timings["trained tiles"].append(common.timed(segment.predict_maps, predict_tiles, crop,
                                                          tile_size=trained_on, min_overlap=min_overlap)[0])
-            timings["auto tiles"].append(common.timed(segment.predict_maps, predict_tiles, crop, tile_size="auto",
+            timings["auto tiles"].append(common.timed(segment.predict_maps, predict_auto, crop, tile_size="auto",
                                                       min_overlap=min_overlap)[0])
         megapixels = size * size / 1e6
         speed[size] = {name: megapixels / common.median(values) for name, values in timings.items()}

@@ -118,3 +118,13 @@ def test_inference_tiles_cover_the_image_with_few_tiles(shape):
     corners = tiling.tile_grid(shape, (rows, cols), 32)
     covered = len(corners) * rows * cols
     assert covered < 1.6 * max(shape[0], 64) * max(shape[1], 64)  # little padding and overlap
+
+
+def test_one_tile_over_the_whole_image_comes_back_as_it_was_predicted():
+    rng = np.random.default_rng(0)
+    predicted = rng.random((1, 320, 288, 2)).astype(np.float32)
+    stitched = tiling.stitch_tiles(predicted, [(0, 0)], (300, 280), (320, 288))
+    assert stitched.dtype == np.float32 and np.array_equal(stitched, predicted[0, :300, :280])
+    # the same as blending two copies of it
+    two = tiling.stitch_tiles(np.concatenate([predicted, predicted]), [(0, 0), (0, 0)], (300, 280), (320, 288))
+    assert np.allclose(two, stitched, atol=1e-6)
