@@ -247,9 +247,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
                         help="export format (default: savedmodel; the run folder's '1/' is the version folder "
                              "TF Serving expects. keras: model.keras for every backend, with config.json, "
                              "postprocessing.json, clusters.json and split.csv)")
-    export.add_argument("--out", type=Path, metavar="DIR", default=runs.DEFAULT_RUNS_DIR,
-                        help="folder in which the command makes its new run folder <timestamp>-export/ "
-                             "(default: runs/)")
+    _add_output_options(export)  # --quiet too, so that a script can pass it to every command
     return parser
 
 

@@ -25,7 +25,7 @@ import train_and_predicted_masks as cli
 import unet
 from config import TrainConfig
 
-README = Path(cli.__file__).resolve().parent / "README.md"
+COMMANDS_PAGE = Path(cli.__file__).resolve().parent / "docs" / "commands.md"
 
 
 def _data_options(folder, data):
@@ -261,9 +261,9 @@ def test_predict_overrides_one_postprocessing_field(smoke_run, tmp_path):
 # ---- the command line itself ---------------------------------------------------------------
 
 def _readme_synopsis() -> dict[str, set[str]]:
-    """Options per command in the README's synopsis block: a line starting with the script's name and its command,
+    """Options per command in the synopsis block of docs/commands.md: a line starting with the script's name and its command,
     then indented continuation lines; ``--[no-]x`` names the option pair ``--x`` / ``--no-x``."""
-    text = README.read_text()
+    text = COMMANDS_PAGE.read_text()
     block = text[text.index("<!-- synopsis -->"):text.index("<!-- /synopsis -->")]
     commands, current = {}, None
     for line in block.splitlines():
@@ -286,7 +286,7 @@ def _parser_options(command: str) -> set[str]:
     return {option for option in options if not option.startswith("--no-") or option == "--no-cache"}
 
 
-def test_readme_synopsis_lists_every_command_and_exactly_its_options():
+def test_the_synopsis_lists_every_command_and_exactly_its_options():
     synopsis = _readme_synopsis()
     assert sorted(synopsis) == sorted(cli.COMMANDS)
     for command in cli.COMMANDS:
