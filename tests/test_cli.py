@@ -260,9 +260,9 @@ def test_predict_overrides_one_postprocessing_field(smoke_run, tmp_path):
 
 # ---- the command line itself ---------------------------------------------------------------
 
-def _readme_synopsis() -> dict[str, set[str]]:
-    """Options per command in the synopsis block of docs/commands.md: a line starting with the script's name and its command,
-    then indented continuation lines; ``--[no-]x`` names the option pair ``--x`` / ``--no-x``."""
+def _synopsis() -> dict[str, set[str]]:
+    """Options per command in the synopsis block of docs/commands.md: a line starting with the script's name and its
+    command, then indented continuation lines; ``--[no-]x`` names the option pair ``--x`` / ``--no-x``."""
     text = COMMANDS_PAGE.read_text()
     block = text[text.index("<!-- synopsis -->"):text.index("<!-- /synopsis -->")]
     commands, current = {}, None
@@ -287,7 +287,7 @@ def _parser_options(command: str) -> set[str]:
 
 
 def test_the_synopsis_lists_every_command_and_exactly_its_options():
-    synopsis = _readme_synopsis()
+    synopsis = _synopsis()
     assert sorted(synopsis) == sorted(cli.COMMANDS)
     for command in cli.COMMANDS:
         assert synopsis[command] == _parser_options(command), command
