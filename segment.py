@@ -174,6 +174,10 @@ class Postprocessing:
         Foreground where the nucleus probability is above it.
     min_size : int
         Largest object (pixels) dropped as a speck.
+    min_size_relative : float or None
+        Instead of ``min_size``'s fixed pixels, drop the objects of at most this fraction of the image's
+        typical nucleus area (``typical_area``: estimated from the objects found), so that the rule holds
+        for nuclei of any size and magnification; None: ``min_size``.
     marker_height : float or None
         None: split touching nuclei by the contact channel if the model has one, else not at all;
         a number: by a distance watershed with markers that high (``probability_to_labels``).
@@ -191,6 +195,7 @@ class Postprocessing:
 
     threshold: float = 0.5
     min_size: int = 30
+    min_size_relative: float | None = None
     marker_height: float | None = None
     contact_threshold: float = 0.2
     tta: bool = False
@@ -204,6 +209,8 @@ class Postprocessing:
             raise UserError(f"contact_threshold must be in (0, 1), got {self.contact_threshold}")
         if self.min_size < 0:
             raise UserError(f"min_size must be non-negative, got {self.min_size}")
+        if self.min_size_relative is not None and not 0.0 < self.min_size_relative < 1.0:
+            raise UserError(f"min_size_relative must be in (0, 1) or None, got {self.min_size_relative}")
         if self.marker_height is not None and not self.marker_height > 0:
             raise UserError(f"marker_height must be positive or None, got {self.marker_height}")
         if not self.scale > 0:
@@ -236,8 +243,8 @@ class Postprocessing:
         """
         contact = maps[..., 1] if maps.shape[-1] > 1 and self.marker_height is None else None
         return probability_to_labels(maps[..., 0], threshold=self.threshold, min_size=self.min_size,
-                                     marker_height=self.marker_height, contact=contact,
-                                     contact_threshold=self.contact_threshold)
+                                     min_size_relative=self.min_size_relative, marker_height=self.marker_height,
+                                     contact=contact, contact_threshold=self.contact_threshold)
 
     def maps(self, predict_tiles: PredictTiles, image: np.ndarray, *, tile_size: int = TILE_SIZE,
              min_overlap: int = MIN_OVERLAP) -> np.ndarray:
@@ -256,6 +263,7 @@ def probability_to_labels(
     *,
     threshold: float = 0.5,
     min_size: int = 30,
+    min_size_relative: float | None = None,
     marker_height: float | None = None,
     contact: np.ndarray | None = None,
     contact_threshold: float = 0.2,
@@ -278,6 +286,8 @@ def probability_to_labels(
         Foreground where ``probability > threshold``.
     min_size : int
         Largest object (in pixels) to drop as a speck.
+    min_size_relative : float, optional
+        Instead of ``min_size``: drop objects of at most this fraction of ``typical_area(labels)``.
     marker_height : float or None
         None (the default): no splitting, connected components only. Not with ``contact``.
     contact : ndarray, shape (H, W), float in [0, 1], optional
@@ -311,8 +321,28 @@ def probability_to_labels(
         # A foreground part without a marker of its own (too flat, or all contact) stays a nucleus.
         orphans = skimage.measure.label(foreground & (labels == 0), connectivity=1)
         labels = np.where(orphans > 0, orphans + labels.max(), labels)
+    if min_size_relative is not None:
+        min_size = int(min_size_relative * typical_area(labels))
     relabelled, _, _ = skimage.segmentation.relabel_sequential(drop_specks(labels, min_size))
     return relabelled.astype(np.int32)
+
+
+def typical_area(labels: np.ndarray) -> float:
+    """The area of the object a foreground pixel typically belongs to: the area-weighted median of the objects'
+    areas (0 without objects). Many small specks barely move it, as they hold few of the pixels.
+
+    Examples
+    --------
+    >>> labels = np.zeros((20, 20), int); labels[:10, :10] = 1; labels[15, 15] = 2; labels[17, 17] = 3
+    >>> typical_area(labels)
+    100.0
+    """
+    areas = np.bincount(np.asarray(labels).ravel())[1:]
+    areas = np.sort(areas[areas > 0])
+    if not len(areas):
+        return 0.0
+    weight = np.cumsum(areas)
+    return float(areas[np.searchsorted(weight, weight[-1] / 2)])
 
 
 def segment_image(predict_tiles: PredictTiles, image: np.ndarray, settings: Postprocessing, *,

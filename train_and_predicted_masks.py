@@ -43,7 +43,8 @@ TRAINING_OPTIONS = ("epochs", "steps_per_epoch", "batch_size", "learning_rate", 
                     "batch_norm", "dropout", "loss", "lr_schedule", "warmup_steps", "sampling", "crop_size",
                     "scale_range", "gamma_range", "contrast_range", "noise", "blur", "precision", "jit_compile",
                     "contacts", "distribute", "figures_per_cluster")
-POSTPROCESSING_OPTIONS = ("threshold", "min_size", "marker_height", "contact_threshold", "tta", "scale", "tile_size")
+POSTPROCESSING_OPTIONS = ("threshold", "min_size", "min_size_relative", "marker_height", "contact_threshold", "tta",
+                          "scale", "tile_size")
 
 
 # --------------------------------------------------------------------------------------------
@@ -96,6 +97,9 @@ def _add_postprocessing_options(parser: argparse.ArgumentParser, default_text: s
     group.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                        help="test-time augmentation: average the 8 flips/rotations (8x the model's work)")
     if scale:
+        group.add_argument("--min-size-relative", type=float, metavar="FRACTION",
+                           help="instead of --min-size: drop objects of at most this fraction of the image's "
+                                "typical nucleus area (e.g. 0.2; for nuclei of any size)")
         group.add_argument("--scale", type=float, metavar="FACTOR",
                            help="zoom images by this factor before the model sees them (2 for nuclei half the "
                                 "size of the training set's)")
@@ -260,6 +264,8 @@ def postprocessing_overrides(args: argparse.Namespace) -> dict:
     overrides = {name: getattr(args, name) for name in POSTPROCESSING_OPTIONS if getattr(args, name, None) is not None}
     if "marker_height" in overrides and overrides["marker_height"] <= 0:
         overrides["marker_height"] = None
+    if "min_size" in overrides and "min_size_relative" not in overrides:
+        overrides["min_size_relative"] = None  # --min-size alone: fixed pixels, whatever the model's file says
     return overrides
 
 

@@ -258,6 +258,19 @@ def test_predict_overrides_one_postprocessing_field(smoke_run, tmp_path):
                        "marker_height": None}
 
 
+def test_a_relative_minimum_size_from_the_command_line_and_min_size_undoing_it():
+    parser = cli.build_arg_parser()
+    relative = cli.postprocessing_overrides(parser.parse_args(["predict", "m.keras", "x.png", "--min-size-relative",
+                                                               "0.2"]))
+    assert relative == {"min_size_relative": 0.2}
+    fixed = cli.postprocessing_overrides(parser.parse_args(["evaluate", "m.keras", "--min-size", "15"]))
+    assert fixed == {"min_size": 15, "min_size_relative": None}
+    settings = segment.Postprocessing(min_size_relative=0.2).replace(**fixed)
+    assert settings.min_size == 15 and settings.min_size_relative is None
+    with pytest.raises(SystemExit):  # training has no such option: its post-processing is the preset's
+        parser.parse_args(["train", "--min-size-relative", "0.2"])
+
+
 # ---- the command line itself ---------------------------------------------------------------
 
 def _synopsis() -> dict[str, set[str]]:

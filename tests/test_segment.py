@@ -6,10 +6,12 @@ import json
 
 import numpy as np
 import pytest
+import skimage.draw
 from conftest import disk_labels
 
 import segment
 import tiling
+from errors import UserError
 
 
 def test_identity_model_gives_the_image_back_for_many_sizes():
@@ -346,3 +348,23 @@ def test_automatic_tiles_with_tta_give_the_image_back():
     image = np.random.default_rng(5).random((150, 230)).astype(np.float32)
     maps = segment.predict_maps(lambda tiles: tiles, image, tile_size="auto", tta=True)
     np.testing.assert_allclose(maps[..., 0], image, atol=1e-6)
+
+
+def test_a_relative_minimum_size_keeps_small_nuclei_and_drops_specks_at_any_magnification():
+    """Nuclei of 21 pixels and specks of 1: 30 fixed pixels drops them all; a fifth of the typical area keeps the
+    nuclei and drops the specks, and the same rule holds with everything 4x larger."""
+    small = np.zeros((60, 60), np.float32)
+    for row, col in [(10, 10), (10, 30), (30, 10), (30, 30), (45, 45)]:
+        rr, cc = skimage.draw.disk((row, col), 2.6, shape=small.shape)
+        small[rr, cc] = 0.9
+    small[55, 5] = small[5, 55] = 0.9  # specks
+    assert segment.probability_to_labels(small, min_size=30).max() == 0
+    assert segment.typical_area(segment.probability_to_labels(small, min_size=0)) == 21
+    kept = segment.probability_to_labels(small, min_size=30, min_size_relative=0.2)
+    assert kept.max() == 5 and kept[55, 5] == 0 and kept[5, 55] == 0
+    large = np.kron(small, np.ones((4, 4), np.float32))  # the same field at 4x: specks of 16 pixels
+    assert segment.probability_to_labels(large, min_size=10).max() == 7
+    assert segment.probability_to_labels(large, min_size=10, min_size_relative=0.2).max() == 5
+    with pytest.raises(UserError, match="min_size_relative"):
+        segment.Postprocessing(min_size_relative=1.5)
+    assert segment.typical_area(np.zeros((4, 4), int)) == 0.0
