@@ -82,7 +82,7 @@ class TrainConfig:
     normalization : (float, float)
         The percentiles of each image's intensities stretched to 0 and 1 (``imaging.preprocess``; 0 is
         the minimum), for training and for every image the model predicts.
-    threshold, min_size, marker_height, contact_threshold, tta
+    threshold, min_size, min_size_relative, marker_height, contact_threshold, tta
         The post-processing this run starts with (``segment.Postprocessing``); ``tune`` may choose others.
     figures_per_cluster : int
         Test images drawn per cluster in the figures.
@@ -126,6 +126,7 @@ class TrainConfig:
     normalization: tuple[float, float] = DEFAULT_PERCENTILES
     threshold: float = _POSTPROCESSING.threshold
     min_size: int = _POSTPROCESSING.min_size
+    min_size_relative: float | None = _POSTPROCESSING.min_size_relative
     marker_height: float | None = _POSTPROCESSING.marker_height
     contact_threshold: float = _POSTPROCESSING.contact_threshold
     tta: bool = _POSTPROCESSING.tta
@@ -214,13 +215,14 @@ class TrainConfig:
     def postprocessing(self) -> segment.Postprocessing:
         """The post-processing this run starts with (its other settings: ``segment.Postprocessing``'s defaults)."""
         return segment.Postprocessing(threshold=self.threshold, min_size=self.min_size,
-                                      marker_height=self.marker_height, contact_threshold=self.contact_threshold,
-                                      tta=self.tta)
+                                      min_size_relative=self.min_size_relative, marker_height=self.marker_height,
+                                      contact_threshold=self.contact_threshold, tta=self.tta)
 
 
 # The fields that describe the network and what it sees: a fine-tuning run takes them from the model it starts from.
 ARCHITECTURE = ("depth", "base_filters", "batch_norm", "dropout", "contacts", "tile_size", "min_overlap",
-                "normalization", "loss", "threshold", "min_size", "marker_height", "contact_threshold", "tta")
+                "normalization", "loss", "threshold", "min_size", "min_size_relative", "marker_height",
+                "contact_threshold", "tta")
 
 PRESETS: dict[str, dict] = {
     # The reference write-up: a 64..1024 U-Net, BCE, batch 20, 3 x 3500 steps. A GPU job.

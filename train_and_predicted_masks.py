@@ -279,7 +279,8 @@ def config_from_args(args: argparse.Namespace) -> configuration.TrainConfig:
         if start.config is not None:
             base = {name: getattr(start.config, name) for name in configuration.ARCHITECTURE}
         base.update({name: getattr(start.postprocessing, name)
-                     for name in ("threshold", "min_size", "marker_height", "contact_threshold", "tta")},
+                     for name in ("threshold", "min_size", "min_size_relative", "marker_height",
+                                  "contact_threshold", "tta")},
                     init=str(args.init))
     else:
         preset = training.choose_preset(args.preset)
