@@ -124,9 +124,9 @@ def predict_maps(
         predicted = np.asarray(predict_tiles(turned))
         if predicted.ndim != 4 or predicted.shape[:3] != turned.shape[:3] or predicted.shape[3] < 1:
             raise ValueError(f"the model returned shape {predicted.shape} for tiles of shape {turned.shape}")
-        restored = dihedral_tiles(predicted.astype(np.float32), k, inverse=True)
+        restored = dihedral_tiles(predicted.astype(np.float32, copy=False), k, inverse=True)
         total = restored if total is None else total + restored
-    return stitch_tiles(total / len(transforms), corners, image.shape, tile_size)
+    return stitch_tiles(total / len(transforms) if len(transforms) > 1 else total, corners, image.shape, tile_size)
 
 
 def predict_probability(predict_tiles: PredictTiles, image: np.ndarray, **options) -> np.ndarray:
