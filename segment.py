@@ -321,9 +321,10 @@ def probability_to_labels(
         # A foreground part without a marker of its own (too flat, or all contact) stays a nucleus.
         orphans = skimage.measure.label(foreground & (labels == 0), connectivity=1)
         labels = np.where(orphans > 0, orphans + labels.max(), labels)
+    areas = np.bincount(labels.ravel())  # counted once, for the typical area and the specks
     if min_size_relative is not None:
-        min_size = int(min_size_relative * typical_area(labels))
-    relabelled, _, _ = skimage.segmentation.relabel_sequential(drop_specks(labels, min_size))
+        min_size = int(min_size_relative * _typical_of_areas(areas[1:]))
+    relabelled, _, _ = skimage.segmentation.relabel_sequential(drop_specks(labels, min_size, areas=areas))
     return relabelled.astype(np.int32)
 
 
@@ -337,7 +338,11 @@ def typical_area(labels: np.ndarray) -> float:
     >>> typical_area(labels)
     100.0
     """
-    areas = np.bincount(np.asarray(labels).ravel())[1:]
+    return _typical_of_areas(np.bincount(np.asarray(labels).ravel())[1:])
+
+
+def _typical_of_areas(areas: np.ndarray) -> float:
+    """``typical_area`` from the objects' areas (zeros, for unused labels, ignored)."""
     areas = np.sort(areas[areas > 0])
     if not len(areas):
         return 0.0
@@ -431,11 +436,12 @@ def _counting(predict_tiles: PredictTiles, progress, calls_per_tile: int) -> Pre
     return counted
 
 
-def drop_specks(labels: np.ndarray, min_size: int) -> np.ndarray:
-    """``labels`` with the objects of ``min_size`` pixels or fewer set to background (0: none dropped)."""
+def drop_specks(labels: np.ndarray, min_size: int, *, areas: np.ndarray | None = None) -> np.ndarray:
+    """``labels`` with the objects of ``min_size`` pixels or fewer set to background (0: none dropped);
+    ``areas``: ``np.bincount(labels.ravel())`` where the caller has it already."""
     if min_size <= 0:
         return labels
-    small = np.bincount(labels.ravel()) <= min_size
+    small = (np.bincount(labels.ravel()) if areas is None else areas) <= min_size
     small[0] = False
     return np.where(small[labels], 0, labels)
 
