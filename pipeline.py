@@ -155,8 +155,17 @@ def train_run(config: TrainConfig, out: Path, *, cache_dir: Path | None, progres
     test_records = [dataclasses.replace(record, image=record.image.copy())
                     for record in stratify.subset_records(records, split, "test")]
     tiles = training.prepare_training_data(records, split, config)
+    nucleus_area = training_nucleus_area(records, split)
     del records
-    return _train_and_evaluate(config, run_dir, tiles, split, test_records, distribution, progress=progress)
+    return _train_and_evaluate(config, run_dir, tiles, split, test_records, distribution, progress=progress,
+                               nucleus_area=nucleus_area)
+
+
+def training_nucleus_area(records: list, split: pd.DataFrame) -> float | None:
+    """The typical nucleus area of the training images (``segment.reference_area``), which
+    ``Postprocessing.nucleus_area`` records for scale 'auto'; None if they hold no nucleus."""
+    area = segment.reference_area(record.labels for record in stratify.subset_records(records, split, "train"))
+    return area or None
 
 
 def resume_run(run_dir: Path, *, data: Path | None, cache_dir: Path | None, progress: bool) -> Path:
@@ -177,17 +186,23 @@ def resume_run(run_dir: Path, *, data: Path | None, cache_dir: Path | None, prog
     test_records = [dataclasses.replace(record, image=record.image.copy())
                     for record in stratify.subset_records(records, split, "test")]
     tiles = training.prepare_training_data(records, split, config)
+    nucleus_area = training_nucleus_area(records, split)
     del records
     return _train_and_evaluate(config, run_dir, tiles, split, test_records, distribution, progress=progress,
-                               resume=True)
+                               resume=True, nucleus_area=nucleus_area)
 
 
-def _train_and_evaluate(config, run_dir, tiles, split, test_records, distribution, *, progress, resume=False):
+def _train_and_evaluate(config, run_dir, tiles, split, test_records, distribution, *, progress, resume=False,
+                        nucleus_area=None):
     with distribution.scope():
         checkpoint = training.train(config, run_dir, tiles, progress=progress, resume=resume,
                                     replicas=distribution.replicas)
     del tiles
-    postprocessing = config.postprocessing
+    postprocessing = config.postprocessing.replace(nucleus_area=nucleus_area)
+    if config.init and Path(config.init).is_file():  # fine-tuning keeps how its model zooms and tiles
+        start = TrainedModel.open(config.init).postprocessing
+        if start.scale != "auto" or nucleus_area is not None:
+            postprocessing = postprocessing.replace(scale=start.scale, tile_size=start.tile_size)
     postprocessing.save(run_dir / "postprocessing.json")
     if not test_records:  # a small dataset's split (fine-tuning) has no test images
         log.info("no test images in the split: score the model on images of your own with "
@@ -324,8 +339,11 @@ def evaluate_run(model_path: Path, *, data: Path | None = None, split: Path | No
 
 
 def tune_run(model_path: Path, *, data: Path | None = None, split: Path | None = None, subset: str = "cv",
-             tta: bool | None = None, out: Path, cache_dir: Path | None, progress: bool) -> Path:
-    """Choose the post-processing on ``subset`` (the CV split by default; never the test split).
+             tta: bool | None = None, scale: float | str | None = None, out: Path, cache_dir: Path | None,
+             progress: bool) -> Path:
+    """Choose the post-processing on ``subset`` (the CV split by default; never the test split), with
+    ``tta`` and ``scale`` as given (default: the model's). A model whose files lack the typical nucleus
+    area of its training images (``Postprocessing.nucleus_area``, for scale 'auto') gets it from its split.
 
     Writes ``tuning.csv`` (every setting tried, best first) and the best as ``postprocessing.json``,
     in the tune's run folder and beside the model, where evaluate and predict read it from then on;
@@ -335,17 +353,24 @@ def tune_run(model_path: Path, *, data: Path | None = None, split: Path | None =
         raise UserError("tune chooses settings and must not look at the test split; use --subset cv")
     model = TrainedModel.open(model_path)
     tta = model.postprocessing.tta if tta is None else tta
+    nucleus_area = model.postprocessing.nucleus_area
+    if nucleus_area is None:
+        train_records, _, _ = _records_of(model, data, split, "train", cache_dir=cache_dir, progress=progress)
+        nucleus_area = segment.reference_area(record.labels for record in train_records) or None
+        del train_records
+        log.info("typical nucleus area of the training images: %s pixels", nucleus_area)
+    prediction = model.postprocessing.replace(tta=tta, nucleus_area=nucleus_area,
+                                              scale=model.postprocessing.scale if scale is None else scale)
     records, _, source = _records_of(model, data, split, subset, cache_dir=cache_dir, progress=progress)
     run_dir = runs.new_run_dir(out, "tune")
     log.info("run folder: %s", run_dir)
     runs.write_json(run_dir / "config.json", {"model": str(model_path), "data": str(source), "subset": subset,
-                                              "tta": tta})
+                                              "tta": tta, "scale": prediction.scale})
     predict_tiles, tile_size, min_overlap = model.predictor()
-    prediction = model.postprocessing.replace(tta=tta)
     maps = [prediction.maps(predict_tiles, record.image, tile_size=tile_size, min_overlap=min_overlap)
             for record in tqdm(records, desc="predict images", unit="img", disable=not progress)]
     grid = segment.tuning_grid(has_contacts=maps[0].shape[-1] > 1, tta=tta, scale=prediction.scale,
-                               tile_size=prediction.tile_size)
+                               tile_size=prediction.tile_size, nucleus_area=prediction.nucleus_area)
     rows = segment.tune_postprocessing(maps, [record.labels for record in records], grid,
                                        progress=lambda items: tqdm(items, desc="post-processing grid",
                                                                    disable=not progress))
@@ -421,11 +446,13 @@ def predict_run(model_path: Path, input_paths: list, *, overrides: dict | None =
             if nonfinite:
                 log.warning("%s: %d pixel values are NaN or infinite; replaced by the median of the others",
                             item.where + suffix, nonfinite)
-            with tqdm(total=segment.tile_count(image.shape, postprocessing, tile_size, min_overlap),
+            settings = postprocessing.replace(scale=postprocessing.image_scale(  # scale 'auto': this image's zoom
+                predict_tiles, image, tile_size=tile_size, min_overlap=min_overlap))
+            with tqdm(total=segment.tile_count(image.shape, settings, tile_size, min_overlap),
                       desc=f"  tiles of {key}",
                       unit="tile", leave=False, disable=not progress or image.size < 4_000_000) as bar:
                 labels, mask, probability = segment.segment_image(
-                    predict_tiles, image, postprocessing, tile_size=tile_size, min_overlap=min_overlap,
+                    predict_tiles, image, settings, tile_size=tile_size, min_overlap=min_overlap,
                     probability="probability" in formats, progress=bar.update)
             del image  # the model's input: not needed for the outputs, which show the original
             table = outputs.write_outputs(run_dir, key, plane, labels, mask, probability, formats)
@@ -435,7 +462,8 @@ def predict_run(model_path: Path, input_paths: list, *, overrides: dict | None =
             areas = np.bincount(labels.ravel())[1:]
             counts.append({"image": key, "height": labels.shape[0], "width": labels.shape[1],
                            "nuclei": int(labels.max()), "median_area": float(np.median(areas)) if len(areas) else 0.0,
-                           "foreground_fraction": float(mask.mean()), "nonfinite_pixels": nonfinite})
+                           "foreground_fraction": float(mask.mean()), "scale": round(settings.scale, 3),
+                           "nonfinite_pixels": nonfinite})
     for key, reason in skipped.items():
         log.warning("skipped %s: %s", key, reason)
     if skipped:

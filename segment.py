@@ -44,6 +44,10 @@ AUTO_TILE_MAX = 2048
 # pixels (about 0.4 GiB per megapixel for the ready model on the CPU), so large tiles go one by one.
 MAX_BATCH_PIXELS = 2**21
 
+# The zooms that scale='auto' chooses from: steps of sqrt(2) over 0.5-2x, the range of the training crops' zooms
+# (docs/results.md, "Automatic scale").
+AUTO_SCALES = (0.5, 2**-0.5, 1.0, 2**0.5, 2.0)
+
 PredictTiles = Callable[[np.ndarray], np.ndarray]
 """Maps tiles, shape (N, T, T, 1) float32 in [0, 1], to probabilities (N, T, T, C): nuclei [, contacts]."""
 
@@ -185,9 +189,14 @@ class Postprocessing:
         With a contact channel: pixels of higher contact probability seed no nucleus.
     tta : bool
         Test-time augmentation (the 8 flips/rotations averaged) when predicting the maps.
-    scale : float
+    scale : float or 'auto'
         The images are zoomed by it before the model sees them (``predict_maps``); ``min_size`` stays
-        in the image's own pixels.
+        in the image's own pixels. 'auto': each image by its own zoom, the one of ``AUTO_SCALES`` that
+        brings its typical nucleus area, measured in a first pass at 1x, closest to ``nucleus_area``
+        (``image_scale``).
+    nucleus_area : float or None
+        The typical nucleus area (pixels) of the images the model was trained on (``reference_area``);
+        what scale 'auto' zooms toward. Training runs record it.
     tile_size : int, 'auto' or None
         The tiles the model sees: None, the size it was trained on; 'auto', the fewest tiles of at most
         ``AUTO_TILE_MAX`` pixels that cover each image (``tiling.inference_tile_size``); or a side.
@@ -199,8 +208,9 @@ class Postprocessing:
     marker_height: float | None = None
     contact_threshold: float = 0.2
     tta: bool = False
-    scale: float = 1.0
+    scale: float | str = 1.0
     tile_size: int | str | None = None
+    nucleus_area: float | None = None
 
     def __post_init__(self):
         if not 0.0 < self.threshold < 1.0:
@@ -213,8 +223,14 @@ class Postprocessing:
             raise UserError(f"min_size_relative must be in (0, 1) or None, got {self.min_size_relative}")
         if self.marker_height is not None and not self.marker_height > 0:
             raise UserError(f"marker_height must be positive or None, got {self.marker_height}")
-        if not self.scale > 0:
-            raise UserError(f"scale must be positive, got {self.scale}")
+        if self.scale != "auto" and not (isinstance(self.scale, (int, float)) and self.scale > 0):
+            raise UserError(f"scale must be a positive number or 'auto', got {self.scale!r}")
+        if self.nucleus_area is not None and not self.nucleus_area > 0:
+            raise UserError(f"nucleus_area must be positive or None, got {self.nucleus_area}")
+        if self.scale == "auto" and self.nucleus_area is None:
+            raise UserError("scale 'auto' needs the typical nucleus area of the model's training images "
+                            "(nucleus_area in its postprocessing.json), which this model's files do not give: "
+                            "run 'tune' on the model once to add it, or give a --scale factor")
         if self.tile_size not in (None, "auto") and not (isinstance(self.tile_size, int) and self.tile_size >= 32):
             raise UserError(f"tile_size must be None, 'auto' or a side of at least 32 pixels, got {self.tile_size!r}")
 
@@ -248,10 +264,36 @@ class Postprocessing:
 
     def maps(self, predict_tiles: PredictTiles, image: np.ndarray, *, tile_size: int = TILE_SIZE,
              min_overlap: int = MIN_OVERLAP) -> np.ndarray:
-        """``predict_maps`` of ``image`` with this object's ``tta``, ``scale`` and ``tile_size`` (if set;
-        else the ``tile_size`` given: the model's)."""
+        """``predict_maps`` of ``image`` with this object's ``tta``, ``scale`` (with 'auto', ``image_scale``)
+        and ``tile_size`` (if set; else the ``tile_size`` given: the model's)."""
+        scale = self.scale
+        if scale == "auto":
+            scale, first = self._auto_scale(predict_tiles, image, tile_size=tile_size, min_overlap=min_overlap)
+            if scale == 1.0 and first is not None and not self.tta:
+                return first  # the first pass is already the prediction
         return predict_maps(predict_tiles, image, tile_size=self.tile_size or tile_size, min_overlap=min_overlap,
-                            tta=self.tta, scale=self.scale)
+                            tta=self.tta, scale=scale)
+
+    def image_scale(self, predict_tiles: PredictTiles, image: np.ndarray, *, tile_size: int = TILE_SIZE,
+                    min_overlap: int = MIN_OVERLAP, most: int = AUTO_TILE_MAX) -> float:
+        """The zoom ``maps`` gives ``image``: ``scale``, or with 'auto' the one of ``AUTO_SCALES`` that brings
+        the image's typical nucleus area (``typical_area`` of a first pass at 1x without test-time augmentation,
+        on at most the central ``most`` x ``most`` pixels) closest to ``nucleus_area`` (``choose_scale``)."""
+        if self.scale != "auto":
+            return float(self.scale)
+        return self._auto_scale(predict_tiles, image, tile_size=tile_size, min_overlap=min_overlap, most=most)[0]
+
+    def _auto_scale(self, predict_tiles, image, *, tile_size, min_overlap, most=AUTO_TILE_MAX):
+        """(zoom, the first pass's maps if they cover the whole image, else None)."""
+        height, width = image.shape
+        top, left = max((height - most) // 2, 0), max((width - most) // 2, 0)
+        part = image[top:top + most, left:left + most]
+        first = self.replace(scale=1.0, tta=False)
+        maps = first.maps(predict_tiles, part, tile_size=tile_size, min_overlap=min_overlap)
+        area = typical_area(first.labels(maps))
+        scale = choose_scale(area, self.nucleus_area)
+        log.debug("typical nucleus area at 1x: %.0f pixels; zoom %.2f", area, scale)
+        return scale, (maps if part.shape == image.shape else None)
 
     def mask(self, maps: np.ndarray) -> np.ndarray:
         """The thresholded nucleus channel: ndarray (H, W), bool (what the pixel Dice scores)."""
@@ -328,6 +370,39 @@ def probability_to_labels(
     return relabelled.astype(np.int32)
 
 
+def choose_scale(area: float, reference: float) -> float:
+    """The zoom of ``AUTO_SCALES`` that brings nuclei of typical ``area`` closest to ``reference`` (both in
+    pixels; closest in log area); 1 where no nucleus was found (``area`` 0).
+
+    Examples
+    --------
+    >>> choose_scale(400, 400), choose_scale(100, 400), choose_scale(1600, 400), choose_scale(0, 400)
+    (1.0, 2.0, 0.5, 1.0)
+    >>> round(choose_scale(200, 400), 3), choose_scale(10, 400)
+    (1.414, 2.0)
+    """
+    if area <= 0:
+        return 1.0
+    wanted = np.log(reference / area) / 2  # a zoom s multiplies areas by s**2
+    return min(AUTO_SCALES, key=lambda scale: abs(np.log(scale) - wanted))
+
+
+def reference_area(label_images) -> float:
+    """The typical nucleus area of a training set: the median over its images of ``typical_area`` (images
+    without nuclei left out; 0 if none has any). What ``Postprocessing.nucleus_area`` records.
+
+    Examples
+    --------
+    >>> small, large = np.zeros((40, 40), int), np.zeros((40, 40), int)
+    >>> small[:5, :10] = 1; large[:20, :20] = 1
+    >>> reference_area([small, small, large, np.zeros((4, 4), int)])
+    50.0
+    """
+    areas = [typical_area(labels) for labels in label_images]
+    areas = [area for area in areas if area > 0]
+    return float(np.median(areas)) if areas else 0.0
+
+
 def typical_area(labels: np.ndarray) -> float:
     """The area of the object a foreground pixel typically belongs to: the area-weighted median of the objects'
     areas (0 without objects). Many small specks barely move it, as they hold few of the pixels.
@@ -379,6 +454,9 @@ def segment_image(predict_tiles: PredictTiles, image: np.ndarray, settings: Post
     if progress is not None:
         predict_tiles = _counting(predict_tiles, progress, 8 if settings.tta else 1)
     height, width = image.shape
+    if settings.scale == "auto" and (height > block_size or width > block_size):  # one zoom for every block
+        settings = settings.replace(scale=settings.image_scale(predict_tiles, image, tile_size=tile_size,
+                                                               min_overlap=min_overlap, most=block_size))
     if height <= block_size and width <= block_size:
         maps = settings.maps(predict_tiles, image, tile_size=tile_size, min_overlap=min_overlap)
         return settings.labels(maps), settings.mask(maps), maps[..., 0].astype(np.float16) if probability else None
@@ -411,9 +489,12 @@ def segment_image(predict_tiles: PredictTiles, image: np.ndarray, settings: Post
 
 def tile_count(shape: tuple[int, int], settings: Postprocessing, tile_size=TILE_SIZE,
                min_overlap: int = MIN_OVERLAP, block_size: int = 2048, margin: int = 128) -> int:
-    """How many tiles ``segment_image`` predicts for an image of ``shape`` (for a progress bar)."""
+    """How many tiles ``segment_image`` predicts for an image of ``shape`` (for a progress bar; scale 'auto'
+    counts as 1x and its first pass is not counted: give the zoom of ``Postprocessing.image_scale``)."""
+    scale = 1.0 if settings.scale == "auto" else settings.scale
+
     def tiles_of(size):
-        size = tuple(max(int(round(side * settings.scale)), 1) for side in size)
+        size = tuple(max(int(round(side * scale)), 1) for side in size)
         side = settings.tile_size or tile_size
         side = inference_tile_size(size, AUTO_TILE_MAX, min_overlap) if side == "auto" else side
         return len(tiling.tile_grid(size, side, min_overlap))
@@ -617,7 +698,8 @@ TUNE_RELATIVE_MIN_SIZES = (0.1, 0.2, 0.3)
 TUNE_CONTACT_THRESHOLDS = (0.1, 0.2, 0.3, 0.5, 0.7)
 
 
-def tuning_grid(has_contacts: bool, tta: bool, scale: float = 1.0, tile_size=None) -> list[Postprocessing]:
+def tuning_grid(has_contacts: bool, tta: bool, scale: float | str = 1.0, tile_size=None,
+                nucleus_area: float | None = None) -> list[Postprocessing]:
     """The settings ``tune_postprocessing`` tries: every threshold and speck size (in pixels, or relative to
     the image's typical nucleus area) with every way of splitting (by the contact channel at each contact
     threshold if the model has one, else not at all; or by a distance watershed of each marker height)."""
@@ -625,7 +707,8 @@ def tuning_grid(has_contacts: bool, tta: bool, scale: float = 1.0, tile_size=Non
     splits += [(height, 0.2) for height in TUNE_MARKER_HEIGHTS]
     sizes = [(pixels, None) for pixels in TUNE_MIN_SIZES] + [(30, fraction) for fraction in TUNE_RELATIVE_MIN_SIZES]
     return [Postprocessing(threshold=threshold, min_size=min_size, min_size_relative=relative, marker_height=height,
-                           contact_threshold=contact, tta=tta, scale=scale, tile_size=tile_size)
+                           contact_threshold=contact, tta=tta, scale=scale, tile_size=tile_size,
+                           nucleus_area=nucleus_area)
             for threshold, (height, contact), (min_size, relative) in itertools.product(TUNE_THRESHOLDS, splits, sizes)]
 
 

@@ -43,6 +43,9 @@ TRAINING_OPTIONS = ("epochs", "steps_per_epoch", "batch_size", "learning_rate", 
                     "batch_norm", "dropout", "loss", "lr_schedule", "warmup_steps", "sampling", "crop_size",
                     "scale_range", "gamma_range", "contrast_range", "noise", "blur", "precision", "jit_compile",
                     "contacts", "distribute", "figures_per_cluster")
+SCALE_HELP = ("zoom images by this factor before the model sees them (2 for nuclei half the size of the training "
+              "set's); 'auto': each image by 0.5-2x, to bring its nuclei, measured in a first pass, to the training "
+              "images' typical size")
 POSTPROCESSING_OPTIONS = ("threshold", "min_size", "min_size_relative", "marker_height", "contact_threshold", "tta",
                           "scale", "tile_size")
 
@@ -84,6 +87,18 @@ def _tile_size(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"expected a number of pixels or 'auto', got {text!r}") from None
 
 
+def _scale(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive zoom factor or 'auto', got {text!r}")
+    return value
+
+
 def _add_postprocessing_options(parser: argparse.ArgumentParser, default_text: str, *, scale: bool = True) -> None:
     group = parser.add_argument_group(f"post-processing (default: {default_text})")
     group.add_argument("--threshold", type=float, metavar="P",
@@ -100,9 +115,7 @@ def _add_postprocessing_options(parser: argparse.ArgumentParser, default_text: s
         group.add_argument("--min-size-relative", type=float, metavar="FRACTION",
                            help="instead of --min-size: drop objects of at most this fraction of the image's "
                                 "typical nucleus area (e.g. 0.2; for nuclei of any size)")
-        group.add_argument("--scale", type=float, metavar="FACTOR",
-                           help="zoom images by this factor before the model sees them (2 for nuclei half the "
-                                "size of the training set's)")
+        group.add_argument("--scale", type=_scale, metavar="FACTOR|auto", help=SCALE_HELP)
         group.add_argument("--tile-size", type=_tile_size, metavar="N|auto",
                            help="side of the tiles the model sees ('auto': the fewest tiles of at most 2048 pixels "
                                 "that cover each image; default: the size it was trained on)")
@@ -217,6 +230,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
                       help="the images to choose on (default: cv)")
     tune.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                       help="test-time augmentation while choosing (default: the model's setting)")
+    tune.add_argument("--scale", type=_scale, metavar="FACTOR|auto",
+                      help=SCALE_HELP.replace("zoom images", "predict with images zoomed") + " (default: the model's)")
     _add_data_options(tune)
     _add_output_options(tune)
 
@@ -319,7 +334,7 @@ def run(args: argparse.Namespace) -> Path | None:
                                      cache_dir=cache_dir, progress=progress)
     if args.command == "tune":
         return pipeline.tune_run(args.model, data=args.data, split=args.split, subset=args.subset, tta=args.tta,
-                                 out=args.out, cache_dir=cache_dir, progress=progress)
+                                 scale=args.scale, out=args.out, cache_dir=cache_dir, progress=progress)
     if args.command == "predict":
         model, images = pipeline.model_and_inputs(args.inputs)
         return pipeline.predict_run(model, images, overrides=postprocessing_overrides(args),

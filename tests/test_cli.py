@@ -180,9 +180,12 @@ def test_tune_chooses_on_cv_and_saves_the_best_beside_the_model(smoke_run, real_
     model_copy.parent.mkdir()
     for name in ("model.keras", "config.json", "split.csv", "postprocessing.json"):
         (model_copy.parent / name).write_bytes((run_dir / name).read_bytes())
-    before = segment.Postprocessing.load(model_copy.parent / "postprocessing.json")
-    assert cli.main(["tune", str(model_copy), "--data", str(real_subset_zip), "--cache-dir", str(folder / "cache"),
-                     "--quiet", "--out", str(tmp_path / "runs")]) == 0
+    trained = segment.Postprocessing.load(model_copy.parent / "postprocessing.json")
+    assert trained.nucleus_area > 0  # the training run recorded its training images' typical nucleus area
+    before = trained.replace(nucleus_area=None)  # as in the files of a model made before it was recorded
+    before.save(model_copy.parent / "postprocessing.json")
+    assert cli.main(["tune", str(model_copy), "--scale", "auto", "--data", str(real_subset_zip), "--cache-dir",
+                     str(folder / "cache"), "--quiet", "--out", str(tmp_path / "runs")]) == 0
     tune_dir = _newest(tmp_path / "runs", "tune")
     tuning = pd.read_csv(tune_dir / "tuning.csv")
     # A contact model (the smoke preset's): every contact threshold, and the distance watershed's marker heights.
@@ -195,6 +198,8 @@ def test_tune_chooses_on_cv_and_saves_the_best_beside_the_model(smoke_run, real_
         top["threshold"], top["min_size"], top["contact_threshold"], top["tta"])
     assert best.marker_height == (None if pd.isna(top["marker_height"]) else top["marker_height"])
     assert segment.Postprocessing.load(tune_dir / "postprocessing.json") == best
+    # tune added the area from the model's training images, and predicts with each CV image's own zoom
+    assert best.scale == "auto" and best.nucleus_area == trained.nucleus_area and set(tuning["scale"]) == {"auto"}
     assert segment.Postprocessing.load(tune_dir / "postprocessing_before.json") == before
     # evaluate and predict now read the tuned settings
     assert pipeline.TrainedModel.open(model_copy).postprocessing == best

@@ -154,3 +154,19 @@ def test_a_large_image_is_segmented_in_blocks_without_seams(stand_in_model, tmp_
     lean, lean_mask, nothing = segment.segment_image(predict, image, settings, tile_size=64, min_overlap=16,
                                                      block_size=64, margin=32, probability=False)
     assert nothing is None and np.array_equal(lean, blocks) and np.array_equal(lean_mask, mask)
+
+
+def test_scale_auto_zooms_small_nuclei_and_says_so_in_the_counts(stand_in_model, tmp_path):
+    image, disks = _picture()
+    skimage.io.imsave(tmp_path / "small nuclei.png", (image * 255).astype(np.uint8), check_contrast=False)
+    out = tmp_path / "refused"  # the stand-in's postprocessing.json gives no training nucleus area
+    assert cli.main(["predict", str(stand_in_model), str(tmp_path / "small nuclei.png"), "--scale", "auto",
+                     "--out", str(out), "--quiet"]) == 2
+    assert not out.exists() or not any(out.iterdir())
+    disk_area = segment.typical_area(segment.probability_to_labels(image, min_size=0))
+    settings = segment.Postprocessing.load(stand_in_model.parent / "postprocessing.json")
+    settings.replace(scale="auto", nucleus_area=4 * disk_area).save(stand_in_model.parent / "postprocessing.json")
+    counts = pd.read_csv(_run(stand_in_model, [tmp_path / "small nuclei.png"], tmp_path) / "counts.csv")
+    assert counts["scale"].tolist() == [2.0] and counts["nuclei"].tolist() == [disks]
+    counts = pd.read_csv(_run(stand_in_model, [tmp_path / "small nuclei.png"], tmp_path, "--scale", "1") / "counts.csv")
+    assert counts["scale"].tolist() == [1.0] and counts["nuclei"].tolist() == [disks]

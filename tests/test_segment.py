@@ -342,7 +342,7 @@ def test_postprocessing_scale_is_used_for_the_maps():
     settings = segment.Postprocessing(scale=0.5)
     maps = settings.maps(lambda tiles: tiles, image, tile_size=32, min_overlap=8)
     assert maps.shape == (50, 70, 1) and not np.allclose(maps[..., 0], image)  # shrunk, then enlarged: smoother
-    with pytest.raises(ValueError, match="scale must be positive"):
+    with pytest.raises(ValueError, match="scale must be a positive number"):
         segment.Postprocessing(scale=0.0)
 
 
@@ -370,3 +370,62 @@ def test_a_relative_minimum_size_keeps_small_nuclei_and_drops_specks_at_any_magn
     with pytest.raises(UserError, match="min_size_relative"):
         segment.Postprocessing(min_size_relative=1.5)
     assert segment.typical_area(np.zeros((4, 4), int)) == 0.0
+
+
+def _disks(shape=(120, 160), radius=6):
+    image = np.full(shape, 0.1, np.float32)
+    for centre in [(30, 30), (30, 90), (80, 50), (90, 130)]:
+        rr, cc = skimage.draw.disk(centre, radius, shape=shape)
+        image[rr, cc] = 0.9
+    return image
+
+
+def test_auto_scale_zooms_each_image_toward_the_training_nucleus_area():
+    """With the identity as the model, the nuclei found at 1x are the disks: nuclei a quarter of the training
+    area are zoomed 2x, four times larger 0.5x, and the zoomed prediction finds the same 4 nuclei."""
+    image = _disks()
+    area = segment.typical_area(segment.probability_to_labels(image, min_size=0))
+    seen = []
+
+    def model(tiles):
+        seen.append(len(tiles))
+        return tiles
+
+    settings = segment.Postprocessing(scale="auto", nucleus_area=4 * area, min_size=5)
+    options = {"tile_size": 64, "min_overlap": 8}
+    assert settings.image_scale(model, image, **options) == 2.0
+    assert settings.replace(nucleus_area=area / 4).image_scale(model, image, **options) == 0.5
+    assert settings.replace(nucleus_area=area * 1.2).image_scale(model, image, **options) == 1.0
+    assert settings.image_scale(model, np.zeros((50, 50), np.float32), **options) == 1.0  # nothing found: 1x
+    assert segment.Postprocessing(scale=0.75).image_scale(model, image, **options) == 0.75
+    seen.clear()
+    maps = settings.maps(model, image, **options)
+    assert maps.shape == (120, 160, 1) and settings.labels(maps).max() == 4
+    # a first pass at 1x, then the image at 2x
+    assert sum(seen) == len(tiling.tile_grid((120, 160), 64, 8)) + len(tiling.tile_grid((240, 320), 64, 8))
+    seen.clear()
+    at_one = settings.replace(nucleus_area=area).maps(model, image, **options)  # 1x without TTA: the first pass
+    assert sum(seen) == len(tiling.tile_grid((120, 160), 64, 8))
+    np.testing.assert_allclose(at_one[..., 0], image, atol=1e-6)
+
+
+def test_auto_scale_of_a_large_image_is_one_zoom_for_all_its_blocks():
+    image = np.tile(_disks(), (2, 2))  # 240 x 320, in blocks of 100: the zoom comes from the central 100 x 100
+    area = segment.typical_area(segment.probability_to_labels(image, min_size=0))
+    auto = segment.Postprocessing(scale="auto", nucleus_area=4 * area, min_size=5)
+    options = {"tile_size": 64, "min_overlap": 8, "block_size": 100, "margin": 20}
+    labels, _, _ = segment.segment_image(lambda tiles: tiles, image, auto, **options)
+    fixed, _, _ = segment.segment_image(lambda tiles: tiles, image, auto.replace(scale=2.0), **options)
+    np.testing.assert_array_equal(labels, fixed)
+    assert labels.max() == 16
+
+
+def test_auto_scale_needs_the_training_nucleus_area():
+    with pytest.raises(UserError, match="nucleus_area"):
+        segment.Postprocessing(scale="auto")
+    with pytest.raises(UserError, match="scale must be a positive number or 'auto'"):
+        segment.Postprocessing(scale="large")
+    with pytest.raises(UserError, match="nucleus_area must be positive"):
+        segment.Postprocessing(nucleus_area=0.0)
+    settings = segment.Postprocessing(scale="auto", nucleus_area=300.0)
+    assert segment.Postprocessing.from_dict(json.loads(json.dumps(settings.__dict__))) == settings
