@@ -118,3 +118,13 @@ def test_finetune_few_quick(tmp_path):
     results = run_quick(tmp_path, "finetune_few.py", "--model", str(ready), "--counts", "3")
     assert results["cluster"] == 4 and set(results["runs"]) == {"3"}
     assert 0 <= results["runs"]["3"]["test"]["mean_map"] <= 1 and results["before"]["images"] == results["test_images"]
+
+
+@pytest.mark.slow
+def test_auto_scale_quick(tmp_path):
+    results = run_quick(tmp_path, "auto_scale.py")
+    assert results["images"] == 3 and results["reference_area"] > 0
+    assert set(results["mean_map"]["1x"]) == {"none", "scale2", "mean"}
+    oracle = results["mean_map"]["best zoom per image (oracle)"]
+    assert all(0 <= values["mean"] <= oracle["mean"] for values in results["mean_map"].values())
+    assert (tmp_path / "auto_scale.csv").is_file()

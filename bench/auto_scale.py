@@ -1,0 +1,113 @@
+"""Does zooming each image toward the training images' nucleus size (``--scale auto``) help? Measured on CV.
+
+For each CV image, at 1x and shrunk or enlarged (``robustness.perturb``: 0.5x, 0.75x, 1.5x, 2x, labels
+with it), the model predicts at every zoom of ``segment.AUTO_SCALES`` (without test-time augmentation), and
+each prediction is scored (mAP). The typical nucleus area found at 1x (``segment.typical_area``) is kept, so
+that any rule choosing a zoom from it can be scored afterwards without predicting again: the rule of
+``--scale auto`` (``segment.choose_scale`` toward the training images' ``segment.reference_area``), the same
+rule toward other reference areas, the fixed 1x, and the best zoom per image (an oracle, for the ceiling).
+
+Writes ``bench/results/auto_scale.json`` (mean mAP per rule and shift) and ``auto_scale.csv`` (per image).
+
+    python bench/auto_scale.py --model models/unet_dsb2018/model.keras
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from pathlib import Path
+
+import common
+import numpy as np
+import pandas as pd
+
+SHIFTS = ("none", "scale0.5", "scale0.75", "scale1.5", "scale2")
+
+
+def zoom_columns() -> list[str]:
+    import segment
+
+    return [f"map_at_{scale:.2f}" for scale in segment.AUTO_SCALES]
+
+
+def score_rules(rows: pd.DataFrame, reference: float, others=(250.0, 500.0, 730.0)) -> pd.DataFrame:
+    """Mean mAP per shift of each rule: 1x, ``choose_scale`` toward ``reference`` and toward ``others``, the oracle."""
+    import segment
+
+    columns = zoom_columns()
+    by_zoom = rows[columns].to_numpy()
+
+    def rule(area_reference):
+        chosen = [segment.AUTO_SCALES.index(segment.choose_scale(area, area_reference)) for area in rows["area_at_1"]]
+        return by_zoom[np.arange(len(rows)), chosen]
+
+    scores = {"1x": rows[columns[segment.AUTO_SCALES.index(1.0)]],
+              f"auto, toward {reference:.0f} px (the training images')": rule(reference)}
+    for other in others:
+        scores[f"auto, toward {other:.0f} px"] = rule(other)
+    scores["best zoom per image (oracle)"] = by_zoom.max(axis=1)
+    table = pd.DataFrame(scores).assign(shift=rows["shift"]).groupby("shift").mean().T
+    table = table[[shift for shift in SHIFTS if shift in table.columns]]
+    table["mean"] = table.mean(axis=1)
+    return table
+
+
+def main(argv=None) -> int:
+    parser = common.base_parser("auto_scale", __doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=common.PROJECT_DIR / "models" / "unet_dsb2018" / "model.keras")
+    parser.add_argument("--data", type=Path, help="the DSB training set (default: dsb.find_dataset())")
+    args = parser.parse_args(argv)
+
+    import dsb
+    import imaging
+    import pipeline
+    import robustness
+    import segment
+    import stratify
+
+    model = pipeline.TrainedModel.open(args.model)
+    settings = model.postprocessing.replace(tta=False, scale=1.0)
+    source = dsb.find_dataset(args.data)
+    split = stratify.read_split(model.split)
+    train = sorted(split.loc[split["subset"] == "train", "image_id"])
+    cv = sorted(split.loc[split["subset"] == "cv", "image_id"])
+    shifts = SHIFTS
+    if args.quick:  # seconds: a few images, two shifts
+        train, cv, shifts = train[:10], cv[:3], ("none", "scale2")
+    reference = segment.reference_area(labels for _, _, labels in dsb.read_raw_images(source, train))
+    clusters = dict(zip(split["image_id"], split["cluster"].astype(int)))
+    predict_tiles, tile_size, min_overlap = model.predictor()
+    started, rows = time.perf_counter(), []
+    for image_id, raw, labels in dsb.read_raw_images(source, cv):
+        for shift in shifts:
+            image, truth = (robustness.as_unit_float(raw), labels) if shift == "none" else robustness.perturb(
+                raw, labels, shift, seed=zlib.crc32(image_id.encode()))
+            image = imaging.preprocess(image, model.normalization)
+            row = {"shift": shift, "image_id": image_id, "cluster": clusters[image_id],
+                   "true_area": segment.typical_area(truth)}
+            for scale, column in zip(segment.AUTO_SCALES, zoom_columns()):
+                maps = settings.replace(scale=scale).maps(predict_tiles, image, tile_size=tile_size,
+                                                          min_overlap=min_overlap)
+                found = settings.labels(maps)
+                if scale == 1.0:
+                    row["area_at_1"] = segment.typical_area(found)
+                row[column] = segment.average_precision(truth, found)
+            rows.append(row)
+    table = pd.DataFrame(rows)
+    summary = score_rules(table, reference)
+    print(f"CV mAP without test-time augmentation, {len(cv)} images, {args.model}:")
+    print(summary.round(3).to_string())
+    csv_path = Path(args.json).with_suffix(".csv")
+    table.to_csv(csv_path, index=False)
+    common.write_json(args.json, {
+        "benchmark": "auto_scale", "quick": args.quick, "model": str(args.model), "images": len(cv),
+        "reference_area": reference, "seconds": round(time.perf_counter() - started, 1),
+        "mean_map": {rule: {shift: round(float(value), 4) for shift, value in values.items()}
+                     for rule, values in summary.iterrows()},
+        "per_image": csv_path.name, "machine": common.machine()})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
