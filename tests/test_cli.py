@@ -56,8 +56,9 @@ def test_training_run_folder_is_complete(smoke_run):
                  "history.csv", "metrics.json", "training.json", "postprocessing.json"]:
         assert (run_dir / name).stat().st_size > 0, name
     assert any((run_dir / "logs").rglob("*tfevents*"))
-    assert segment.Postprocessing.load(run_dir / "postprocessing.json") == TrainConfig.load(
-        run_dir / "config.json").postprocessing
+    saved = segment.Postprocessing.load(run_dir / "postprocessing.json")
+    assert saved.nucleus_area > 0  # the training images' typical nucleus area, for scale 'auto'
+    assert saved == TrainConfig.load(run_dir / "config.json").postprocessing.replace(nucleus_area=saved.nucleus_area)
     assert "pixel Dice and DSB2018 score" in printed and str(run_dir) in printed
 
 
