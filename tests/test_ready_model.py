@@ -16,8 +16,10 @@ import pytest
 from conftest import disk_labels, real_dataset_path, run_cli_process
 from test_backends import BACKEND_PACKAGES, require_backend
 
+import dsb
 import layouts
 import pipeline
+import segment
 import train_and_predicted_masks as cli
 import unet
 from config import TrainConfig
@@ -123,3 +125,10 @@ def test_fine_tuning_starts_from_the_ready_model_and_lowers_its_loss(tmp_path):
     assert len(history) == 3
     before = json.loads((run_dir / "training.json").read_text())["starting_model"]["val_loss"]
     assert history["val_loss"].iloc[-1] < before, (before, history["val_loss"].tolist())
+    # It keeps the ready model's post-processing, the automatic zoom included, toward its own training images' size.
+    settings = segment.Postprocessing.load(run_dir / "postprocessing.json")
+    ready = segment.Postprocessing.load(FOLDER / "postprocessing.json")
+    assert (settings.threshold, settings.contact_threshold, settings.scale) == (ready.threshold,
+                                                                              ready.contact_threshold, ready.scale)
+    assert settings.nucleus_area == segment.reference_area(labels for _, _, labels in
+                                                           dsb.read_raw_images(data, names[:2]))
