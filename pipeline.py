@@ -446,13 +446,11 @@ def predict_run(model_path: Path, input_paths: list, *, overrides: dict | None =
             if nonfinite:
                 log.warning("%s: %d pixel values are NaN or infinite; replaced by the median of the others",
                             item.where + suffix, nonfinite)
-            settings = postprocessing.replace(scale=postprocessing.image_scale(  # scale 'auto': this image's zoom
-                predict_tiles, image, tile_size=tile_size, min_overlap=min_overlap))
-            with tqdm(total=segment.tile_count(image.shape, settings, tile_size, min_overlap),
+            with tqdm(total=segment.tile_count(image.shape, postprocessing, tile_size, min_overlap),
                       desc=f"  tiles of {key}",
                       unit="tile", leave=False, disable=not progress or image.size < 4_000_000) as bar:
-                labels, mask, probability = segment.segment_image(
-                    predict_tiles, image, settings, tile_size=tile_size, min_overlap=min_overlap,
+                labels, mask, probability, scale = segment.segment_image(
+                    predict_tiles, image, postprocessing, tile_size=tile_size, min_overlap=min_overlap,
                     probability="probability" in formats, progress=bar.update)
             del image  # the model's input: not needed for the outputs, which show the original
             table = outputs.write_outputs(run_dir, key, plane, labels, mask, probability, formats)
@@ -462,7 +460,7 @@ def predict_run(model_path: Path, input_paths: list, *, overrides: dict | None =
             areas = np.bincount(labels.ravel())[1:]
             counts.append({"image": key, "height": labels.shape[0], "width": labels.shape[1],
                            "nuclei": int(labels.max()), "median_area": float(np.median(areas)) if len(areas) else 0.0,
-                           "foreground_fraction": float(mask.mean()), "scale": round(settings.scale, 3),
+                           "foreground_fraction": float(mask.mean()), "scale": round(scale, 3),
                            "nonfinite_pixels": nonfinite})
     for key, reason in skipped.items():
         log.warning("skipped %s: %s", key, reason)

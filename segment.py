@@ -17,6 +17,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import scipy.ndimage as ndi
@@ -193,7 +194,7 @@ class Postprocessing:
         The images are zoomed by it before the model sees them (``predict_maps``); ``min_size`` stays
         in the image's own pixels. 'auto': each image by its own zoom, the one of ``AUTO_SCALES`` that
         brings its typical nucleus area, measured in a first pass at 1x, closest to ``nucleus_area``
-        (``image_scale``).
+        (``resolve``).
     nucleus_area : float or None
         The typical nucleus area (pixels) of the images the model was trained on (``reference_area``);
         what scale 'auto' zooms toward. Training runs record it.
@@ -264,36 +265,36 @@ class Postprocessing:
 
     def maps(self, predict_tiles: PredictTiles, image: np.ndarray, *, tile_size: int = TILE_SIZE,
              min_overlap: int = MIN_OVERLAP) -> np.ndarray:
-        """``predict_maps`` of ``image`` with this object's ``tta``, ``scale`` (with 'auto', ``image_scale``)
+        """``predict_maps`` of ``image`` with this object's ``tta``, ``scale`` (with 'auto', ``resolve``)
         and ``tile_size`` (if set; else the ``tile_size`` given: the model's)."""
-        scale = self.scale
-        if scale == "auto":
-            scale, first = self._auto_scale(predict_tiles, image, tile_size=tile_size, min_overlap=min_overlap)
-            if scale == 1.0 and first is not None and not self.tta:
-                return first  # the first pass is already the prediction
-        return predict_maps(predict_tiles, image, tile_size=self.tile_size or tile_size, min_overlap=min_overlap,
-                            tta=self.tta, scale=scale)
+        settings, done = self.resolve(predict_tiles, image, tile_size=tile_size, min_overlap=min_overlap)
+        if done is not None:
+            return done
+        return predict_maps(predict_tiles, image, tile_size=settings.tile_size or tile_size, min_overlap=min_overlap,
+                            tta=settings.tta, scale=settings.scale)
 
-    def image_scale(self, predict_tiles: PredictTiles, image: np.ndarray, *, tile_size: int = TILE_SIZE,
-                    min_overlap: int = MIN_OVERLAP, most: int = AUTO_TILE_MAX) -> float:
-        """The zoom ``maps`` gives ``image``: ``scale``, or with 'auto' the one of ``AUTO_SCALES`` that brings
-        the image's typical nucleus area (``typical_area`` of a first pass at 1x without test-time augmentation,
-        on at most the central ``most`` x ``most`` pixels) closest to ``nucleus_area`` (``choose_scale``)."""
+    def resolve(self, predict_tiles: PredictTiles, image: np.ndarray, *, tile_size: int = TILE_SIZE,
+                min_overlap: int = MIN_OVERLAP, most: int = AUTO_TILE_MAX) -> tuple[Postprocessing, np.ndarray | None]:
+        """This object with the zoom it gives ``image`` as ``scale``, and the maps already predicted if they are
+        the image's (else None).
+
+        A number stays as it is. 'auto' becomes the zoom of ``AUTO_SCALES`` that brings the image's typical
+        nucleus area (``typical_area`` of a first pass at 1x without test-time augmentation, on at most the
+        central ``most`` x ``most`` pixels) closest to ``nucleus_area`` (``choose_scale``). That first pass is
+        returned when it covers the whole image, the zoom is 1 and ``tta`` is off: it is then the prediction.
+        """
         if self.scale != "auto":
-            return float(self.scale)
-        return self._auto_scale(predict_tiles, image, tile_size=tile_size, min_overlap=min_overlap, most=most)[0]
-
-    def _auto_scale(self, predict_tiles, image, *, tile_size, min_overlap, most=AUTO_TILE_MAX):
-        """(zoom, the first pass's maps if they cover the whole image, else None)."""
+            return self, None
         height, width = image.shape
         top, left = max((height - most) // 2, 0), max((width - most) // 2, 0)
         part = image[top:top + most, left:left + most]
         first = self.replace(scale=1.0, tta=False)
         maps = first.maps(predict_tiles, part, tile_size=tile_size, min_overlap=min_overlap)
         area = typical_area(first.labels(maps))
-        scale = choose_scale(area, self.nucleus_area)
-        log.debug("typical nucleus area at 1x: %.0f pixels; zoom %.2f", area, scale)
-        return scale, (maps if part.shape == image.shape else None)
+        resolved = self.replace(scale=choose_scale(area, self.nucleus_area))
+        log.debug("typical nucleus area at 1x: %.0f pixels; zoom %.2f", area, resolved.scale)
+        done = part.shape == image.shape and resolved.scale == 1.0 and not self.tta
+        return resolved, (maps if done else None)
 
     def mask(self, maps: np.ndarray) -> np.ndarray:
         """The thresholded nucleus channel: ndarray (H, W), bool (what the pixel Dice scores)."""
@@ -425,10 +426,19 @@ def _typical_of_areas(areas: np.ndarray) -> float:
     return float(areas[np.searchsorted(weight, weight[-1] / 2)])
 
 
+class Segmented(NamedTuple):
+    """What ``segment_image`` returns."""
+
+    labels: np.ndarray
+    mask: np.ndarray
+    probability: np.ndarray | None
+    scale: float
+
+
 def segment_image(predict_tiles: PredictTiles, image: np.ndarray, settings: Postprocessing, *,
                   tile_size: int = TILE_SIZE, min_overlap: int = MIN_OVERLAP, block_size: int = 2048,
                   margin: int = 128, probability: bool = True,
-                  progress=None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+                  progress=None) -> Segmented:
     """Nuclei of an image of any size, block by block so that memory stays bounded.
 
     An image no larger than ``block_size`` in both directions is predicted in one piece
@@ -447,19 +457,22 @@ def segment_image(predict_tiles: PredictTiles, image: np.ndarray, settings: Post
 
     Returns
     -------
+    Segmented, a named tuple of:
     labels : ndarray, shape (H, W), int32, nuclei numbered 1..n
     mask : ndarray, shape (H, W), bool: the foreground (``settings.mask``)
     probability : ndarray, shape (H, W), float16, or None: the nucleus channel
+    scale : float, the zoom the image was predicted at (``Postprocessing.resolve``: one for all blocks)
     """
+    settings, done = settings.resolve(predict_tiles, image, tile_size=tile_size, min_overlap=min_overlap,
+                                      most=block_size)
     if progress is not None:
         predict_tiles = _counting(predict_tiles, progress, 8 if settings.tta else 1)
     height, width = image.shape
-    if settings.scale == "auto" and (height > block_size or width > block_size):  # one zoom for every block
-        settings = settings.replace(scale=settings.image_scale(predict_tiles, image, tile_size=tile_size,
-                                                               min_overlap=min_overlap, most=block_size))
     if height <= block_size and width <= block_size:
-        maps = settings.maps(predict_tiles, image, tile_size=tile_size, min_overlap=min_overlap)
-        return settings.labels(maps), settings.mask(maps), maps[..., 0].astype(np.float16) if probability else None
+        maps = done if done is not None else settings.maps(predict_tiles, image, tile_size=tile_size,
+                                                           min_overlap=min_overlap)
+        return Segmented(settings.labels(maps), settings.mask(maps),
+                         maps[..., 0].astype(np.float16) if probability else None, settings.scale)
     labels = np.zeros((height, width), np.int32)
     mask = np.zeros((height, width), bool)
     nucleus = np.zeros((height, width), np.float16) if probability else None
@@ -484,13 +497,13 @@ def segment_image(predict_tiles: PredictTiles, image: np.ndarray, settings: Post
                 free = labels[rows, cols] == 0  # where a neighbour's nucleus overlaps it, the neighbour keeps them
                 count += 1
                 labels[rows[free], cols[free]] = count
-    return labels, mask, nucleus
+    return Segmented(labels, mask, nucleus, settings.scale)
 
 
 def tile_count(shape: tuple[int, int], settings: Postprocessing, tile_size=TILE_SIZE,
                min_overlap: int = MIN_OVERLAP, block_size: int = 2048, margin: int = 128) -> int:
     """How many tiles ``segment_image`` predicts for an image of ``shape`` (for a progress bar; scale 'auto'
-    counts as 1x and its first pass is not counted: give the zoom of ``Postprocessing.image_scale``)."""
+    counts as 1x, and its first pass is not counted)."""
     scale = 1.0 if settings.scale == "auto" else settings.scale
 
     def tiles_of(size):

@@ -143,16 +143,16 @@ def test_a_large_image_is_segmented_in_blocks_without_seams(stand_in_model, tmp_
         image[rr, cc] = 0.9
     settings = segment.Postprocessing(min_size=0)
     predict = lambda tiles: np.concatenate([tiles, np.zeros_like(tiles)], axis=-1)  # noqa: E731
-    whole, whole_mask, whole_probability = segment.segment_image(predict, image, settings, tile_size=64,
+    whole, whole_mask, _, _ = segment.segment_image(predict, image, settings, tile_size=64,
                                                                  min_overlap=16, block_size=1000)
-    blocks, mask, probability = segment.segment_image(predict, image, settings, tile_size=64, min_overlap=16,
-                                                      block_size=64, margin=32)
+    blocks, mask, probability, _ = segment.segment_image(predict, image, settings, tile_size=64, min_overlap=16,
+                                                         block_size=64, margin=32)
     assert blocks.max() == whole.max() and probability.shape == image.shape
     assert segment.average_precision(whole, blocks) == 1.0
     assert np.array_equal(mask, whole_mask) and np.array_equal(mask, probability > settings.threshold)
     # Without the probability map (a large image's memory): the same nuclei and foreground.
-    lean, lean_mask, nothing = segment.segment_image(predict, image, settings, tile_size=64, min_overlap=16,
-                                                     block_size=64, margin=32, probability=False)
+    lean, lean_mask, nothing, _ = segment.segment_image(predict, image, settings, tile_size=64, min_overlap=16,
+                                                        block_size=64, margin=32, probability=False)
     assert nothing is None and np.array_equal(lean, blocks) and np.array_equal(lean_mask, mask)
 
 

@@ -393,11 +393,16 @@ def test_auto_scale_zooms_each_image_toward_the_training_nucleus_area():
 
     settings = segment.Postprocessing(scale="auto", nucleus_area=4 * area, min_size=5)
     options = {"tile_size": 64, "min_overlap": 8}
-    assert settings.image_scale(model, image, **options) == 2.0
-    assert settings.replace(nucleus_area=area / 4).image_scale(model, image, **options) == 0.5
-    assert settings.replace(nucleus_area=area * 1.2).image_scale(model, image, **options) == 1.0
-    assert settings.image_scale(model, np.zeros((50, 50), np.float32), **options) == 1.0  # nothing found: 1x
-    assert segment.Postprocessing(scale=0.75).image_scale(model, image, **options) == 0.75
+
+    def zoom(settings, image):
+        return settings.resolve(model, image, **options)[0].scale
+
+    assert zoom(settings, image) == 2.0
+    assert zoom(settings.replace(nucleus_area=area / 4), image) == 0.5
+    assert zoom(settings.replace(nucleus_area=area * 1.2), image) == 1.0
+    assert zoom(settings, np.zeros((50, 50), np.float32)) == 1.0  # nothing found: 1x
+    fixed = segment.Postprocessing(scale=0.75)
+    assert fixed.resolve(model, image, **options) == (fixed, None)
     seen.clear()
     maps = settings.maps(model, image, **options)
     assert maps.shape == (120, 160, 1) and settings.labels(maps).max() == 4
@@ -407,6 +412,10 @@ def test_auto_scale_zooms_each_image_toward_the_training_nucleus_area():
     at_one = settings.replace(nucleus_area=area).maps(model, image, **options)  # 1x without TTA: the first pass
     assert sum(seen) == len(tiling.tile_grid((120, 160), 64, 8))
     np.testing.assert_allclose(at_one[..., 0], image, atol=1e-6)
+    seen.clear()  # so is segment_image's, which says what zoom it used
+    segmented = segment.segment_image(model, image, settings.replace(nucleus_area=area), **options)
+    assert sum(seen) == len(tiling.tile_grid((120, 160), 64, 8)) and segmented.scale == 1.0
+    assert segmented.labels.max() == 4
 
 
 def test_auto_scale_of_a_large_image_is_one_zoom_for_all_its_blocks():
@@ -414,10 +423,10 @@ def test_auto_scale_of_a_large_image_is_one_zoom_for_all_its_blocks():
     area = segment.typical_area(segment.probability_to_labels(image, min_size=0))
     auto = segment.Postprocessing(scale="auto", nucleus_area=4 * area, min_size=5)
     options = {"tile_size": 64, "min_overlap": 8, "block_size": 100, "margin": 20}
-    labels, _, _ = segment.segment_image(lambda tiles: tiles, image, auto, **options)
-    fixed, _, _ = segment.segment_image(lambda tiles: tiles, image, auto.replace(scale=2.0), **options)
+    labels, _, _, scale = segment.segment_image(lambda tiles: tiles, image, auto, **options)
+    fixed, _, _, _ = segment.segment_image(lambda tiles: tiles, image, auto.replace(scale=2.0), **options)
     np.testing.assert_array_equal(labels, fixed)
-    assert labels.max() == 16
+    assert labels.max() == 16 and scale == 2.0
 
 
 def test_auto_scale_needs_the_training_nucleus_area():
