@@ -8,6 +8,13 @@ then ``train_and_predicted_masks.py train --init MODEL --data ZIP --split SPLIT`
 a zip of them). Writes ``bench/results/finetune_few.json`` and keeps each run's small files under ``--keep``.
 
     python bench/finetune_few.py --model models/unet_dsb2018/model.keras --cluster 4 --counts 5 10 20
+
+A model trained on that cluster's images has seen what it is fine-tuned on. To measure what a few annotations give
+on a kind of image the model has never seen, train it with the cluster held out (a split that marks all of the
+cluster's images ``test``), pass the split to choose from with ``--split``, and score with ``--score-on unused``:
+the cluster's test images and the training images that no run is fine-tuned on, a larger set.
+
+    python bench/finetune_few.py --model runs/HELDOUT/model.keras --split docs/results/split.csv --score-on unused
 """
 
 from __future__ import annotations
@@ -42,31 +49,54 @@ def evaluate(model: Path, data: Path, out: Path) -> dict:
     return json.loads((folder / "metrics.json").read_text())["summary"]
 
 
+def model_training_images(split_path: Path) -> set[str]:
+    """The images a model's own split marks train or CV (all it may have learnt from)."""
+    if not split_path.is_file():
+        raise SystemExit(f"cannot tell which images the model trained on: no {split_path}")
+    split = pd.read_csv(split_path, dtype={"image_id": str})
+    return set(split.loc[split["subset"].isin(["train", "cv"]), "image_id"])
+
+
 def main(argv=None) -> int:
     parser = common.base_parser("finetune_few", __doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True, help="the model to start from")
-    parser.add_argument("--split", type=Path, help="the split the model was trained on (default: its run's)")
+    parser.add_argument("--split", type=Path,
+                        help="the split whose training and CV images of the cluster to fine-tune on (default: the "
+                             "model's own, split.csv beside it)")
     parser.add_argument("--data", type=Path, help="the DSB training set (default: dsb.find_dataset())")
     parser.add_argument("--cluster", type=int, default=4, help="the cluster to fine-tune on (default 4)")
     parser.add_argument("--counts", type=int, nargs="+", default=[5, 10, 20], help="training images (default 5 10 20)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", type=Path, help="folder to keep each run's small files in")
+    parser.add_argument("--score-on", choices=("test", "unused"), default="test",
+                        help="test: the cluster's test images; unused: those and its training images that no run "
+                             "is fine-tuned on (only for a model that never trained on the cluster)")
     args = parser.parse_args(argv)
 
     import dsb
     import layouts
 
-    source = dsb.find_dataset(args.data)
-    split = pd.read_csv(args.split or args.model.parent / "split.csv", dtype={"image_id": str})
+    own_split = args.model.parent / "split.csv"
+    split = pd.read_csv(args.split or own_split, dtype={"image_id": str})
     members = split[split["cluster"] == args.cluster]
     train_ids = sorted(members.loc[members["subset"] == "train", "image_id"])
     np.random.default_rng(args.seed).shuffle(train_ids)
     cv_ids = sorted(members.loc[members["subset"] == "cv", "image_id"])
     test_ids = sorted(members.loc[members["subset"] == "test", "image_id"])
     counts = [count for count in args.counts if count <= len(train_ids)]
+    if not counts:
+        raise SystemExit(f"cluster {args.cluster} has {len(train_ids)} training images, fewer than any of {args.counts}")
+    if args.score_on == "unused":
+        test_ids = sorted(test_ids + train_ids[max(counts):])
+        seen = model_training_images(own_split) & set(test_ids)
+        if seen:
+            raise SystemExit(f"--score-on unused: the model trained on {len(seen)} of these images (its split "
+                             f"{own_split} marks them train or cv), e.g. {sorted(seen)[:3]}; train it with the "
+                             f"cluster held out")
+    source = dsb.find_dataset(args.data)
     results = {"benchmark": "finetune_few", "quick": args.quick, "machine": common.machine(), "model": str(args.model),
                "cluster": args.cluster, "available_training_images": len(train_ids), "cv_images": len(cv_ids),
-               "test_images": len(test_ids), "runs": {}}
+               "scored_on": args.score_on, "test_images": len(test_ids), "test_ids": test_ids, "runs": {}}
     with tempfile.TemporaryDirectory(prefix="finetune-few-") as scratch:
         scratch = Path(scratch)
         test_zip = layouts.subset_zip(source, test_ids, scratch / "test.zip")
@@ -94,7 +124,8 @@ def main(argv=None) -> int:
     rows = [("starting model", "-", results["before"]["mean_dice"], results["before"]["mean_map"])]
     rows += [(f"fine-tuned on {count}", value["training_minutes"], value["test"]["mean_dice"],
               value["test"]["mean_map"]) for count, value in results["runs"].items()]
-    common.print_table(f"Cluster {args.cluster}: its {len(test_ids)} test images", rows,
+    scored = "test images" if args.score_on == "test" else "test and unused training images"
+    common.print_table(f"Cluster {args.cluster}: {len(test_ids)} {scored}", rows,
                        ("model", "minutes", "Dice", "mAP"))
     common.write_json(args.json, results)
     return 0

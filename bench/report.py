@@ -96,8 +96,10 @@ def main(argv=None) -> int:
                     for size, value in large["speed"].items()]), ""]
     if finetune:
         before = finetune["before"]
+        scored = ("test images" if finetune.get("scored_on", "test") == "test"
+                  else "test images and training images no run was fine-tuned on")
         out += [f"### 6. Fine-tuning on a few images of cluster {finetune['cluster']} "
-                f"(its {finetune['test_images']} test images)", "",
+                f"(scored on its {finetune['test_images']} {scored})", "",
                 table(("model", "training images", "minutes", "Dice", "mAP"),
                       [("starting model", 0, 0, before["mean_dice"], before["mean_map"])]
                       + [("fine-tuned", int(count), run["training_minutes"], run["test"]["mean_dice"],

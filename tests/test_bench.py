@@ -120,6 +120,16 @@ def test_finetune_few_quick(tmp_path):
     assert 0 <= results["runs"]["3"]["test"]["mean_map"] <= 1 and results["before"]["images"] == results["test_images"]
 
 
+def test_finetune_few_refuses_to_score_on_images_the_model_trained_on(tmp_path):
+    # The ready model's split marks cluster 4's training images 'train': scoring on them would flatter it.
+    ready = BENCH_DIR.parent / "models" / "unet_dsb2018" / "model.keras"
+    finished = subprocess.run([sys.executable, str(BENCH_DIR / "finetune_few.py"), "--model", str(ready),
+                               "--score-on", "unused", "--json", str(tmp_path / "out.json")],
+                              capture_output=True, text=True, timeout=120)
+    assert finished.returncode != 0 and "the model trained on 23 of these images" in finished.stderr
+    assert not (tmp_path / "out.json").exists()
+
+
 @pytest.mark.slow
 def test_auto_scale_quick(tmp_path):
     results = run_quick(tmp_path, "auto_scale.py")
