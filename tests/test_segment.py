@@ -283,13 +283,15 @@ def test_postprocessing_splits_by_contacts_unless_a_marker_height_is_set():
 
 
 def test_tuning_grid_sizes():
-    n = len(segment.TUNE_THRESHOLDS) * (len(segment.TUNE_MIN_SIZES) + len(segment.TUNE_RELATIVE_MIN_SIZES))
+    n = len(segment.TUNE_THRESHOLDS) * len(segment.TUNE_MIN_SIZES)
     heights = len(segment.TUNE_MARKER_HEIGHTS)
     assert len(segment.tuning_grid(has_contacts=True, tta=False)) == n * (len(segment.TUNE_CONTACT_THRESHOLDS) + heights)
     assert len(segment.tuning_grid(has_contacts=False, tta=True)) == n * (1 + heights)
     assert all(settings.tta for settings in segment.tuning_grid(has_contacts=False, tta=True))
-    relative = {settings.min_size_relative for settings in segment.tuning_grid(has_contacts=True, tta=False)}
-    assert relative == {None, *segment.TUNE_RELATIVE_MIN_SIZES}
+    assert {settings.min_size_relative for settings in segment.tuning_grid(has_contacts=True, tta=False)} == {None}
+    grid = segment.tuning_grid(has_contacts=False, tta=False, relative_min_sizes=(0.1, 0.2))
+    assert len(grid) == len(segment.TUNE_THRESHOLDS) * (len(segment.TUNE_MIN_SIZES) + 2) * (1 + heights)
+    assert {settings.min_size_relative for settings in grid} == {None, 0.1, 0.2}
 
 
 def test_tuning_finds_the_threshold_that_separates_the_nuclei():
