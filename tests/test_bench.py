@@ -130,6 +130,12 @@ def test_finetune_few_refuses_to_score_on_images_the_model_trained_on(tmp_path):
     assert not (tmp_path / "out.json").exists()
 
 
+def test_auto_scale_names_an_unknown_shift():
+    finished = subprocess.run([sys.executable, str(BENCH_DIR / "auto_scale.py"), "--shifts", "none", "fog"],
+                              capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 2 and "unknown shifts ['fog']" in finished.stderr
+
+
 @pytest.mark.slow
 def test_auto_scale_quick(tmp_path):
     results = run_quick(tmp_path, "auto_scale.py")
