@@ -8,8 +8,8 @@ that any rule choosing a zoom from it can be scored afterwards without predictin
 rule toward other reference areas, the fixed 1x, and the best zoom per image (an oracle, for the ceiling).
 
 Writes ``bench/results/auto_scale.json`` (mean mAP per rule and shift) and ``auto_scale.csv`` (per image).
-``--shifts`` scores other shifts of ``robustness.SHIFTS`` too, e.g. ``blur``, where a rule that reads only the
-first pass's nucleus area is fooled (blurred nuclei look larger and merge).
+``--shifts`` scores other shifts of ``robustness.SHIFTS`` too, e.g. ``blur``, where the rule loses: not by
+misjudging the nuclei's size, but by zooming blurred images in, which enlarges the blur too (docs/results.md).
 
     python bench/auto_scale.py --model models/unet_dsb2018/model.keras
     python bench/auto_scale.py --shifts none blur --json bench/results/auto_scale_blur.json
