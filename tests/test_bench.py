@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCH_DIR = Path(__file__).resolve().parents[1] / "bench"
@@ -128,6 +129,21 @@ def test_finetune_few_refuses_to_score_on_images_the_model_trained_on(tmp_path):
                               capture_output=True, text=True, timeout=120)
     assert finished.returncode != 0 and "the model trained on 23 of these images" in finished.stderr
     assert not (tmp_path / "out.json").exists()
+
+
+def test_edge_sharpness_falls_with_blur_and_is_zero_without_edges():
+    sys.path.insert(0, str(BENCH_DIR))
+    auto_scale = pytest.importorskip("auto_scale")
+    from scipy import ndimage
+
+    yy, xx = np.mgrid[:128, :128]
+    disks = np.zeros((128, 128), np.float32)
+    for cy, cx in ((30, 30), (30, 90), (90, 60)):
+        disks[(yy - cy) ** 2 + (xx - cx) ** 2 < 15 ** 2] = 1.0
+    sharp = auto_scale.edge_sharpness(disks)
+    blurred = auto_scale.edge_sharpness(ndimage.gaussian_filter(disks, 2.0))
+    assert 0 < blurred < sharp / 2
+    assert auto_scale.edge_sharpness(np.full((32, 32), 0.5)) == 0.0
 
 
 def test_auto_scale_names_an_unknown_shift():
