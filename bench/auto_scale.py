@@ -90,13 +90,11 @@ def score_rules(rows: pd.DataFrame, reference: float, others=(250.0, 500.0, 730.
     return table
 
 
-def shifted_image(raw: np.ndarray, shift: str, image_id: str) -> np.ndarray:
-    """The image of one row: as it is for 'none', else shifted as ``main`` shifts it (the same seed)."""
+def shifted(raw: np.ndarray, labels: np.ndarray, shift: str, image_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """The image and labels of one row (``robustness.perturb``, seeded by the image's id, as ``evaluate --perturb``)."""
     import robustness
 
-    if shift == "none":
-        return robustness.as_unit_float(raw)
-    return robustness.perturb(raw, np.zeros(raw.shape[:2], np.int32), shift, seed=zlib.crc32(image_id.encode()))[0]
+    return robustness.perturb(raw, labels, shift, seed=zlib.crc32(image_id.encode()))
 
 
 def main(argv=None) -> int:
@@ -128,10 +126,11 @@ def main(argv=None) -> int:
     cv = sorted(split.loc[split["subset"] == "cv", "image_id"])
     if args.add_sharpness:
         reference = segment.reference_area(labels for _, _, labels in dsb.read_raw_images(source, train))
-        for csv_path in args.add_sharpness:
-            table = pd.read_csv(csv_path)
-            raw = {image_id: image for image_id, image, _ in dsb.read_raw_images(source, sorted(set(table["image_id"])))}
-            table["sharpness"] = [edge_sharpness(imaging.preprocess(shifted_image(raw[image_id], shift, image_id),
+        tables = {csv_path: pd.read_csv(csv_path) for csv_path in args.add_sharpness}
+        ids = sorted(set().union(*(table["image_id"] for table in tables.values())))
+        raw = {image_id: (image, labels) for image_id, image, labels in dsb.read_raw_images(source, ids)}
+        for csv_path, table in tables.items():
+            table["sharpness"] = [edge_sharpness(imaging.preprocess(shifted(*raw[image_id], shift, image_id)[0],
                                                                     model.normalization))
                                   for image_id, shift in zip(table["image_id"], table["shift"])]
             table.to_csv(csv_path, index=False)
@@ -147,8 +146,7 @@ def main(argv=None) -> int:
     started, rows = time.perf_counter(), []
     for image_id, raw, labels in dsb.read_raw_images(source, cv):
         for shift in shifts:
-            image, truth = (robustness.as_unit_float(raw), labels) if shift == "none" else robustness.perturb(
-                raw, labels, shift, seed=zlib.crc32(image_id.encode()))
+            image, truth = shifted(raw, labels, shift, image_id)
             image = imaging.preprocess(image, model.normalization)
             row = {"shift": shift, "image_id": image_id, "cluster": clusters[image_id],
                    "true_area": segment.typical_area(truth), "sharpness": edge_sharpness(image)}

@@ -51,9 +51,9 @@ def evaluate(model: Path, data: Path, out: Path) -> dict:
 
 def model_training_images(split_path: Path) -> set[str]:
     """The images a model's own split marks train or CV (all it may have learnt from)."""
-    if not split_path.is_file():
-        raise SystemExit(f"cannot tell which images the model trained on: no {split_path}")
-    split = pd.read_csv(split_path, dtype={"image_id": str})
+    import stratify
+
+    split = stratify.read_split(split_path)
     return set(split.loc[split["subset"].isin(["train", "cv"]), "image_id"])
 
 
@@ -75,9 +75,10 @@ def main(argv=None) -> int:
 
     import dsb
     import layouts
+    import stratify
 
     own_split = args.model.parent / "split.csv"
-    split = pd.read_csv(args.split or own_split, dtype={"image_id": str})
+    split = stratify.read_split(args.split or own_split)
     members = split[split["cluster"] == args.cluster]
     train_ids = sorted(members.loc[members["subset"] == "train", "image_id"])
     np.random.default_rng(args.seed).shuffle(train_ids)

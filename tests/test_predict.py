@@ -143,8 +143,8 @@ def test_a_large_image_is_segmented_in_blocks_without_seams(stand_in_model, tmp_
         image[rr, cc] = 0.9
     settings = segment.Postprocessing(min_size=0)
     predict = lambda tiles: np.concatenate([tiles, np.zeros_like(tiles)], axis=-1)  # noqa: E731
-    whole, whole_mask, _, _ = segment.segment_image(predict, image, settings, tile_size=64,
-                                                                 min_overlap=16, block_size=1000)
+    whole, whole_mask, _, _ = segment.segment_image(predict, image, settings, tile_size=64, min_overlap=16,
+                                                    block_size=1000)
     blocks, mask, probability, _ = segment.segment_image(predict, image, settings, tile_size=64, min_overlap=16,
                                                          block_size=64, margin=32)
     assert blocks.max() == whole.max() and probability.shape == image.shape
