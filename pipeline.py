@@ -288,24 +288,30 @@ def summarize_robustness(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def _records_of(model: TrainedModel, data: Path | None, split_path: Path | None, subset: str, *,
-                cache_dir: Path | None, progress: bool):
+                cache_dir: Path | None, progress: bool, also: str | None = None):
     """The images of ``subset`` ('test', 'cv', 'train' or 'all') and their clusters, for evaluate and tune.
 
-    The split is read, never made: the model's own unless ``split_path`` names another.
+    The split is read, never made: the model's own unless ``split_path`` names another. With ``also``
+    (another subset), that subset's images too, from the same reading of the data, as a fourth item.
     """
     source = dsb.find_dataset(data if data is not None else (model.config.data if model.config else None))
-    records = dsb.load_dataset(source, cache_dir=cache_dir, percentiles=model.normalization, progress=progress)
-    stats = stratify.image_statistics(records)
-    split = None
-    if subset != "all":
+    every = dsb.load_dataset(source, cache_dir=cache_dir, percentiles=model.normalization, progress=progress)
+    stats = stratify.image_statistics(every)
+    split, needed = None, sorted({subset, also} - {"all", None})
+    if needed:
         split_path = split_path or model.split
         if split_path is None:
-            raise UserError(f"{model.path} has no split.csv beside it, so its {subset} images are unknown: "
-                            f"pass --split, or --subset all to use every image of the data")
+            raise UserError(f"{model.path} has no split.csv beside it, so its {' and '.join(needed)} images are "
+                            f"unknown: pass --split, or --subset all to use every image of the data")
         split = stratify.read_split(split_path, stats)
-        records = stratify.subset_records(records, split, subset)
+
+    def of(wanted: str) -> list:
+        return every if wanted == "all" else stratify.subset_records(every, split, wanted)
+
+    records = of(subset)
     log.info("%s: %d images from %s", subset, len(records), source)
-    return records, model.clusters(stats, split), source
+    found = records, model.clusters(stats, split if subset != "all" else None), source
+    return found if also is None else (*found, of(also))
 
 
 def evaluate_run(model_path: Path, *, data: Path | None = None, split: Path | None = None, subset: str = "test",
@@ -354,14 +360,14 @@ def tune_run(model_path: Path, *, data: Path | None = None, split: Path | None =
     model = TrainedModel.open(model_path)
     tta = model.postprocessing.tta if tta is None else tta
     nucleus_area = model.postprocessing.nucleus_area
+    records, _, source, *train = _records_of(model, data, split, subset, cache_dir=cache_dir, progress=progress,
+                                             also="train" if nucleus_area is None else None)
     if nucleus_area is None:
-        train_records, _, _ = _records_of(model, data, split, "train", cache_dir=cache_dir, progress=progress)
-        nucleus_area = segment.reference_area(record.labels for record in train_records) or None
-        del train_records
+        nucleus_area = segment.reference_area(record.labels for record in train[0]) or None
+        del train
         log.info("typical nucleus area of the training images: %s pixels", nucleus_area)
     prediction = model.postprocessing.replace(tta=tta, nucleus_area=nucleus_area,
                                               scale=model.postprocessing.scale if scale is None else scale)
-    records, _, source = _records_of(model, data, split, subset, cache_dir=cache_dir, progress=progress)
     run_dir = runs.new_run_dir(out, "tune")
     log.info("run folder: %s", run_dir)
     runs.write_json(run_dir / "config.json", {"model": str(model_path), "data": str(source), "subset": subset,
@@ -487,29 +493,58 @@ def predict_run(model_path: Path, input_paths: list, *, overrides: dict | None =
 SHAREABLE_FILES = ("config.json", "postprocessing.json", "clusters.json", "split.csv")
 
 
-def export_run(model_path: Path, *, export_format: str = "savedmodel", out: Path) -> Path:
-    """Export a model into a new run folder.
+def export_run(model_path: Path | list[Path], *, export_format: str = "savedmodel", out: Path) -> Path:
+    """Export a model, or the average of several, into a new run folder.
 
     'savedmodel': ``<run>/1/`` is a TensorFlow SavedModel (``1``: the version folder TF Serving expects;
     serve the run folder as the model's base path). 'keras': ``<run>/model.keras`` is a copy to share or to
     ship (``unet.portable``: float32, any image size, no optimizer state: loads on every backend), with its
     training run's ``config.json``, ``postprocessing.json``, ``clusters.json`` and ``split.csv``, so that
     ``evaluate`` and ``predict`` use it as they use the original.
+
+    Several models (a list): one model predicting the mean of theirs (``unet.average_models``), e.g. the
+    same recipe trained with different seeds. They must come from runs on the same ``split.csv`` (else
+    ``evaluate`` would score some images that a member trained on); the first model's run files are copied,
+    and its ``postprocessing.json`` is a starting point only: ``tune`` the average.
     """
-    if not Path(model_path).is_file():
-        raise MissingPathError(f"model file not found: {model_path}")
+    paths = [Path(path) for path in (model_path if isinstance(model_path, (list, tuple)) else [model_path])]
+    for path in paths:
+        if not path.is_file():
+            raise MissingPathError(f"model file not found: {path}")
+    if len(paths) > 1:
+        _same_split(paths)
     run_dir = runs.new_run_dir(out, "export")
     try:
+        model = (unet.load_model(paths[0]) if len(paths) == 1
+                 else unet.average_models([unet.load_model(path) for path in paths]))
         if export_format == "keras":
-            unet.portable(unet.load_model(model_path), dtype="float32").save(run_dir / "model.keras")
+            unet.portable(model, dtype="float32").save(run_dir / "model.keras")
             for name in SHAREABLE_FILES:
-                if (Path(model_path).parent / name).is_file():
-                    shutil.copy(Path(model_path).parent / name, run_dir / name)
-            runs.write_json(run_dir / "export.json", {"model": str(model_path), "format": export_format})
+                if (paths[0].parent / name).is_file():
+                    shutil.copy(paths[0].parent / name, run_dir / name)
+            source = {"model": str(paths[0])} if len(paths) == 1 else {"average_of": [str(path) for path in paths]}
+            runs.write_json(run_dir / "export.json", {**source, "format": export_format})
         else:
-            runs.write_json(run_dir / "config.json", {"model": str(model_path), "format": export_format})
-            unet.export_model(model_path, run_dir / "1", export_format)
+            if len(paths) > 1:  # the SavedModel is written from a model file
+                unet.save_model(model, run_dir / "average.keras")
+            runs.write_json(run_dir / "config.json", {"model": str(paths[0]) if len(paths) == 1
+                                                      else [str(path) for path in paths], "format": export_format})
+            unet.export_model(paths[0] if len(paths) == 1 else run_dir / "average.keras", run_dir / "1", export_format)
     except UserError:
         shutil.rmtree(run_dir, ignore_errors=True)  # a failed export leaves no folder behind
         raise
     return run_dir
+
+
+def _same_split(paths: list[Path]) -> None:
+    """Refuse to average models whose runs split the images differently (or whose split is unknown)."""
+    splits = []
+    for path in paths:
+        if not (path.parent / "split.csv").is_file():
+            raise UserError(f"{path}: no split.csv beside it; an average needs models trained on one split, "
+                            "so that evaluate never scores an image one of them trained on")
+        split = stratify.read_split(path.parent / "split.csv")
+        splits.append(split.set_index("image_id")["subset"].sort_index())
+    for path, split in zip(paths[1:], splits[1:]):
+        if not split.equals(splits[0]):
+            raise UserError(f"{path} was trained on another split than {paths[0]}: average models of one split only")

@@ -260,8 +260,11 @@ def build_arg_parser() -> argparse.ArgumentParser:
                                             "'serve' endpoint maps tiles (batch, H, W, 1) float32 in [0, 1] to "
                                             "probabilities (batch, H, W, C): nuclei [, contacts]; to share, a "
                                             "float32 .keras file of any input size with its run's settings",
-                      ["export runs/RUN/model.keras", "export runs/RUN/model.keras --format keras"])
-    export.add_argument("model", type=Path, metavar="MODEL", help="a saved model, e.g. runs/RUN/model.keras")
+                      ["export runs/RUN/model.keras", "export runs/RUN/model.keras --format keras",
+                       "export runs/RUN1/model.keras runs/RUN2/model.keras --format keras"])
+    export.add_argument("model", type=Path, nargs="+", metavar="MODEL",
+                        help="a saved model, e.g. runs/RUN/model.keras; several (trained on one split, e.g. with "
+                             "different --seed): one model that predicts their average, to tune on CV afterwards")
     export.add_argument("--format", choices=sorted([*unet.EXPORT_FORMATS, "keras"]), default="savedmodel",
                         help="export format (default: savedmodel; the run folder's '1/' is the version folder "
                              "TF Serving expects. keras: model.keras for every backend, with config.json, "

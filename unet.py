@@ -231,6 +231,39 @@ def portable(model: keras.Model, *, dtype: str | None = "float32") -> keras.Mode
     return copy
 
 
+def average_models(members: list[keras.Model], *, name: str = "average") -> keras.Model:
+    """One model whose output is the mean of the ``members``' outputs (an ensemble of networks trained apart,
+    e.g. with different seeds), taking images of any size.
+
+    The members' layers are copied into one flat model (names prefixed ``member0_``, ``member1_``, ...), with
+    their weights, so the result saves, loads, exports and fine-tunes as a single U-Net does. It costs the
+    members' time and memory together.
+
+    Raises
+    ------
+    UserError
+        Fewer than two members, or members that differ in input or output channels.
+    """
+    if len(members) < 2:
+        raise UserError(f"an average needs at least two models, got {len(members)}")
+    channels = {(tuple(member.input_shape)[-1], tuple(member.output_shape)[-1]) for member in members}
+    if len(channels) != 1:
+        raise UserError("the models to average must map the same input channels to the same output channels, got "
+                        + ", ".join(f"{inputs} -> {outputs}" for inputs, outputs in sorted(channels)))
+    inputs = keras.Input(shape=(None, None, tuple(members[0].input_shape)[-1]), name="image")
+    outputs = []
+    for index, member in enumerate(members):
+        def renamed(layer, prefix=f"member{index}_"):
+            config = layer.get_config()
+            config["name"] = prefix + layer.name
+            return layer.__class__.from_config(config)
+
+        copy = keras.models.clone_model(member, input_tensors=inputs, clone_function=renamed)
+        copy.set_weights(member.get_weights())
+        outputs.append(copy.output)
+    return keras.Model(inputs, layers.Average(name="mask", dtype="float32")(outputs), name=name)
+
+
 EXPORT_FORMATS = {"savedmodel": "tf_saved_model"}  # our name -> Keras' model.export format
 
 

@@ -82,3 +82,70 @@ def test_keras_export_is_a_float32_any_size_copy_with_the_runs_settings(exported
     tiles = np.random.default_rng(1).random((2, 32, 32, 1)).astype(np.float32)
     np.testing.assert_allclose(copy.predict(tiles, verbose=0), original.predict(tiles, verbose=0), rtol=1e-5, atol=1e-6)
     assert copy.predict(np.zeros((1, 64, 96, 1), np.float32), verbose=0).shape[1:3] == (64, 96)
+
+
+def _small_unet(seed: int, output_channels: int = 2):
+    keras_model = unet.build_unet((32, 32, 1), depth=2, base_filters=4, batch_norm=True,
+                                  output_channels=output_channels)
+    rng = np.random.default_rng(seed)
+    for weight in keras_model.weights:  # members that differ, batch-norm statistics away from 0 and 1
+        weight.assign(rng.uniform(0.5, 1.5, weight.shape).astype(np.float32) * weight.numpy()
+                      + (rng.uniform(0.1, 0.3, weight.shape).astype(np.float32) if "moving" in weight.path else 0))
+    return keras_model
+
+
+def test_average_of_models_predicts_the_mean_of_theirs_at_any_size(tmp_path):
+    members = [_small_unet(seed) for seed in (1, 2, 3)]
+    average = unet.average_models(members)
+    tiles = np.random.default_rng(4).random((2, 64, 96, 1)).astype(np.float32)
+    theirs = [unet.portable(member).predict(tiles, verbose=0) for member in members]
+    assert max(np.abs(theirs[0] - other).max() for other in theirs[1:]) > 0.01  # the members differ
+    unet.save_model(average, tmp_path / "average.keras")
+    reloaded = unet.portable(unet.load_model(tmp_path / "average.keras"))
+    np.testing.assert_allclose(reloaded.predict(tiles, verbose=0), np.mean(theirs, axis=0), rtol=1e-5, atol=1e-6)
+    assert len(reloaded.trainable_weights) == 3 * len(members[0].trainable_weights)
+
+
+def test_average_needs_two_models_with_the_same_channels():
+    with pytest.raises(ValueError, match="at least two models, got 1"):
+        unet.average_models([_small_unet(1)])
+    with pytest.raises(ValueError, match="same output channels, got 1 -> 1, 1 -> 2"):
+        unet.average_models([_small_unet(1), _small_unet(2, output_channels=1)])
+
+
+def _run_folder(root, name, seed, split_rows):
+    folder = root / name
+    folder.mkdir()
+    _small_unet(seed).save(folder / "model.keras")
+    (folder / "split.csv").write_text("image_id,cluster,subset\n" + "".join(f"{row}\n" for row in split_rows))
+    (folder / "postprocessing.json").write_text(json.dumps({"threshold": 0.45}))
+    return folder / "model.keras"
+
+
+def test_keras_export_of_several_models_is_their_average_with_the_first_runs_files(tmp_path):
+    split = ["a,0,train", "b,1,cv", "c,1,test"]
+    paths = [_run_folder(tmp_path, name, seed, split) for name, seed in (("one", 1), ("two", 2))]
+    out = tmp_path / "exports"
+    assert cli.main(["export", *map(str, paths), "--format", "keras", "--out", str(out)]) == 0
+    (export_dir,) = out.iterdir()
+    assert sorted(path.name for path in export_dir.iterdir()) == ["export.json", "model.keras", "postprocessing.json",
+                                                                  "split.csv"]
+    assert json.loads((export_dir / "export.json").read_text()) == {"average_of": list(map(str, paths)),
+                                                                   "format": "keras"}
+    tiles = np.random.default_rng(5).random((2, 32, 32, 1)).astype(np.float32)
+    expected = np.mean([unet.load_model(path).predict(tiles, verbose=0) for path in paths], axis=0)
+    np.testing.assert_allclose(unet.load_model(export_dir / "model.keras").predict(tiles, verbose=0), expected,
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_models_of_different_splits_are_not_averaged_and_leave_no_folder(tmp_path, capsys):
+    one = _run_folder(tmp_path, "one", 1, ["a,0,train", "b,1,cv", "c,1,test"])
+    two = _run_folder(tmp_path, "two", 2, ["a,0,test", "b,1,cv", "c,1,train"])
+    out = tmp_path / "exports"
+    assert cli.main(["export", str(one), str(two), "--format", "keras", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (f"error: {two} was trained on another split than {one}: "
+                                       "average models of one split only\n")
+    (two.parent / "split.csv").unlink()
+    assert cli.main(["export", str(one), str(two), "--out", str(out)]) == 2
+    assert "no split.csv beside it" in capsys.readouterr().err
+    assert not out.exists() or not any(out.iterdir())
