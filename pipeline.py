@@ -505,7 +505,8 @@ def export_run(model_path: Path | list[Path], *, export_format: str = "savedmode
     Several models (a list): one model predicting the mean of theirs (``unet.average_models``), e.g. the
     same recipe trained with different seeds. They must come from runs on the same ``split.csv`` (else
     ``evaluate`` would score some images that a member trained on); the first model's run files are copied,
-    and its ``postprocessing.json`` is a starting point only: ``tune`` the average.
+    and its ``postprocessing.json`` is a starting point only: ``tune`` the average. ``export.json`` keeps each
+    member's ``config.json`` and ``training.json``.
     """
     paths = [Path(path) for path in (model_path if isinstance(model_path, (list, tuple)) else [model_path])]
     for path in paths:
@@ -522,7 +523,8 @@ def export_run(model_path: Path | list[Path], *, export_format: str = "savedmode
             for name in SHAREABLE_FILES:
                 if (paths[0].parent / name).is_file():
                     shutil.copy(paths[0].parent / name, run_dir / name)
-            source = {"model": str(paths[0])} if len(paths) == 1 else {"average_of": [str(path) for path in paths]}
+            source = {"model": str(paths[0])} if len(paths) == 1 else {"average_of": [str(path) for path in paths],
+                                                                         "members": _members(paths)}
             runs.write_json(run_dir / "export.json", {**source, "format": export_format})
         else:
             if len(paths) > 1:  # the SavedModel is written from a model file
@@ -534,6 +536,13 @@ def export_run(model_path: Path | list[Path], *, export_format: str = "savedmode
         shutil.rmtree(run_dir, ignore_errors=True)  # a failed export leaves no folder behind
         raise
     return run_dir
+
+
+def _members(paths: list[Path]) -> list[dict]:
+    """What each member's run folder says of how it was trained (``config.json``, ``training.json``), so that an
+    average carries every member's recipe, seed and training time, not only the first's."""
+    return [{name: runs.read_json(path.parent / f"{name}.json") for name in ("config", "training")
+             if (path.parent / f"{name}.json").is_file()} for path in paths]
 
 
 def _same_split(paths: list[Path]) -> None:

@@ -119,6 +119,7 @@ def _run_folder(root, name, seed, split_rows):
     _small_unet(seed).save(folder / "model.keras")
     (folder / "split.csv").write_text("image_id,cluster,subset\n" + "".join(f"{row}\n" for row in split_rows))
     (folder / "postprocessing.json").write_text(json.dumps({"threshold": 0.45}))
+    (folder / "training.json").write_text(json.dumps({"minutes": seed * 10.0}))
     return folder / "model.keras"
 
 
@@ -130,8 +131,9 @@ def test_keras_export_of_several_models_is_their_average_with_the_first_runs_fil
     (export_dir,) = out.iterdir()
     assert sorted(path.name for path in export_dir.iterdir()) == ["export.json", "model.keras", "postprocessing.json",
                                                                   "split.csv"]
-    assert json.loads((export_dir / "export.json").read_text()) == {"average_of": list(map(str, paths)),
-                                                                   "format": "keras"}
+    assert json.loads((export_dir / "export.json").read_text()) == {
+        "average_of": list(map(str, paths)), "format": "keras",
+        "members": [{"training": {"minutes": 10.0}}, {"training": {"minutes": 20.0}}]}  # each member's recipe
     tiles = np.random.default_rng(5).random((2, 32, 32, 1)).astype(np.float32)
     expected = np.mean([unet.load_model(path).predict(tiles, verbose=0) for path in paths], axis=0)
     np.testing.assert_allclose(unet.load_model(export_dir / "model.keras").predict(tiles, verbose=0), expected,
