@@ -444,6 +444,25 @@ def test_fine_tuning_on_a_few_images_of_another_layout_starts_from_the_model(smo
     assert np.isfinite(starting["val_loss"]) and 0 <= starting["val_dice"] <= 1
 
 
+def test_an_average_of_models_fine_tunes_as_one_model(smoke_run, tmp_path):
+    from conftest import make_synthetic_image, write_dsb_folder
+
+    _, run_dir, _ = smoke_run
+    model = str(run_dir / "model.keras")
+    assert cli.main(["export", model, model, "--format", "keras", "--quiet", "--out", str(tmp_path / "exports")]) == 0
+    (export_dir,) = (tmp_path / "exports").iterdir()
+    rng = np.random.default_rng(1)
+    folder = write_dsb_folder(tmp_path / "mine", {f"img{index}": make_synthetic_image(rng, (96, 96), nuclei=3) for index in range(4)})
+    assert cli.main(["train", "--init", str(export_dir / "model.keras"), "--data", str(folder), "--split",
+                     str(tmp_path / "split.csv"), "--epochs", "1", "--steps-per-epoch", "2", "--crop-size", "64",
+                     "--no-cache", "--quiet", "--out", str(tmp_path / "runs")]) == 0
+    (tuned,) = (tmp_path / "runs").iterdir()
+    single, average = unet.load_model(model), unet.load_model(tuned / "model.keras")
+    assert len(average.trainable_weights) == 2 * len(single.trainable_weights)  # both members trained on
+    starting = json.loads((tuned / "training.json").read_text())["starting_model"]
+    assert np.isfinite(starting["val_loss"]) and np.isfinite(pd.read_csv(tuned / "history.csv")["val_loss"]).all()
+
+
 def test_predict_without_a_model_needs_the_ready_one(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(pipeline, "READY_MODEL", tmp_path / "models" / "none" / "model.keras")
     assert cli.main(["predict", str(tmp_path), "--out", str(tmp_path / "runs")]) == 2
