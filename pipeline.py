@@ -15,6 +15,7 @@ import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -287,12 +288,22 @@ def summarize_robustness(table: pd.DataFrame) -> pd.DataFrame:
     return summary.join(per_cluster).reset_index()
 
 
+class Selection(NamedTuple):
+    """What ``_records_of`` read: the images of a subset, their clusters, the dataset they came from, and the
+    images of a second subset when one was asked for (else None)."""
+
+    records: list
+    clusters: dict
+    source: Path
+    also: list | None
+
+
 def _records_of(model: TrainedModel, data: Path | None, split_path: Path | None, subset: str, *,
-                cache_dir: Path | None, progress: bool, also: str | None = None):
+                cache_dir: Path | None, progress: bool, also: str | None = None) -> Selection:
     """The images of ``subset`` ('test', 'cv', 'train' or 'all') and their clusters, for evaluate and tune.
 
     The split is read, never made: the model's own unless ``split_path`` names another. With ``also``
-    (another subset), that subset's images too, from the same reading of the data, as a fourth item.
+    (another subset), that subset's images too, from the same reading of the data.
     """
     source = dsb.find_dataset(data if data is not None else (model.config.data if model.config else None))
     every = dsb.load_dataset(source, cache_dir=cache_dir, percentiles=model.normalization, progress=progress)
@@ -310,8 +321,8 @@ def _records_of(model: TrainedModel, data: Path | None, split_path: Path | None,
 
     records = of(subset)
     log.info("%s: %d images from %s", subset, len(records), source)
-    found = records, model.clusters(stats, split if subset != "all" else None), source
-    return found if also is None else (*found, of(also))
+    return Selection(records, model.clusters(stats, split if subset != "all" else None), source,
+                     None if also is None else of(also))
 
 
 def evaluate_run(model_path: Path, *, data: Path | None = None, split: Path | None = None, subset: str = "test",
@@ -324,7 +335,7 @@ def evaluate_run(model_path: Path, *, data: Path | None = None, split: Path | No
     """
     model = TrainedModel.open(model_path)
     postprocessing = model.postprocessing.replace(**(overrides or {}))
-    records, clusters, source = _records_of(model, data, split, subset, cache_dir=cache_dir, progress=progress)
+    records, clusters, source, _ = _records_of(model, data, split, subset, cache_dir=cache_dir, progress=progress)
     run_dir = runs.new_run_dir(out, "evaluate")
     log.info("run folder: %s", run_dir)
     runs.write_json(run_dir / "config.json", {"model": str(model_path), "data": str(source), "subset": subset,
@@ -360,10 +371,10 @@ def tune_run(model_path: Path, *, data: Path | None = None, split: Path | None =
     model = TrainedModel.open(model_path)
     tta = model.postprocessing.tta if tta is None else tta
     nucleus_area = model.postprocessing.nucleus_area
-    records, _, source, *train = _records_of(model, data, split, subset, cache_dir=cache_dir, progress=progress,
-                                             also="train" if nucleus_area is None else None)
+    records, _, source, train = _records_of(model, data, split, subset, cache_dir=cache_dir, progress=progress,
+                                            also="train" if nucleus_area is None else None)
     if nucleus_area is None:
-        nucleus_area = segment.reference_area(record.labels for record in train[0]) or None
+        nucleus_area = segment.reference_area(record.labels for record in train) or None
         del train
         log.info("typical nucleus area of the training images: %s pixels", nucleus_area)
     prediction = model.postprocessing.replace(tta=tta, nucleus_area=nucleus_area,
@@ -527,11 +538,9 @@ def export_run(model_path: Path | list[Path], *, export_format: str = "savedmode
                                                                          "members": _members(paths)}
             runs.write_json(run_dir / "export.json", {**source, "format": export_format})
         else:
-            if len(paths) > 1:  # the SavedModel is written from a model file
-                unet.save_model(model, run_dir / "average.keras")
             runs.write_json(run_dir / "config.json", {"model": str(paths[0]) if len(paths) == 1
                                                       else [str(path) for path in paths], "format": export_format})
-            unet.export_model(paths[0] if len(paths) == 1 else run_dir / "average.keras", run_dir / "1", export_format)
+            unet.export_model(model, run_dir / "1", export_format)
     except UserError:
         shutil.rmtree(run_dir, ignore_errors=True)  # a failed export leaves no folder behind
         raise

@@ -267,8 +267,9 @@ def average_models(members: list[keras.Model], *, name: str = "average") -> kera
 EXPORT_FORMATS = {"savedmodel": "tf_saved_model"}  # our name -> Keras' model.export format
 
 
-def export_model(model_path: str | os.PathLike, out: str | os.PathLike, export_format: str = "savedmodel") -> Path:
-    """Export a saved model to the new folder ``out`` for serving.
+def export_model(model: keras.Model | str | os.PathLike, out: str | os.PathLike,
+                 export_format: str = "savedmodel") -> Path:
+    """Export a model (or a saved model's path) to the new folder ``out`` for serving.
 
     A TensorFlow SavedModel (TF Serving, ``tf.saved_model.load``): its ``serve`` endpoint maps
     tiles (batch, H, W, 1) float32 in [0, 1], preprocessed as ``imaging.preprocess`` does, to the
@@ -282,7 +283,8 @@ def export_model(model_path: str | os.PathLike, out: str | os.PathLike, export_f
         raise UserError(f"{out} already exists: an export is never overwritten")
     if not tensorflow_available():
         raise UserError("export --format savedmodel needs TensorFlow installed (a SavedModel is TensorFlow's format)")
-    model = load_model(model_path)
+    if not isinstance(model, keras.Model):
+        model = load_model(model)
     with runs.atomic_path(out) as temporary:
         model.export(str(temporary), format=EXPORT_FORMATS[export_format], verbose=False)
     return out

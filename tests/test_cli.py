@@ -452,7 +452,8 @@ def test_an_average_of_models_fine_tunes_as_one_model(smoke_run, tmp_path):
     assert cli.main(["export", model, model, "--format", "keras", "--quiet", "--out", str(tmp_path / "exports")]) == 0
     (export_dir,) = (tmp_path / "exports").iterdir()
     rng = np.random.default_rng(1)
-    folder = write_dsb_folder(tmp_path / "mine", {f"img{index}": make_synthetic_image(rng, (96, 96), nuclei=3) for index in range(4)})
+    folder = write_dsb_folder(tmp_path / "mine", {f"img{index}": make_synthetic_image(rng, (96, 96), nuclei=3)
+                                                  for index in range(4)})
     assert cli.main(["train", "--init", str(export_dir / "model.keras"), "--data", str(folder), "--split",
                      str(tmp_path / "split.csv"), "--epochs", "1", "--steps-per-epoch", "2", "--crop-size", "64",
                      "--no-cache", "--quiet", "--out", str(tmp_path / "runs")]) == 0

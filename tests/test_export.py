@@ -151,3 +151,16 @@ def test_models_of_different_splits_are_not_averaged_and_leave_no_folder(tmp_pat
     assert cli.main(["export", str(one), str(two), "--out", str(out)]) == 2
     assert "no split.csv beside it" in capsys.readouterr().err
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_savedmodel_export_of_several_models_serves_their_average(tmp_path):
+    split = ["a,0,train", "b,1,cv", "c,1,test"]
+    paths = [_run_folder(tmp_path, name, seed, split) for name, seed in (("one", 1), ("two", 2))]
+    out = tmp_path / "exports"
+    assert cli.main(["export", *map(str, paths), "--out", str(out), "--quiet"]) == 0
+    (export_dir,) = out.iterdir()
+    assert sorted(path.name for path in export_dir.iterdir()) == ["1", "config.json"]
+    tiles = np.random.default_rng(6).random((2, 32, 32, 1)).astype(np.float32)
+    expected = np.mean([unet.load_model(path).predict(tiles, verbose=0) for path in paths], axis=0)
+    reloaded = tf.saved_model.load(str(export_dir / "1"))
+    np.testing.assert_allclose(reloaded.serve(tf.constant(tiles)).numpy(), expected, atol=1e-5)
