@@ -47,6 +47,24 @@ def as_unit_float(raw: np.ndarray) -> np.ndarray:
     return image
 
 
+def rescale(image: np.ndarray, labels: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray]:
+    """An image and its labels resized by ``factor``: the image linearly (smoothed first when shrinking), the
+    labels by nearest neighbour. What the 'scale<s>' shifts of ``perturb`` do, for any factor.
+
+    Examples
+    --------
+    >>> image, labels = rescale(np.ones((4, 6), np.float32), np.ones((4, 6), int), 2.5)
+    >>> image.shape, labels.shape
+    ((10, 15), (10, 15))
+    """
+    shape = tuple(max(int(round(side * factor)), 1) for side in labels.shape)
+    image = skimage.transform.resize(image, shape + image.shape[2:], order=1, anti_aliasing=factor < 1,
+                                     preserve_range=True).astype(np.float32)
+    labels = skimage.transform.resize(labels, shape, order=0, anti_aliasing=False, preserve_range=True
+                                      ).astype(labels.dtype)
+    return image, labels
+
+
 def perturb(raw: np.ndarray, labels: np.ndarray, shift: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """One shift of ``SHIFTS`` applied to a raw image and, for a change of scale, to its labels.
 
@@ -79,11 +97,7 @@ def perturb(raw: np.ndarray, labels: np.ndarray, shift: str, seed: int = 0) -> t
     kind, value = SHIFTS[shift]
     image = as_unit_float(raw)
     if kind == "scale":
-        shape = tuple(max(int(round(side * value)), 1) for side in labels.shape)
-        image = skimage.transform.resize(image, shape + image.shape[2:], order=1, anti_aliasing=value < 1,
-                                         preserve_range=True).astype(np.float32)
-        labels = skimage.transform.resize(labels, shape, order=0, anti_aliasing=False, preserve_range=True
-                                          ).astype(labels.dtype)
+        image, labels = rescale(image, labels, value)
     elif kind == "gamma":
         image = np.clip(image, 0, None) ** value
     elif kind == "contrast":

@@ -371,21 +371,21 @@ def probability_to_labels(
     return relabelled.astype(np.int32)
 
 
-def choose_scale(area: float, reference: float) -> float:
-    """The zoom of ``AUTO_SCALES`` that brings nuclei of typical ``area`` closest to ``reference`` (both in
-    pixels; closest in log area); 1 where no nucleus was found (``area`` 0).
+def choose_scale(area: float, reference: float, scales: tuple[float, ...] = AUTO_SCALES) -> float:
+    """The zoom of ``scales`` (``AUTO_SCALES``) that brings nuclei of typical ``area`` closest to ``reference``
+    (both in pixels; closest in log area); 1 where no nucleus was found (``area`` 0).
 
     Examples
     --------
     >>> choose_scale(400, 400), choose_scale(100, 400), choose_scale(1600, 400), choose_scale(0, 400)
     (1.0, 2.0, 0.5, 1.0)
-    >>> round(choose_scale(200, 400), 3), choose_scale(10, 400)
-    (1.414, 2.0)
+    >>> round(choose_scale(200, 400), 3), choose_scale(10, 400), choose_scale(10, 400, (1.0, 2.0, 4.0, 8.0))
+    (1.414, 2.0, 8.0)
     """
     if area <= 0:
         return 1.0
     wanted = np.log(reference / area) / 2  # a zoom s multiplies areas by s**2
-    return min(AUTO_SCALES, key=lambda scale: abs(np.log(scale) - wanted))
+    return min(scales, key=lambda scale: abs(np.log(scale) - wanted))
 
 
 def reference_area(label_images) -> float:

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 BENCH_DIR = Path(__file__).resolve().parents[1] / "bench"
@@ -144,6 +145,19 @@ def test_edge_sharpness_falls_with_blur_and_is_zero_without_edges():
     blurred = auto_scale.edge_sharpness(ndimage.gaussian_filter(disks, 2.0))
     assert 0 < blurred < sharp / 2
     assert auto_scale.edge_sharpness(np.full((32, 32), 0.5)) == 0.0
+
+
+@pytest.mark.slow
+def test_zoom_range_quick(tmp_path):
+    results = run_quick(tmp_path, "zoom_range.py")
+    assert results["images"] == 3 and results["reference_area"] > 0
+    rules = results["mean_map"]
+    assert len(rules) == 18 and all(set(values) == {"scale1.00", "scale0.25", "mean"} for values in rules.values())
+    assert all(0 <= values["mean"] <= 1 for values in rules.values())
+    table = pd.read_csv(tmp_path / "zoom_range.csv")
+    narrow = table.filter(like="zoom: zoom 0.5-2x").to_numpy()
+    wide = table.filter(like="zoom: zoom 0.25-4x").to_numpy()
+    assert narrow.min() >= 0.5 and narrow.max() <= 2 and wide.min() >= 0.25 and wide.max() <= 4
 
 
 def test_auto_scale_names_an_unknown_shift():

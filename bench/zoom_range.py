@@ -1,0 +1,143 @@
+"""Should the automatic zoom (``--scale auto``) reach beyond 0.5-2x, and should the speck size follow the zoom?
+Measured on CV.
+
+Each CV image is shrunk or enlarged by 0.25x to 4x (``robustness.rescale``, labels by nearest neighbour), as
+images taken at another magnification than the training set's. The model predicts it once at 1x (the automatic
+zoom's first pass, without test-time augmentation) and measures the typical nucleus area; each rule then picks a
+zoom from that area (``segment.choose_scale``), the image is predicted at it and scored (mAP). Predictions are
+shared between the rules that pick the same zoom. The rules differ in:
+
+- the zooms allowed: 0.5-2x (``segment.AUTO_SCALES``), 0.35-2.83x, 0.25-4x (steps of sqrt 2);
+- the first pass's speck size: the model's ``min_size``, or none (objects of any size count toward the typical
+  area, so that nuclei smaller than ``min_size`` at 1x can be measured at all);
+- the final speck size: ``min_size`` pixels of the image, or of the model's view (``min_size / zoom**2`` pixels of
+  the image: at 2x, a speck of 30 pixels as the model sees it is 7.5 pixels of the image), or of the model's view
+  only where the image is zoomed in (never more than ``min_size`` pixels of the image).
+
+Writes ``bench/results/zoom_range.json`` (mean mAP per rule and shift) and ``zoom_range.csv`` (per image).
+
+    python bench/zoom_range.py --model models/unet_dsb2018/model.keras
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import time
+from pathlib import Path
+
+import common
+import numpy as np
+import pandas as pd
+
+SHIFTS = (1.0, 0.25, 2**-1.5, 0.5, 2.0, 2**1.5, 4.0)
+RANGES = {"0.5-2x": (-2, 2), "0.35-2.83x": (-3, 3), "0.25-4x": (-4, 4)}  # in half-octaves: zooms 2**(k/2)
+FIRST_PASS = ("min_size", "none")
+SPECKS = ("image", "model", "model when zoomed in")
+
+
+def zooms(name: str) -> tuple[float, ...]:
+    low, high = RANGES[name]
+    return tuple(float(2 ** (k / 2)) for k in range(low, high + 1))
+
+
+def shift_name(factor: float) -> str:
+    return f"scale{factor:.2f}"
+
+
+def rule_name(zoom_range: str, first: str, specks: str) -> str:
+    return f"zoom {zoom_range}, first pass specks: {first}, specks in {specks} pixels"
+
+
+def rule_columns() -> list[tuple[str, str, str]]:
+    return list(itertools.product(RANGES, FIRST_PASS, SPECKS))
+
+
+def score_image(settings, predict_tiles, image, truth, reference, *, tile_size, min_overlap) -> dict:
+    """One image under every rule: the zoom each picks and its mAP."""
+    import segment
+
+    cache = {}
+
+    def maps_at(zoom):
+        if zoom not in cache:
+            cache[zoom] = settings.replace(scale=zoom).maps(predict_tiles, image, tile_size=tile_size,
+                                                            min_overlap=min_overlap)
+        return cache[zoom]
+
+    first = maps_at(1.0)
+    areas = {"min_size": segment.typical_area(settings.labels(first)),
+             "none": segment.typical_area(settings.replace(min_size=0).labels(first))}
+    row = {f"area_at_1_{first_pass}": area for first_pass, area in areas.items()}
+    for zoom_range, first_pass, specks in rule_columns():
+        zoom = segment.choose_scale(areas[first_pass], reference, zooms(zoom_range))
+        view = {"image": 1.0, "model": zoom, "model when zoomed in": max(zoom, 1.0)}[specks]
+        min_size = int(round(settings.min_size / view**2))
+        found = settings.replace(min_size=min_size).labels(maps_at(zoom))
+        name = rule_name(zoom_range, first_pass, specks)
+        row[f"zoom: {name}"] = zoom
+        row[f"map: {name}"] = segment.average_precision(truth, found)
+    return row
+
+
+def summarise(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean mAP per rule (rows) and shift (columns), with the mean over shifts."""
+    columns = [column for column in table if column.startswith("map: ")]
+    summary = table.groupby("shift", sort=False)[columns].mean().T
+    summary.index = [column.removeprefix("map: ") for column in summary.index]
+    summary["mean"] = summary.mean(axis=1)
+    return summary
+
+
+def main(argv=None) -> int:
+    parser = common.base_parser("zoom_range", __doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=common.PROJECT_DIR / "models" / "unet_dsb2018" / "model.keras")
+    parser.add_argument("--data", type=Path, help="the DSB training set (default: dsb.find_dataset())")
+    args = parser.parse_args(argv)
+
+    import dsb
+    import imaging
+    import pipeline
+    import robustness
+    import segment
+    import stratify
+
+    model = pipeline.TrainedModel.open(args.model)
+    settings = model.postprocessing.replace(tta=False, scale=1.0)
+    source = dsb.find_dataset(args.data)
+    split = stratify.read_split(model.split)
+    train = sorted(split.loc[split["subset"] == "train", "image_id"])
+    cv = sorted(split.loc[split["subset"] == "cv", "image_id"])
+    shifts = SHIFTS
+    if args.quick:  # seconds: a few images, two shifts
+        train, cv, shifts = train[:10], cv[:3], (1.0, 0.25)
+    reference = segment.reference_area(labels for _, _, labels in dsb.read_raw_images(source, train))
+    clusters = dict(zip(split["image_id"], split["cluster"].astype(int)))
+    predict_tiles, tile_size, min_overlap = model.predictor()
+    started, rows = time.perf_counter(), []
+    for image_id, raw, labels in dsb.read_raw_images(source, cv):
+        for factor in shifts:
+            image, truth = robustness.rescale(robustness.as_unit_float(raw), labels, factor)
+            image = imaging.preprocess(image, model.normalization)
+            rows.append({"shift": shift_name(factor), "image_id": image_id, "cluster": clusters[image_id],
+                         "true_area": segment.typical_area(truth),
+                         **score_image(settings, predict_tiles, image, truth, reference, tile_size=tile_size,
+                                       min_overlap=min_overlap)})
+    table = pd.DataFrame(rows)
+    summary = summarise(table)
+    print(f"CV mAP without test-time augmentation, {len(cv)} images, {args.model}:")
+    print(summary.round(3).to_string())
+    csv_path = Path(args.json).with_suffix(".csv")
+    table.to_csv(csv_path, index=False)
+    common.write_json(args.json, {
+        "benchmark": "zoom_range", "quick": args.quick, "model": str(args.model), "images": len(cv),
+        "reference_area": reference, "postprocessing": dataclasses.asdict(settings),
+        "seconds": round(time.perf_counter() - started, 1),
+        "mean_map": {rule: {shift: round(float(value), 4) for shift, value in values.items()}
+                     for rule, values in summary.iterrows()},
+        "per_image": csv_path.name, "machine": common.machine()})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
