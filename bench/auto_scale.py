@@ -110,66 +110,45 @@ def main(argv=None) -> int:
 
     import dsb
     import imaging
-    import pipeline
     import robustness
     import segment
-    import stratify
 
     unknown = sorted(set(args.shifts) - set(robustness.SHIFTS))
     if unknown:
         parser.error(f"unknown shifts {unknown}: choose from {' '.join(robustness.SHIFTS)}")
-    model = pipeline.TrainedModel.open(args.model)
-    settings = model.postprocessing.replace(tta=False, scale=1.0)
-    source = dsb.find_dataset(args.data)
-    split = stratify.read_split(model.split)
-    train = sorted(split.loc[split["subset"] == "train", "image_id"])
-    cv = sorted(split.loc[split["subset"] == "cv", "image_id"])
+    data = common.cv_images(args.model, args.data, args.quick and not args.add_sharpness)
+    settings = data.model.postprocessing.replace(tta=False, scale=1.0)
     if args.add_sharpness:
-        reference = segment.reference_area(labels for _, _, labels in dsb.read_raw_images(source, train))
         tables = {csv_path: pd.read_csv(csv_path) for csv_path in args.add_sharpness}
         ids = sorted(set().union(*(table["image_id"] for table in tables.values())))
-        raw = {image_id: (image, labels) for image_id, image, labels in dsb.read_raw_images(source, ids)}
+        raw = {image_id: (image, labels) for image_id, image, labels in dsb.read_raw_images(data.source, ids)}
         for csv_path, table in tables.items():
             table["sharpness"] = [edge_sharpness(imaging.preprocess(shifted(*raw[image_id], shift, image_id)[0],
-                                                                    model.normalization))
+                                                                    data.model.normalization))
                                   for image_id, shift in zip(table["image_id"], table["shift"])]
             table.to_csv(csv_path, index=False)
             print(f"{csv_path}: CV mAP without test-time augmentation, {table['image_id'].nunique()} images")
-            print(score_rules(table, reference).round(4).to_string())
+            print(score_rules(table, data.reference).round(4).to_string())
         return 0
-    shifts = tuple(args.shifts)
-    if args.quick:  # seconds: a few images, two shifts
-        train, cv, shifts = train[:10], cv[:3], ("none", "scale2")
-    reference = segment.reference_area(labels for _, _, labels in dsb.read_raw_images(source, train))
-    clusters = dict(zip(split["image_id"], split["cluster"].astype(int)))
-    predict_tiles, tile_size, min_overlap = model.predictor()
+    shifts = ("none", "scale2") if args.quick else tuple(args.shifts)  # quick: seconds, 3 images
     started, rows = time.perf_counter(), []
-    for image_id, raw, labels in dsb.read_raw_images(source, cv):
+    for image_id, raw, labels in dsb.read_raw_images(data.source, data.cv):
         for shift in shifts:
             image, truth = shifted(raw, labels, shift, image_id)
-            image = imaging.preprocess(image, model.normalization)
-            row = {"shift": shift, "image_id": image_id, "cluster": clusters[image_id],
+            image = imaging.preprocess(image, data.model.normalization)
+            row = {"shift": shift, "image_id": image_id, "cluster": data.clusters[image_id],
                    "true_area": segment.typical_area(truth), "sharpness": edge_sharpness(image)}
             for scale, column in zip(segment.AUTO_SCALES, zoom_columns()):
-                maps = settings.replace(scale=scale).maps(predict_tiles, image, tile_size=tile_size,
-                                                          min_overlap=min_overlap)
+                maps = settings.replace(scale=scale).maps(data.predict_tiles, image, tile_size=data.tile_size,
+                                                          min_overlap=data.min_overlap)
                 found = settings.labels(maps)
                 if scale == 1.0:
                     row["area_at_1"] = segment.typical_area(found)
                 row[column] = segment.average_precision(truth, found)
             rows.append(row)
     table = pd.DataFrame(rows)
-    summary = score_rules(table, reference)
-    print(f"CV mAP without test-time augmentation, {len(cv)} images, {args.model}:")
-    print(summary.round(3).to_string())
-    csv_path = Path(args.json).with_suffix(".csv")
-    table.to_csv(csv_path, index=False)
-    common.write_json(args.json, {
-        "benchmark": "auto_scale", "quick": args.quick, "model": str(args.model), "images": len(cv),
-        "reference_area": reference, "seconds": round(time.perf_counter() - started, 1),
-        "mean_map": {rule: {shift: round(float(value), 4) for shift, value in values.items()}
-                     for rule, values in summary.iterrows()},
-        "per_image": csv_path.name, "machine": common.machine()})
+    common.write_rule_results(args.json, "auto_scale", data, table, score_rules(table, data.reference),
+                              quick=args.quick, seconds=time.perf_counter() - started, model_path=args.model)
     return 0
 
 

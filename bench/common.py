@@ -7,6 +7,7 @@ Each ``bench_*.py`` script prints a table and writes its numbers as JSON (defaul
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -142,3 +143,55 @@ def write_tiny_dataset(root: Path, *, images: int = 12, shape=(96, 128), seed: i
             Image.fromarray((disk * 255).astype(np.uint8)).save(top / image_id / "masks" / f"m{nucleus}.png")
         Image.fromarray(np.clip(picture, 0, 255).astype(np.uint8)).save(top / image_id / "images" / f"{image_id}.png")
     return top
+
+
+@dataclasses.dataclass
+class CVImages:
+    """What the zoom benchmarks score a model with: its CV images (ids), the training images' typical nucleus
+    area (``segment.reference_area``), and its predictor."""
+
+    model: object  # pipeline.TrainedModel
+    source: Path
+    train: list
+    cv: list
+    clusters: dict
+    reference: float
+    predict_tiles: object
+    tile_size: int
+    min_overlap: int
+
+
+def cv_images(model_path: Path, data: Path | None, quick: bool) -> CVImages:
+    """The model at ``model_path`` with the CV and training image ids of its split (``quick``: 3 and 10)."""
+    import dsb
+    import pipeline
+    import segment
+    import stratify
+
+    model = pipeline.TrainedModel.open(model_path)
+    source = dsb.find_dataset(data)
+    split = stratify.read_split(model.split)
+    train = sorted(split.loc[split["subset"] == "train", "image_id"])
+    cv = sorted(split.loc[split["subset"] == "cv", "image_id"])
+    if quick:
+        train, cv = train[:10], cv[:3]
+    reference = segment.reference_area(labels for _, _, labels in dsb.read_raw_images(source, train))
+    predict_tiles, tile_size, min_overlap = model.predictor()
+    return CVImages(model, source, train, cv, dict(zip(split["image_id"], split["cluster"].astype(int))), reference,
+                    predict_tiles, tile_size, min_overlap)
+
+
+def write_rule_results(json_path: Path, name: str, data: CVImages, table, summary, *, quick: bool, seconds: float,
+                       model_path: Path, **extra) -> None:
+    """Print a rules-by-shifts ``summary`` of CV mAP, write the per-image ``table`` beside ``json_path`` as CSV and
+    the means as JSON."""
+    print(f"CV mAP without test-time augmentation, {len(data.cv)} images, {model_path}:")
+    print(summary.round(3).to_string())
+    csv_path = Path(json_path).with_suffix(".csv")
+    table.to_csv(csv_path, index=False)
+    write_json(json_path, {
+        "benchmark": name, "quick": quick, "model": str(model_path), "images": len(data.cv),
+        "reference_area": data.reference, **extra, "seconds": round(seconds, 1),
+        "mean_map": {rule: {shift: round(float(value), 4) for shift, value in values.items()}
+                     for rule, values in summary.iterrows()},
+        "per_image": csv_path.name, "machine": machine()})

@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 import common
-import numpy as np
 import pandas as pd
 
 SHIFTS = (1.0, 0.25, 2**-1.5, 0.5, 2.0, 2**1.5, 4.0)
@@ -97,45 +96,25 @@ def main(argv=None) -> int:
 
     import dsb
     import imaging
-    import pipeline
     import robustness
     import segment
-    import stratify
 
-    model = pipeline.TrainedModel.open(args.model)
-    settings = model.postprocessing.replace(tta=False, scale=1.0)
-    source = dsb.find_dataset(args.data)
-    split = stratify.read_split(model.split)
-    train = sorted(split.loc[split["subset"] == "train", "image_id"])
-    cv = sorted(split.loc[split["subset"] == "cv", "image_id"])
-    shifts = SHIFTS
-    if args.quick:  # seconds: a few images, two shifts
-        train, cv, shifts = train[:10], cv[:3], (1.0, 0.25)
-    reference = segment.reference_area(labels for _, _, labels in dsb.read_raw_images(source, train))
-    clusters = dict(zip(split["image_id"], split["cluster"].astype(int)))
-    predict_tiles, tile_size, min_overlap = model.predictor()
+    data = common.cv_images(args.model, args.data, args.quick)
+    settings = data.model.postprocessing.replace(tta=False, scale=1.0)
+    shifts = (1.0, 0.25) if args.quick else SHIFTS  # quick: seconds, 3 images
     started, rows = time.perf_counter(), []
-    for image_id, raw, labels in dsb.read_raw_images(source, cv):
+    for image_id, raw, labels in dsb.read_raw_images(data.source, data.cv):
         for factor in shifts:
             image, truth = robustness.rescale(robustness.as_unit_float(raw), labels, factor)
-            image = imaging.preprocess(image, model.normalization)
-            rows.append({"shift": shift_name(factor), "image_id": image_id, "cluster": clusters[image_id],
+            image = imaging.preprocess(image, data.model.normalization)
+            rows.append({"shift": shift_name(factor), "image_id": image_id, "cluster": data.clusters[image_id],
                          "true_area": segment.typical_area(truth),
-                         **score_image(settings, predict_tiles, image, truth, reference, tile_size=tile_size,
-                                       min_overlap=min_overlap)})
+                         **score_image(settings, data.predict_tiles, image, truth, data.reference,
+                                       tile_size=data.tile_size, min_overlap=data.min_overlap)})
     table = pd.DataFrame(rows)
-    summary = summarise(table)
-    print(f"CV mAP without test-time augmentation, {len(cv)} images, {args.model}:")
-    print(summary.round(3).to_string())
-    csv_path = Path(args.json).with_suffix(".csv")
-    table.to_csv(csv_path, index=False)
-    common.write_json(args.json, {
-        "benchmark": "zoom_range", "quick": args.quick, "model": str(args.model), "images": len(cv),
-        "reference_area": reference, "postprocessing": dataclasses.asdict(settings),
-        "seconds": round(time.perf_counter() - started, 1),
-        "mean_map": {rule: {shift: round(float(value), 4) for shift, value in values.items()}
-                     for rule, values in summary.iterrows()},
-        "per_image": csv_path.name, "machine": common.machine()})
+    common.write_rule_results(args.json, "zoom_range", data, table, summarise(table), quick=args.quick,
+                              seconds=time.perf_counter() - started, model_path=args.model,
+                              postprocessing=dataclasses.asdict(settings))
     return 0
 
 
