@@ -45,9 +45,11 @@ AUTO_TILE_MAX = 2048
 # pixels (about 0.4 GiB per megapixel for the ready model on the CPU), so large tiles go one by one.
 MAX_BATCH_PIXELS = 2**21
 
-# The zooms that scale='auto' chooses from: steps of sqrt(2) over 0.5-2x, the range of the training crops' zooms
-# (docs/results.md, "Automatic scale").
-AUTO_SCALES = (0.5, 2**-0.5, 1.0, 2**0.5, 2.0)
+# The zooms that scale='auto' chooses from: steps of sqrt(2) over 0.35-2.83x, and the largest speck as a fraction of
+# an image's typical nucleus area; both chosen on CV images shrunk and enlarged 0.25x-2x (bench/zoom_range.py;
+# docs/results.md, "Automatic scale").
+AUTO_SCALES = tuple(float(2 ** (step / 2)) for step in range(-3, 4))  # 0.35, 0.5, 0.71, 1, 1.41, 2, 2.83
+MAX_SPECK_FRACTION = 0.25
 
 PredictTiles = Callable[[np.ndarray], np.ndarray]
 """Maps tiles, shape (N, T, T, 1) float32 in [0, 1], to probabilities (N, T, T, C): nuclei [, contacts]."""
@@ -178,7 +180,8 @@ class Postprocessing:
     threshold : float in (0, 1)
         Foreground where the nucleus probability is above it.
     min_size : int
-        Largest object (pixels) dropped as a speck.
+        Largest object (pixels) dropped as a speck, but at most ``MAX_SPECK_FRACTION`` of the image's typical
+        nucleus area: in an image of nuclei smaller than ``min_size`` (a low magnification) they are kept.
     min_size_relative : float or None
         Instead of ``min_size``'s fixed pixels, drop the objects of at most this fraction of the image's
         typical nucleus area (``typical_area``: estimated from the objects found), so that the rule holds
@@ -280,7 +283,8 @@ class Postprocessing:
 
         A number stays as it is. 'auto' becomes the zoom of ``AUTO_SCALES`` that brings the image's typical
         nucleus area (``typical_area`` of a first pass at 1x without test-time augmentation, on at most the
-        central ``most`` x ``most`` pixels) closest to ``nucleus_area`` (``choose_scale``). That first pass is
+        central ``most`` x ``most`` pixels, objects of any size counted) closest to ``nucleus_area``
+        (``choose_scale``). That first pass is
         returned when it covers the whole image, the zoom is 1 and ``tta`` is off: it is then the prediction.
         """
         if self.scale != "auto":
@@ -290,7 +294,7 @@ class Postprocessing:
         part = image[top:top + most, left:left + most]
         first = self.replace(scale=1.0, tta=False)
         maps = first.maps(predict_tiles, part, tile_size=tile_size, min_overlap=min_overlap)
-        area = typical_area(first.labels(maps))
+        area = typical_area(first.replace(min_size=0, min_size_relative=None).labels(maps))
         resolved = self.replace(scale=choose_scale(area, self.nucleus_area))
         log.debug("typical nucleus area at 1x: %.0f pixels; zoom %.2f", area, resolved.scale)
         done = part.shape == image.shape and resolved.scale == 1.0 and not self.tta
@@ -328,9 +332,10 @@ def probability_to_labels(
     threshold : float
         Foreground where ``probability > threshold``.
     min_size : int
-        Largest object (in pixels) to drop as a speck.
+        Largest object (in pixels) to drop as a speck; but never one of more than ``MAX_SPECK_FRACTION`` of
+        the typical area of the objects found (``typical_area``), so that small nuclei are not all dropped.
     min_size_relative : float, optional
-        Instead of ``min_size``: drop objects of at most this fraction of ``typical_area(labels)``.
+        Instead of ``min_size`` (and that limit): drop objects of at most this fraction of ``typical_area(labels)``.
     marker_height : float or None
         None (the default): no splitting, connected components only. Not with ``contact``.
     contact : ndarray, shape (H, W), float in [0, 1], optional
@@ -367,6 +372,8 @@ def probability_to_labels(
     areas = np.bincount(labels.ravel())  # counted once, for the typical area and the specks
     if min_size_relative is not None:
         min_size = int(min_size_relative * _typical_of_areas(areas[1:]))
+    else:  # nuclei smaller than min_size (a low magnification) are not specks
+        min_size = min(min_size, int(MAX_SPECK_FRACTION * _typical_of_areas(areas[1:])))
     relabelled, _, _ = skimage.segmentation.relabel_sequential(drop_specks(labels, min_size, areas=areas))
     return relabelled.astype(np.int32)
 
@@ -379,8 +386,8 @@ def choose_scale(area: float, reference: float, scales: tuple[float, ...] = AUTO
     --------
     >>> choose_scale(400, 400), choose_scale(100, 400), choose_scale(1600, 400), choose_scale(0, 400)
     (1.0, 2.0, 0.5, 1.0)
-    >>> round(choose_scale(200, 400), 3), choose_scale(10, 400), choose_scale(10, 400, (1.0, 2.0, 4.0, 8.0))
-    (1.414, 2.0, 8.0)
+    >>> round(choose_scale(200, 400), 3), round(choose_scale(10, 400), 3), choose_scale(10, 400, (0.5, 1.0, 2.0))
+    (1.414, 2.828, 2.0)
     """
     if area <= 0:
         return 1.0

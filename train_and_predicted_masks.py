@@ -44,7 +44,7 @@ TRAINING_OPTIONS = ("epochs", "steps_per_epoch", "batch_size", "learning_rate", 
                     "scale_range", "gamma_range", "contrast_range", "noise", "blur", "precision", "jit_compile",
                     "contacts", "distribute", "figures_per_cluster")
 SCALE_HELP = ("zoom images by this factor before the model sees them (2 for nuclei half the size of the training "
-              "set's); 'auto': each image by 0.5-2x, to bring its nuclei, measured in a first pass, to the training "
+              "set's); 'auto': each image by 0.35-2.83x, to bring its nuclei, measured in a first pass, to the training "
               "images' typical size")
 POSTPROCESSING_OPTIONS = ("threshold", "min_size", "min_size_relative", "marker_height", "contact_threshold", "tta",
                           "scale", "tile_size")
@@ -103,7 +103,9 @@ def _add_postprocessing_options(parser: argparse.ArgumentParser, default_text: s
     group = parser.add_argument_group(f"post-processing (default: {default_text})")
     group.add_argument("--threshold", type=float, metavar="P",
                        help="nucleus probability above which a pixel is foreground")
-    group.add_argument("--min-size", type=int, metavar="PIXELS", help="drop nuclei of this many pixels or fewer")
+    group.add_argument("--min-size", type=int, metavar="PIXELS",
+                       help="drop nuclei of this many pixels or fewer (but none of over a quarter of the image's "
+                            "typical nucleus area)")
     group.add_argument("--marker-height", type=float, metavar="PIXELS",
                        help="split touching nuclei by a distance watershed with markers this high (e.g. 2); "
                             "0 = by the contact channel if the model has one, else not at all")

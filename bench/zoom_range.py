@@ -32,7 +32,9 @@ import pandas as pd
 SHIFTS = (1.0, 0.25, 2**-1.5, 0.5, 2.0, 2**1.5, 4.0)
 RANGES = {"0.5-2x": (-2, 2), "0.35-2.83x": (-3, 3), "0.25-4x": (-4, 4)}  # in half-octaves: zooms 2**(k/2)
 FIRST_PASS = ("min_size", "none")
-SPECKS = ("image", "model", "model when zoomed in")
+SPECKS = ("image", "model", "model when zoomed in", "image, at most 0.25 of the typical area",
+          "image, at most 0.5 of the typical area")
+CAPS = {"image, at most 0.25 of the typical area": 0.25, "image, at most 0.5 of the typical area": 0.5}
 
 
 def zooms(name: str) -> tuple[float, ...]:
@@ -48,11 +50,11 @@ def rule_name(zoom_range: str, first: str, specks: str) -> str:
     return f"zoom {zoom_range}, first pass specks: {first}, specks in {specks} pixels"
 
 
-def rule_columns() -> list[tuple[str, str, str]]:
-    return list(itertools.product(RANGES, FIRST_PASS, SPECKS))
+def rule_columns(specks=SPECKS) -> list[tuple[str, str, str]]:
+    return list(itertools.product(RANGES, FIRST_PASS, specks))
 
 
-def score_image(settings, predict_tiles, image, truth, reference, *, tile_size, min_overlap) -> dict:
+def score_image(settings, predict_tiles, image, truth, reference, *, tile_size, min_overlap, specks=SPECKS) -> dict:
     """One image under every rule: the zoom each picks and its mAP."""
     import segment
 
@@ -68,12 +70,16 @@ def score_image(settings, predict_tiles, image, truth, reference, *, tile_size, 
     areas = {"min_size": segment.typical_area(settings.labels(first)),
              "none": segment.typical_area(settings.replace(min_size=0).labels(first))}
     row = {f"area_at_1_{first_pass}": area for first_pass, area in areas.items()}
-    for zoom_range, first_pass, specks in rule_columns():
+    for zoom_range, first_pass, rule in rule_columns(specks):
         zoom = segment.choose_scale(areas[first_pass], reference, zooms(zoom_range))
-        view = {"image": 1.0, "model": zoom, "model when zoomed in": max(zoom, 1.0)}[specks]
-        min_size = int(round(settings.min_size / view**2))
-        found = settings.replace(min_size=min_size).labels(maps_at(zoom))
-        name = rule_name(zoom_range, first_pass, specks)
+        if rule in CAPS:  # never drop an object of more than this fraction of the image's typical area
+            everything = settings.replace(min_size=0).labels(maps_at(zoom))
+            found = segment.drop_specks(everything, min(settings.min_size,
+                                                        CAPS[rule] * segment.typical_area(everything)))
+        else:
+            view = {"image": 1.0, "model": zoom, "model when zoomed in": max(zoom, 1.0)}[rule]
+            found = settings.replace(min_size=int(round(settings.min_size / view**2))).labels(maps_at(zoom))
+        name = rule_name(zoom_range, first_pass, rule)
         row[f"zoom: {name}"] = zoom
         row[f"map: {name}"] = segment.average_precision(truth, found)
     return row
@@ -92,6 +98,10 @@ def main(argv=None) -> int:
     parser = common.base_parser("zoom_range", __doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=common.PROJECT_DIR / "models" / "unet_dsb2018" / "model.keras")
     parser.add_argument("--data", type=Path, help="the DSB training set (default: dsb.find_dataset())")
+    parser.add_argument("--shifts", type=float, nargs="+", default=list(SHIFTS), metavar="FACTOR",
+                        help="magnifications to score (default: %(default)s)")
+    parser.add_argument("--specks", nargs="+", default=list(SPECKS), choices=SPECKS, metavar="RULE",
+                        help="speck rules to score (default: all)")
     args = parser.parse_args(argv)
 
     import dsb
@@ -101,7 +111,7 @@ def main(argv=None) -> int:
 
     data = common.cv_images(args.model, args.data, args.quick)
     settings = data.model.postprocessing.replace(tta=False, scale=1.0)
-    shifts = (1.0, 0.25) if args.quick else SHIFTS  # quick: seconds, 3 images
+    shifts = (1.0, 0.25) if args.quick else tuple(args.shifts)  # quick: seconds, 3 images
     started, rows = time.perf_counter(), []
     for image_id, raw, labels in dsb.read_raw_images(data.source, data.cv):
         for factor in shifts:
@@ -110,7 +120,8 @@ def main(argv=None) -> int:
             rows.append({"shift": shift_name(factor), "image_id": image_id, "cluster": data.clusters[image_id],
                          "true_area": segment.typical_area(truth),
                          **score_image(settings, data.predict_tiles, image, truth, data.reference,
-                                       tile_size=data.tile_size, min_overlap=data.min_overlap)})
+                                       tile_size=data.tile_size, min_overlap=data.min_overlap,
+                                       specks=tuple(args.specks))})
     table = pd.DataFrame(rows)
     common.write_rule_results(args.json, "zoom_range", data, table, summarise(table), quick=args.quick,
                               seconds=time.perf_counter() - started, model_path=args.model,

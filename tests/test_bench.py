@@ -152,7 +152,7 @@ def test_zoom_range_quick(tmp_path):
     results = run_quick(tmp_path, "zoom_range.py")
     assert results["images"] == 3 and results["reference_area"] > 0
     rules = results["mean_map"]
-    assert len(rules) == 18 and all(set(values) == {"scale1.00", "scale0.25", "mean"} for values in rules.values())
+    assert len(rules) == 30 and all(set(values) == {"scale1.00", "scale0.25", "mean"} for values in rules.values())
     assert all(0 <= values["mean"] <= 1 for values in rules.values())
     table = pd.read_csv(tmp_path / "zoom_range.csv")
     narrow = table.filter(like="zoom: zoom 0.5-2x").to_numpy()

@@ -355,14 +355,17 @@ def test_automatic_tiles_with_tta_give_the_image_back():
 
 
 def test_a_relative_minimum_size_keeps_small_nuclei_and_drops_specks_at_any_magnification():
-    """Nuclei of 21 pixels and specks of 1: 30 fixed pixels drops them all; a fifth of the typical area keeps the
-    nuclei and drops the specks, and the same rule holds with everything 4x larger."""
+    """Nuclei of 21 pixels and specks of 1: 30 fixed pixels would drop them all, but a speck is never over a
+    quarter of the typical area (5 pixels here), so the nuclei stay and the specks go; so does a fifth of the
+    typical area, and the same rule holds with everything 4x larger."""
     small = np.zeros((60, 60), np.float32)
     for row, col in [(10, 10), (10, 30), (30, 10), (30, 30), (45, 45)]:
         rr, cc = skimage.draw.disk((row, col), 2.6, shape=small.shape)
         small[rr, cc] = 0.9
     small[55, 5] = small[5, 55] = 0.9  # specks
-    assert segment.probability_to_labels(small, min_size=30).max() == 0
+    fixed = segment.probability_to_labels(small, min_size=30)
+    assert fixed.max() == 5 and fixed[55, 5] == 0 and fixed[5, 55] == 0
+    assert segment.probability_to_labels(small, min_size=0).max() == 7
     assert segment.typical_area(segment.probability_to_labels(small, min_size=0)) == 21
     kept = segment.probability_to_labels(small, min_size=30, min_size_relative=0.2)
     assert kept.max() == 5 and kept[55, 5] == 0 and kept[5, 55] == 0
@@ -418,6 +421,19 @@ def test_auto_scale_zooms_each_image_toward_the_training_nucleus_area():
     segmented = segment.segment_image(model, image, settings.replace(nucleus_area=area), **options)
     assert sum(seen) == len(tiling.tile_grid((120, 160), 64, 8)) and segmented.scale == 1.0
     assert segmented.labels.max() == 4
+
+
+def test_nuclei_smaller_than_the_speck_size_are_measured_and_zoomed_in():
+    """Nuclei of 21 pixels under a speck size of 30, training nuclei 8 times larger: the first pass counts
+    objects of any size, so the image is zoomed 2.83x (the most ``AUTO_SCALES`` allows), and the 5 nuclei are
+    found."""
+    small = np.zeros((60, 60), np.float32)
+    for row, col in [(10, 10), (10, 30), (30, 10), (30, 30), (45, 45)]:
+        rr, cc = skimage.draw.disk((row, col), 2.6, shape=small.shape)
+        small[rr, cc] = 0.9
+    auto = segment.Postprocessing(scale="auto", nucleus_area=8 * 21.0, min_size=30)
+    labels, _, _, scale = segment.segment_image(lambda tiles: tiles, small, auto, tile_size=64, min_overlap=8)
+    assert scale == pytest.approx(2**1.5) == max(segment.AUTO_SCALES) and labels.max() == 5
 
 
 def test_auto_scale_of_a_large_image_is_one_zoom_for_all_its_blocks():
