@@ -46,7 +46,7 @@ AUTO_TILE_MAX = 2048
 MAX_BATCH_PIXELS = 2**21
 
 # The zooms that scale='auto' chooses from: steps of sqrt(2) over 0.35-2.83x, and the largest speck as a fraction of
-# an image's typical nucleus area; both chosen on CV images shrunk and enlarged 0.25x-2x (bench/zoom_range.py;
+# an image's typical nucleus area; both chosen on CV images shrunk and enlarged 0.25x-4x (bench/zoom_range.py;
 # docs/results.md, "Automatic scale").
 AUTO_SCALES = tuple(float(2 ** (step / 2)) for step in range(-3, 4))  # 0.35, 0.5, 0.71, 1, 1.41, 2, 2.83
 MAX_SPECK_FRACTION = 0.25
@@ -283,8 +283,8 @@ class Postprocessing:
 
         A number stays as it is. 'auto' becomes the zoom of ``AUTO_SCALES`` that brings the image's typical
         nucleus area (``typical_area`` of a first pass at 1x without test-time augmentation, on at most the
-        central ``most`` x ``most`` pixels, objects of any size counted) closest to ``nucleus_area``
-        (``choose_scale``). That first pass is
+        central ``most`` x ``most`` pixels; nuclei smaller than ``min_size`` count, ``probability_to_labels``)
+        closest to ``nucleus_area`` (``choose_scale``). That first pass is
         returned when it covers the whole image, the zoom is 1 and ``tta`` is off: it is then the prediction.
         """
         if self.scale != "auto":
@@ -294,7 +294,7 @@ class Postprocessing:
         part = image[top:top + most, left:left + most]
         first = self.replace(scale=1.0, tta=False)
         maps = first.maps(predict_tiles, part, tile_size=tile_size, min_overlap=min_overlap)
-        area = typical_area(first.replace(min_size=0, min_size_relative=None).labels(maps))
+        area = typical_area(first.replace(min_size_relative=None).labels(maps))
         resolved = self.replace(scale=choose_scale(area, self.nucleus_area))
         log.debug("typical nucleus area at 1x: %.0f pixels; zoom %.2f", area, resolved.scale)
         done = part.shape == image.shape and resolved.scale == 1.0 and not self.tta
@@ -333,7 +333,8 @@ def probability_to_labels(
         Foreground where ``probability > threshold``.
     min_size : int
         Largest object (in pixels) to drop as a speck; but never one of more than ``MAX_SPECK_FRACTION`` of
-        the typical area of the objects found (``typical_area``), so that small nuclei are not all dropped.
+        the typical area of the objects found (``typical_area``), so that small nuclei are not all dropped,
+        unless it is under ``min_size`` as the model sees it at the largest automatic zoom (3 pixels for 30).
     min_size_relative : float, optional
         Instead of ``min_size`` (and that limit): drop objects of at most this fraction of ``typical_area(labels)``.
     marker_height : float or None
@@ -372,8 +373,9 @@ def probability_to_labels(
     areas = np.bincount(labels.ravel())  # counted once, for the typical area and the specks
     if min_size_relative is not None:
         min_size = int(min_size_relative * _typical_of_areas(areas[1:]))
-    else:  # nuclei smaller than min_size (a low magnification) are not specks
-        min_size = min(min_size, int(MAX_SPECK_FRACTION * _typical_of_areas(areas[1:])))
+    else:  # nuclei smaller than min_size (a low magnification) are not specks; nor is one pixel a nucleus
+        floor = int(min_size / max(AUTO_SCALES) ** 2)
+        min_size = min(min_size, max(int(MAX_SPECK_FRACTION * _typical_of_areas(areas[1:])), floor))
     relabelled, _, _ = skimage.segmentation.relabel_sequential(drop_specks(labels, min_size, areas=areas))
     return relabelled.astype(np.int32)
 

@@ -436,6 +436,18 @@ def test_nuclei_smaller_than_the_speck_size_are_measured_and_zoomed_in():
     assert scale == pytest.approx(2**1.5) == max(segment.AUTO_SCALES) and labels.max() == 5
 
 
+def test_an_image_of_single_bright_pixels_has_no_nuclei_and_is_not_zoomed():
+    """Small nuclei are kept, but a pixel or three is a speck at any zoom: under 30 pixels as the model sees them
+    at the largest automatic zoom (30 / 8)."""
+    specks = np.zeros((80, 80), np.float32)
+    specks[10, 10] = specks[40, 60] = specks[70, 20] = 0.9
+    specks[20:22, 50] = 0.9  # 2 pixels
+    auto = segment.Postprocessing(scale="auto", nucleus_area=365.0, min_size=30)
+    labels, _, _, scale = segment.segment_image(lambda tiles: tiles, specks, auto, tile_size=64, min_overlap=8)
+    assert scale == 1.0 and labels.max() == 0
+    assert segment.probability_to_labels(specks, min_size=0).max() == 4
+
+
 def test_auto_scale_of_a_large_image_is_one_zoom_for_all_its_blocks():
     image = np.tile(_disks(), (2, 2))  # 240 x 320, in blocks of 100: the zoom comes from the central 100 x 100
     area = segment.typical_area(segment.probability_to_labels(image, min_size=0))
