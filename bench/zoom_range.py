@@ -55,33 +55,34 @@ def rule_columns(specks=SPECKS) -> list[tuple[str, str, str]]:
 
 
 def score_image(settings, predict_tiles, image, truth, reference, *, tile_size, min_overlap, specks=SPECKS) -> dict:
-    """One image under every rule: the zoom each picks and its mAP."""
+    """One image under every rule: the zoom each picks and its mAP. Each rule drops its own specks from all the
+    objects found (``segment.drop_specks``), so the rules do not depend on the speck rule of ``segment``."""
     import segment
 
     cache = {}
 
-    def maps_at(zoom):
+    def everything_at(zoom):  # every object found at this zoom, specks included
         if zoom not in cache:
-            cache[zoom] = settings.replace(scale=zoom).maps(predict_tiles, image, tile_size=tile_size,
-                                                            min_overlap=min_overlap)
+            maps = settings.replace(scale=zoom).maps(predict_tiles, image, tile_size=tile_size,
+                                                     min_overlap=min_overlap)
+            cache[zoom] = settings.replace(min_size=0).labels(maps)
         return cache[zoom]
 
-    first = maps_at(1.0)
-    areas = {"min_size": segment.typical_area(settings.labels(first)),
-             "none": segment.typical_area(settings.replace(min_size=0).labels(first))}
+    first = everything_at(1.0)
+    areas = {"min_size": segment.typical_area(segment.drop_specks(first, settings.min_size)),
+             "none": segment.typical_area(first)}
     row = {f"area_at_1_{first_pass}": area for first_pass, area in areas.items()}
     for zoom_range, first_pass, rule in rule_columns(specks):
         zoom = segment.choose_scale(areas[first_pass], reference, zooms(zoom_range))
+        everything = everything_at(zoom)
         if rule in CAPS:  # never drop an object of more than this fraction of the image's typical area
-            everything = settings.replace(min_size=0).labels(maps_at(zoom))
-            found = segment.drop_specks(everything, min(settings.min_size,
-                                                        CAPS[rule] * segment.typical_area(everything)))
+            size = min(settings.min_size, CAPS[rule] * segment.typical_area(everything))
         else:
             view = {"image": 1.0, "model": zoom, "model when zoomed in": max(zoom, 1.0)}[rule]
-            found = settings.replace(min_size=int(round(settings.min_size / view**2))).labels(maps_at(zoom))
+            size = int(round(settings.min_size / view**2))
         name = rule_name(zoom_range, first_pass, rule)
         row[f"zoom: {name}"] = zoom
-        row[f"map: {name}"] = segment.average_precision(truth, found)
+        row[f"map: {name}"] = segment.average_precision(truth, segment.drop_specks(everything, size))
     return row
 
 
