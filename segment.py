@@ -294,7 +294,7 @@ class Postprocessing:
         part = image[top:top + most, left:left + most]
         first = self.replace(scale=1.0, tta=False)
         maps = first.maps(predict_tiles, part, tile_size=tile_size, min_overlap=min_overlap)
-        area = typical_area(first.replace(min_size_relative=None).labels(maps))
+        area = typical_area(first.labels(maps))
         resolved = self.replace(scale=choose_scale(area, self.nucleus_area))
         log.debug("typical nucleus area at 1x: %.0f pixels; zoom %.2f", area, resolved.scale)
         done = part.shape == image.shape and resolved.scale == 1.0 and not self.tta

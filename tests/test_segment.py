@@ -424,9 +424,9 @@ def test_auto_scale_zooms_each_image_toward_the_training_nucleus_area():
 
 
 def test_nuclei_smaller_than_the_speck_size_are_measured_and_zoomed_in():
-    """Nuclei of 21 pixels under a speck size of 30, training nuclei 8 times larger: the first pass counts
-    objects of any size, so the image is zoomed 2.83x (the most ``AUTO_SCALES`` allows), and the 5 nuclei are
-    found."""
+    """Nuclei of 21 pixels under a speck size of 30, training nuclei 8 times larger: the first pass keeps them
+    (a speck is never over a quarter of the typical area), so the image is zoomed 2.83x (the most
+    ``AUTO_SCALES`` allows), and the 5 nuclei are found."""
     small = np.zeros((60, 60), np.float32)
     for row, col in [(10, 10), (10, 30), (30, 10), (30, 30), (45, 45)]:
         rr, cc = skimage.draw.disk((row, col), 2.6, shape=small.shape)
