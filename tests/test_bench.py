@@ -174,3 +174,31 @@ def test_auto_scale_quick(tmp_path):
     oracle = results["mean_map"]["best zoom per image (oracle)"]
     assert all(0 <= values["mean"] <= oracle["mean"] for values in results["mean_map"].values())
     assert (tmp_path / "auto_scale.csv").is_file()
+
+
+def test_seed_rules_default_rule_is_segments_and_stricter_seeds_merge_a_fragment():
+    sys.path.insert(0, str(BENCH_DIR))
+    seed_rules = pytest.importorskip("seed_rules")
+    import segment
+
+    # Two touching disks split by a line of high contact, and a 2-pixel seed fragment inside the right one.
+    yy, xx = np.mgrid[:64, :96]
+    probability = ((((yy - 32) ** 2 + (xx - 30) ** 2) < 18 ** 2) | (((yy - 32) ** 2 + (xx - 62) ** 2) < 18 ** 2))
+    maps = np.zeros((64, 96, 2), np.float32)
+    maps[..., 0] = probability * 0.9
+    maps[..., 1] = np.where(np.abs(xx - 46) <= 1, 0.9, 0.1) * probability
+    maps[29:41, 65:72, 1] = 0.9  # a ring of contact around a 50-pixel seed inside the right nucleus
+    maps[30:40, 66:71, 1] = 0.1
+    settings = segment.Postprocessing(threshold=0.5, min_size=30, contact_threshold=0.5)
+    plain = seed_rules.seeded_labels(maps, threshold=0.5, contact_threshold=0.5, min_size=30)
+    assert (plain == settings.labels(maps)).all()
+    strict = seed_rules.seeded_labels(maps, threshold=0.5, contact_threshold=0.5, min_size=30, seed_min=60)
+    assert plain.max() == 3 and strict.max() == 2
+
+
+@pytest.mark.slow
+def test_seed_rules_quick(tmp_path):
+    results = run_quick(tmp_path, "seed_rules.py")
+    assert results["images"] == 3 and len(results["mean_map"]) == 4 + 3
+    assert all(0 <= value <= 1 for value in results["mean_map"].values())
+    assert (tmp_path / "seed_rules.csv").is_file()

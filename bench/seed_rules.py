@@ -1,0 +1,133 @@
+"""Would stricter seeds split touching nuclei better? Measured on CV.
+
+A contact model splits its foreground (nucleus probability above the threshold) by a watershed on the contact map,
+seeded by every connected part of the foreground whose contact probability is at most the contact threshold
+(``segment.probability_to_labels``), however small the part. Two stricter rules, as in several DSB2018 solutions:
+- drop seed parts of fewer than ``seed_min`` pixels (their pixels go to a neighbouring seed, or form a nucleus of
+  their own where no seed is left in that part of the foreground);
+- seeds also need a nucleus probability above ``seed_threshold`` (the nuclei's cores).
+Each rule is scored over thresholds and contact thresholds around the model's tuned ones, from one prediction per
+image (the model's post-processing, by default without test-time augmentation). Also scored, at the model's own
+settings: every nucleus grown or shrunk by one pixel (does the threshold leave the outlines too tight or loose?).
+Writes ``bench/results/seed_rules.json`` (mean mAP per setting, best first) and ``seed_rules.csv`` (per image).
+
+    python bench/seed_rules.py --model models/unet_dsb2018/model.keras
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import time
+from pathlib import Path
+
+import common
+import numpy as np
+import pandas as pd
+
+THRESHOLDS = (0.3, 0.4, 0.5)
+CONTACT_THRESHOLDS = (0.3, 0.5, 0.7)
+SEED_MINS = (0, 3, 6, 10, 20)
+SEED_THRESHOLDS = (None, 0.6, 0.7, 0.8)
+
+
+def seeded_labels(maps: np.ndarray, *, threshold: float, contact_threshold: float, min_size: int,
+                  seed_min: int = 0, seed_threshold: float | None = None) -> np.ndarray:
+    """``segment.probability_to_labels`` with a contact map, with the stricter seed rules; ``seed_min`` 0 and no
+    ``seed_threshold`` give the same labels."""
+    import skimage.measure
+    import skimage.morphology
+    import skimage.segmentation
+
+    import segment
+
+    probability, contact = maps[..., 0], maps[..., 1]
+    foreground = probability > threshold
+    core = foreground if seed_threshold is None else probability > max(seed_threshold, threshold)
+    markers = skimage.measure.label(core & (contact <= contact_threshold), connectivity=1)
+    if seed_min > 0:
+        markers = skimage.morphology.remove_small_objects(markers, max_size=seed_min - 1)  # parts < seed_min
+    labels = skimage.segmentation.watershed(contact, markers, mask=foreground)
+    orphans = skimage.measure.label(foreground & (labels == 0), connectivity=1)
+    labels = np.where(orphans > 0, orphans + labels.max(), labels)
+    areas = np.bincount(labels.ravel())
+    floor = int(min_size / max(segment.AUTO_SCALES) ** 2)
+    speck = min(min_size, max(int(segment.MAX_SPECK_FRACTION * segment.typical_area(labels)), floor))
+    relabelled, _, _ = skimage.segmentation.relabel_sequential(segment.drop_specks(labels, speck, areas=areas))
+    return relabelled.astype(np.int32)
+
+
+def shrunk(labels: np.ndarray) -> np.ndarray:
+    """Every nucleus without its outermost pixels (those touching the background or another nucleus)."""
+    import skimage.morphology
+
+    inner = skimage.morphology.erosion(labels) == skimage.morphology.dilation(labels)
+    return np.where(inner, labels, 0)
+
+
+def setting_name(threshold, contact_threshold, seed_min, seed_threshold) -> str:
+    core = "any" if seed_threshold is None else f"{seed_threshold:g}"
+    return f"threshold {threshold:g}, contact {contact_threshold:g}, seed_min {seed_min}, seed probability {core}"
+
+
+def score_image(settings, maps: np.ndarray, truth: np.ndarray, grid) -> dict:
+    import segment
+    import skimage.segmentation
+
+    row = {}
+    for threshold, contact_threshold, seed_min, seed_threshold in grid:
+        labels = seeded_labels(maps, threshold=threshold, contact_threshold=contact_threshold,
+                               min_size=settings.min_size, seed_min=seed_min, seed_threshold=seed_threshold)
+        row[setting_name(threshold, contact_threshold, seed_min, seed_threshold)] = \
+            segment.average_precision(truth, labels)
+    own = settings.labels(maps)
+    row["model's settings"] = segment.average_precision(truth, own)
+    row["model's settings, grown 1 pixel"] = segment.average_precision(
+        truth, skimage.segmentation.expand_labels(own, 1))
+    row["model's settings, shrunk 1 pixel"] = segment.average_precision(truth, shrunk(own))
+    return row
+
+
+def main(argv=None) -> int:
+    parser = common.base_parser("seed_rules", __doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=common.PROJECT_DIR / "models" / "unet_dsb2018" / "model.keras")
+    parser.add_argument("--data", type=Path, help="the DSB training set (default: dsb.find_dataset())")
+    parser.add_argument("--tta", action="store_true", help="predict with test-time augmentation (8x slower)")
+    args = parser.parse_args(argv)
+
+    import dsb
+    import imaging
+    import robustness
+
+    data = common.cv_images(args.model, args.data, args.quick)
+    settings = data.model.postprocessing.replace(tta=args.tta)
+    if settings.marker_height is not None:
+        parser.error("the model's post-processing splits by distance, not by its contact map")
+    grid = (list(itertools.product(THRESHOLDS[1:2], CONTACT_THRESHOLDS[1:2], SEED_MINS[::4], SEED_THRESHOLDS[:2]))
+            if args.quick else list(itertools.product(THRESHOLDS, CONTACT_THRESHOLDS, SEED_MINS, SEED_THRESHOLDS)))
+    started, rows = time.perf_counter(), []
+    for image_id, raw, truth in dsb.read_raw_images(data.source, data.cv):
+        image = imaging.preprocess(robustness.as_unit_float(raw), data.model.normalization)
+        maps = settings.maps(data.predict_tiles, image, tile_size=data.tile_size, min_overlap=data.min_overlap)
+        if maps.shape[-1] < 2:
+            parser.error("the model has no contact channel")
+        rows.append({"image_id": image_id, "cluster": data.clusters[image_id], **score_image(settings, maps, truth, grid)})
+    table = pd.DataFrame(rows)
+    table.to_csv(Path(args.json).with_suffix(".csv"), index=False)
+    means = table.drop(columns=["image_id", "cluster"]).mean().sort_values(ascending=False)
+    by_cluster = table.drop(columns=["image_id"]).groupby("cluster").mean()
+    print(f"CV mAP, {len(table)} images, {args.model}, tta={args.tta}; best 15 of {len(grid)} seed settings:")
+    print(means.head(15).round(4).to_string())
+    print(means[[name for name in means.index if name.startswith("model's")]].round(4).to_string())
+    common.write_json(args.json, {
+        "benchmark": "seed_rules", "quick": args.quick, "model": str(args.model), "images": len(table),
+        "postprocessing": dataclasses.asdict(settings), "seconds": round(time.perf_counter() - started, 1),
+        "machine": common.machine(), "mean_map": {name: round(float(value), 4) for name, value in means.items()},
+        "mean_map_by_cluster": {name: {int(c): round(float(v), 4) for c, v in by_cluster[name].items()}
+                                for name in means.index},
+    })
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
