@@ -463,12 +463,15 @@ def predict_run(model_path: Path, input_paths: list, *, overrides: dict | None =
             if nonfinite:
                 log.warning("%s: %d pixel values are NaN or infinite; replaced by the median of the others",
                             item.where + suffix, nonfinite)
-            with tqdm(total=segment.tile_count(image.shape, postprocessing, tile_size, min_overlap),
-                      desc=f"  tiles of {key}",
-                      unit="tile", leave=False, disable=not progress or image.size < 4_000_000) as bar:
+            with tqdm(desc=f"  tiles of {key}", unit="tile", leave=False,
+                      disable=not progress or image.size < 4_000_000) as bar:
+                def set_total(tiles, bar=bar):  # known once the automatic zoom is chosen
+                    bar.total = tiles
+                    bar.refresh()
+
                 labels, mask, probability, scale = segment.segment_image(
                     predict_tiles, image, postprocessing, tile_size=tile_size, min_overlap=min_overlap,
-                    probability="probability" in formats, progress=bar.update)
+                    probability="probability" in formats, progress=bar.update, total=set_total)
             del image  # the model's input: not needed for the outputs, which show the original
             table = outputs.write_outputs(run_dir, key, plane, labels, mask, probability, formats)
             if table is not None:

@@ -447,7 +447,7 @@ class Segmented(NamedTuple):
 def segment_image(predict_tiles: PredictTiles, image: np.ndarray, settings: Postprocessing, *,
                   tile_size: int = TILE_SIZE, min_overlap: int = MIN_OVERLAP, block_size: int = 2048,
                   margin: int = 128, probability: bool = True,
-                  progress=None) -> Segmented:
+                  progress=None, total=None) -> Segmented:
     """Nuclei of an image of any size, block by block so that memory stays bounded.
 
     An image no larger than ``block_size`` in both directions is predicted in one piece
@@ -463,6 +463,9 @@ def segment_image(predict_tiles: PredictTiles, image: np.ndarray, settings: Post
         Also return the nucleus probability (2 bytes a pixel: leave it out of a large image unless needed).
     progress : callable, optional
         Called with the number of tiles each model call predicted (e.g. a tqdm bar's ``update``).
+    total : callable, optional
+        Called once, when the zoom is known, with the number of tiles ``progress`` will count in all (``tile_count``;
+        the automatic zoom's first pass is not counted, unless it is the whole prediction).
 
     Returns
     -------
@@ -474,7 +477,11 @@ def segment_image(predict_tiles: PredictTiles, image: np.ndarray, settings: Post
     """
     settings, done = settings.resolve(predict_tiles, image, tile_size=tile_size, min_overlap=min_overlap,
                                       most=block_size)
+    if total is not None:
+        total(tile_count(image.shape, settings, tile_size, min_overlap, block_size, margin))
     if progress is not None:
+        if done is not None:  # the first pass was the whole prediction
+            progress(tile_count(image.shape, settings, tile_size, min_overlap, block_size, margin))
         predict_tiles = _counting(predict_tiles, progress, 8 if settings.tta else 1)
     height, width = image.shape
     if height <= block_size and width <= block_size:
@@ -512,7 +519,7 @@ def segment_image(predict_tiles: PredictTiles, image: np.ndarray, settings: Post
 def tile_count(shape: tuple[int, int], settings: Postprocessing, tile_size=TILE_SIZE,
                min_overlap: int = MIN_OVERLAP, block_size: int = 2048, margin: int = 128) -> int:
     """How many tiles ``segment_image`` predicts for an image of ``shape`` (for a progress bar; scale 'auto'
-    counts as 1x, and its first pass is not counted)."""
+    counts as 1x, and its first pass is not counted: ``segment_image`` reports the count at the zoom it chose)."""
     scale = 1.0 if settings.scale == "auto" else settings.scale
 
     def tiles_of(size):

@@ -468,3 +468,19 @@ def test_auto_scale_needs_the_training_nucleus_area():
         segment.Postprocessing(nucleus_area=0.0)
     settings = segment.Postprocessing(scale="auto", nucleus_area=300.0)
     assert segment.Postprocessing.from_dict(json.loads(json.dumps(settings.__dict__))) == settings
+
+
+@pytest.mark.parametrize("tta", [False, True])
+@pytest.mark.parametrize("zoom_area", [1.0, 4.0])  # 4x the nuclei's area: zoomed 2x
+def test_segment_image_reports_the_tiles_it_will_predict_at_the_zoom_it_chose(tta, zoom_area):
+    image = np.tile(_disks(), (2, 2))  # 240 x 320
+    area = segment.typical_area(segment.probability_to_labels(image, min_size=0))
+    for block_size in (100, 2048):  # in blocks, and in one piece
+        auto = segment.Postprocessing(scale="auto", nucleus_area=zoom_area * area, min_size=5, tta=tta)
+        totals, counted = [], []
+        _, _, _, scale = segment.segment_image(lambda tiles: tiles, image, auto, tile_size=64, min_overlap=8,
+                                               block_size=block_size, margin=20, progress=counted.append,
+                                               total=totals.append)
+        assert scale == (2.0 if zoom_area == 4.0 else 1.0)
+        assert len(totals) == 1 and totals[0] == sum(counted) > 0
+        assert totals[0] == segment.tile_count(image.shape, auto.replace(scale=scale), 64, 8, block_size, 20)
