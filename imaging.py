@@ -206,6 +206,25 @@ def robust_range(gray: np.ndarray, percentiles: tuple[float, float] = DEFAULT_PE
     return low_value, float(np.percentile(sample, high))
 
 
+def edge_sharpness(image: np.ndarray) -> float:
+    """How sharp an image's edges are: over its strongest edges (the 5 % of pixels of highest gradient
+    magnitude), the mean absolute Laplacian over the mean gradient magnitude; 0 for an image without edges.
+    Blur and enlarging lower it, shrinking raises it (on the CV images of our split: 0.036-0.25 as they are,
+    0.016-0.044 under a Gaussian blur of sigma 2, 0.059 and more shrunk to half size).
+
+    image : ndarray, shape (H, W) or (H, W, C), preprocessed (``preprocess``); the first channel is used
+    """
+    from scipy import ndimage
+
+    gray = np.asarray(image, dtype=np.float64)
+    gray = gray[..., 0] if gray.ndim == 3 else gray
+    gradient = np.hypot(ndimage.sobel(gray, 0), ndimage.sobel(gray, 1))
+    edges = gradient > np.percentile(gradient, 95)
+    if not edges.any():
+        return 0.0
+    return float(np.abs(ndimage.laplace(gray))[edges].mean() / gradient[edges].mean())
+
+
 def image_stats(image: np.ndarray) -> dict:
     """Statistics of a raw image that tell its kind apart (see ``STAT_COLUMNS``).
 

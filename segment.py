@@ -29,7 +29,7 @@ import skimage.transform
 import runs
 import tiling
 from errors import UserError
-from imaging import replace_nonfinite
+from imaging import edge_sharpness, replace_nonfinite
 from tiling import MIN_OVERLAP, TILE_SIZE, inference_tile_size, make_tiles, stitch_tiles
 
 log = logging.getLogger("segment")
@@ -50,6 +50,10 @@ MAX_BATCH_PIXELS = 2**21
 # docs/results.md, "Automatic scale").
 AUTO_SCALES = tuple(float(2 ** (step / 2)) for step in range(-3, 4))  # 0.35, 0.5, 0.71, 1, 1.41, 2, 2.83
 MAX_SPECK_FRACTION = 0.25
+# scale='auto' zooms no image in whose edges are softer than this (``imaging.edge_sharpness``): zooming a blurred
+# image in enlarges its blur too and loses nuclei. Blurred CV images measure 0.016-0.044, sharp ones 0.036-0.25 and
+# 0.059 or more shrunk to half size or less (the images that need zooming in); chosen on CV (docs/results.md).
+MIN_ZOOM_IN_SHARPNESS = 0.04
 
 PredictTiles = Callable[[np.ndarray], np.ndarray]
 """Maps tiles, shape (N, T, T, 1) float32 in [0, 1], to probabilities (N, T, T, C): nuclei [, contacts]."""
@@ -284,7 +288,8 @@ class Postprocessing:
         A number stays as it is. 'auto' becomes the zoom of ``AUTO_SCALES`` that brings the image's typical
         nucleus area (``typical_area`` of a first pass at 1x without test-time augmentation, on at most the
         central ``most`` x ``most`` pixels; nuclei smaller than ``min_size`` count, ``probability_to_labels``)
-        closest to ``nucleus_area`` (``choose_scale``). That first pass is
+        closest to ``nucleus_area`` (``choose_scale``); but 1x rather than a zoom in where those pixels' edges are
+        softer than ``MIN_ZOOM_IN_SHARPNESS`` (``imaging.edge_sharpness``: a blurred image). That first pass is
         returned when it covers the whole image, the zoom is 1 and ``tta`` is off: it is then the prediction.
         """
         if self.scale != "auto":
@@ -295,7 +300,11 @@ class Postprocessing:
         first = self.replace(scale=1.0, tta=False)
         maps = first.maps(predict_tiles, part, tile_size=tile_size, min_overlap=min_overlap)
         area = typical_area(first.labels(maps))
-        resolved = self.replace(scale=choose_scale(area, self.nucleus_area))
+        scale = choose_scale(area, self.nucleus_area)
+        if scale > 1 and (sharpness := edge_sharpness(part)) < MIN_ZOOM_IN_SHARPNESS:
+            log.debug("edge sharpness %.3f: a blurred image is not zoomed in", sharpness)
+            scale = 1.0
+        resolved = self.replace(scale=scale)
         log.debug("typical nucleus area at 1x: %.0f pixels; zoom %.2f", area, resolved.scale)
         done = part.shape == image.shape and resolved.scale == 1.0 and not self.tta
         return resolved, (maps if done else None)

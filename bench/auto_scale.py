@@ -11,8 +11,9 @@ Writes ``bench/results/auto_scale.json`` (mean mAP per rule and shift) and ``aut
 ``--shifts`` scores other shifts of ``robustness.SHIFTS`` too, e.g. ``blur``, where the rule loses: not by
 misjudging the nuclei's size, but by zooming blurred images in, which enlarges the blur too (docs/results.md).
 
-Each row also records the image's edge sharpness (``edge_sharpness``), so that a rule that zooms a soft image in
-less can be scored too; ``--add-sharpness`` adds that column to CSVs written before it existed, without predicting.
+Each row also records the image's edge sharpness (``imaging.edge_sharpness``), so that a rule that zooms a soft
+image in less can be scored too; ``--add-sharpness`` adds that column to CSVs written before it existed, without
+predicting.
 
     python bench/auto_scale.py --model models/unet_dsb2018/model.keras
     python bench/auto_scale.py --shifts none blur --json bench/results/auto_scale_blur.json
@@ -39,24 +40,6 @@ def zoom_columns() -> list[str]:
 
 
 SHARPNESS_LIMITS = (0.03, 0.04, 0.05)
-
-
-def edge_sharpness(image: np.ndarray) -> float:
-    """How sharp an image's edges are: over its strongest edges (the 5 % of pixels of highest gradient
-    magnitude), the mean absolute Laplacian over the mean gradient magnitude. Blur lowers it (on our CV images,
-    Gaussian blur of sigma 2 gives 0.016-0.044, the images as they are 0.036-0.25); so does enlarging.
-
-    image : ndarray, shape (H, W) or (H, W, C), preprocessed (``imaging.preprocess``); the first channel is used
-    """
-    from scipy import ndimage
-
-    gray = np.asarray(image, dtype=np.float64)
-    gray = gray[..., 0] if gray.ndim == 3 else gray
-    gradient = np.hypot(ndimage.sobel(gray, 0), ndimage.sobel(gray, 1))
-    edges = gradient > np.percentile(gradient, 95)
-    if not edges.any():
-        return 0.0
-    return float(np.abs(ndimage.laplace(gray))[edges].mean() / gradient[edges].mean())
 
 
 def score_rules(rows: pd.DataFrame, reference: float, others=(250.0, 500.0, 730.0)) -> pd.DataFrame:
@@ -123,9 +106,10 @@ def main(argv=None) -> int:
         ids = sorted(set().union(*(table["image_id"] for table in tables.values())))
         raw = {image_id: (image, labels) for image_id, image, labels in dsb.read_raw_images(data.source, ids)}
         for csv_path, table in tables.items():
-            table["sharpness"] = [edge_sharpness(imaging.preprocess(shifted(*raw[image_id], shift, image_id)[0],
-                                                                    data.model.normalization))
-                                  for image_id, shift in zip(table["image_id"], table["shift"])]
+            table["sharpness"] = [
+                imaging.edge_sharpness(imaging.preprocess(shifted(*raw[image_id], shift, image_id)[0],
+                                                          data.model.normalization))
+                for image_id, shift in zip(table["image_id"], table["shift"])]
             table.to_csv(csv_path, index=False)
             print(f"{csv_path}: CV mAP without test-time augmentation, {table['image_id'].nunique()} images")
             print(score_rules(table, data.reference).round(4).to_string())
@@ -137,7 +121,7 @@ def main(argv=None) -> int:
             image, truth = shifted(raw, labels, shift, image_id)
             image = imaging.preprocess(image, data.model.normalization)
             row = {"shift": shift, "image_id": image_id, "cluster": data.clusters[image_id],
-                   "true_area": segment.typical_area(truth), "sharpness": edge_sharpness(image)}
+                   "true_area": segment.typical_area(truth), "sharpness": imaging.edge_sharpness(image)}
             for scale, column in zip(segment.AUTO_SCALES, zoom_columns()):
                 maps = settings.replace(scale=scale).maps(data.predict_tiles, image, tile_size=data.tile_size,
                                                           min_overlap=data.min_overlap)

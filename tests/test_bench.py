@@ -132,21 +132,6 @@ def test_finetune_few_refuses_to_score_on_images_the_model_trained_on(tmp_path):
     assert not (tmp_path / "out.json").exists()
 
 
-def test_edge_sharpness_falls_with_blur_and_is_zero_without_edges():
-    sys.path.insert(0, str(BENCH_DIR))
-    auto_scale = pytest.importorskip("auto_scale")
-    from scipy import ndimage
-
-    yy, xx = np.mgrid[:128, :128]
-    disks = np.zeros((128, 128), np.float32)
-    for cy, cx in ((30, 30), (30, 90), (90, 60)):
-        disks[(yy - cy) ** 2 + (xx - cx) ** 2 < 15 ** 2] = 1.0
-    sharp = auto_scale.edge_sharpness(disks)
-    blurred = auto_scale.edge_sharpness(ndimage.gaussian_filter(disks, 2.0))
-    assert 0 < blurred < sharp / 2
-    assert auto_scale.edge_sharpness(np.full((32, 32), 0.5)) == 0.0
-
-
 @pytest.mark.slow
 def test_zoom_range_quick(tmp_path):
     results = run_quick(tmp_path, "zoom_range.py")
@@ -202,3 +187,12 @@ def test_seed_rules_quick(tmp_path):
     assert results["images"] == 3 and len(results["mean_map"]) == 4 + 3
     assert all(0 <= value <= 1 for value in results["mean_map"].values())
     assert (tmp_path / "seed_rules.csv").is_file()
+
+
+@pytest.mark.slow
+def test_sharpness_quick(tmp_path):
+    results = run_quick(tmp_path, "sharpness.py")
+    assert results["images"] == 3 and results["limit"] > 0
+    shifts = results["per_shift"]
+    assert {"none", "blur", "scale0.25", "scale2.00"} <= set(shifts)
+    assert shifts["blur"]["max"] < shifts["none"]["max"] and 0 <= shifts["blur"][f"under {results['limit']}"] <= 1

@@ -64,3 +64,24 @@ def test_stats_tell_histology_from_gray():
     assert histology["saturation"] > 0.1 and fluorescence["saturation"] == 0.0
     assert histology["median"] > 0.5 > fluorescence["median"]
     assert set(histology) == set(imaging.STAT_COLUMNS)
+
+
+def _three_disks(side: int = 128) -> np.ndarray:
+    yy, xx = np.mgrid[:side, :side]
+    disks = np.zeros((side, side), np.float32)
+    for cy, cx in ((30, 30), (30, 90), (90, 60)):
+        disks[(yy - cy) ** 2 + (xx - cx) ** 2 < 15 ** 2] = 1.0
+    return disks
+
+
+def test_edge_sharpness_falls_with_blur_rises_with_shrinking_and_is_zero_without_edges():
+    from scipy import ndimage
+
+    disks = _three_disks()
+    sharp = imaging.edge_sharpness(disks)
+    blurred = imaging.edge_sharpness(ndimage.gaussian_filter(disks, 2.0))
+    assert 0 < blurred < sharp / 2
+    soft = ndimage.gaussian_filter(disks, 1.0)
+    assert imaging.edge_sharpness(soft[::2, ::2]) > imaging.edge_sharpness(soft)
+    assert imaging.edge_sharpness(np.full((32, 32), 0.5)) == 0.0
+    assert imaging.edge_sharpness(np.dstack([disks, disks])) == sharp

@@ -6,9 +6,11 @@ import json
 
 import numpy as np
 import pytest
+import scipy.ndimage as ndi
 import skimage.draw
 from conftest import disk_labels
 
+import imaging
 import segment
 import tiling
 from errors import UserError
@@ -484,3 +486,25 @@ def test_segment_image_reports_the_tiles_it_will_predict_at_the_zoom_it_chose(tt
         assert scale == (2.0 if zoom_area == 4.0 else 1.0)
         assert len(totals) == 1 and totals[0] == sum(counted) > 0
         assert totals[0] == segment.tile_count(image.shape, auto.replace(scale=scale), 64, 8, block_size, 20)
+
+
+def test_auto_scale_zooms_no_blurred_image_in_but_still_zooms_it_out():
+    """Zooming a blurred image in enlarges its blur: 'auto' keeps it at 1x, where the same nuclei, sharp, are
+    zoomed 2x; a zoom out is not held back by blur."""
+    sharp = _disks()
+    blurred = ndi.gaussian_filter(sharp, 3.0)
+    assert imaging.edge_sharpness(blurred) < segment.MIN_ZOOM_IN_SHARPNESS < imaging.edge_sharpness(sharp)
+    options = {"tile_size": 64, "min_overlap": 8}
+
+    def zoom(image, times):  # toward nuclei ``times`` the area of the image's own
+        area = segment.typical_area(segment.probability_to_labels(image, min_size=0))
+        settings = segment.Postprocessing(scale="auto", nucleus_area=times * area, min_size=5)
+        return settings.resolve(lambda tiles: tiles, image, **options)[0].scale
+
+    assert zoom(sharp, 4) == 2.0 and zoom(blurred, 4) == 1.0
+    assert zoom(blurred, 1 / 4) == 0.5
+    area = segment.typical_area(segment.probability_to_labels(blurred, min_size=0))
+    labels, _, _, scale = segment.segment_image(lambda tiles: tiles, blurred,
+                                                segment.Postprocessing(scale="auto", nucleus_area=4 * area,
+                                                                       min_size=5), **options)
+    assert scale == 1.0 and labels.max() == 4

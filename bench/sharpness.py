@@ -1,0 +1,67 @@
+"""How sharp are the CV images, as they are, shrunk or enlarged, and under the robustness shifts? No model needed.
+
+The automatic zoom zooms no image in whose edges are softer than ``segment.MIN_ZOOM_IN_SHARPNESS``
+(``imaging.edge_sharpness``), since zooming a blurred image in enlarges its blur too. This checks the limit against
+the images it must not hold back: those of small nuclei (CV images shrunk 0.25x-0.5x, as at a lower magnification),
+which need zooming in, and against those it is for (blurred). Images are preprocessed with the ready model's
+normalization, as the zoom sees them.
+Writes ``bench/results/sharpness.json`` (per shift: the range, quartiles and the share under the limit) and
+``sharpness.csv`` (per image).
+
+    python bench/sharpness.py
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import common
+import pandas as pd
+
+RESCALES = (0.25, 2**-1.5, 0.5, 2**-0.5, 2**0.5, 2.0)
+SHIFTS = ("none", "blur", "noise", "gamma0.5", "gamma2", "contrast0.5")
+
+
+def main(argv=None) -> int:
+    parser = common.base_parser("sharpness", __doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=common.PROJECT_DIR / "models" / "unet_dsb2018" / "model.keras",
+                        help="whose split (CV images) and normalization to use")
+    parser.add_argument("--data", type=Path, help="the DSB training set (default: dsb.find_dataset())")
+    args = parser.parse_args(argv)
+
+    import dsb
+    import imaging
+    import pipeline
+    import robustness
+    import segment
+    import stratify
+
+    model = pipeline.TrainedModel.open(args.model)
+    split = stratify.read_split(model.split)
+    cv = sorted(split.loc[split["subset"] == "cv", "image_id"])[: 3 if args.quick else None]
+    started, rows = time.perf_counter(), []
+    for image_id, raw, labels in dsb.read_raw_images(dsb.find_dataset(args.data), cv):
+        unit = robustness.as_unit_float(raw)
+        shifted = {shift: robustness.perturb(raw, labels, shift)[0] for shift in SHIFTS}
+        shifted.update({f"scale{factor:.2f}": robustness.rescale(unit, labels, factor)[0] for factor in RESCALES})
+        for shift, image in shifted.items():
+            rows.append({"shift": shift, "image_id": image_id,
+                         "sharpness": imaging.edge_sharpness(imaging.preprocess(image, model.normalization))})
+    table = pd.DataFrame(rows)
+    table.to_csv(Path(args.json).with_suffix(".csv"), index=False)
+    limit = segment.MIN_ZOOM_IN_SHARPNESS
+    summary = table.groupby("shift", sort=False)["sharpness"].describe()[["count", "min", "25%", "50%", "75%", "max"]]
+    summary[f"under {limit}"] = table.groupby("shift", sort=False)["sharpness"].apply(lambda s: float((s < limit).mean()))
+    print(f"Edge sharpness of {len(cv)} CV images (limit for zooming in: {limit}):")
+    print(summary.round(3).to_string())
+    common.write_json(args.json, {
+        "benchmark": "sharpness", "quick": args.quick, "model": str(args.model), "images": len(cv), "limit": limit,
+        "seconds": round(time.perf_counter() - started, 1), "machine": common.machine(),
+        "per_shift": {shift: {key: round(float(value), 4) for key, value in values.items()}
+                      for shift, values in summary.iterrows()}, "per_image": Path(args.json).with_suffix(".csv").name})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
