@@ -44,22 +44,25 @@ SHARPNESS_LIMITS = (0.03, 0.04, 0.05)
 
 def score_rules(rows: pd.DataFrame, reference: float, others=(250.0, 500.0, 730.0)) -> pd.DataFrame:
     """Mean mAP per shift of each rule: 1x, ``choose_scale`` toward ``reference`` and toward ``others``, the oracle;
-    with a ``sharpness`` column, also the rule toward ``reference`` that zooms no image of lower sharpness in."""
+    with a ``sharpness`` column, also the rule toward ``reference`` that zooms no image of lower sharpness in.
+    The zooms are those the table has columns for (``map_at_<zoom>``), so tables made with other ``AUTO_SCALES``
+    are scored as they were made."""
     import segment
 
-    columns = zoom_columns()
+    columns = [column for column in rows if column.startswith("map_at_")]
+    zooms = tuple(float(column.removeprefix("map_at_")) for column in columns)
     by_zoom = rows[columns].to_numpy()
 
     def rule(area_reference, sharpness_limit=None):
         chosen = []
         for area, sharpness in zip(rows["area_at_1"], rows.get("sharpness", pd.Series(np.inf, index=rows.index))):
-            scale = segment.choose_scale(area, area_reference)
+            scale = segment.choose_scale(area, area_reference, zooms)
             if sharpness_limit is not None and scale > 1.0 and sharpness < sharpness_limit:
                 scale = 1.0
-            chosen.append(segment.AUTO_SCALES.index(scale))
+            chosen.append(zooms.index(scale))
         return by_zoom[np.arange(len(rows)), chosen]
 
-    scores = {"1x": rows[columns[segment.AUTO_SCALES.index(1.0)]],
+    scores = {"1x": rows[columns[zooms.index(1.0)]],
               f"auto, toward {reference:.0f} px (the training images')": rule(reference)}
     if "sharpness" in rows:
         for limit in SHARPNESS_LIMITS:

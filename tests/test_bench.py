@@ -196,3 +196,18 @@ def test_sharpness_quick(tmp_path):
     shifts = results["per_shift"]
     assert {"none", "blur", "scale0.25", "scale2.00"} <= set(shifts)
     assert shifts["blur"]["max"] < shifts["none"]["max"] and 0 <= shifts["blur"][f"under {results['limit']}"] <= 1
+
+
+def test_auto_scale_scores_a_table_with_the_zooms_it_was_made_with():
+    # A table of 5 zooms (0.5-2x), as made before the automatic zoom reached 0.35-2.83x: each image's score at zoom
+    # z is z, so a rule's mean is the mean zoom it chose.
+    sys.path.insert(0, str(BENCH_DIR))
+    auto_scale = pytest.importorskip("auto_scale")
+    zooms = ("0.50", "0.71", "1.00", "1.41", "2.00")
+    rows = pd.DataFrame({"shift": ["none"] * 3, "area_at_1": [400.0, 100.0, 5000.0], "sharpness": [0.1, 0.03, 0.1],
+                         **{f"map_at_{zoom}": [float(zoom)] * 3 for zoom in zooms}})
+    table = auto_scale.score_rules(rows, 400.0)
+    assert table.loc["1x", "none"] == 1.0
+    assert table.loc["auto, toward 400 px (the training images')", "none"] == pytest.approx((1 + 2 + 0.5) / 3)
+    assert table.loc["auto, toward 400 px, no zoom-in below sharpness 0.04", "none"] == pytest.approx((1 + 1 + 0.5) / 3)
+    assert table.loc["best zoom per image (oracle)", "none"] == 2.0
