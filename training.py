@@ -447,9 +447,10 @@ class Checkpoints(keras.callbacks.Callback):
     kill at any moment leaves the old or the new file, never half of one. Epochs whose loss is NaN save nothing.
     """
 
-    def __init__(self, run_dir: Path, best: float, elapsed_seconds: float):
+    def __init__(self, run_dir: Path, best: float, elapsed_seconds: float, resumed_after_epochs: list[int] = ()):
         super().__init__()
         self.run_dir, self.best, self.elapsed_seconds = Path(run_dir), best, elapsed_seconds
+        self.resumed_after_epochs = list(resumed_after_epochs)  # in state.json: a killed resume stays on record
 
     def on_train_begin(self, logs=None):
         self.started = time.monotonic()
@@ -466,6 +467,7 @@ class Checkpoints(keras.callbacks.Callback):
         runs.write_json(self.run_dir / "state.json", {
             "epoch": epoch, "best_val_dice": self.best,
             "training_seconds": self.elapsed_seconds + time.monotonic() - self.started,
+            "resumed_after_epochs": self.resumed_after_epochs,
         })
 
 
@@ -526,6 +528,10 @@ def _fit(config: TrainConfig, run_dir: Path, tiles: TrainingData, *, progress: b
              config.base_filters * 2 ** (config.depth - 1), f"{model.count_params():,}")
 
     initial_epoch = state["epoch"] + 1
+    resumed = state.get("resumed_after_epochs")
+    if resumed is None and initial_epoch > 0 and (run_dir / "training.json").exists():  # a state.json without it
+        resumed = runs.read_json(run_dir / "training.json").get("resumed_after_epochs", [])
+    resumed = (resumed or []) + ([initial_epoch] if initial_epoch > 0 else [])
     sequence = training_batches(tiles, config)
     throughput, budget = Throughput(config.batch_size), None
     if config.minutes is not None:
@@ -533,7 +539,7 @@ def _fit(config: TrainConfig, run_dir: Path, tiles: TrainingData, *, progress: b
     callbacks = [
         keras.callbacks.TerminateOnNaN(),
         keras.callbacks.CSVLogger(run_dir / "history.csv", append=initial_epoch > 0),
-        Checkpoints(run_dir, state["best_val_dice"], state["training_seconds"]),
+        Checkpoints(run_dir, state["best_val_dice"], state["training_seconds"], resumed),
         *([keras.callbacks.TensorBoard(log_dir=run_dir / "logs")] if unet.tensorflow_available() else []),
         *([budget] if budget is not None else []),
         SetEpoch(sequence),
@@ -564,14 +570,11 @@ def _fit(config: TrainConfig, run_dir: Path, tiles: TrainingData, *, progress: b
              " (stopped by the time budget)" if budget is not None and budget.stopped else "")
     losses = history.history.get("loss", [])
     diverged = bool(losses) and not np.isfinite(losses[-1])
-    resumed = []
-    if initial_epoch > 0 and (run_dir / "training.json").exists():  # resumed and finished before
-        resumed = runs.read_json(run_dir / "training.json").get("resumed_after_epochs", [])
     runs.write_json(run_dir / "training.json", {
         "minutes": round(minutes, 2), "stopped_by_time_budget": bool(budget and budget.stopped),
         "stopped_by_nan_loss": diverged, "tiles_per_second": throughput.tiles_per_second, "replicas": replicas,
         "validation_tiles": len(cv_images), "precision": precision, "jit_compile": model.jit_compile,
-        "resumed_after_epochs": resumed + ([initial_epoch] if initial_epoch > 0 else []),
+        "resumed_after_epochs": resumed,
         **({"starting_model": starting} if starting else {})})
     checkpoint = run_dir / "model.keras"
     if diverged:

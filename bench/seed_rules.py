@@ -111,7 +111,8 @@ def main(argv=None) -> int:
         maps = settings.maps(data.predict_tiles, image, tile_size=data.tile_size, min_overlap=data.min_overlap)
         if maps.shape[-1] < 2:
             parser.error("the model has no contact channel")
-        rows.append({"image_id": image_id, "cluster": data.clusters[image_id], **score_image(settings, maps, truth, grid)})
+        rows.append({"image_id": image_id, "cluster": data.clusters[image_id],
+                     **score_image(settings, maps, truth, grid)})
     table = pd.DataFrame(rows)
     table.to_csv(Path(args.json).with_suffix(".csv"), index=False)
     means = table.drop(columns=["image_id", "cluster"]).mean().sort_values(ascending=False)

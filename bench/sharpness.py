@@ -52,7 +52,8 @@ def main(argv=None) -> int:
     table.to_csv(Path(args.json).with_suffix(".csv"), index=False)
     limit = segment.MIN_ZOOM_IN_SHARPNESS
     summary = table.groupby("shift", sort=False)["sharpness"].describe()[["count", "min", "25%", "50%", "75%", "max"]]
-    summary[f"under {limit}"] = table.groupby("shift", sort=False)["sharpness"].apply(lambda s: float((s < limit).mean()))
+    summary[f"under {limit}"] = table.groupby("shift", sort=False)["sharpness"].apply(
+        lambda values: float((values < limit).mean()))
     print(f"Edge sharpness of {len(cv)} CV images (limit for zooming in: {limit}):")
     print(summary.round(3).to_string())
     common.write_json(args.json, {

@@ -46,9 +46,23 @@ def test_run_killed_mid_training_resumes_without_losing_split_or_history(tmp_pat
     for name in ("model.keras", "last.keras"):  # whatever the kill interrupted, these load
         unet.load_model(run_dir / name)
 
+    # The resume is killed too, after it has trained an epoch: the record keeps both resumes.
     resumed = _cli_process(["resume", str(run_dir), *data], tmp_path / "second.log")
-    assert resumed.wait(timeout=300) == 0, (tmp_path / "second.log").read_text()
-    assert json.loads((run_dir / "training.json").read_text())["resumed_after_epochs"] == [killed_at + 1]
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and resumed.poll() is None:
+        if json.loads((run_dir / "state.json").read_text())["epoch"] >= killed_at + 1:
+            break
+        time.sleep(0.05)
+    assert resumed.poll() is None, "the resume ended before it was killed: " + (tmp_path / "second.log").read_text()
+    resumed.send_signal(signal.SIGKILL)
+    resumed.wait()
+    killed_again_at = json.loads((run_dir / "state.json").read_text())["epoch"]
+    assert killed_at < killed_again_at < 11
+
+    resumed = _cli_process(["resume", str(run_dir), *data], tmp_path / "third.log")
+    assert resumed.wait(timeout=300) == 0, (tmp_path / "third.log").read_text()
+    assert json.loads((run_dir / "training.json").read_text())["resumed_after_epochs"] == [killed_at + 1,
+                                                                                           killed_again_at + 1]
     assert (run_dir / "split.csv").read_bytes() == split_before
     history = pd.read_csv(run_dir / "history.csv")
     assert history["epoch"].tolist() == list(range(12))
