@@ -486,11 +486,13 @@ def segment_image(predict_tiles: PredictTiles, image: np.ndarray, settings: Post
     """
     settings, done = settings.resolve(predict_tiles, image, tile_size=tile_size, min_overlap=min_overlap,
                                       most=block_size)
-    if total is not None:
-        total(tile_count(image.shape, settings, tile_size, min_overlap, block_size, margin))
+    if total is not None or (progress is not None and done is not None):
+        tiles = tile_count(image.shape, settings, tile_size, min_overlap, block_size, margin)
+        if total is not None:
+            total(tiles)
+        if progress is not None and done is not None:  # the first pass was the whole prediction
+            progress(tiles)
     if progress is not None:
-        if done is not None:  # the first pass was the whole prediction
-            progress(tile_count(image.shape, settings, tile_size, min_overlap, block_size, margin))
         predict_tiles = _counting(predict_tiles, progress, 8 if settings.tta else 1)
     height, width = image.shape
     if height <= block_size and width <= block_size:
