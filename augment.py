@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.ndimage as ndi
 
-from tiling import contact_map
+from tiling import CONTACT_RADIUS, contact_map
 
 
 @dataclass(frozen=True)
@@ -138,8 +138,9 @@ def change_intensities(crop: np.ndarray, augmentation: Augmentation, rng: np.ran
     return np.clip(out, 0, 1).astype(np.float32)
 
 
-def crop_targets(labels: np.ndarray, contacts: bool) -> np.ndarray:
-    """The training targets of a crop, made after zooming so that the contact band keeps its width.
+def crop_targets(labels: np.ndarray, contacts: bool, contact_radius: int = CONTACT_RADIUS) -> np.ndarray:
+    """The training targets of a crop, made after zooming so that the contact band keeps its width
+    (``contact_radius`` pixels of the crop: ``tiling.contact_map``).
 
     Returns
     -------
@@ -147,5 +148,5 @@ def crop_targets(labels: np.ndarray, contacts: bool) -> np.ndarray:
     """
     channels = [labels > 0]
     if contacts:
-        channels.append(contact_map(labels))
+        channels.append(contact_map(labels, contact_radius))
     return np.stack(channels, axis=-1).astype(np.float32)

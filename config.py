@@ -15,7 +15,7 @@ import segment
 from dsb import DEFAULT_SPLIT_PATH
 from errors import UserError
 from imaging import DEFAULT_PERCENTILES
-from tiling import MIN_OVERLAP, TILE_SIZE
+from tiling import CONTACT_RADIUS, MIN_OVERLAP, TILE_SIZE
 
 LOSSES = ("bce", "bce_dice")
 LR_SCHEDULES = ("constant", "cosine")
@@ -77,6 +77,8 @@ class TrainConfig:
     contacts : bool
         A second output channel learns where nuclei touch (``tiling.contact_map``); post-processing then
         seeds one nucleus per contact-free part of the foreground (see ``segment.probability_to_labels``).
+    contact_radius : int
+        The contact target: pixels within this many pixels (chessboard distance) of two nuclei.
     tile_size, min_overlap : int
         Tiles cut from the images for training and for full-image prediction.
     normalization : (float, float)
@@ -121,6 +123,7 @@ class TrainConfig:
     precision: str = "float32"
     jit_compile: bool | str = False
     contacts: bool = False
+    contact_radius: int = CONTACT_RADIUS
     tile_size: int = TILE_SIZE
     min_overlap: int = MIN_OVERLAP
     normalization: tuple[float, float] = DEFAULT_PERCENTILES
@@ -137,7 +140,8 @@ class TrainConfig:
     def __post_init__(self):
         for name in RANGE_FIELDS:  # JSON gives lists; the frozen dataclass compares tuples
             object.__setattr__(self, name, tuple(float(value) for value in getattr(self, name)))
-        for name in ("epochs", "steps_per_epoch", "batch_size", "depth", "base_filters", "tile_size", "crop_size"):
+        for name in ("epochs", "steps_per_epoch", "batch_size", "depth", "base_filters", "tile_size", "crop_size",
+                     "contact_radius"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not self.learning_rate > 0:
@@ -220,7 +224,8 @@ class TrainConfig:
 
 
 # The fields that describe the network and what it sees: a fine-tuning run takes them from the model it starts from.
-ARCHITECTURE = ("depth", "base_filters", "batch_norm", "dropout", "contacts", "tile_size", "min_overlap",
+ARCHITECTURE = ("depth", "base_filters", "batch_norm", "dropout", "contacts", "contact_radius", "tile_size",
+                "min_overlap",
                 "normalization", "loss", "threshold", "min_size", "min_size_relative", "marker_height",
                 "contact_threshold", "tta")
 

@@ -215,13 +215,15 @@ def contact_map(labels: np.ndarray, radius: int = CONTACT_RADIUS) -> np.ndarray:
     return (smallest != background) & (largest > smallest)
 
 
-def training_target(labels: np.ndarray, contacts: bool = False) -> np.ndarray:
+def training_target(labels: np.ndarray, contacts: bool = False, radius: int = CONTACT_RADIUS) -> np.ndarray:
     """The training target of one image: bit 0 = nucleus, bit 1 = where nuclei touch (with ``contacts``).
 
     Parameters
     ----------
     labels : ndarray, shape (H, W), int, 0 = background
     contacts : bool
+    radius : int
+        Of the contact band (``contact_map``).
 
     Returns
     -------
@@ -234,7 +236,7 @@ def training_target(labels: np.ndarray, contacts: bool = False) -> np.ndarray:
     """
     target = (np.asarray(labels) > 0).astype(np.uint8)
     if contacts:
-        target |= contact_map(labels).astype(np.uint8) << 1
+        target |= contact_map(labels, radius).astype(np.uint8) << 1
     return target
 
 
@@ -253,7 +255,8 @@ def finite_image(record) -> np.ndarray | None:
 
 
 def tiles_for_records(
-    records: list, tile_size: int = TILE_SIZE, min_overlap: int = MIN_OVERLAP, *, contacts: bool = False
+    records: list, tile_size: int = TILE_SIZE, min_overlap: int = MIN_OVERLAP, *, contacts: bool = False,
+    contact_radius: int = CONTACT_RADIUS,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Training tiles of many ``dsb.ImageRecord`` s, stored compactly.
 
@@ -261,7 +264,7 @@ def tiles_for_records(
     -------
     images : ndarray, shape (N, tile_size, tile_size), float16 in [0, 1]
     masks : ndarray, shape (N, tile_size, tile_size), uint8: 0 or 1 (nucleus); with ``contacts``,
-        plus 2 where nuclei touch (``training_target``)
+        plus 2 where nuclei touch (``training_target``, a band of ``contact_radius``)
     owner : ndarray, shape (N,), int, index into ``records`` of each tile's image
 
     Records that were not loaded by ``dsb.load_dataset`` may hold NaN or infinite pixels: those are
@@ -274,7 +277,8 @@ def tiles_for_records(
         if image is None:
             continue
         image_tiles, _ = make_tiles(image.astype(np.float16), tile_size, min_overlap)
-        mask_tiles, _ = make_tiles(training_target(record.labels, contacts), tile_size, min_overlap)
+        mask_tiles, _ = make_tiles(training_target(record.labels, contacts, contact_radius), tile_size,
+                                   min_overlap)
         images.append(image_tiles)
         masks.append(mask_tiles)
         owner.extend([index] * len(image_tiles))

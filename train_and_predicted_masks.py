@@ -42,7 +42,7 @@ TRAINING_OPTIONS = ("epochs", "steps_per_epoch", "batch_size", "learning_rate", 
                     "normalization",
                     "batch_norm", "dropout", "loss", "lr_schedule", "warmup_steps", "sampling", "crop_size",
                     "scale_range", "gamma_range", "contrast_range", "noise", "blur", "precision", "jit_compile",
-                    "contacts", "distribute", "figures_per_cluster")
+                    "contacts", "contact_radius", "distribute", "figures_per_cluster")
 SCALE_HELP = ("zoom images by this factor before the model sees them (2 for nuclei half the size of the training "
               "set's); 'auto': each image by 0.35-2.83x, to bring its nuclei, measured in a first pass, to the training "
               "images' typical size")
@@ -196,6 +196,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
                        help="compile the training step with XLA (TensorFlow backend)")
     group.add_argument("--contacts", action=argparse.BooleanOptionalAction, default=None,
                        help="a second output channel learns where nuclei touch, to split them")
+    group.add_argument("--contact-radius", type=int, metavar="PIXELS",
+                       help="the contact channel's target: pixels within this distance of two nuclei (default 2)")
     group.add_argument("--distribute", choices=configuration.DISTRIBUTE_MODES,
                        help="'mirrored': every GPU of this machine (tf.distribute.MirroredStrategy; "
                             "keras.distribution.DataParallel on JAX); 'multiworker': the machines in TF_CONFIG "

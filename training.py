@@ -218,7 +218,7 @@ def prepare_training_data(records: list, split: pd.DataFrame, config: TrainConfi
             parts[subset] = (empty.astype(np.float16), empty.astype(np.uint8), np.zeros(0, dtype=object))
             continue
         images, masks, owner = tiling.tiles_for_records(chosen, config.tile_size, config.min_overlap,
-                                                     contacts=config.contacts)
+                                                     contacts=config.contacts, contact_radius=config.contact_radius)
         parts[subset] = (images, masks, np.array([chosen[index].image_id for index in owner], dtype=object))
     if (len(parts["train"][0]) == 0 and not whole) or len(parts["cv"][0]) == 0:
         raise UserError("the split has no training or no CV images; the dataset is too small")
@@ -323,7 +323,8 @@ class CropBatches(keras.utils.PyDataset):
             turn = int(rng.integers(0, 8))
             crop, labels = dihedral(crop, turn), dihedral(labels, turn)
             images.append(augment.change_intensities(crop, self.augmentation, rng))
-            targets.append(augment.crop_targets(np.ascontiguousarray(labels), self.config.contacts))
+            targets.append(augment.crop_targets(np.ascontiguousarray(labels), self.config.contacts,
+                                                   self.config.contact_radius))
         return np.stack(images)[..., None], np.stack(targets)
 
 

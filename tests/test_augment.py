@@ -74,6 +74,15 @@ def test_targets_are_made_after_zooming():
     assert augment.crop_targets(labels, contacts=False).shape == (32, 32, 1)
 
 
+def test_the_contact_band_widens_with_its_radius():
+    labels = np.zeros((32, 32), np.int32)
+    labels[8:24, 4:16], labels[8:24, 16:28] = 1, 2  # touching between columns 15 and 16
+    narrow = augment.crop_targets(labels, contacts=True)[..., 1]
+    wide = augment.crop_targets(labels, contacts=True, contact_radius=3)[..., 1]
+    assert np.flatnonzero(narrow[12]).tolist() == [14, 15, 16, 17]
+    assert np.flatnonzero(wide[12]).tolist() == [13, 14, 15, 16, 17, 18]
+
+
 @pytest.mark.parametrize("field, value", [("scale", (2.0, 1.0)), ("gamma", (0.0, 1.0)), ("noise", -0.1)])
 def test_bad_ranges_are_rejected(field, value):
     with pytest.raises(ValueError, match=field if field != "noise" else "noise"):

@@ -338,6 +338,9 @@ def test_command_line_overrides_the_preset():
     config = cli.config_from_args(args)
     assert config.batch_size == 4 and config.batch_norm is False and config.seed == 7 and config.minutes is None
     assert config.base_filters == TrainConfig.from_preset("cpu").base_filters and config.marker_height is None
+    assert config.contact_radius == 2  # the default band; --contact-radius changes it
+    wide = cli.config_from_args(cli.build_arg_parser().parse_args(["train", "--preset", "cpu", "--contact-radius", "3"]))
+    assert wide.contact_radius == 3
 
 
 def test_every_help_ends_with_an_example(capsys):
@@ -437,6 +440,7 @@ def test_fine_tuning_on_a_few_images_of_another_layout_starts_from_the_model(smo
     base = TrainConfig.load(run_dir / "config.json")
     assert config.preset == "finetune" and config.init == str(run_dir / "model.keras")
     assert (config.depth, config.base_filters, config.contacts) == (base.depth, base.base_filters, base.contacts)
+    assert config.contact_radius == base.contact_radius  # the contact band it was trained on
     split = pd.read_csv(tmp_path / "split.csv")
     assert set(split["subset"]) == {"train", "cv"}  # six images: no test split
     assert (tuned / "model.keras").is_file() and not (tuned / "metrics.json").exists()

@@ -31,7 +31,7 @@ def test_config_rejects_unknown_keys():
 @pytest.mark.parametrize("field, value", [("batch_size", 0), ("epochs", -1), ("learning_rate", 0.0),
                                           ("minutes", 0.0), ("loss", "mse"), ("threshold", 1.0),
                                           ("lr_schedule", "linear"), ("sampling", "cluster"), ("dropout", 1.0),
-                                          ("min_overlap", 256), ("marker_height", -2.0)])
+                                          ("min_overlap", 256), ("marker_height", -2.0), ("contact_radius", 0)])
 def test_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=field):
         TrainConfig.from_dict({"preset": "cpu", field: value})

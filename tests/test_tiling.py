@@ -100,6 +100,9 @@ def test_contact_tiles_store_nuclei_and_contacts_as_bits():
     assert set(np.unique(plain)) == {0, 1}
     np.testing.assert_array_equal(both & 1, plain)
     np.testing.assert_array_equal((both[0] >> 1) & 1, tiling.contact_map(labels))
+    _, wide, _ = tiling.tiles_for_records([record], 64, 8, contacts=True, contact_radius=4)
+    np.testing.assert_array_equal((wide[0] >> 1) & 1, tiling.contact_map(labels, 4))
+    assert ((wide[0] >> 1) & 1).sum() > ((both[0] >> 1) & 1).sum()
 
 
 def test_rectangular_tiles_round_trip():
