@@ -5,13 +5,17 @@ seeded by every connected part of the foreground whose contact probability is at
 (``segment.probability_to_labels``), however small the part. Two stricter rules, as in several DSB2018 solutions:
 - drop seed parts of fewer than ``seed_min`` pixels (their pixels go to a neighbouring seed, or form a nucleus of
   their own where no seed is left in that part of the foreground);
-- seeds also need a nucleus probability above ``seed_threshold`` (the nuclei's cores).
+- seeds also need a nucleus probability above ``seed_threshold`` (the nuclei's cores);
+- with ``--grid necks``: the seed mask eroded by a disk of ``seed_erosion`` pixels, or each seed part cut where it
+  narrows (the maxima of its distance transform that stand ``seed_split`` pixels above their surroundings), so that
+  two nuclei joined through a gap in the predicted contact line get a seed each.
 Each rule is scored over thresholds and contact thresholds around the model's tuned ones, from one prediction per
 image (the model's post-processing, by default without test-time augmentation). Also scored, at the model's own
 settings: every nucleus grown or shrunk by one pixel (does the threshold leave the outlines too tight or loose?).
 Writes ``bench/results/seed_rules.json`` (mean mAP per setting, best first) and ``seed_rules.csv`` (per image).
 
     python bench/seed_rules.py --model models/unet_dsb2018/model.keras
+    python bench/seed_rules.py --grid necks --json bench/results/seed_necks.json
 """
 
 from __future__ import annotations
@@ -29,12 +33,17 @@ THRESHOLDS = (0.3, 0.4, 0.5)
 CONTACT_THRESHOLDS = (0.3, 0.5, 0.7)
 SEED_MINS = (0, 3, 6, 10, 20)
 SEED_THRESHOLDS = (None, 0.6, 0.7, 0.8)
+NECK_THRESHOLDS = (0.4, 0.5)
+SEED_EROSIONS = (0, 1, 2, 3)
+SEED_SPLITS = (None, 1.0, 2.0, 3.0)
 
 
 def seeded_labels(maps: np.ndarray, *, threshold: float, contact_threshold: float, min_size: int,
-                  seed_min: int = 0, seed_threshold: float | None = None) -> np.ndarray:
-    """``segment.probability_to_labels`` with a contact map, with the stricter seed rules; ``seed_min`` 0 and no
-    ``seed_threshold`` give the same labels."""
+                  seed_min: int = 0, seed_threshold: float | None = None, seed_erosion: int = 0,
+                  seed_split: float | None = None) -> np.ndarray:
+    """``segment.probability_to_labels`` with a contact map, with the stricter seed rules; ``seed_min`` 0, no
+    ``seed_threshold``, ``seed_erosion`` 0 and no ``seed_split`` give the same labels."""
+    from scipy import ndimage as ndi
     import skimage.measure
     import skimage.morphology
     import skimage.segmentation
@@ -44,7 +53,15 @@ def seeded_labels(maps: np.ndarray, *, threshold: float, contact_threshold: floa
     probability, contact = maps[..., 0], maps[..., 1]
     foreground = probability > threshold
     core = foreground if seed_threshold is None else probability > max(seed_threshold, threshold)
-    markers = skimage.measure.label(core & (contact <= contact_threshold), connectivity=1)
+    seeds = core & (contact <= contact_threshold)
+    if seed_erosion > 0:
+        seeds = ndi.binary_erosion(seeds, skimage.morphology.disk(seed_erosion), border_value=1)
+    if seed_split is None:
+        markers = skimage.measure.label(seeds, connectivity=1)
+    else:  # one marker per distance maximum of the seeds, grown back over its seed part
+        distance = ndi.distance_transform_edt(seeds)
+        peaks = skimage.measure.label(skimage.morphology.h_maxima(distance, seed_split) & seeds)
+        markers = skimage.segmentation.watershed(-distance, peaks, mask=seeds)
     if seed_min > 0:
         markers = skimage.morphology.remove_small_objects(markers, max_size=seed_min - 1)  # parts < seed_min
     labels = skimage.segmentation.watershed(contact, markers, mask=foreground)
@@ -65,9 +82,26 @@ def shrunk(labels: np.ndarray) -> np.ndarray:
     return np.where(inner, labels, 0)
 
 
-def setting_name(threshold, contact_threshold, seed_min, seed_threshold) -> str:
-    core = "any" if seed_threshold is None else f"{seed_threshold:g}"
-    return f"threshold {threshold:g}, contact {contact_threshold:g}, seed_min {seed_min}, seed probability {core}"
+def setting_name(rule: dict) -> str:
+    name = f"threshold {rule['threshold']:g}, contact {rule['contact_threshold']:g}"
+    if "seed_erosion" in rule:
+        split = "none" if rule["seed_split"] is None else f"{rule['seed_split']:g}"
+        return f"{name}, seed erosion {rule['seed_erosion']}, seed split {split}"
+    core = "any" if rule["seed_threshold"] is None else f"{rule['seed_threshold']:g}"
+    return f"{name}, seed_min {rule['seed_min']}, seed probability {core}"
+
+
+def rule_grid(which: str, quick: bool) -> list[dict]:
+    """The settings scored: ``strict`` (seed size and probability) or ``necks`` (seed erosion and splitting)."""
+    if which == "necks":
+        names = ("threshold", "contact_threshold", "seed_erosion", "seed_split")
+        axes = ((0.4,), (0.5,), SEED_EROSIONS[::2], SEED_SPLITS[:2]) if quick else \
+            (NECK_THRESHOLDS, CONTACT_THRESHOLDS, SEED_EROSIONS, SEED_SPLITS)
+    else:
+        names = ("threshold", "contact_threshold", "seed_min", "seed_threshold")
+        axes = (THRESHOLDS[1:2], CONTACT_THRESHOLDS[1:2], SEED_MINS[::4], SEED_THRESHOLDS[:2]) if quick else \
+            (THRESHOLDS, CONTACT_THRESHOLDS, SEED_MINS, SEED_THRESHOLDS)
+    return [dict(zip(names, values)) for values in itertools.product(*axes)]
 
 
 def score_image(settings, maps: np.ndarray, truth: np.ndarray, grid) -> dict:
@@ -75,11 +109,9 @@ def score_image(settings, maps: np.ndarray, truth: np.ndarray, grid) -> dict:
     import skimage.segmentation
 
     row = {}
-    for threshold, contact_threshold, seed_min, seed_threshold in grid:
-        labels = seeded_labels(maps, threshold=threshold, contact_threshold=contact_threshold,
-                               min_size=settings.min_size, seed_min=seed_min, seed_threshold=seed_threshold)
-        row[setting_name(threshold, contact_threshold, seed_min, seed_threshold)] = \
-            segment.average_precision(truth, labels)
+    for rule in grid:
+        labels = seeded_labels(maps, min_size=settings.min_size, **rule)
+        row[setting_name(rule)] = segment.average_precision(truth, labels)
     own = settings.labels(maps)
     row["model's settings"] = segment.average_precision(truth, own)
     row["model's settings, grown 1 pixel"] = segment.average_precision(
@@ -93,6 +125,8 @@ def main(argv=None) -> int:
     parser.add_argument("--model", type=Path, default=common.PROJECT_DIR / "models" / "unet_dsb2018" / "model.keras")
     parser.add_argument("--data", type=Path, help="the DSB training set (default: dsb.find_dataset())")
     parser.add_argument("--tta", action="store_true", help="predict with test-time augmentation (8x slower)")
+    parser.add_argument("--grid", choices=("strict", "necks"), default="strict",
+                        help="strict: seed size and probability (default); necks: seed erosion and splitting")
     args = parser.parse_args(argv)
 
     import dsb
@@ -103,8 +137,7 @@ def main(argv=None) -> int:
     settings = data.model.postprocessing.replace(tta=args.tta)
     if settings.marker_height is not None:
         parser.error("the model's post-processing splits by distance, not by its contact map")
-    grid = (list(itertools.product(THRESHOLDS[1:2], CONTACT_THRESHOLDS[1:2], SEED_MINS[::4], SEED_THRESHOLDS[:2]))
-            if args.quick else list(itertools.product(THRESHOLDS, CONTACT_THRESHOLDS, SEED_MINS, SEED_THRESHOLDS)))
+    grid = rule_grid(args.grid, args.quick)
     started, rows = time.perf_counter(), []
     for image_id, raw, truth in dsb.read_raw_images(data.source, data.cv):
         image = imaging.preprocess(robustness.as_unit_float(raw), data.model.normalization)
@@ -122,7 +155,7 @@ def main(argv=None) -> int:
     print(means[[name for name in means.index if name.startswith("model's")]].round(4).to_string())
     common.write_json(args.json, {
         "benchmark": "seed_rules", "quick": args.quick, "model": str(args.model), "images": len(table),
-        "postprocessing": dataclasses.asdict(settings), "seconds": round(time.perf_counter() - started, 1),
+        "grid": args.grid, "postprocessing": dataclasses.asdict(settings), "seconds": round(time.perf_counter() - started, 1),
         "machine": common.machine(), "mean_map": {name: round(float(value), 4) for name, value in means.items()},
         "mean_map_by_cluster": {name: {int(c): round(float(v), 4) for c, v in by_cluster[name].items()}
                                 for name in means.index},

@@ -161,17 +161,22 @@ def test_auto_scale_quick(tmp_path):
     assert (tmp_path / "auto_scale.csv").is_file()
 
 
+def two_touching_disks(hole: int = 0) -> np.ndarray:
+    """Maps of two touching disks split by a line of high contact, with a hole of ``hole`` pixels in its middle."""
+    yy, xx = np.mgrid[:64, :96]
+    probability = ((((yy - 32) ** 2 + (xx - 30) ** 2) < 18 ** 2) | (((yy - 32) ** 2 + (xx - 62) ** 2) < 18 ** 2))
+    maps = np.zeros((64, 96, 2), np.float32)
+    maps[..., 0] = probability * 0.9
+    maps[..., 1] = np.where((np.abs(xx - 46) <= 1) & (np.abs(yy - 32) > (hole - 1) / 2), 0.9, 0.1) * probability
+    return maps
+
+
 def test_seed_rules_default_rule_is_segments_and_stricter_seeds_merge_a_fragment():
     sys.path.insert(0, str(BENCH_DIR))
     seed_rules = pytest.importorskip("seed_rules")
     import segment
 
-    # Two touching disks split by a line of high contact, and a 2-pixel seed fragment inside the right one.
-    yy, xx = np.mgrid[:64, :96]
-    probability = ((((yy - 32) ** 2 + (xx - 30) ** 2) < 18 ** 2) | (((yy - 32) ** 2 + (xx - 62) ** 2) < 18 ** 2))
-    maps = np.zeros((64, 96, 2), np.float32)
-    maps[..., 0] = probability * 0.9
-    maps[..., 1] = np.where(np.abs(xx - 46) <= 1, 0.9, 0.1) * probability
+    maps = two_touching_disks()  # with a 2-pixel seed fragment inside the right one:
     maps[29:41, 65:72, 1] = 0.9  # a ring of contact around a 50-pixel seed inside the right nucleus
     maps[30:40, 66:71, 1] = 0.1
     settings = segment.Postprocessing(threshold=0.5, min_size=30, contact_threshold=0.5)
@@ -179,6 +184,20 @@ def test_seed_rules_default_rule_is_segments_and_stricter_seeds_merge_a_fragment
     assert (plain == settings.labels(maps)).all()
     strict = seed_rules.seeded_labels(maps, threshold=0.5, contact_threshold=0.5, min_size=30, seed_min=60)
     assert plain.max() == 3 and strict.max() == 2
+
+
+def test_seed_rules_neck_rules_split_a_seed_joined_through_a_gap_in_the_contact_line():
+    sys.path.insert(0, str(BENCH_DIR))
+    seed_rules = pytest.importorskip("seed_rules")
+
+    maps = two_touching_disks(hole=3)  # one seed part joins the two nuclei through the hole
+    options = dict(threshold=0.5, contact_threshold=0.5, min_size=30)
+    assert seed_rules.seeded_labels(maps, **options).max() == 1
+    assert seed_rules.seeded_labels(maps, **options, seed_erosion=2).max() == 2
+    assert seed_rules.seeded_labels(maps, **options, seed_split=2.0).max() == 2
+    assert len(seed_rules.rule_grid("necks", quick=False)) == 2 * 3 * 4 * 4
+    assert seed_rules.setting_name(seed_rules.rule_grid("necks", quick=True)[0]) == \
+        "threshold 0.4, contact 0.5, seed erosion 0, seed split none"
 
 
 @pytest.mark.slow
@@ -211,3 +230,38 @@ def test_auto_scale_scores_a_table_with_the_zooms_it_was_made_with():
     assert table.loc["auto, toward 400 px (the training images')", "none"] == pytest.approx((1 + 2 + 0.5) / 3)
     assert table.loc["auto, toward 400 px, no zoom-in below sharpness 0.04", "none"] == pytest.approx((1 + 1 + 0.5) / 3)
     assert table.loc["best zoom per image (oracle)", "none"] == 2.0
+
+
+def test_score_losses_sorts_every_unmatched_nucleus_into_one_kind():
+    sys.path.insert(0, str(BENCH_DIR))
+    score_losses = pytest.importorskip("score_losses")
+
+    truth = np.zeros((40, 120), np.int32)
+    truth[5:15, 5:15] = 1                                  # matched
+    truth[5:15, 20:30], truth[5:15, 30:40] = 2, 3          # merged into one prediction
+    truth[5:15, 50:60] = 4                                 # missed
+    truth[20:36, 5:25] = 5                                 # split in two
+    truth[20:30, 40:50] = 6                                # outlined in the wrong place
+    predicted = np.zeros_like(truth)
+    predicted[5:15, 5:15] = 1
+    predicted[5:15, 20:40] = 2
+    predicted[20:36, 5:15], predicted[20:36, 15:25] = 3, 4
+    predicted[20:30, 44:54] = 5                            # shifted: IoU 0.43
+    predicted[30:38, 80:90] = 6                            # on the background
+    counts = score_losses.error_counts(truth, predicted)
+    assert counts["matched"] == 1 and (counts["true"], counts["predicted"]) == (6, 6)
+    assert [counts[f"true_{kind}"] for kind in score_losses.ERRORS] == [1, 2, 1, 1]
+    assert [counts[f"predicted_{kind}"] for kind in score_losses.FALSE] == [1, 1, 2, 1]
+    assert counts["matched"] + sum(counts[f"true_{kind}"] for kind in score_losses.ERRORS) == counts["true"]
+
+
+@pytest.mark.slow
+def test_score_losses_quick(tmp_path):
+    results = run_quick(tmp_path, "score_losses.py")
+    scores = results["mean_map"]
+    assert results["images"] == 3 and {"mAP", "oracle_split", "true_contacts_r2"} <= set(scores)
+    assert scores["true_foreground_and_contacts"] >= scores["mAP"]  # the truth in place of the prediction
+    counts = results["counts_at_iou_0.5"]
+    assert counts["matched"] + sum(counts[f"true_{kind}"] for kind in ("missed", "merged", "split", "outline")) \
+        == counts["true"]
+    assert (tmp_path / "score_losses.csv").is_file()
