@@ -4,7 +4,7 @@ The automatic zoom zooms no image in whose edges are softer than ``segment.MIN_Z
 (``imaging.edge_sharpness``), since zooming a blurred image in enlarges its blur too. This checks the limit against
 the images it must not hold back: those of small nuclei (CV images shrunk 0.25x-0.5x, as at a lower magnification),
 which need zooming in, and against those it is for (blurred). Images are preprocessed with the ready model's
-normalization, as the zoom sees them.
+normalization, as the zoom sees them; the noise of each image is the one ``evaluate --perturb`` draws for it.
 Writes ``bench/results/sharpness.json`` (per shift: the range, quartiles and the share under the limit) and
 ``sharpness.csv`` (per image).
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import auto_scale
 import common
 import pandas as pd
 
@@ -43,7 +44,7 @@ def main(argv=None) -> int:
     started, rows = time.perf_counter(), []
     for image_id, raw, labels in dsb.read_raw_images(dsb.find_dataset(args.data), cv):
         unit = robustness.as_unit_float(raw)
-        shifted = {shift: robustness.perturb(raw, labels, shift)[0] for shift in SHIFTS}
+        shifted = {shift: auto_scale.shifted(raw, labels, shift, image_id)[0] for shift in SHIFTS}  # as evaluate
         shifted.update({f"scale{factor:.2f}": robustness.rescale(unit, labels, factor)[0] for factor in RESCALES})
         for shift, image in shifted.items():
             rows.append({"shift": shift, "image_id": image_id,
