@@ -225,8 +225,7 @@ class TrainConfig:
 
 # The fields that describe the network and what it sees: a fine-tuning run takes them from the model it starts from.
 ARCHITECTURE = ("depth", "base_filters", "batch_norm", "dropout", "contacts", "contact_radius", "tile_size",
-                "min_overlap",
-                "normalization", "loss", "threshold", "min_size", "min_size_relative", "marker_height",
+                "min_overlap", "normalization", "loss", "threshold", "min_size", "min_size_relative", "marker_height",
                 "contact_threshold", "tta")
 
 PRESETS: dict[str, dict] = {
