@@ -592,6 +592,40 @@ def pixel_dice(truth: np.ndarray, predicted: np.ndarray) -> float:
     return 2.0 * int(np.logical_and(truth, predicted).sum()) / total
 
 
+def overlap_counts(truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """Pixels shared by every true and predicted object, the background (row and column 0) included.
+
+    Parameters
+    ----------
+    truth, predicted : ndarray, shape (H, W), int, 0 = background
+
+    Returns
+    -------
+    ndarray, shape (n_true + 1, n_predicted + 1), int64, objects in the order of the sorted nonzero labels
+
+    Examples
+    --------
+    >>> overlap_counts(np.array([[1, 1, 0, 0]]), np.array([[0, 2, 2, 0]])).tolist()
+    [[1, 1], [1, 1]]
+    """
+    truth, predicted = np.asarray(truth), np.asarray(predicted)
+    if truth.shape != predicted.shape:
+        raise ValueError(f"shapes differ: truth {truth.shape}, predicted {predicted.shape}")
+    truth = skimage.segmentation.relabel_sequential(truth.astype(np.int64))[0]
+    predicted = skimage.segmentation.relabel_sequential(predicted.astype(np.int64))[0]
+    n_true, n_pred = int(truth.max(initial=0)), int(predicted.max(initial=0))
+    joint = np.bincount((truth * (n_pred + 1) + predicted).ravel(), minlength=(n_true + 1) * (n_pred + 1))
+    return joint.reshape(n_true + 1, n_pred + 1)
+
+
+def iou_from_overlaps(joint: np.ndarray) -> np.ndarray:
+    """``iou_matrix`` from ``overlap_counts``: shape (n_true, n_predicted), float64."""
+    intersection = joint[1:, 1:].astype(np.float64)
+    area_true, area_pred = joint[1:, :].sum(axis=1), joint[:, 1:].sum(axis=0)
+    union = area_true[:, None] + area_pred[None, :] - intersection
+    return intersection / np.maximum(union, 1)
+
+
 def iou_matrix(truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
     """Intersection over union of every true and predicted object.
 
@@ -608,18 +642,7 @@ def iou_matrix(truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
     >>> iou_matrix(np.array([[1, 1, 0, 0]]), np.array([[0, 2, 2, 0]])).tolist()
     [[0.3333333333333333]]
     """
-    truth, predicted = np.asarray(truth), np.asarray(predicted)
-    if truth.shape != predicted.shape:
-        raise ValueError(f"shapes differ: truth {truth.shape}, predicted {predicted.shape}")
-    truth = skimage.segmentation.relabel_sequential(truth.astype(np.int64))[0]
-    predicted = skimage.segmentation.relabel_sequential(predicted.astype(np.int64))[0]
-    n_true, n_pred = int(truth.max(initial=0)), int(predicted.max(initial=0))
-    joint = np.bincount((truth * (n_pred + 1) + predicted).ravel(), minlength=(n_true + 1) * (n_pred + 1))
-    joint = joint.reshape(n_true + 1, n_pred + 1)
-    intersection = joint[1:, 1:].astype(np.float64)
-    area_true, area_pred = joint[1:, :].sum(axis=1), joint[:, 1:].sum(axis=0)
-    union = area_true[:, None] + area_pred[None, :] - intersection
-    return intersection / np.maximum(union, 1)
+    return iou_from_overlaps(overlap_counts(truth, predicted))
 
 
 def precisions(iou: np.ndarray, thresholds=IOU_THRESHOLDS) -> np.ndarray:

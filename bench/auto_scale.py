@@ -84,9 +84,7 @@ def shifted(raw: np.ndarray, labels: np.ndarray, shift: str, image_id: str) -> t
 
 
 def main(argv=None) -> int:
-    parser = common.base_parser("auto_scale", __doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=common.PROJECT_DIR / "models" / "unet_dsb2018" / "model.keras")
-    parser.add_argument("--data", type=Path, help="the DSB training set (default: dsb.find_dataset())")
+    parser = common.model_parser("auto_scale", __doc__.splitlines()[0])
     parser.add_argument("--shifts", nargs="+", default=list(SHIFTS), metavar="SHIFT",
                         help=f"shifts of robustness.SHIFTS to score (default: {' '.join(SHIFTS)})")
     parser.add_argument("--add-sharpness", nargs="+", type=Path, metavar="CSV",

@@ -53,6 +53,19 @@ def base_parser(name: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def model_parser(name: str, description: str, *, tta: bool = False,
+                 model_help: str = "the model (default: the ready model in models/)") -> argparse.ArgumentParser:
+    """``base_parser`` with the options of the benchmarks that score a model on its CV images: ``--model`` (the
+    ready model by default), ``--data`` and, with ``tta``, ``--tta``."""
+    parser = base_parser(name, description)
+    parser.add_argument("--model", type=Path, default=PROJECT_DIR / "models" / "unet_dsb2018" / "model.keras",
+                        help=model_help)
+    parser.add_argument("--data", type=Path, help="the DSB training set (default: dsb.find_dataset())")
+    if tta:
+        parser.add_argument("--tta", action="store_true", help="predict with test-time augmentation (8x slower)")
+    return parser
+
+
 def machine() -> dict:
     """What the numbers were measured on."""
     cpu = platform.processor() or "unknown"

@@ -37,24 +37,14 @@ ERRORS = ("missed", "merged", "split", "outline")
 FALSE = ("spurious", "merger", "fragment", "outline")
 
 
-def overlaps(truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
-    """Pixels shared by every true and predicted label, background included: shape (n_true + 1, n_pred + 1),
-    labels relabelled 1..n in sorted order (as ``segment.iou_matrix``)."""
-    import skimage.segmentation
-
-    truth = skimage.segmentation.relabel_sequential(np.asarray(truth).astype(np.int64))[0]
-    predicted = skimage.segmentation.relabel_sequential(np.asarray(predicted).astype(np.int64))[0]
-    n_true, n_pred = int(truth.max(initial=0)), int(predicted.max(initial=0))
-    joint = np.bincount((truth * (n_pred + 1) + predicted).ravel(), minlength=(n_true + 1) * (n_pred + 1))
-    return joint.reshape(n_true + 1, n_pred + 1).astype(np.float64)
-
-
 def error_counts(truth: np.ndarray, predicted: np.ndarray) -> dict:
     """The unmatched true and predicted nuclei at IoU 0.5, by kind (the module's docstring); ``matched``: the pairs."""
-    joint = overlaps(truth, predicted)
-    intersection = joint[1:, 1:]
+    import segment
+
+    joint = segment.overlap_counts(truth, predicted)
+    intersection = joint[1:, 1:].astype(np.float64)
     true_area, predicted_area = joint[1:, :].sum(axis=1), joint[:, 1:].sum(axis=0)
-    iou = intersection / np.maximum(true_area[:, None] + predicted_area[None, :] - intersection, 1)
+    iou = segment.iou_from_overlaps(joint)
     matched_true, matched_predicted = (iou > 0.5).any(axis=1), (iou > 0.5).any(axis=0)
     in_predicted = intersection / np.maximum(true_area[:, None], 1)  # share of each true nucleus in each prediction
     on_true = intersection / np.maximum(predicted_area[None, :], 1)  # share of each prediction on each true nucleus
@@ -110,28 +100,27 @@ def score_image(settings, maps: np.ndarray, truth: np.ndarray, radius: int) -> d
            "oracle_split": segment.average_precision(truth, perfect_split(truth, settings.mask(maps),
                                                                           settings.min_size))}
     if maps.shape[-1] > 1 and settings.marker_height is None:
+        contacts = {r: tiling.contact_map(truth, r) for r in sorted({*CONTACT_RADII, radius})}
         for r in CONTACT_RADII:
-            true_contacts = np.stack([maps[..., 0], tiling.contact_map(truth, r)], axis=-1).astype(np.float32)
+            true_contacts = np.stack([maps[..., 0], contacts[r]], axis=-1).astype(np.float32)
             row[f"true_contacts_r{r}"] = segment.average_precision(truth, settings.labels(true_contacts))
-        both = np.stack([truth > 0, tiling.contact_map(truth, radius)], axis=-1).astype(np.float32)
+        both = np.stack([truth > 0, contacts[radius]], axis=-1).astype(np.float32)
         row["true_foreground_and_contacts"] = segment.average_precision(truth, settings.labels(both))
     return row
 
 
 def main(argv=None) -> int:
-    parser = common.base_parser("score_losses", __doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=common.PROJECT_DIR / "models" / "unet_dsb2018" / "model.keras")
-    parser.add_argument("--data", type=Path, help="the DSB training set (default: dsb.find_dataset())")
-    parser.add_argument("--tta", action="store_true", help="predict with test-time augmentation (8x slower)")
+    parser = common.model_parser("score_losses", __doc__.splitlines()[0], tta=True)
     args = parser.parse_args(argv)
 
     import dsb
     import imaging
     import robustness
+    import tiling
 
     data = common.cv_images(args.model, args.data, args.quick)
     settings = data.model.postprocessing.replace(tta=args.tta)
-    radius = getattr(data.model.config, "contact_radius", 2) if data.model.config is not None else 2
+    radius = data.model.config.contact_radius if data.model.config is not None else tiling.CONTACT_RADIUS
     started, rows = time.perf_counter(), []
     for image_id, raw, truth in dsb.read_raw_images(data.source, data.cv):
         image = imaging.preprocess(robustness.as_unit_float(raw), data.model.normalization)

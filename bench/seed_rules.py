@@ -121,10 +121,7 @@ def score_image(settings, maps: np.ndarray, truth: np.ndarray, grid) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = common.base_parser("seed_rules", __doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=common.PROJECT_DIR / "models" / "unet_dsb2018" / "model.keras")
-    parser.add_argument("--data", type=Path, help="the DSB training set (default: dsb.find_dataset())")
-    parser.add_argument("--tta", action="store_true", help="predict with test-time augmentation (8x slower)")
+    parser = common.model_parser("seed_rules", __doc__.splitlines()[0], tta=True)
     parser.add_argument("--grid", choices=("strict", "necks"), default="strict",
                         help="strict: seed size and probability (default); necks: seed erosion and splitting")
     args = parser.parse_args(argv)
@@ -155,7 +152,8 @@ def main(argv=None) -> int:
     print(means[[name for name in means.index if name.startswith("model's")]].round(4).to_string())
     common.write_json(args.json, {
         "benchmark": "seed_rules", "quick": args.quick, "model": str(args.model), "images": len(table),
-        "grid": args.grid, "postprocessing": dataclasses.asdict(settings), "seconds": round(time.perf_counter() - started, 1),
+        "grid": args.grid, "postprocessing": dataclasses.asdict(settings),
+        "seconds": round(time.perf_counter() - started, 1),
         "machine": common.machine(), "mean_map": {name: round(float(value), 4) for name, value in means.items()},
         "mean_map_by_cluster": {name: {int(c): round(float(v), 4) for c, v in by_cluster[name].items()}
                                 for name in means.index},

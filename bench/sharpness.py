@@ -25,10 +25,8 @@ SHIFTS = ("none", "blur", "noise", "gamma0.5", "gamma2", "contrast0.5")
 
 
 def main(argv=None) -> int:
-    parser = common.base_parser("sharpness", __doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=common.PROJECT_DIR / "models" / "unet_dsb2018" / "model.keras",
-                        help="whose split (CV images) and normalization to use")
-    parser.add_argument("--data", type=Path, help="the DSB training set (default: dsb.find_dataset())")
+    parser = common.model_parser("sharpness", __doc__.splitlines()[0],
+                                 model_help="whose split (CV images) and normalization to use")
     args = parser.parse_args(argv)
 
     import dsb

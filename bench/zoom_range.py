@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import time
-from pathlib import Path
 
 import common
 import pandas as pd
@@ -96,9 +95,7 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def main(argv=None) -> int:
-    parser = common.base_parser("zoom_range", __doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=common.PROJECT_DIR / "models" / "unet_dsb2018" / "model.keras")
-    parser.add_argument("--data", type=Path, help="the DSB training set (default: dsb.find_dataset())")
+    parser = common.model_parser("zoom_range", __doc__.splitlines()[0])
     parser.add_argument("--shifts", type=float, nargs="+", default=list(SHIFTS), metavar="FACTOR",
                         help="magnifications to score (default: %(default)s)")
     parser.add_argument("--specks", nargs="+", default=list(SPECKS), choices=SPECKS, metavar="RULE",
