@@ -25,6 +25,7 @@ import distribute
 import dsb
 import imaging
 import inputs
+import nucleus_score
 import outputs
 import reports
 import robustness
@@ -356,11 +357,15 @@ def evaluate_run(model_path: Path, *, data: Path | None = None, split: Path | No
 
 
 def tune_run(model_path: Path, *, data: Path | None = None, split: Path | None = None, subset: str = "cv",
-             tta: bool | None = None, scale: float | str | None = None, out: Path, cache_dir: Path | None,
-             progress: bool) -> Path:
+             tta: bool | None = None, scale: float | str | None = None, fit_score: bool = False, out: Path,
+             cache_dir: Path | None, progress: bool) -> Path:
     """Choose the post-processing on ``subset`` (the CV split by default; never the test split), with
     ``tta`` and ``scale`` as given (default: the model's). A model whose files lack the typical nucleus
     area of its training images (``Postprocessing.nucleus_area``, for scale 'auto') gets it from its split.
+
+    With ``fit_score``, a score model (``nucleus_score``) is fitted on the predictions for the split's training
+    images with the best settings; then, with it or the model's own, the ``min_score`` of ``TUNE_MIN_SCORES`` (or
+    none) is chosen on ``subset`` as well.
 
     Writes ``tuning.csv`` (every setting tried, best first) and the best as ``postprocessing.json``,
     in the tune's run folder and beside the model, where evaluate and predict read it from then on;
@@ -372,28 +377,36 @@ def tune_run(model_path: Path, *, data: Path | None = None, split: Path | None =
     tta = model.postprocessing.tta if tta is None else tta
     nucleus_area = model.postprocessing.nucleus_area
     records, _, source, train = _records_of(model, data, split, subset, cache_dir=cache_dir, progress=progress,
-                                            also="train" if nucleus_area is None else None)
+                                            also="train" if nucleus_area is None or fit_score else None)
     if nucleus_area is None:
         nucleus_area = segment.reference_area(record.labels for record in train) or None
-        del train
         log.info("typical nucleus area of the training images: %s pixels", nucleus_area)
     prediction = model.postprocessing.replace(tta=tta, nucleus_area=nucleus_area,
                                               scale=model.postprocessing.scale if scale is None else scale)
     run_dir = runs.new_run_dir(out, "tune")
     log.info("run folder: %s", run_dir)
     runs.write_json(run_dir / "config.json", {"model": str(model_path), "data": str(source), "subset": subset,
-                                              "tta": tta, "scale": prediction.scale})
+                                              "tta": tta, "scale": prediction.scale, "fit_score": fit_score})
     predict_tiles, tile_size, min_overlap = model.predictor()
     maps = [prediction.maps(predict_tiles, record.image, tile_size=tile_size, min_overlap=min_overlap)
             for record in tqdm(records, desc="predict images", unit="img", disable=not progress)]
     grid = segment.tuning_grid(has_contacts=maps[0].shape[-1] > 1, tta=tta, scale=prediction.scale,
                                tile_size=prediction.tile_size, nucleus_area=prediction.nucleus_area)
-    rows = segment.tune_postprocessing(maps, [record.labels for record in records], grid,
-                                       progress=lambda items: tqdm(items, desc="post-processing grid",
-                                                                   disable=not progress))
-    table = pd.DataFrame(rows)
-    runs.write_csv(table, run_dir / "tuning.csv")
+    truths = [record.labels for record in records]
+    rows = segment.tune_postprocessing(maps, truths, grid, progress=lambda items: tqdm(
+        items, desc="post-processing grid", disable=not progress))
     best = segment.Postprocessing.from_dict(rows[0])
+    score_model = model.postprocessing.score_model
+    if fit_score:
+        score_model = fit_score_model(best, train, predict_tiles, tile_size, min_overlap, progress=progress)
+        runs.write_json(run_dir / "score_model.json", score_model)
+    del train
+    if score_model is not None:  # the speck and split settings first, then the score cut on top of the best
+        cuts = [best.replace(score_model=score_model, min_score=cut) for cut in (None, *segment.TUNE_MIN_SCORES)]
+        rows = segment.tune_postprocessing(maps, truths, cuts) + rows[1:]
+        best = segment.Postprocessing.from_dict(rows[0])
+    table = pd.DataFrame(rows).drop(columns="score_model")
+    runs.write_csv(table, run_dir / "tuning.csv")
     best.save(run_dir / "postprocessing.json")
     beside_model = Path(model_path).parent / "postprocessing.json"
     if beside_model.is_file():
@@ -403,6 +416,28 @@ def tune_run(model_path: Path, *, data: Path | None = None, split: Path | None =
     print(table.head(10).to_string(index=False))
     print(f"\nSaved the best as {beside_model} (was: {model.postprocessing}); evaluate and predict use it from now on.")
     return run_dir
+
+
+def fit_score_model(settings: segment.Postprocessing, records: list, predict_tiles, tile_size: int, min_overlap: int,
+                    *, progress: bool) -> dict:
+    """A ``nucleus_score.ScoreModel`` (as a dict) fitted on the nuclei that ``settings`` finds in ``records``
+    (training images with their true labels): whether each matches a true nucleus at IoU above 0.5."""
+    measurements, matched = [], []
+    for record in tqdm(records, desc="predict training images (score model)", unit="img", disable=not progress):
+        maps = settings.maps(predict_tiles, record.image, tile_size=tile_size, min_overlap=min_overlap)
+        labels = settings.labels(maps)
+        measurements.append(nucleus_score.measure_nuclei(maps, labels))
+        iou = segment.iou_matrix(record.labels, labels)
+        matched.append(iou.max(axis=0, initial=0.0) > 0.5)
+    matched = np.concatenate(matched)
+    if matched.all() or not matched.any():  # a score is learnt from right and wrong nuclei
+        found = (f"{'all' if matched.any() else 'none'} of the {len(matched)} nuclei it finds match a true one"
+                 if len(matched) else "it finds no nuclei")
+        raise UserError(f"cannot fit a nucleus score for this model on its {len(records)} training images: {found}; "
+                        "tune without --fit-score")
+    fitted = nucleus_score.fit_score_model(np.concatenate(measurements), matched)
+    log.info("score model fitted on %d nuclei of %d training images", len(matched), len(records))
+    return fitted.as_dict()
 
 
 # --------------------------------------------------------------------------------------------

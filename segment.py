@@ -26,6 +26,7 @@ import skimage.morphology
 import skimage.segmentation
 import skimage.transform
 
+import nucleus_score
 import runs
 import tiling
 from errors import UserError
@@ -208,6 +209,11 @@ class Postprocessing:
     tile_size : int, 'auto' or None
         The tiles the model sees: None, the size it was trained on; 'auto', the fewest tiles of at most
         ``AUTO_TILE_MAX`` pixels that cover each image (``tiling.inference_tile_size``); or a side.
+    min_score : float in (0, 1) or None
+        Drop the nuclei that ``score_model`` gives a lower score: the probability, learnt on training images,
+        that a predicted nucleus matches a true one (``nucleus_score``). None: keep every nucleus.
+    score_model : dict or None
+        ``nucleus_score.ScoreModel.as_dict()``, written by ``tune --fit-score``.
     """
 
     threshold: float = 0.5
@@ -219,6 +225,8 @@ class Postprocessing:
     scale: float | str = 1.0
     tile_size: int | str | None = None
     nucleus_area: float | None = None
+    min_score: float | None = None
+    score_model: dict | None = None
 
     def __post_init__(self):
         if not 0.0 < self.threshold < 1.0:
@@ -241,6 +249,16 @@ class Postprocessing:
                             "run 'tune' on the model once to add it, or give a --scale factor")
         if self.tile_size not in (None, "auto") and not (isinstance(self.tile_size, int) and self.tile_size >= 32):
             raise UserError(f"tile_size must be None, 'auto' or a side of at least 32 pixels, got {self.tile_size!r}")
+        if self.min_score is not None and not 0.0 < self.min_score < 1.0:
+            raise UserError(f"min_score must be in (0, 1) or None, got {self.min_score}")
+        if self.min_score is not None and self.score_model is None:
+            raise UserError("min_score needs a score model (score_model in postprocessing.json), which these "
+                            "settings do not have: run 'tune --fit-score' on the model to fit one")
+        if self.score_model is not None:
+            try:
+                nucleus_score.ScoreModel.from_dict(self.score_model)
+            except (TypeError, ValueError) as error:
+                raise UserError(f"score_model in the post-processing settings is not a valid score model: {error}")
 
     @classmethod
     def from_dict(cls, values: dict) -> Postprocessing:
@@ -263,12 +281,20 @@ class Postprocessing:
         """Instances from ``predict_maps``: ndarray (H, W), int32, 0 = background, nuclei 1..n.
 
         Split by the contact channel if there is one and no marker height is set, else as
-        ``probability_to_labels`` without contacts.
+        ``probability_to_labels`` without contacts; then, with ``min_score``, the nuclei scoring under it dropped.
         """
         contact = maps[..., 1] if maps.shape[-1] > 1 and self.marker_height is None else None
-        return probability_to_labels(maps[..., 0], threshold=self.threshold, min_size=self.min_size,
-                                     min_size_relative=self.min_size_relative, marker_height=self.marker_height,
-                                     contact=contact, contact_threshold=self.contact_threshold)
+        labels = probability_to_labels(maps[..., 0], threshold=self.threshold, min_size=self.min_size,
+                                       min_size_relative=self.min_size_relative, marker_height=self.marker_height,
+                                       contact=contact, contact_threshold=self.contact_threshold)
+        if self.min_score is None:
+            return labels
+        return nucleus_score.drop_unsure(labels, self.scorer.score(maps, labels), self.min_score)
+
+    @property
+    def scorer(self) -> nucleus_score.ScoreModel | None:
+        """The score model (``score_model``) as a ``nucleus_score.ScoreModel``, or None."""
+        return None if self.score_model is None else nucleus_score.ScoreModel.from_dict(self.score_model)
 
     def maps(self, predict_tiles: PredictTiles, image: np.ndarray, *, tile_size: int = TILE_SIZE,
              min_overlap: int = MIN_OVERLAP) -> np.ndarray:
@@ -758,6 +784,8 @@ TUNE_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 TUNE_MARKER_HEIGHTS = (1.0, 2.0, 3.0, 5.0)
 TUNE_MIN_SIZES = (0, 15, 30)
 TUNE_CONTACT_THRESHOLDS = (0.1, 0.2, 0.3, 0.5, 0.7)
+# The score cuts (``Postprocessing.min_score``) tune tries on top of the best other settings, after no cut.
+TUNE_MIN_SCORES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
 
 
 def tuning_grid(has_contacts: bool, tta: bool, scale: float | str = 1.0, tile_size=None,

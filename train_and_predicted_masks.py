@@ -47,7 +47,7 @@ SCALE_HELP = ("zoom images by this factor before the model sees them (2 for nucl
               "set's); 'auto': each image by 0.35-2.83x, to bring its nuclei, measured in a first pass, to the training "
               "images' typical size")
 POSTPROCESSING_OPTIONS = ("threshold", "min_size", "min_size_relative", "marker_height", "contact_threshold", "tta",
-                          "scale", "tile_size")
+                          "scale", "tile_size", "min_score")
 
 
 # --------------------------------------------------------------------------------------------
@@ -118,6 +118,9 @@ def _add_postprocessing_options(parser: argparse.ArgumentParser, default_text: s
                            help="instead of --min-size: drop objects of at most this fraction of the image's "
                                 "typical nucleus area (e.g. 0.2; for nuclei of any size)")
         group.add_argument("--scale", type=_scale, metavar="FACTOR|auto", help=SCALE_HELP)
+        group.add_argument("--min-score", type=float, metavar="P",
+                           help="drop nuclei whose score (how likely, learnt on training images, a predicted nucleus "
+                                "is a true one; 'tune --fit-score') is under P; 0 = keep every nucleus")
         group.add_argument("--tile-size", type=_tile_size, metavar="N|auto",
                            help="side of the tiles the model sees ('auto': the fewest tiles of at most 2048 pixels "
                                 "that cover each image; default: the size it was trained on)")
@@ -236,6 +239,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
                       help="test-time augmentation while choosing (default: the model's setting)")
     tune.add_argument("--scale", type=_scale, metavar="FACTOR|auto",
                       help=SCALE_HELP.replace("zoom images", "predict with images zoomed") + " (default: the model's)")
+    tune.add_argument("--fit-score", action="store_true",
+                      help="also fit a score for each predicted nucleus on the split's training images (predicts "
+                           "them all once) and choose the score under which nuclei are dropped (--min-score)")
     _add_data_options(tune)
     _add_output_options(tune)
 
@@ -286,6 +292,8 @@ def postprocessing_overrides(args: argparse.Namespace) -> dict:
     overrides = {name: getattr(args, name) for name in POSTPROCESSING_OPTIONS if getattr(args, name, None) is not None}
     if "marker_height" in overrides and overrides["marker_height"] <= 0:
         overrides["marker_height"] = None
+    if "min_score" in overrides and overrides["min_score"] <= 0:
+        overrides["min_score"] = None
     if "min_size" in overrides and "min_size_relative" not in overrides:
         overrides["min_size_relative"] = None  # --min-size alone: fixed pixels, whatever the model's file says
     return overrides
@@ -341,7 +349,8 @@ def run(args: argparse.Namespace) -> Path | None:
                                      cache_dir=cache_dir, progress=progress)
     if args.command == "tune":
         return pipeline.tune_run(args.model, data=args.data, split=args.split, subset=args.subset, tta=args.tta,
-                                 scale=args.scale, out=args.out, cache_dir=cache_dir, progress=progress)
+                                 scale=args.scale, fit_score=args.fit_score, out=args.out, cache_dir=cache_dir,
+                                 progress=progress)
     if args.command == "predict":
         model, images = pipeline.model_and_inputs(args.inputs)
         return pipeline.predict_run(model, images, overrides=postprocessing_overrides(args),

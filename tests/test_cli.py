@@ -16,6 +16,7 @@ import pytest
 import skimage.io
 
 import dsb
+import nucleus_score
 import outputs
 import pipeline
 import robustness
@@ -24,6 +25,7 @@ import stratify
 import train_and_predicted_masks as cli
 import unet
 from config import TrainConfig
+from errors import UserError
 
 COMMANDS_PAGE = Path(cli.__file__).resolve().parent / "docs" / "commands.md"
 
@@ -206,6 +208,48 @@ def test_tune_chooses_on_cv_and_saves_the_best_beside_the_model(smoke_run, real_
     assert pipeline.TrainedModel.open(model_copy).postprocessing == best
 
 
+def test_tune_fits_a_nucleus_score_on_the_training_images_and_chooses_its_cut_on_cv(smoke_run, real_subset_zip,
+                                                                                      tmp_path):
+    folder, run_dir, _ = smoke_run
+    model_copy = tmp_path / "run" / "model.keras"
+    model_copy.parent.mkdir()
+    for name in ("model.keras", "config.json", "split.csv", "postprocessing.json"):
+        (model_copy.parent / name).write_bytes((run_dir / name).read_bytes())
+    assert cli.main(["tune", str(model_copy), "--fit-score", "--data", str(real_subset_zip), "--cache-dir",
+                     str(folder / "cache"), "--quiet", "--out", str(tmp_path / "runs")]) == 0
+    tune_dir = _newest(tmp_path / "runs", "tune")
+    fitted = json.loads((tune_dir / "score_model.json").read_text())
+    assert fitted["features"] == list(nucleus_score.FEATURES)
+    tuning = pd.read_csv(tune_dir / "tuning.csv")
+    cuts = tuning.iloc[:len(segment.TUNE_MIN_SCORES) + 1]  # the cuts, tried on the best other settings, come first
+    assert set(cuts["min_score"].dropna()) == set(segment.TUNE_MIN_SCORES) and cuts["min_score"].isna().sum() == 1
+    assert len(cuts[["threshold", "min_size", "contact_threshold"]].drop_duplicates()) == 1
+    assert len(tuning) == len(segment.tuning_grid(has_contacts=True, tta=False)) + len(segment.TUNE_MIN_SCORES)
+    best = segment.Postprocessing.load(model_copy.parent / "postprocessing.json")
+    assert best.score_model == fitted
+    assert best.min_score == (None if pd.isna(tuning["min_score"].iloc[0]) else tuning["min_score"].iloc[0])
+    assert tuning["mean_map"].iloc[0] == cuts["mean_map"].max()
+
+
+def test_a_nucleus_score_is_not_fitted_on_a_model_that_finds_nothing_or_only_right_nuclei():
+    truth = np.zeros((64, 64), np.int32)
+    truth[10:30, 10:30] = 1
+    image = (truth > 0).astype(np.float32)
+    records = [dsb.ImageRecord("a", image, truth, {})] * 2
+
+    def blank(tiles):
+        return np.zeros(tiles.shape[:3] + (2,), np.float32)
+
+    def perfect(tiles):  # the image itself as the nucleus probability: finds exactly the true nucleus
+        return np.concatenate([tiles, np.zeros_like(tiles)], axis=-1)
+
+    settings = segment.Postprocessing(min_size=0)
+    with pytest.raises(UserError, match="on its 2 training images: it finds no nuclei"):
+        pipeline.fit_score_model(settings, records, blank, 64, 16, progress=False)
+    with pytest.raises(UserError, match="all of the 2 nuclei it finds match a true one"):
+        pipeline.fit_score_model(settings, records, perfect, 64, 16, progress=False)
+
+
 def test_tune_refuses_the_test_split(smoke_run, capsys):
     _, run_dir, _ = smoke_run
     with pytest.raises(SystemExit):
@@ -275,6 +319,16 @@ def test_a_relative_minimum_size_from_the_command_line_and_min_size_undoing_it()
     assert settings.min_size == 15 and settings.min_size_relative is None
     with pytest.raises(SystemExit):  # training has no such option: its post-processing is the preset's
         parser.parse_args(["train", "--min-size-relative", "0.2"])
+
+
+def test_min_score_from_the_command_line_and_zero_keeping_every_nucleus():
+    parser = cli.build_arg_parser()
+    assert cli.postprocessing_overrides(parser.parse_args(["predict", "x.png", "--min-score", "0.3"])) == {
+        "min_score": 0.3}
+    assert cli.postprocessing_overrides(parser.parse_args(["evaluate", "m.keras", "--min-score", "0"])) == {
+        "min_score": None}
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--min-score", "0.3"])
 
 
 # ---- the command line itself ---------------------------------------------------------------
