@@ -313,7 +313,8 @@ class Postprocessing:
 
         A number stays as it is. 'auto' becomes the zoom of ``AUTO_SCALES`` that brings the image's typical
         nucleus area (``typical_area`` of a first pass at 1x without test-time augmentation, on at most the
-        central ``most`` x ``most`` pixels; nuclei smaller than ``min_size`` count, ``probability_to_labels``)
+        central ``most`` x ``most`` pixels; nuclei smaller than ``min_size`` count, ``probability_to_labels``; the
+        nuclei under ``min_score`` too)
         closest to ``nucleus_area`` (``choose_scale``); but 1x rather than a zoom in where those pixels' edges are
         softer than ``MIN_ZOOM_IN_SHARPNESS`` (``imaging.edge_sharpness``: a blurred image). That first pass is
         returned when it covers the whole image, the zoom is 1 and ``tta`` is off: it is then the prediction.
@@ -323,7 +324,7 @@ class Postprocessing:
         height, width = image.shape
         top, left = max((height - most) // 2, 0), max((width - most) // 2, 0)
         part = image[top:top + most, left:left + most]
-        first = self.replace(scale=1.0, tta=False)
+        first = self.replace(scale=1.0, tta=False, min_score=None)  # the zoom as chosen on CV: from every nucleus
         maps = first.maps(predict_tiles, part, tile_size=tile_size, min_overlap=min_overlap)
         area = typical_area(first.labels(maps))
         scale = choose_scale(area, self.nucleus_area)

@@ -142,3 +142,19 @@ def test_postprocessing_refuses_a_broken_score_model():
     del broken["coef"]
     with pytest.raises(UserError, match="not a valid score model"):
         segment.Postprocessing(score_model=broken)
+
+
+def test_the_automatic_zoom_is_measured_on_every_nucleus_whatever_the_score():
+    # Discs of about 80 pixels, a quarter of the 365 the zoom aims at: zoom 2, even when the score drops every nucleus.
+    image = (disk_labels((128, 128), [(30, 30), (30, 90), (90, 30), (90, 90)], 5) > 0).astype(np.float32)
+
+    def predict_tiles(tiles):  # the image itself as the nucleus probability, no contacts
+        return np.concatenate([tiles, np.zeros_like(tiles)], axis=-1)
+
+    never_sure = probability_only_model().as_dict() | {"intercept": -100.0}
+    plain = segment.Postprocessing(scale="auto", nucleus_area=365.0, min_size=0)
+    scored = plain.replace(score_model=never_sure, min_score=0.5)
+    assert scored.labels(predict_tiles(image[None, ..., None])[0]).max() == 0
+    resolved_plain, _ = plain.resolve(predict_tiles, image, tile_size=128, min_overlap=16)
+    resolved_scored, _ = scored.resolve(predict_tiles, image, tile_size=128, min_overlap=16)
+    assert resolved_plain.scale == resolved_scored.scale == 2.0

@@ -130,5 +130,7 @@ def test_fine_tuning_starts_from_the_ready_model_and_lowers_its_loss(tmp_path):
     ready = segment.Postprocessing.load(FOLDER / "postprocessing.json")
     assert (settings.threshold, settings.contact_threshold, settings.scale) == (ready.threshold,
                                                                               ready.contact_threshold, ready.scale)
+    # but not its nucleus score, which was fitted on the ready model's own predictions ('tune --fit-score' fits one)
+    assert ready.min_score is not None and (settings.min_score, settings.score_model) == (None, None)
     assert settings.nucleus_area == segment.reference_area(labels for _, _, labels in
                                                            dsb.read_raw_images(data, names[:2]))
