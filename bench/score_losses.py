@@ -15,7 +15,8 @@ For every CV image, the model's maps (its own post-processing and zoom, without 
   perfect split); ``true_contacts_r1`` ... ``r4``: the predicted foreground split, by the model's own rule, along the
   true contact band of that radius (``tiling.contact_map``) instead of the predicted one;
   ``true_foreground_and_contacts``: the true foreground and the true contacts of the model's radius (what the
-  splitting rule itself loses).
+  splitting rule itself loses); ``oracle_drop_unmatched``: the prediction without its nuclei that match no true
+  nucleus at IoU 0.5 (what a perfect score cut, ``Postprocessing.min_score``, would give).
 
 Writes ``bench/results/score_losses.json`` (means, overall and per cluster) and ``score_losses.csv`` (per image).
 
@@ -93,12 +94,14 @@ def score_image(settings, maps: np.ndarray, truth: np.ndarray, radius: int) -> d
     import tiling
 
     labels = settings.labels(maps)
-    precisions = segment.precisions(segment.iou_matrix(truth, labels))
+    iou = segment.iou_matrix(truth, labels)
+    precisions = segment.precisions(iou)
     row = {"mAP": float(precisions.mean()),
            **{f"ap{round(t * 100)}": float(p) for t, p in zip(segment.IOU_THRESHOLDS, precisions)},
            **error_counts(truth, labels),
            "oracle_split": segment.average_precision(truth, perfect_split(truth, settings.mask(maps),
-                                                                          settings.min_size))}
+                                                                          settings.min_size)),
+           "oracle_drop_unmatched": float(segment.precisions(iou[:, (iou > 0.5).any(axis=0)]).mean())}
     if maps.shape[-1] > 1 and settings.marker_height is None:
         contacts = {r: tiling.contact_map(truth, r) for r in sorted({*CONTACT_RADII, radius})}
         for r in CONTACT_RADII:

@@ -261,6 +261,7 @@ def test_score_losses_quick(tmp_path):
     scores = results["mean_map"]
     assert results["images"] == 3 and {"mAP", "oracle_split", "true_contacts_r2"} <= set(scores)
     assert scores["true_foreground_and_contacts"] >= scores["mAP"]  # the truth in place of the prediction
+    assert scores["oracle_drop_unmatched"] >= scores["mAP"]  # dropping only wrong nuclei never lowers it
     counts = results["counts_at_iou_0.5"]
     assert counts["matched"] + sum(counts[f"true_{kind}"] for kind in ("missed", "merged", "split", "outline")) \
         == counts["true"]
