@@ -199,7 +199,7 @@ def check_formats(formats) -> tuple[str, ...]:
 
 
 def write_outputs(run_dir: Path, key: str, raw: np.ndarray, labels: np.ndarray, mask: np.ndarray,
-                  probability: np.ndarray | None, formats) -> pd.DataFrame | None:
+                  probability: np.ndarray | None, formats, *, scores: np.ndarray | None = None) -> pd.DataFrame | None:
     """Every output of one image that ``formats`` asks for, named by ``key`` (see ``FORMATS``):
 
     ``labels/<key>.png`` (16-bit; left out above 65,535 nuclei, which PNG cannot hold: use the TIFF),
@@ -207,10 +207,14 @@ def write_outputs(run_dir: Path, key: str, raw: np.ndarray, labels: np.ndarray, 
     outlines), ``rois/<key>.zip`` (Fiji), ``geojson/<key>.geojson`` (QuPath), ``measurements/<key>.csv``,
     ``probabilities/<key>.tif`` (float32 nucleus probability).
 
+    ``scores`` (nucleus i + 1's at i; ``segment.Segmented``), if given, become the tables' ``score`` column.
+
     Returns the measurements table (with ``measurements``, else None).
     """
     formats = check_formats(formats)
     table = measure(labels, raw) if {"measurements", "geojson"} & set(formats) else None
+    if table is not None and scores is not None:
+        table["score"] = np.round(np.asarray(scores)[table["label"].to_numpy() - 1], 3)
     polygons = outlines(labels) if {"roi", "geojson"} & set(formats) else None
     if "labels" in formats and label_dtype(labels) == np.uint16:
         _write_png(output_path(run_dir, "labels", key, ".png"), labels.astype(np.uint16))

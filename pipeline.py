@@ -504,11 +504,11 @@ def predict_run(model_path: Path, input_paths: list, *, overrides: dict | None =
                     bar.total = tiles
                     bar.refresh()
 
-                labels, mask, probability, scale = segment.segment_image(
+                labels, mask, probability, scale, scores = segment.segment_image(
                     predict_tiles, image, postprocessing, tile_size=tile_size, min_overlap=min_overlap,
                     probability="probability" in formats, progress=bar.update, total=set_total)
             del image  # the model's input: not needed for the outputs, which show the original
-            table = outputs.write_outputs(run_dir, key, plane, labels, mask, probability, formats)
+            table = outputs.write_outputs(run_dir, key, plane, labels, mask, probability, formats, scores=scores)
             if table is not None:
                 tables.append(table.assign(image=key))
             rows += outputs.submission_rows(key, labels)

@@ -283,13 +283,21 @@ class Postprocessing:
         Split by the contact channel if there is one and no marker height is set, else as
         ``probability_to_labels`` without contacts; then, with ``min_score``, the nuclei scoring under it dropped.
         """
+        return self.labels_and_scores(maps)[0]
+
+    def labels_and_scores(self, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """``labels(maps)``, and with a ``score_model`` the score of each of its nuclei: ndarray, shape (n,),
+        float64 in [0, 1], nucleus i + 1's at i (measured before the cut, as the cut saw it); else None."""
         contact = maps[..., 1] if maps.shape[-1] > 1 and self.marker_height is None else None
         labels = probability_to_labels(maps[..., 0], threshold=self.threshold, min_size=self.min_size,
                                        min_size_relative=self.min_size_relative, marker_height=self.marker_height,
                                        contact=contact, contact_threshold=self.contact_threshold)
+        if self.score_model is None:
+            return labels, None
+        scores = self.scorer.score(maps, labels)
         if self.min_score is None:
-            return labels
-        return nucleus_score.drop_unsure(labels, self.scorer.score(maps, labels), self.min_score)
+            return labels, scores
+        return nucleus_score.drop_unsure(labels, scores, self.min_score), scores[scores >= self.min_score]
 
     @property
     def scorer(self) -> nucleus_score.ScoreModel | None:
@@ -478,6 +486,7 @@ class Segmented(NamedTuple):
     mask: np.ndarray
     probability: np.ndarray | None
     scale: float
+    scores: np.ndarray | None
 
 
 def segment_image(predict_tiles: PredictTiles, image: np.ndarray, settings: Postprocessing, *,
@@ -510,6 +519,8 @@ def segment_image(predict_tiles: PredictTiles, image: np.ndarray, settings: Post
     mask : ndarray, shape (H, W), bool: the foreground (``settings.mask``)
     probability : ndarray, shape (H, W), float16, or None: the nucleus channel
     scale : float, the zoom the image was predicted at (``Postprocessing.resolve``: one for all blocks)
+    scores : ndarray, shape (n,), float64, or None: each nucleus's score (``Postprocessing.labels_and_scores``), nucleus
+        i + 1's at i; None without a score model
     """
     settings, done = settings.resolve(predict_tiles, image, tile_size=tile_size, min_overlap=min_overlap,
                                       most=block_size)
@@ -525,12 +536,13 @@ def segment_image(predict_tiles: PredictTiles, image: np.ndarray, settings: Post
     if height <= block_size and width <= block_size:
         maps = done if done is not None else settings.maps(predict_tiles, image, tile_size=tile_size,
                                                            min_overlap=min_overlap)
-        return Segmented(settings.labels(maps), settings.mask(maps),
-                         maps[..., 0].astype(np.float16) if probability else None, settings.scale)
+        labels, scores = settings.labels_and_scores(maps)
+        return Segmented(labels, settings.mask(maps), maps[..., 0].astype(np.float16) if probability else None,
+                         settings.scale, scores)
     labels = np.zeros((height, width), np.int32)
     mask = np.zeros((height, width), bool)
     nucleus = np.zeros((height, width), np.float16) if probability else None
-    count = 0
+    count, scores = 0, ([] if settings.score_model is not None else None)
     for top in range(0, height, block_size):
         for left in range(0, width, block_size):
             bottom, right = min(top + block_size, height), min(left + block_size, width)
@@ -541,7 +553,7 @@ def segment_image(predict_tiles: PredictTiles, image: np.ndarray, settings: Post
             mask[top:bottom, left:right] = settings.mask(inner)
             if nucleus is not None:
                 nucleus[top:bottom, left:right] = inner[..., 0]
-            block_labels = settings.labels(maps)
+            block_labels, block_scores = settings.labels_and_scores(maps)
             del maps, inner
             for region in skimage.measure.regionprops(block_labels):
                 row, col = region.centroid
@@ -551,7 +563,9 @@ def segment_image(predict_tiles: PredictTiles, image: np.ndarray, settings: Post
                 free = labels[rows, cols] == 0  # where a neighbour's nucleus overlaps it, the neighbour keeps them
                 count += 1
                 labels[rows[free], cols[free]] = count
-    return Segmented(labels, mask, nucleus, settings.scale)
+                if scores is not None:
+                    scores.append(block_scores[region.label - 1])
+    return Segmented(labels, mask, nucleus, settings.scale, None if scores is None else np.asarray(scores))
 
 
 def tile_count(shape: tuple[int, int], settings: Postprocessing, tile_size=TILE_SIZE,

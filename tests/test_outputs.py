@@ -81,6 +81,7 @@ def test_labels_csv_without_shapes_is_an_error(tmp_path):
 
 import json  # noqa: E402
 
+import pandas as pd  # noqa: E402
 import roifile  # noqa: E402
 import shapely.geometry  # noqa: E402
 import skimage.draw  # noqa: E402
@@ -187,6 +188,19 @@ def test_write_outputs_writes_the_asked_formats_under_the_key(tmp_path):
     assert written == ["geojson/plate 1/wéll A.geojson", "labels/plate 1/wéll A.png", "labels/plate 1/wéll A.tif",
                        "masks/plate 1/wéll A.png", "measurements/plate 1/wéll A.csv", "overlays/plate 1/wéll A.png",
                        "probabilities/plate 1/wéll A.tif", "rois/plate 1/wéll A.zip"]
-    assert len(table) == labels.max()
+    assert len(table) == labels.max() and "score" not in table  # no score model: no score column
     with pytest.raises(ValueError, match="unknown output format"):
         outputs.check_formats(["labels", "pdf"])
+
+
+def test_each_nucleus_score_goes_into_its_measurements_and_qupath_object(tmp_path):
+    labels, intensity = _nuclei()
+    scores = np.linspace(0.5, 1.0, labels.max())
+    outputs.write_outputs(tmp_path, "a", intensity, labels, labels > 0, None, ["measurements", "geojson"],
+                          scores=scores)
+    table = pd.read_csv(tmp_path / "measurements" / "a.csv")
+    np.testing.assert_allclose(table["score"], np.round(scores[table["label"] - 1], 3))
+    features = json.loads((tmp_path / "geojson" / "a.geojson").read_text())["features"]
+    by_name = {int(feature["properties"]["name"]): feature["properties"]["measurements"]["score"]
+               for feature in features}
+    assert by_name == pytest.approx({label: round(scores[label - 1], 3) for label in by_name}, abs=1e-9)

@@ -14,8 +14,10 @@ import pandas as pd
 import pytest
 import skimage.draw
 import skimage.io
+import skimage.measure
 import tifffile
 
+import nucleus_score
 import pipeline
 import segment
 import train_and_predicted_masks as cli
@@ -143,17 +145,40 @@ def test_a_large_image_is_segmented_in_blocks_without_seams(stand_in_model, tmp_
         image[rr, cc] = 0.9
     settings = segment.Postprocessing(min_size=0)
     predict = lambda tiles: np.concatenate([tiles, np.zeros_like(tiles)], axis=-1)  # noqa: E731
-    whole, whole_mask, _, _ = segment.segment_image(predict, image, settings, tile_size=64, min_overlap=16,
-                                                    block_size=1000)
-    blocks, mask, probability, _ = segment.segment_image(predict, image, settings, tile_size=64, min_overlap=16,
-                                                         block_size=64, margin=32)
+    whole, whole_mask, _, _, _ = segment.segment_image(predict, image, settings, tile_size=64, min_overlap=16,
+                                                       block_size=1000)
+    blocks, mask, probability, _, _ = segment.segment_image(predict, image, settings, tile_size=64,
+                                                            min_overlap=16, block_size=64, margin=32)
     assert blocks.max() == whole.max() and probability.shape == image.shape
     assert segment.average_precision(whole, blocks) == 1.0
     assert np.array_equal(mask, whole_mask) and np.array_equal(mask, probability > settings.threshold)
     # Without the probability map (a large image's memory): the same nuclei and foreground.
-    lean, lean_mask, nothing, _ = segment.segment_image(predict, image, settings, tile_size=64, min_overlap=16,
-                                                        block_size=64, margin=32, probability=False)
+    lean, lean_mask, nothing, _, _ = segment.segment_image(predict, image, settings, tile_size=64,
+                                                           min_overlap=16, block_size=64, margin=32,
+                                                           probability=False)
     assert nothing is None and np.array_equal(lean, blocks) and np.array_equal(lean_mask, mask)
+
+
+def test_blocks_give_each_nucleus_the_score_it_has_in_one_piece():
+    rng = np.random.default_rng(2)
+    image = np.full((300, 260), 0.05, np.float32)
+    for _ in range(30):
+        rr, cc = skimage.draw.disk(tuple(rng.integers(10, 250, 2)), int(rng.integers(5, 9)), shape=image.shape)
+        image[rr, cc] = rng.uniform(0.55, 1.0)  # nuclei of different probabilities, so of different scores
+    coef = [0.0] * len(nucleus_score.FEATURES)
+    coef[nucleus_score.FEATURES.index("nucleus_probability")] = 5.0  # a score of the probability alone: no block
+    model = nucleus_score.ScoreModel((0.8,) * len(coef), (1.0,) * len(coef), tuple(coef), 0.0).as_dict()
+    settings = segment.Postprocessing(min_size=0, score_model=model)
+    predict = lambda tiles: np.concatenate([tiles, np.zeros_like(tiles)], axis=-1)  # noqa: E731
+    whole = segment.segment_image(predict, image, settings, tile_size=64, min_overlap=16, block_size=1000)
+    blocks = segment.segment_image(predict, image, settings, tile_size=64, min_overlap=16, block_size=64, margin=32)
+    assert len(whole.scores) == whole.labels.max() == blocks.labels.max() == len(blocks.scores)
+    for region in skimage.measure.regionprops(whole.labels):
+        row, col = region.coords[0]
+        assert blocks.scores[blocks.labels[row, col] - 1] == pytest.approx(whole.scores[region.label - 1])
+    assert np.ptp(whole.scores) > 0.3  # scores that differ, so a mix-up would show
+    assert segment.segment_image(predict, image, segment.Postprocessing(min_size=0), tile_size=64,
+                                 min_overlap=16).scores is None
 
 
 def test_scale_auto_zooms_small_nuclei_and_says_so_in_the_counts(stand_in_model, tmp_path):

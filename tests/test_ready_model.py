@@ -74,6 +74,9 @@ def test_predict_without_a_model_uses_the_ready_one_on_every_backend(backend, tm
     (run_dir,) = out.iterdir()
     counts = pd.read_csv(run_dir / "counts.csv")
     assert counts["nuclei"].tolist() == [4], counts  # four bright discs: four nuclei
+    scores = pd.read_csv(run_dir / "measurements.csv")["score"]  # each nucleus's, all above the model's cut
+    assert len(scores) == 4 and scores.between(segment.Postprocessing.load(FOLDER / "postprocessing.json").min_score,
+                                                1).all(), scores
 
 
 def test_the_ready_model_scores_what_its_card_says_on_real_test_images(tmp_path):

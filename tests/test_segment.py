@@ -434,7 +434,7 @@ def test_nuclei_smaller_than_the_speck_size_are_measured_and_zoomed_in():
         rr, cc = skimage.draw.disk((row, col), 2.6, shape=small.shape)
         small[rr, cc] = 0.9
     auto = segment.Postprocessing(scale="auto", nucleus_area=8 * 21.0, min_size=30)
-    labels, _, _, scale = segment.segment_image(lambda tiles: tiles, small, auto, tile_size=64, min_overlap=8)
+    labels, _, _, scale, _ = segment.segment_image(lambda tiles: tiles, small, auto, tile_size=64, min_overlap=8)
     assert scale == pytest.approx(2**1.5) == max(segment.AUTO_SCALES) and labels.max() == 5
 
 
@@ -445,7 +445,7 @@ def test_an_image_of_single_bright_pixels_has_no_nuclei_and_is_not_zoomed():
     specks[10, 10] = specks[40, 60] = specks[70, 20] = 0.9
     specks[20:22, 50] = 0.9  # 2 pixels
     auto = segment.Postprocessing(scale="auto", nucleus_area=365.0, min_size=30)
-    labels, _, _, scale = segment.segment_image(lambda tiles: tiles, specks, auto, tile_size=64, min_overlap=8)
+    labels, _, _, scale, _ = segment.segment_image(lambda tiles: tiles, specks, auto, tile_size=64, min_overlap=8)
     assert scale == 1.0 and labels.max() == 0
     assert segment.probability_to_labels(specks, min_size=0).max() == 4
 
@@ -455,8 +455,8 @@ def test_auto_scale_of_a_large_image_is_one_zoom_for_all_its_blocks():
     area = segment.typical_area(segment.probability_to_labels(image, min_size=0))
     auto = segment.Postprocessing(scale="auto", nucleus_area=4 * area, min_size=5)
     options = {"tile_size": 64, "min_overlap": 8, "block_size": 100, "margin": 20}
-    labels, _, _, scale = segment.segment_image(lambda tiles: tiles, image, auto, **options)
-    fixed, _, _, _ = segment.segment_image(lambda tiles: tiles, image, auto.replace(scale=2.0), **options)
+    labels, _, _, scale, _ = segment.segment_image(lambda tiles: tiles, image, auto, **options)
+    fixed, _, _, _, _ = segment.segment_image(lambda tiles: tiles, image, auto.replace(scale=2.0), **options)
     np.testing.assert_array_equal(labels, fixed)
     assert labels.max() == 16 and scale == 2.0
 
@@ -480,7 +480,7 @@ def test_segment_image_reports_the_tiles_it_will_predict_at_the_zoom_it_chose(tt
     for block_size in (100, 2048):  # in blocks, and in one piece
         auto = segment.Postprocessing(scale="auto", nucleus_area=zoom_area * area, min_size=5, tta=tta)
         totals, counted = [], []
-        _, _, _, scale = segment.segment_image(lambda tiles: tiles, image, auto, tile_size=64, min_overlap=8,
+        _, _, _, scale, _ = segment.segment_image(lambda tiles: tiles, image, auto, tile_size=64, min_overlap=8,
                                                block_size=block_size, margin=20, progress=counted.append,
                                                total=totals.append)
         assert scale == (2.0 if zoom_area == 4.0 else 1.0)
@@ -504,7 +504,7 @@ def test_auto_scale_zooms_no_blurred_image_in_but_still_zooms_it_out():
     assert zoom(sharp, 4) == 2.0 and zoom(blurred, 4) == 1.0
     assert zoom(blurred, 1 / 4) == 0.5
     area = segment.typical_area(segment.probability_to_labels(blurred, min_size=0))
-    labels, _, _, scale = segment.segment_image(lambda tiles: tiles, blurred,
+    labels, _, _, scale, _ = segment.segment_image(lambda tiles: tiles, blurred,
                                                 segment.Postprocessing(scale="auto", nucleus_area=4 * area,
                                                                        min_size=5), **options)
     assert scale == 1.0 and labels.max() == 4
