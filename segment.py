@@ -321,11 +321,11 @@ class Postprocessing:
 
         A number stays as it is. 'auto' becomes the zoom of ``AUTO_SCALES`` that brings the image's typical
         nucleus area (``typical_area`` of a first pass at 1x without test-time augmentation, on at most the
-        central ``most`` x ``most`` pixels; nuclei smaller than ``min_size`` count, ``probability_to_labels``; the
-        nuclei under ``min_score`` too)
-        closest to ``nucleus_area`` (``choose_scale``); but 1x rather than a zoom in where those pixels' edges are
-        softer than ``MIN_ZOOM_IN_SHARPNESS`` (``imaging.edge_sharpness``: a blurred image). That first pass is
-        returned when it covers the whole image, the zoom is 1 and ``tta`` is off: it is then the prediction.
+        central ``most`` x ``most`` pixels; nuclei smaller than ``min_size`` count, ``probability_to_labels``, and
+        so do those under ``min_score``) closest to ``nucleus_area`` (``choose_scale``); but 1x rather than a zoom
+        in where those pixels' edges are softer than ``MIN_ZOOM_IN_SHARPNESS`` (``imaging.edge_sharpness``: a
+        blurred image). That first pass is returned when it covers the whole image, the zoom is 1 and ``tta`` is
+        off: it is then the prediction.
         """
         if self.scale != "auto":
             return self, None
