@@ -226,7 +226,7 @@ class Postprocessing:
     tile_size: int | str | None = None
     nucleus_area: float | None = None
     min_score: float | None = None
-    score_model: dict | None = None
+    score_model: dict | None = dataclasses.field(default=None, repr=False)  # long: in postprocessing.json
 
     def __post_init__(self):
         if not 0.0 < self.threshold < 1.0:
