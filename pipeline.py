@@ -422,6 +422,8 @@ def fit_score_model(settings: segment.Postprocessing, records: list, predict_til
                     *, progress: bool) -> dict:
     """A ``nucleus_score.ScoreModel`` (as a dict) fitted on the nuclei that ``settings`` finds in ``records``
     (training images with their true labels): whether each matches a true nucleus at IoU above 0.5."""
+    if not records:
+        raise UserError("the split has no training images to fit a nucleus score on: tune without --fit-score")
     measurements, matched = [], []
     for record in tqdm(records, desc="predict training images (score model)", unit="img", disable=not progress):
         maps = settings.maps(predict_tiles, record.image, tile_size=tile_size, min_overlap=min_overlap)

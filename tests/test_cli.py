@@ -248,6 +248,8 @@ def test_a_nucleus_score_is_not_fitted_on_a_model_that_finds_nothing_or_only_rig
         pipeline.fit_score_model(settings, records, blank, 64, 16, progress=False)
     with pytest.raises(UserError, match="all of the 2 nuclei it finds match a true one"):
         pipeline.fit_score_model(settings, records, perfect, 64, 16, progress=False)
+    with pytest.raises(UserError, match="no training images"):
+        pipeline.fit_score_model(settings, [], perfect, 64, 16, progress=False)
 
 
 def test_tune_refuses_the_test_split(smoke_run, capsys):
