@@ -146,9 +146,10 @@ def fit_score_model(measurements: np.ndarray, matched: np.ndarray, *, regulariza
     if measurements.ndim != 2 or measurements.shape[1] != len(FEATURES) or len(matched) != len(measurements):
         raise ValueError(f"expected measurements of shape (n, {len(FEATURES)}) and n flags, "
                          f"got {measurements.shape} and {matched.shape}")
-    if matched.all() or not matched.any():
-        raise ValueError(f"fitting a score needs both matched and unmatched nuclei; all {len(matched)} are "
-                         f"{'matched' if matched.any() else 'unmatched'}")
+    if matched.all() or not matched.any():  # a score is learnt from right and wrong nuclei
+        raise ValueError("no nuclei to learn a score from" if not len(matched) else
+                         f"{'all' if matched.any() else 'none'} of the {len(matched)} nuclei match a true one, "
+                         "and a score is learnt from right and wrong ones")
     mean = measurements.mean(axis=0)
     scale = measurements.std(axis=0)
     scale = np.where(scale > 0, scale, 1.0)

@@ -431,14 +431,12 @@ def fit_score_model(settings: segment.Postprocessing, records: list, predict_til
         measurements.append(nucleus_score.measure_nuclei(maps, labels))
         iou = segment.iou_matrix(record.labels, labels)
         matched.append(iou.max(axis=0, initial=0.0) > 0.5)
-    matched = np.concatenate(matched)
-    if matched.all() or not matched.any():  # a score is learnt from right and wrong nuclei
-        found = (f"{'all' if matched.any() else 'none'} of the {len(matched)} nuclei it finds match a true one"
-                 if len(matched) else "it finds no nuclei")
-        raise UserError(f"cannot fit a nucleus score for this model on its {len(records)} training images: {found}; "
-                        "tune without --fit-score")
-    fitted = nucleus_score.fit_score_model(np.concatenate(measurements), matched)
-    log.info("score model fitted on %d nuclei of %d training images", len(matched), len(records))
+    try:
+        fitted = nucleus_score.fit_score_model(np.concatenate(measurements), np.concatenate(matched))
+    except ValueError as error:
+        raise UserError(f"cannot fit a nucleus score for this model on its {len(records)} training images: {error}; "
+                        "tune without --fit-score") from error
+    log.info("score model fitted on %d nuclei of %d training images", sum(map(len, matched)), len(records))
     return fitted.as_dict()
 
 

@@ -283,21 +283,26 @@ class Postprocessing:
         Split by the contact channel if there is one and no marker height is set, else as
         ``probability_to_labels`` without contacts; then, with ``min_score``, the nuclei scoring under it dropped.
         """
+        if self.min_score is None:  # no cut: the scores are not needed
+            return self._split(maps)
         return self.labels_and_scores(maps)[0]
 
     def labels_and_scores(self, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """``labels(maps)``, and with a ``score_model`` the score of each of its nuclei: ndarray, shape (n,),
         float64 in [0, 1], nucleus i + 1's at i (measured before the cut, as the cut saw it); else None."""
-        contact = maps[..., 1] if maps.shape[-1] > 1 and self.marker_height is None else None
-        labels = probability_to_labels(maps[..., 0], threshold=self.threshold, min_size=self.min_size,
-                                       min_size_relative=self.min_size_relative, marker_height=self.marker_height,
-                                       contact=contact, contact_threshold=self.contact_threshold)
+        labels = self._split(maps)
         if self.score_model is None:
             return labels, None
         scores = self.scorer.score(maps, labels)
         if self.min_score is None:
             return labels, scores
         return nucleus_score.drop_unsure(labels, scores, self.min_score), scores[scores >= self.min_score]
+
+    def _split(self, maps: np.ndarray) -> np.ndarray:
+        contact = maps[..., 1] if maps.shape[-1] > 1 and self.marker_height is None else None
+        return probability_to_labels(maps[..., 0], threshold=self.threshold, min_size=self.min_size,
+                                     min_size_relative=self.min_size_relative, marker_height=self.marker_height,
+                                     contact=contact, contact_threshold=self.contact_threshold)
 
     @property
     def scorer(self) -> nucleus_score.ScoreModel | None:

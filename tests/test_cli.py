@@ -244,9 +244,9 @@ def test_a_nucleus_score_is_not_fitted_on_a_model_that_finds_nothing_or_only_rig
         return np.concatenate([tiles, np.zeros_like(tiles)], axis=-1)
 
     settings = segment.Postprocessing(min_size=0)
-    with pytest.raises(UserError, match="on its 2 training images: it finds no nuclei"):
+    with pytest.raises(UserError, match="on its 2 training images: no nuclei to learn"):
         pipeline.fit_score_model(settings, records, blank, 64, 16, progress=False)
-    with pytest.raises(UserError, match="all of the 2 nuclei it finds match a true one"):
+    with pytest.raises(UserError, match="all of the 2 nuclei match a true one"):
         pipeline.fit_score_model(settings, records, perfect, 64, 16, progress=False)
     with pytest.raises(UserError, match="no training images"):
         pipeline.fit_score_model(settings, [], perfect, 64, 16, progress=False)

@@ -85,7 +85,7 @@ def test_a_fitted_score_rises_with_what_separates_matched_from_unmatched_nuclei(
 
 
 def test_fitting_needs_matched_and_unmatched_nuclei():
-    with pytest.raises(ValueError, match="all 3 are matched"):
+    with pytest.raises(ValueError, match="all of the 3 nuclei match"):
         nucleus_score.fit_score_model(np.zeros((3, len(nucleus_score.FEATURES))), np.ones(3, bool))
     with pytest.raises(ValueError, match="shape"):
         nucleus_score.fit_score_model(np.zeros((3, 2)), np.array([True, False, True]))
