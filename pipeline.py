@@ -204,7 +204,8 @@ def _train_and_evaluate(config, run_dir, tiles, split, test_records, distributio
     if config.init and Path(config.init).is_file():  # fine-tuning keeps how its model zooms and tiles
         start = TrainedModel.open(config.init).postprocessing
         if start.scale != "auto" or nucleus_area is not None:
-            postprocessing = postprocessing.replace(scale=start.scale, tile_size=start.tile_size)
+            postprocessing = postprocessing.replace(scale=start.scale, tile_size=start.tile_size,
+                                                    extra_zooms=start.extra_zooms)
     postprocessing.save(run_dir / "postprocessing.json")
     if not test_records:  # a small dataset's split (fine-tuning) has no test images
         log.info("no test images in the split: score the model on images of your own with "
@@ -357,10 +358,11 @@ def evaluate_run(model_path: Path, *, data: Path | None = None, split: Path | No
 
 
 def tune_run(model_path: Path, *, data: Path | None = None, split: Path | None = None, subset: str = "cv",
-             tta: bool | None = None, scale: float | str | None = None, fit_score: bool = False, out: Path,
+             tta: bool | None = None, scale: float | str | None = None, extra_zooms: list | None = None,
+             fit_score: bool = False, out: Path,
              cache_dir: Path | None, progress: bool) -> Path:
     """Choose the post-processing on ``subset`` (the CV split by default; never the test split), with
-    ``tta`` and ``scale`` as given (default: the model's). A model whose files lack the typical nucleus
+    ``tta``, ``scale`` and ``extra_zooms`` as given (default: the model's). A model whose files lack the typical nucleus
     area of its training images (``Postprocessing.nucleus_area``, for scale 'auto') gets it from its split.
 
     With ``fit_score``, a score model (``nucleus_score``) is fitted on the predictions for the split's training
@@ -381,17 +383,20 @@ def tune_run(model_path: Path, *, data: Path | None = None, split: Path | None =
     if nucleus_area is None:
         nucleus_area = segment.reference_area(record.labels for record in train) or None
         log.info("typical nucleus area of the training images: %s pixels", nucleus_area)
-    prediction = model.postprocessing.replace(tta=tta, nucleus_area=nucleus_area,
-                                              scale=model.postprocessing.scale if scale is None else scale)
+    prediction = model.postprocessing.replace(
+        tta=tta, nucleus_area=nucleus_area, scale=model.postprocessing.scale if scale is None else scale,
+        extra_zooms=model.postprocessing.extra_zooms if extra_zooms is None else extra_zooms)
     run_dir = runs.new_run_dir(out, "tune")
     log.info("run folder: %s", run_dir)
     runs.write_json(run_dir / "config.json", {"model": str(model_path), "data": str(source), "subset": subset,
-                                              "tta": tta, "scale": prediction.scale, "fit_score": fit_score})
+                                              "tta": tta, "scale": prediction.scale,
+                                              "extra_zooms": prediction.extra_zooms, "fit_score": fit_score})
     predict_tiles, tile_size, min_overlap = model.predictor()
     maps = [prediction.maps(predict_tiles, record.image, tile_size=tile_size, min_overlap=min_overlap)
             for record in tqdm(records, desc="predict images", unit="img", disable=not progress)]
     grid = segment.tuning_grid(has_contacts=maps[0].shape[-1] > 1, tta=tta, scale=prediction.scale,
-                               tile_size=prediction.tile_size, nucleus_area=prediction.nucleus_area)
+                               tile_size=prediction.tile_size, nucleus_area=prediction.nucleus_area,
+                               extra_zooms=prediction.extra_zooms)
     truths = [record.labels for record in records]
     rows = segment.tune_postprocessing(maps, truths, grid, progress=lambda items: tqdm(
         items, desc="post-processing grid", disable=not progress))

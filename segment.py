@@ -214,6 +214,10 @@ class Postprocessing:
         that a predicted nucleus matches a true one (``nucleus_score``). None: keep every nucleus.
     score_model : dict or None
         ``nucleus_score.ScoreModel.as_dict()``, written by ``tune --fit-score``.
+    extra_zooms : tuple of float
+        Relative zooms at which each image is predicted as well, the maps averaged with those at ``scale``
+        (``zooms``): (1.41,) also predicts at 1.41 times the zoom (zoomed in: twice the pixels, so about 3x the
+        model's work in all). A zoom outside ``AUTO_SCALES``' range is left out. Empty: ``scale`` alone.
     """
 
     threshold: float = 0.5
@@ -227,8 +231,16 @@ class Postprocessing:
     nucleus_area: float | None = None
     min_score: float | None = None
     score_model: dict | None = dataclasses.field(default=None, repr=False)  # long: in postprocessing.json
+    extra_zooms: tuple[float, ...] = ()
 
     def __post_init__(self):
+        try:
+            extra = tuple(float(zoom) for zoom in self.extra_zooms)
+        except (TypeError, ValueError):
+            raise UserError(f"extra_zooms must be a list of positive numbers, got {self.extra_zooms!r}") from None
+        if not all(zoom > 0 and zoom != 1.0 for zoom in extra):
+            raise UserError(f"extra_zooms must be positive numbers other than 1, got {self.extra_zooms!r}")
+        object.__setattr__(self, "extra_zooms", extra)  # a list from JSON: a tuple, so that settings compare equal
         if not 0.0 < self.threshold < 1.0:
             raise UserError(f"threshold must be in (0, 1), got {self.threshold}")
         if not 0.0 < self.contact_threshold < 1.0:
@@ -312,12 +324,26 @@ class Postprocessing:
     def maps(self, predict_tiles: PredictTiles, image: np.ndarray, *, tile_size: int = TILE_SIZE,
              min_overlap: int = MIN_OVERLAP) -> np.ndarray:
         """``predict_maps`` of ``image`` with this object's ``tta``, ``scale`` (with 'auto', ``resolve``)
-        and ``tile_size`` (if set; else the ``tile_size`` given: the model's)."""
+        and ``tile_size`` (if set; else the ``tile_size`` given: the model's); with ``extra_zooms``, the mean of
+        the maps at each of ``zooms``."""
         settings, done = self.resolve(predict_tiles, image, tile_size=tile_size, min_overlap=min_overlap)
         if done is not None:
             return done
-        return predict_maps(predict_tiles, image, tile_size=settings.tile_size or tile_size, min_overlap=min_overlap,
-                            tta=settings.tta, scale=settings.scale)
+        total = None
+        for zoom in settings.zooms:
+            maps = predict_maps(predict_tiles, image, tile_size=settings.tile_size or tile_size,
+                                min_overlap=min_overlap, tta=settings.tta, scale=zoom)
+            total = maps if total is None else total + maps
+        return total / len(settings.zooms) if len(settings.zooms) > 1 else total
+
+    @property
+    def zooms(self) -> tuple[float, ...]:
+        """The zooms the maps are predicted at: ``scale`` (a number: after ``resolve``), then ``scale`` times each of
+        ``extra_zooms`` that lies within ``AUTO_SCALES``' range."""
+        if self.scale == "auto":
+            raise ValueError("scale 'auto' has no zooms before it is resolved for an image (resolve)")
+        low, high = min(AUTO_SCALES) * 0.999, max(AUTO_SCALES) * 1.001
+        return (self.scale, *(self.scale * zoom for zoom in self.extra_zooms if low <= self.scale * zoom <= high))
 
     def resolve(self, predict_tiles: PredictTiles, image: np.ndarray, *, tile_size: int = TILE_SIZE,
                 min_overlap: int = MIN_OVERLAP, most: int = AUTO_TILE_MAX) -> tuple[Postprocessing, np.ndarray | None]:
@@ -337,7 +363,7 @@ class Postprocessing:
         height, width = image.shape
         top, left = max((height - most) // 2, 0), max((width - most) // 2, 0)
         part = image[top:top + most, left:left + most]
-        first = self.replace(scale=1.0, tta=False, min_score=None)  # the zoom as chosen on CV: from every nucleus
+        first = self.replace(scale=1.0, tta=False, min_score=None, extra_zooms=())  # as chosen on CV: every nucleus
         maps = first.maps(predict_tiles, part, tile_size=tile_size, min_overlap=min_overlap)
         area = typical_area(first.labels(maps))
         scale = choose_scale(area, self.nucleus_area)
@@ -346,7 +372,7 @@ class Postprocessing:
             scale = 1.0
         resolved = self.replace(scale=scale)
         log.debug("typical nucleus area at 1x: %.0f pixels; zoom %.2f", area, resolved.scale)
-        done = part.shape == image.shape and resolved.scale == 1.0 and not self.tta
+        done = part.shape == image.shape and resolved.zooms == (1.0,) and not self.tta
         return resolved, (maps if done else None)
 
     def mask(self, maps: np.ndarray) -> np.ndarray:
@@ -575,15 +601,19 @@ def segment_image(predict_tiles: PredictTiles, image: np.ndarray, settings: Post
 
 def tile_count(shape: tuple[int, int], settings: Postprocessing, tile_size=TILE_SIZE,
                min_overlap: int = MIN_OVERLAP, block_size: int = 2048, margin: int = 128) -> int:
-    """How many tiles ``segment_image`` predicts for an image of ``shape`` (for a progress bar; scale 'auto'
-    counts as 1x, and its first pass is not counted: ``segment_image`` reports the count at the zoom it chose)."""
-    scale = 1.0 if settings.scale == "auto" else settings.scale
+    """How many tiles ``segment_image`` predicts for an image of ``shape``, at each of its zooms (for a progress bar;
+    scale 'auto' counts as 1x, and its first pass is not counted: ``segment_image`` reports the count at the zoom it
+    chose)."""
+    zooms = (settings.replace(scale=1.0) if settings.scale == "auto" else settings).zooms
 
     def tiles_of(size):
-        size = tuple(max(int(round(side * scale)), 1) for side in size)
-        side = settings.tile_size or tile_size
-        side = inference_tile_size(size, AUTO_TILE_MAX, min_overlap) if side == "auto" else side
-        return len(tiling.tile_grid(size, side, min_overlap))
+        count = 0
+        for zoom in zooms:
+            zoomed = tuple(max(int(round(side * zoom)), 1) for side in size)
+            side = settings.tile_size or tile_size
+            side = inference_tile_size(zoomed, AUTO_TILE_MAX, min_overlap) if side == "auto" else side
+            count += len(tiling.tile_grid(zoomed, side, min_overlap))
+        return count
 
     height, width = shape
     if height <= block_size and width <= block_size:
@@ -809,11 +839,13 @@ TUNE_MIN_SCORES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
 
 
 def tuning_grid(has_contacts: bool, tta: bool, scale: float | str = 1.0, tile_size=None,
-                nucleus_area: float | None = None, relative_min_sizes: tuple[float, ...] = ()) -> list[Postprocessing]:
+                nucleus_area: float | None = None, relative_min_sizes: tuple[float, ...] = (),
+                extra_zooms: tuple[float, ...] = ()) -> list[Postprocessing]:
     """The settings ``tune_postprocessing`` tries: every threshold and speck size (in pixels, and each of
     ``relative_min_sizes``: fractions of the image's typical nucleus area) with every way of splitting (by the
     contact channel at each contact threshold if the model has one, else not at all; or by a distance watershed
-    of each marker height).
+    of each marker height). ``tta``, ``scale``, ``tile_size``, ``nucleus_area`` and ``extra_zooms`` say how the maps
+    were predicted and are the same in every setting.
 
     Relative sizes are not tried by default: in every tune that tried them (0.1, 0.2 and 0.3 of the typical
     area; the ready model's ``tuning.csv``) the best was 0.004-0.006 mAP below a fixed 30 pixels, and they
@@ -823,7 +855,7 @@ def tuning_grid(has_contacts: bool, tta: bool, scale: float | str = 1.0, tile_si
     sizes = [(pixels, None) for pixels in TUNE_MIN_SIZES] + [(30, fraction) for fraction in relative_min_sizes]
     return [Postprocessing(threshold=threshold, min_size=min_size, min_size_relative=relative, marker_height=height,
                            contact_threshold=contact, tta=tta, scale=scale, tile_size=tile_size,
-                           nucleus_area=nucleus_area)
+                           nucleus_area=nucleus_area, extra_zooms=extra_zooms)
             for threshold, (height, contact), (min_size, relative) in itertools.product(TUNE_THRESHOLDS, splits, sizes)]
 
 

@@ -333,6 +333,20 @@ def test_min_score_from_the_command_line_and_zero_keeping_every_nucleus():
         parser.parse_args(["train", "--min-score", "0.3"])
 
 
+def test_extra_zooms_from_the_command_line_and_none_for_one_zoom():
+    parser = cli.build_arg_parser()
+    assert cli.postprocessing_overrides(parser.parse_args(["predict", "x.png", "--extra-zooms", "1.41"])) == {
+        "extra_zooms": [1.41]}
+    assert cli.postprocessing_overrides(parser.parse_args(["evaluate", "m.keras", "--extra-zooms"])) == {
+        "extra_zooms": []}
+    assert segment.Postprocessing(extra_zooms=(1.41,)).replace(extra_zooms=[]).extra_zooms == ()
+    assert parser.parse_args(["tune", "m.keras", "--extra-zooms", "0.71", "1.41"]).extra_zooms == [0.71, 1.41]
+    assert parser.parse_args(["tune", "m.keras"]).extra_zooms is None  # the model's
+    for bad in ("1", "0", "two"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["predict", "x.png", "--extra-zooms", bad])
+
+
 # ---- the command line itself ---------------------------------------------------------------
 
 def _synopsis() -> dict[str, set[str]]:

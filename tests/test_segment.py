@@ -350,6 +350,34 @@ def test_postprocessing_scale_is_used_for_the_maps():
         segment.Postprocessing(scale=0.0)
 
 
+def test_extra_zooms_average_the_maps_predicted_at_each_zoom():
+    image = np.random.default_rng(1).random((50, 70)).astype(np.float32)
+    settings = segment.Postprocessing(scale=0.71, extra_zooms=[2 ** 0.5, 8.0])  # 0.71 x 8 is beyond AUTO_SCALES
+
+    def model(tiles):  # not linear in the pixels: the mean of the maps is not the map of a mean image
+        return tiles ** 2
+
+    assert settings.extra_zooms == (2 ** 0.5, 8.0) and settings.zooms == pytest.approx((0.71, 0.71 * 2 ** 0.5))
+    expected = np.mean([segment.predict_maps(model, image, tile_size=32, min_overlap=8, scale=zoom)
+                        for zoom in settings.zooms], axis=0)
+    maps = settings.maps(model, image, tile_size=32, min_overlap=8)
+    np.testing.assert_allclose(maps, expected, atol=1e-6)
+    alone = settings.replace(extra_zooms=()).maps(model, image, tile_size=32, min_overlap=8)
+    assert not np.allclose(maps, alone, atol=1e-3)
+    with pytest.raises(ValueError, match="resolved"):
+        _ = settings.replace(scale="auto", nucleus_area=100.0).zooms
+
+
+def test_extra_zooms_round_trip_through_the_file_and_reject_bad_values(tmp_path):
+    settings = segment.Postprocessing(scale="auto", nucleus_area=300.0, extra_zooms=(1.5,))
+    settings.save(tmp_path / "postprocessing.json")
+    assert json.loads((tmp_path / "postprocessing.json").read_text())["extra_zooms"] == [1.5]
+    assert segment.Postprocessing.load(tmp_path / "postprocessing.json") == settings
+    for bad in ([1.0], [0.0], [-2.0], ["x"], 1.5):
+        with pytest.raises(UserError, match="extra_zooms"):
+            segment.Postprocessing(extra_zooms=bad)
+
+
 def test_automatic_tiles_with_tta_give_the_image_back():
     image = np.random.default_rng(5).random((150, 230)).astype(np.float32)
     maps = segment.predict_maps(lambda tiles: tiles, image, tile_size="auto", tta=True)
@@ -472,13 +500,14 @@ def test_auto_scale_needs_the_training_nucleus_area():
     assert segment.Postprocessing.from_dict(json.loads(json.dumps(settings.__dict__))) == settings
 
 
-@pytest.mark.parametrize("tta", [False, True])
+@pytest.mark.parametrize("tta, extra", [(False, ()), (True, ()), (False, (2 ** 0.5,))])
 @pytest.mark.parametrize("zoom_area", [1.0, 4.0])  # 4x the nuclei's area: zoomed 2x
-def test_segment_image_reports_the_tiles_it_will_predict_at_the_zoom_it_chose(tta, zoom_area):
+def test_segment_image_reports_the_tiles_it_will_predict_at_the_zoom_it_chose(tta, extra, zoom_area):
     image = np.tile(_disks(), (2, 2))  # 240 x 320
     area = segment.typical_area(segment.probability_to_labels(image, min_size=0))
     for block_size in (100, 2048):  # in blocks, and in one piece
-        auto = segment.Postprocessing(scale="auto", nucleus_area=zoom_area * area, min_size=5, tta=tta)
+        auto = segment.Postprocessing(scale="auto", nucleus_area=zoom_area * area, min_size=5, tta=tta,
+                                      extra_zooms=extra)
         totals, counted = [], []
         _, _, _, scale, _ = segment.segment_image(lambda tiles: tiles, image, auto, tile_size=64, min_overlap=8,
                                                block_size=block_size, margin=20, progress=counted.append,
