@@ -128,11 +128,13 @@ def test_fine_tuning_starts_from_the_ready_model_and_lowers_its_loss(tmp_path):
     assert len(history) == 3
     before = json.loads((run_dir / "training.json").read_text())["starting_model"]["val_loss"]
     assert history["val_loss"].iloc[-1] < before, (before, history["val_loss"].tolist())
-    # It keeps the ready model's post-processing, the automatic zoom included, toward its own training images' size.
+    # It keeps the ready model's post-processing, the automatic zoom (and its second, 1.41x larger) included, toward
+    # its own training images' size.
     settings = segment.Postprocessing.load(run_dir / "postprocessing.json")
     ready = segment.Postprocessing.load(FOLDER / "postprocessing.json")
-    assert (settings.threshold, settings.contact_threshold, settings.scale) == (ready.threshold,
-                                                                              ready.contact_threshold, ready.scale)
+    assert ready.extra_zooms
+    assert (settings.threshold, settings.contact_threshold, settings.scale, settings.extra_zooms) == (
+        ready.threshold, ready.contact_threshold, ready.scale, ready.extra_zooms)
     # but not its nucleus score, which was fitted on the ready model's own predictions ('tune --fit-score' fits one)
     assert ready.min_score is not None and (settings.min_score, settings.score_model) == (None, None)
     assert settings.nucleus_area == segment.reference_area(labels for _, _, labels in
