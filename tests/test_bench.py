@@ -266,3 +266,24 @@ def test_score_losses_quick(tmp_path):
     assert counts["matched"] + sum(counts[f"true_{kind}"] for kind in ("missed", "merged", "split", "outline")) \
         == counts["true"]
     assert (tmp_path / "score_losses.csv").is_file()
+
+
+def test_multi_zoom_predicts_the_neighbouring_zooms_within_range_and_averages_each_zoom_once():
+    sys.path.insert(0, str(BENCH_DIR))
+    multi_zoom = pytest.importorskip("multi_zoom")
+    scales = (0.35, 0.5, 0.71, 1.0, 1.41, 2.0, 2.83)
+    assert multi_zoom.zooms_of(1.0, scales) == pytest.approx({"z": 1.0, "down": 2 ** -0.5, "up": 2 ** 0.5, "one": 1.0})
+    assert set(multi_zoom.zooms_of(2 * 2 ** 0.5, scales)) == {"z", "down", "one"}  # no 4x
+    maps = {"z": (1.0, np.zeros((2, 2, 1))), "up": (1.41, np.ones((2, 2, 1))), "one": (1.0, np.full((2, 2, 1), 9.0))}
+    np.testing.assert_allclose(multi_zoom.variant_maps(maps, ("z", "up")), 0.5)
+    np.testing.assert_allclose(multi_zoom.variant_maps(maps, ("z", "one")), 0.0)  # 1x is z: counted once
+    np.testing.assert_allclose(multi_zoom.variant_maps(maps, ("down", "z")), 0.0)  # a zoom left out
+
+
+@pytest.mark.slow
+def test_multi_zoom_quick(tmp_path):
+    results = run_quick(tmp_path, "multi_zoom.py", "--no-tta")
+    assert results["images"] == 3 and set(results["cv_map"]) == set(
+        ["z", "z, z*sqrt2", "z/sqrt2, z", "z/sqrt2, z, z*sqrt2", "z, 1x"])
+    assert all(0 <= value <= 1 for value in results["cv_map"].values())
+    assert (tmp_path / "multi_zoom.csv").is_file()
