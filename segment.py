@@ -342,8 +342,7 @@ class Postprocessing:
         ``extra_zooms`` that lies within ``AUTO_SCALES``' range."""
         if self.scale == "auto":
             raise ValueError("scale 'auto' has no zooms before it is resolved for an image (resolve)")
-        low, high = min(AUTO_SCALES) * 0.999, max(AUTO_SCALES) * 1.001
-        return (self.scale, *(self.scale * zoom for zoom in self.extra_zooms if low <= self.scale * zoom <= high))
+        return (self.scale, *(self.scale * zoom for zoom in self.extra_zooms if within_zoom_range(self.scale * zoom)))
 
     def resolve(self, predict_tiles: PredictTiles, image: np.ndarray, *, tile_size: int = TILE_SIZE,
                 min_overlap: int = MIN_OVERLAP, most: int = AUTO_TILE_MAX) -> tuple[Postprocessing, np.ndarray | None]:
@@ -453,6 +452,11 @@ def probability_to_labels(
         min_size = min(min_size, max(int(MAX_SPECK_FRACTION * _typical_of_areas(areas[1:])), floor))
     relabelled, _, _ = skimage.segmentation.relabel_sequential(drop_specks(labels, min_size, areas=areas))
     return relabelled.astype(np.int32)
+
+
+def within_zoom_range(zoom: float) -> bool:
+    """Whether ``zoom`` lies within ``AUTO_SCALES``' range (give or take rounding): the zooms the model was made for."""
+    return min(AUTO_SCALES) * 0.999 <= zoom <= max(AUTO_SCALES) * 1.001
 
 
 def choose_scale(area: float, reference: float, scales: tuple[float, ...] = AUTO_SCALES) -> float:

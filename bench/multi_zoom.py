@@ -37,11 +37,13 @@ VARIANTS = {
 }
 
 
-def zooms_of(z: float, scales) -> dict:
-    """The zooms predicted for an image whose automatic zoom is ``z``: name -> zoom, within ``scales``' range."""
-    low, high = min(scales) * 0.999, max(scales) * 1.001
+def zooms_of(z: float) -> dict:
+    """The zooms predicted for an image whose automatic zoom is ``z``: name -> zoom, those within the model's range
+    (``segment.within_zoom_range``, as ``Postprocessing.extra_zooms`` keeps them)."""
+    import segment
+
     zooms = {"z": z, "down": z / math.sqrt(2), "up": z * math.sqrt(2), "one": 1.0}
-    return {name: zoom for name, zoom in zooms.items() if low <= zoom <= high}
+    return {name: zoom for name, zoom in zooms.items() if segment.within_zoom_range(zoom)}
 
 
 def variant_maps(maps: dict, names: tuple) -> np.ndarray:
@@ -74,7 +76,7 @@ def main(argv=None) -> None:
         resolved, _ = settings.resolve(data.predict_tiles, image, tile_size=data.tile_size,
                                        min_overlap=data.min_overlap)
         maps = {}
-        for name, zoom in zooms_of(resolved.scale, segment.AUTO_SCALES).items():
+        for name, zoom in zooms_of(resolved.scale).items():
             took, predicted = common.timed(segment.predict_maps, data.predict_tiles, image, tile_size=data.tile_size,
                                            min_overlap=data.min_overlap, tta=settings.tta, scale=zoom)
             maps[name] = (zoom, predicted)
