@@ -559,8 +559,9 @@ def export_run(model_path: Path | list[Path], *, export_format: str = "savedmode
     Several models (a list): one model predicting the mean of theirs (``unet.average_models``), e.g. the
     same recipe trained with different seeds. They must come from runs on the same ``split.csv`` (else
     ``evaluate`` would score some images that a member trained on); the first model's run files are copied,
-    and its ``postprocessing.json`` is a starting point only: ``tune`` the average. ``export.json`` keeps each
-    member's ``config.json`` and ``training.json``.
+    and its ``postprocessing.json`` is a starting point only, without the first model's nucleus score (fitted to
+    that model's maps, not the average's): ``tune`` the average (``--fit-score`` for a score of its own).
+    ``export.json`` keeps each member's ``config.json`` and ``training.json``.
     """
     paths = [Path(path) for path in (model_path if isinstance(model_path, (list, tuple)) else [model_path])]
     for path in paths:
@@ -577,6 +578,8 @@ def export_run(model_path: Path | list[Path], *, export_format: str = "savedmode
             for name in SHAREABLE_FILES:
                 if (paths[0].parent / name).is_file():
                     shutil.copy(paths[0].parent / name, run_dir / name)
+            if len(paths) > 1:
+                _drop_score_model(run_dir / "postprocessing.json")
             source = {"model": str(paths[0])} if len(paths) == 1 else {"average_of": [str(path) for path in paths],
                                                                          "members": _members(paths)}
             runs.write_json(run_dir / "export.json", {**source, "format": export_format})
@@ -588,6 +591,17 @@ def export_run(model_path: Path | list[Path], *, export_format: str = "savedmode
         shutil.rmtree(run_dir, ignore_errors=True)  # a failed export leaves no folder behind
         raise
     return run_dir
+
+
+def _drop_score_model(path: Path) -> None:
+    """Remove the nucleus score (``score_model``, ``min_score``) from the post-processing file at ``path``, if any."""
+    if not path.is_file():
+        return
+    settings = segment.Postprocessing.load(path)
+    if settings.score_model is not None:
+        log.info("the nucleus score of the first model is left out of the average's post-processing: it was fitted "
+                 "to that model's maps; 'tune --fit-score' fits one to the average's")
+        settings.replace(score_model=None, min_score=None).save(path)
 
 
 def _members(paths: list[Path]) -> list[dict]:

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import nucleus_score
+import segment
 import train_and_predicted_masks as cli
 import unet
 
@@ -138,6 +140,21 @@ def test_keras_export_of_several_models_is_their_average_with_the_first_runs_fil
     expected = np.mean([unet.load_model(path).predict(tiles, verbose=0) for path in paths], axis=0)
     np.testing.assert_allclose(unet.load_model(export_dir / "model.keras").predict(tiles, verbose=0), expected,
                                rtol=1e-5, atol=1e-6)
+
+
+def test_an_average_leaves_out_the_first_models_nucleus_score(tmp_path):
+    """A score model was fitted to one model's maps: the average gets the rest of its post-processing only."""
+    split = ["a,0,train", "b,1,cv", "c,1,test"]
+    paths = [_run_folder(tmp_path, name, seed, split) for name, seed in (("one", 1), ("two", 2))]
+    count = len(nucleus_score.FEATURES)
+    score_model = nucleus_score.ScoreModel((0.0,) * count, (1.0,) * count, (1.0,) * count, 0.0)
+    scored = segment.Postprocessing(threshold=0.45, min_score=0.3, score_model=score_model.as_dict())
+    scored.save(paths[0].parent / "postprocessing.json")
+    for members, expected in (([paths[0]], scored), (paths, scored.replace(score_model=None, min_score=None))):
+        out = tmp_path / f"exports{len(members)}"
+        assert cli.main(["export", *map(str, members), "--format", "keras", "--out", str(out)]) == 0
+        (export_dir,) = out.iterdir()
+        assert segment.Postprocessing.load(export_dir / "postprocessing.json") == expected
 
 
 def test_models_of_different_splits_are_not_averaged_and_leave_no_folder(tmp_path, capsys):
