@@ -55,6 +55,8 @@ MAX_SPECK_FRACTION = 0.25
 # image in enlarges its blur too and loses nuclei. Blurred CV images measure 0.016-0.044, sharp ones 0.036-0.25 and
 # 0.059 or more shrunk to half size or less (the images that need zooming in); chosen on CV (docs/results.md).
 MIN_ZOOM_IN_SHARPNESS = 0.04
+# Zooms are products of sqrt(2)'s powers: one that is this close above a bound (1.001 times it) counts as on it.
+ZOOM_ROUNDING = 1.001
 
 PredictTiles = Callable[[np.ndarray], np.ndarray]
 """Maps tiles, shape (N, T, T, 1) float32 in [0, 1], to probabilities (N, T, T, C): nuclei [, contacts]."""
@@ -352,10 +354,11 @@ class Postprocessing:
         A number stays as it is. 'auto' becomes the zoom of ``AUTO_SCALES`` that brings the image's typical
         nucleus area (``typical_area`` of a first pass at 1x without test-time augmentation, on at most the
         central ``most`` x ``most`` pixels; nuclei smaller than ``min_size`` count, ``probability_to_labels``, and
-        so do those under ``min_score``) closest to ``nucleus_area`` (``choose_scale``); but 1x rather than a zoom
-        in where those pixels' edges are softer than ``MIN_ZOOM_IN_SHARPNESS`` (``imaging.edge_sharpness``: a
-        blurred image). That first pass is returned when it covers the whole image, the zoom is 1 and ``tta`` is
-        off: it is then the prediction.
+        so do those under ``min_score``) closest to ``nucleus_area`` (``choose_scale``); but no zoom above 1x
+        where those pixels' edges are softer than ``MIN_ZOOM_IN_SHARPNESS`` (``imaging.edge_sharpness``: a
+        blurred image): 1x rather than a zoom in, and none of ``extra_zooms`` that would take it above 1x. That
+        first pass is returned when it covers the whole image, the zoom is 1 and ``tta`` is off: it is then the
+        prediction.
         """
         if self.scale != "auto":
             return self, None
@@ -365,11 +368,13 @@ class Postprocessing:
         first = self.replace(scale=1.0, tta=False, min_score=None, extra_zooms=())  # as chosen on CV: every nucleus
         maps = first.maps(predict_tiles, part, tile_size=tile_size, min_overlap=min_overlap)
         area = typical_area(first.labels(maps))
-        scale = choose_scale(area, self.nucleus_area)
-        if scale > 1 and (sharpness := edge_sharpness(part)) < MIN_ZOOM_IN_SHARPNESS:
+        scale, extra_zooms = choose_scale(area, self.nucleus_area), self.extra_zooms
+        zooms_in = max(self.replace(scale=scale).zooms) > ZOOM_ROUNDING
+        if zooms_in and (sharpness := edge_sharpness(part)) < MIN_ZOOM_IN_SHARPNESS:
             log.debug("edge sharpness %.3f: a blurred image is not zoomed in", sharpness)
-            scale = 1.0
-        resolved = self.replace(scale=scale)
+            scale = min(scale, 1.0)
+            extra_zooms = tuple(zoom for zoom in extra_zooms if scale * zoom <= ZOOM_ROUNDING)
+        resolved = self.replace(scale=scale, extra_zooms=extra_zooms)
         log.debug("typical nucleus area at 1x: %.0f pixels; zoom %.2f", area, resolved.scale)
         done = part.shape == image.shape and resolved.zooms == (1.0,) and not self.tta
         return resolved, (maps if done else None)
@@ -456,7 +461,7 @@ def probability_to_labels(
 
 def within_zoom_range(zoom: float) -> bool:
     """Whether ``zoom`` lies within ``AUTO_SCALES``' range (give or take rounding): the zooms the model was made for."""
-    return min(AUTO_SCALES) * 0.999 <= zoom <= max(AUTO_SCALES) * 1.001
+    return min(AUTO_SCALES) * (2 - ZOOM_ROUNDING) <= zoom <= max(AUTO_SCALES) * ZOOM_ROUNDING
 
 
 def choose_scale(area: float, reference: float, scales: tuple[float, ...] = AUTO_SCALES) -> float:

@@ -537,3 +537,22 @@ def test_auto_scale_zooms_no_blurred_image_in_but_still_zooms_it_out():
                                                 segment.Postprocessing(scale="auto", nucleus_area=4 * area,
                                                                        min_size=5), **options)
     assert scale == 1.0 and labels.max() == 4
+
+
+def test_the_second_zoom_zooms_no_blurred_image_in_either():
+    """The rule of 'auto' holds for ``extra_zooms`` too: a blurred image is predicted at no zoom above 1x, where a
+    sharp one gets both zooms; zooms out stay."""
+    sharp = _disks()
+    blurred = ndi.gaussian_filter(sharp, 3.0)
+
+    def zooms(image, times):
+        area = segment.typical_area(segment.probability_to_labels(image, min_size=0))
+        settings = segment.Postprocessing(scale="auto", nucleus_area=times * area, min_size=5,
+                                          extra_zooms=(2 ** 0.5, 0.5))
+        return settings.resolve(lambda tiles: tiles, image, tile_size=64, min_overlap=8)[0].zooms
+
+    assert zooms(sharp, 1) == pytest.approx((1.0, 2 ** 0.5, 0.5))
+    assert zooms(blurred, 1) == pytest.approx((1.0, 0.5))
+    assert zooms(blurred, 4) == pytest.approx((1.0, 0.5))  # 2x chosen, 1x kept
+    assert zooms(blurred, 1 / 2) == pytest.approx((2 ** -0.5, 1.0, 2 ** -1.5))  # 0.71 x 1.41 is 1x: kept
+    assert zooms(sharp, 1 / 2) == pytest.approx((2 ** -0.5, 1.0, 2 ** -1.5))
