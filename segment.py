@@ -461,7 +461,7 @@ def probability_to_labels(
 
 def within_zoom_range(zoom: float) -> bool:
     """Whether ``zoom`` lies within ``AUTO_SCALES``' range (give or take rounding): the zooms the model was made for."""
-    return min(AUTO_SCALES) * (2 - ZOOM_ROUNDING) <= zoom <= max(AUTO_SCALES) * ZOOM_ROUNDING
+    return min(AUTO_SCALES) / ZOOM_ROUNDING <= zoom <= max(AUTO_SCALES) * ZOOM_ROUNDING
 
 
 def choose_scale(area: float, reference: float, scales: tuple[float, ...] = AUTO_SCALES) -> float:

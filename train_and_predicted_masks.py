@@ -49,7 +49,8 @@ SCALE_HELP = ("zoom images by this factor before the model sees them (2 for nucl
 POSTPROCESSING_OPTIONS = ("threshold", "min_size", "min_size_relative", "marker_height", "contact_threshold", "tta",
                           "scale", "tile_size", "min_score", "extra_zooms")
 EXTRA_ZOOMS_HELP = ("also predict each image at these zooms relative to --scale's and average the maps (1.41: zoomed "
-                    "in too, sharper outlines, about 3x the model's work); none, to predict at one zoom")
+                    "in too, sharper outlines, about 3x the model's work; with --scale auto, a blurred image is "
+                    "zoomed no larger than 1x); none, to predict at one zoom")
 
 
 # --------------------------------------------------------------------------------------------
