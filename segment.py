@@ -445,10 +445,19 @@ def probability_to_labels(
         distance = ndi.distance_transform_edt(foreground)
         markers = skimage.measure.label(skimage.morphology.h_maxima(distance, marker_height))
         labels = skimage.segmentation.watershed(-distance, markers, mask=foreground)
-    if contact is not None or marker_height is not None:
-        # A foreground part without a marker of its own (too flat, or all contact) stays a nucleus.
-        orphans = skimage.measure.label(foreground & (labels == 0), connectivity=1)
-        labels = np.where(orphans > 0, orphans + labels.max(), labels)
+    return finish_labels(labels, foreground, min_size=min_size, min_size_relative=min_size_relative,
+                         orphans=contact is not None or marker_height is not None)
+
+
+def finish_labels(labels: np.ndarray, foreground: np.ndarray, *, min_size: int = 30,
+                  min_size_relative: float | None = None, orphans: bool = True) -> np.ndarray:
+    """The last steps of ``probability_to_labels`` once ``foreground`` is split into ``labels``: with
+    ``orphans``, every foreground part that no marker reached (too flat, or all contact) becomes a nucleus of its
+    own; then specks are dropped (``min_size``, ``min_size_relative``: as ``probability_to_labels``) and the
+    nuclei numbered 1..n (ndarray (H, W), int32)."""
+    if orphans:
+        parts = skimage.measure.label(foreground & (labels == 0), connectivity=1)
+        labels = np.where(parts > 0, parts + labels.max(), labels)
     areas = np.bincount(labels.ravel())  # counted once, for the typical area and the specks
     if min_size_relative is not None:
         min_size = int(min_size_relative * _typical_of_areas(areas[1:]))

@@ -65,13 +65,7 @@ def seeded_labels(maps: np.ndarray, *, threshold: float, contact_threshold: floa
     if seed_min > 0:
         markers = skimage.morphology.remove_small_objects(markers, max_size=seed_min - 1)  # parts < seed_min
     labels = skimage.segmentation.watershed(contact, markers, mask=foreground)
-    orphans = skimage.measure.label(foreground & (labels == 0), connectivity=1)
-    labels = np.where(orphans > 0, orphans + labels.max(), labels)
-    areas = np.bincount(labels.ravel())
-    floor = int(min_size / max(segment.AUTO_SCALES) ** 2)
-    speck = min(min_size, max(int(segment.MAX_SPECK_FRACTION * segment.typical_area(labels)), floor))
-    relabelled, _, _ = skimage.segmentation.relabel_sequential(segment.drop_specks(labels, speck, areas=areas))
-    return relabelled.astype(np.int32)
+    return segment.finish_labels(labels, foreground, min_size=min_size)
 
 
 def shrunk(labels: np.ndarray) -> np.ndarray:
