@@ -24,6 +24,7 @@ SHIFTS: dict[str, tuple[str, float]] = {
     "contrast0.5": ("contrast", 0.5),
     "noise": ("noise", 0.1),
     "blur": ("blur", 2.0),
+    "blur+noise": ("blurnoise", 2.0),
     "inverted": ("invert", 1.0),
     "channels": ("permute", 1.0),
 }
@@ -65,6 +66,12 @@ def rescale(image: np.ndarray, labels: np.ndarray, factor: float) -> tuple[np.nd
     return image, labels
 
 
+def _add_noise(image: np.ndarray, share: float, seed: int) -> np.ndarray:
+    """``image`` plus Gaussian noise of sigma ``share`` times its intensity range between the 1st and 99th percentiles."""
+    low, high = np.percentile(image, (1, 99))
+    return image + np.random.default_rng(seed).normal(0, share * max(high - low, 1e-6), image.shape)
+
+
 def perturb(raw: np.ndarray, labels: np.ndarray, shift: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """One shift of ``SHIFTS`` applied to a raw image and, for a change of scale, to its labels.
 
@@ -76,7 +83,8 @@ def perturb(raw: np.ndarray, labels: np.ndarray, shift: str, seed: int = 0) -> t
         'scale<s>': resized by s (linear, smoothed first when shrinking), the labels by nearest
         neighbour; 'gamma<g>': ``x ** g``; 'contrast0.5': halfway to the image's mean; 'noise':
         Gaussian, sigma 10 % of the intensity range between the 1st and 99th percentiles; 'blur':
-        Gaussian, sigma 2 pixels; 'inverted': ``1 - x``; 'channels': the colour channels permuted, RGB
+        Gaussian, sigma 2 pixels; 'blur+noise': that blur, then that noise (out of focus in low light);
+        'inverted': ``1 - x``; 'channels': the colour channels permuted, RGB
         to BRG (a gray image is unchanged).
     seed : int
         Seeds the noise.
@@ -104,11 +112,12 @@ def perturb(raw: np.ndarray, labels: np.ndarray, shift: str, seed: int = 0) -> t
         mean = image.mean(axis=(0, 1))
         image = mean + (image - mean) * value
     elif kind == "noise":
-        low, high = np.percentile(image, (1, 99))
-        image = image + np.random.default_rng(seed).normal(0, value * max(high - low, 1e-6), image.shape)
-    elif kind == "blur":
+        image = _add_noise(image, value, seed)
+    elif kind in ("blur", "blurnoise"):
         sigma = (value, value, 0) if image.ndim == 3 else value
         image = ndi.gaussian_filter(image, sigma)
+        if kind == "blurnoise":
+            image = _add_noise(image, SHIFTS["noise"][1], seed)
     elif kind == "invert":
         image = 1 - image
     elif kind == "permute" and image.ndim == 3:

@@ -49,6 +49,16 @@ def test_intensity_shifts_change_what_they_say():
     assert 0.05 < (noisy - unit).std() < 0.1
 
 
+def test_blur_and_noise_together_is_the_blur_then_noise_of_its_range():
+    image = _image()
+    blurred = robustness.perturb(image, image, "blur")[0]
+    both = robustness.perturb(image, image, "blur+noise", seed=3)[0]
+    np.testing.assert_array_equal(both, robustness.perturb(image, image, "blur+noise", seed=3)[0])
+    low, high = np.percentile(blurred, (1, 99))
+    assert (both - blurred).std() == pytest.approx(0.1 * (high - low), rel=0.05)
+    assert abs((both - blurred).mean()) < 0.01 * (high - low)
+
+
 def test_channels_are_permuted_only_in_colour_images():
     colour = _image(colour=True)
     permuted = robustness.perturb(colour, colour[..., 0], "channels")[0]
