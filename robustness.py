@@ -67,7 +67,7 @@ def rescale(image: np.ndarray, labels: np.ndarray, factor: float) -> tuple[np.nd
 
 
 def _add_noise(image: np.ndarray, share: float, seed: int) -> np.ndarray:
-    """``image`` plus Gaussian noise of sigma ``share`` times its intensity range between the 1st and 99th percentiles."""
+    """``image`` plus Gaussian noise, sigma ``share`` times its intensity range between the 1st and 99th percentiles."""
     low, high = np.percentile(image, (1, 99))
     return image + np.random.default_rng(seed).normal(0, share * max(high - low, 1e-6), image.shape)
 
