@@ -66,7 +66,7 @@ def rescale(image: np.ndarray, labels: np.ndarray, factor: float) -> tuple[np.nd
     return image, labels
 
 
-def _add_noise(image: np.ndarray, share: float, seed: int) -> np.ndarray:
+def add_noise(image: np.ndarray, share: float, seed: int) -> np.ndarray:
     """``image`` plus Gaussian noise, sigma ``share`` times its intensity range between the 1st and 99th percentiles."""
     low, high = np.percentile(image, (1, 99))
     return image + np.random.default_rng(seed).normal(0, share * max(high - low, 1e-6), image.shape)
@@ -112,12 +112,12 @@ def perturb(raw: np.ndarray, labels: np.ndarray, shift: str, seed: int = 0) -> t
         mean = image.mean(axis=(0, 1))
         image = mean + (image - mean) * value
     elif kind == "noise":
-        image = _add_noise(image, value, seed)
+        image = add_noise(image, value, seed)
     elif kind in ("blur", "blurnoise"):
         sigma = (value, value, 0) if image.ndim == 3 else value
         image = ndi.gaussian_filter(image, sigma)
         if kind == "blurnoise":
-            image = _add_noise(image, SHIFTS["noise"][1], seed)
+            image = add_noise(image, SHIFTS["noise"][1], seed)
     elif kind == "invert":
         image = 1 - image
     elif kind == "permute" and image.ndim == 3:

@@ -51,10 +51,11 @@ MAX_BATCH_PIXELS = 2**21
 # docs/results.md, "Automatic scale").
 AUTO_SCALES = tuple(float(2 ** (step / 2)) for step in range(-3, 4))  # 0.35, 0.5, 0.71, 1, 1.41, 2, 2.83
 MAX_SPECK_FRACTION = 0.25
-# scale='auto' zooms no image in whose edges are softer than this (``imaging.edge_sharpness``): zooming a blurred
-# image in enlarges its blur too and loses nuclei. Blurred CV images measure 0.016-0.044, sharp ones 0.036-0.25 and
-# 0.059 or more shrunk to half size or less (the images that need zooming in); chosen on CV (docs/results.md).
-MIN_ZOOM_IN_SHARPNESS = 0.04
+# scale='auto' zooms no image in whose edges are softer than this (``imaging.edge_sharpness``, which discounts pixel
+# noise): zooming a blurred image in enlarges its blur too and loses nuclei. The largest limit (in steps of 0.01) under
+# which at most 5 % of the CV images as they are and none shrunk to 0.5x or less (with or without noise) fall; most
+# blurred CV images, noisy or not, fall under it (bench/sharpness.py; docs/results.md, "Blurred images with noise").
+MIN_ZOOM_IN_SHARPNESS = 0.40
 # Zooms are products of sqrt(2)'s powers: one that is this close above a bound (1.001 times it) counts as on it.
 ZOOM_ROUNDING = 1.001
 

@@ -85,3 +85,26 @@ def test_edge_sharpness_falls_with_blur_rises_with_shrinking_and_is_zero_without
     assert imaging.edge_sharpness(soft[::2, ::2]) > imaging.edge_sharpness(soft)
     assert imaging.edge_sharpness(np.full((32, 32), 0.5)) == 0.0
     assert imaging.edge_sharpness(np.dstack([disks, disks])) == sharp
+
+
+def test_edge_sharpness_is_not_fooled_by_noise():
+    """Noise adds fine detail of its own: a blurred, noisy image must still measure blurred (the automatic zoom then
+    keeps it at 1x), and a sharp, noisy one sharp."""
+    from scipy import ndimage
+
+    import segment
+
+    disks, noise = _three_disks(), np.random.default_rng(0).normal(0, 0.1, (128, 128))
+    blurred = ndimage.gaussian_filter(disks, 2.0)
+    assert imaging.edge_sharpness(disks + noise) == pytest.approx(imaging.edge_sharpness(disks), rel=0.05)
+    assert imaging.edge_sharpness(blurred + noise) == pytest.approx(imaging.edge_sharpness(blurred), rel=0.25)
+    limit = segment.MIN_ZOOM_IN_SHARPNESS
+    assert imaging.edge_sharpness(blurred + noise) < limit < imaging.edge_sharpness(disks + noise)
+
+
+def test_noise_sigma_measures_the_noise_and_not_the_edges():
+    disks = _three_disks()
+    assert imaging.noise_sigma(disks) == 0.0
+    for sigma in (0.02, 0.1):
+        noisy = disks + np.random.default_rng(1).normal(0, sigma, disks.shape)
+        assert imaging.noise_sigma(noisy) == pytest.approx(sigma, rel=0.1)
