@@ -12,7 +12,6 @@ import dataclasses
 import logging
 import shutil
 import tempfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -273,7 +272,7 @@ def robustness_table(model: TrainedModel, source: Path, records: list, clusters:
     rows = []
     jobs = [(shift, item) for shift in shifts for item in raw]
     for shift, (image_id, raw_image, labels) in tqdm(jobs, desc="shifted images", unit="img", disable=not progress):
-        image, shifted_labels = robustness.perturb(raw_image, labels, shift, seed=zlib.crc32(image_id.encode()))
+        image, shifted_labels = robustness.perturb(raw_image, labels, shift, seed=robustness.image_seed(image_id))
         maps = postprocessing.maps(predict_tiles, imaging.preprocess(image, model.normalization), tile_size=tile_size,
                                    min_overlap=min_overlap)
         score = segment.score_image(shifted_labels, postprocessing.labels(maps), postprocessing.mask(maps))

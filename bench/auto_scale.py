@@ -23,7 +23,6 @@ predicting.
 from __future__ import annotations
 
 import time
-import zlib
 from pathlib import Path
 
 import common
@@ -80,7 +79,7 @@ def shifted(raw: np.ndarray, labels: np.ndarray, shift: str, image_id: str) -> t
     """The image and labels of one row (``robustness.perturb``, seeded by the image's id, as ``evaluate --perturb``)."""
     import robustness
 
-    return robustness.perturb(raw, labels, shift, seed=zlib.crc32(image_id.encode()))
+    return robustness.perturb(raw, labels, shift, seed=robustness.image_seed(image_id))
 
 
 def main(argv=None) -> int:

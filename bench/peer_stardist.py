@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -117,7 +116,7 @@ def main(argv=None) -> int:
     for shift in robustness.SHIFTS:
         pairs = []
         for image_id, raw_image, labels in raw:
-            image, shifted_labels = robustness.perturb(raw_image, labels, shift, seed=zlib.crc32(image_id.encode()))
+            image, shifted_labels = robustness.perturb(raw_image, labels, shift, seed=robustness.image_seed(image_id))
             pairs.append((imaging.preprocess(image), shifted_labels))
         shifted[shift] = score(model, pairs, thresholds)
         print(f"{shift:>12}: mAP {shifted[shift]['map']:.3f}  Dice {shifted[shift]['dice']:.3f}", flush=True)

@@ -15,7 +15,6 @@ the share under the limit; for limits 0.38-0.47 the share of the clean, blurred 
 from __future__ import annotations
 
 import time
-import zlib
 from pathlib import Path
 
 import auto_scale
@@ -49,7 +48,7 @@ def main(argv=None) -> int:
         shifted = {shift: auto_scale.shifted(raw, labels, shift, image_id)[0] for shift in SHIFTS}  # as evaluate
         shifted.update({f"scale{factor:.2f}": robustness.rescale(unit, labels, factor)[0] for factor in RESCALES})
         shifted.update({f"scale{factor:.2f}+noise": robustness.add_noise(
-            shifted[f"scale{factor:.2f}"], robustness.SHIFTS["noise"][1], zlib.crc32(image_id.encode()))
+            shifted[f"scale{factor:.2f}"], robustness.SHIFTS["noise"][1], robustness.image_seed(image_id))
             for factor in NOISY_RESCALES})
         for shift, image in shifted.items():
             rows.append({"shift": shift, "image_id": image_id,
