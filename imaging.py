@@ -276,6 +276,107 @@ def edge_sharpness(image: np.ndarray) -> float:
     return float(np.sqrt(max(laplace, 0.0) / gradient))
 
 
+# ``background_grid``: blocks across the image's shorter side, and the percentile of each block that is its background
+# (nuclei cover less than this share of most blocks of a DSB image).
+BACKGROUND_BLOCKS = 4
+BACKGROUND_PERCENTILE = 5.0
+
+
+def _block_edges(length: int, side: int) -> np.ndarray:
+    """Where the blocks of about ``side`` pixels along an axis of ``length`` pixels start and end."""
+    return np.linspace(0, length, max(int(round(length / side)), 1) + 1).astype(int)
+
+
+def background_grid(gray: np.ndarray, blocks: int = BACKGROUND_BLOCKS,
+                    percentile: float = BACKGROUND_PERCENTILE) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The background level of an image over a coarse grid of blocks: ``blocks`` blocks across its shorter side
+    (square, at least 8 pixels), each block's ``percentile``-th percentile, then the median of each block and its
+    eight neighbours, so that a block filled by a nucleus or a cluster of them does not count as background.
+
+    gray : ndarray, shape (H, W), float; a preprocessed image (``preprocess``: nuclei bright)
+
+    Returns
+    -------
+    grid : ndarray, shape (rows, cols), float64: the level of each block
+    row_edges, col_edges : ndarray, shapes (rows + 1,) and (cols + 1,), int: where the blocks start and end
+
+    >>> ramp = np.tile(np.arange(64.0), (32, 1))
+    >>> grid, row_edges, col_edges = background_grid(ramp, blocks=2)
+    >>> grid.tolist(), row_edges.tolist(), col_edges.tolist()
+    ([[0.0, 16.0, 32.0, 48.0], [0.0, 16.0, 32.0, 48.0]], [0, 16, 32], [0, 16, 32, 48, 64])
+    """
+    from scipy import ndimage
+
+    gray = np.asarray(gray)
+    if gray.ndim != 2:
+        raise ValueError(f"expected a grayscale image of shape (H, W), got shape {gray.shape}")
+    side = max(int(np.ceil(min(gray.shape) / blocks)), 8)
+    rows, cols = _block_edges(gray.shape[0], side), _block_edges(gray.shape[1], side)
+    step = max(int(np.sqrt(side * side / 2**18)), 1)  # every few pixels of a very large block: its percentile alone
+    grid = np.array([[np.percentile(gray[top:bottom:step, left:right:step], percentile)
+                      for left, right in zip(cols[:-1], cols[1:])] for top, bottom in zip(rows[:-1], rows[1:])])
+    return ndimage.median_filter(grid, size=3, mode="nearest"), rows, cols
+
+
+def background_unevenness(gray: np.ndarray) -> float:
+    """How much an image's background level varies across it: the highest minus the lowest level of
+    ``background_grid``, in the image's intensity units (a preprocessed image: its range is 0-1).
+
+    About 0 for an evenly lit image; a background ramp or vignetting raises it. ``flatten_background`` removes it.
+    """
+    grid = background_grid(gray)[0]
+    return float(grid.max() - grid.min())
+
+
+def _interpolation_weights(edges: np.ndarray) -> np.ndarray:
+    """Weights, shape (pixels, blocks), that interpolate values at the blocks' centres linearly to every pixel along
+    an axis, and extrapolate them linearly beyond the outer centres."""
+    centres = (edges[:-1] + edges[1:] - 1) / 2
+    pixels = np.arange(edges[-1], dtype=np.float64)
+    weights = np.zeros((len(pixels), len(centres)))
+    if len(centres) == 1:
+        weights[:, 0] = 1.0
+        return weights
+    lower = np.clip(np.searchsorted(centres, pixels, side="right") - 1, 0, len(centres) - 2)
+    share = (pixels - centres[lower]) / (centres[lower + 1] - centres[lower])
+    weights[np.arange(len(pixels)), lower] = 1 - share
+    weights[np.arange(len(pixels)), lower + 1] = share
+    return weights
+
+
+def flatten_background(gray: np.ndarray, percentiles: tuple[float, float] = DEFAULT_PERCENTILES) -> np.ndarray:
+    """A preprocessed image with its uneven background subtracted, then stretched again as ``preprocess`` stretches.
+
+    The background is ``background_grid`` interpolated linearly between the blocks' centres (and extrapolated beyond
+    the outer ones): smooth at the scale of a quarter of the image, so nuclei are left as they are, while a background
+    ramp or vignetting (a flat-field error) is removed.
+
+    gray : ndarray, shape (H, W), float32 in [0, 1] (``preprocess``)
+
+    Returns
+    -------
+    ndarray, shape (H, W), float32 in [0, 1]
+
+    >>> ramp = np.tile(np.linspace(0.0, 0.5, 64, dtype=np.float32), (64, 1))
+    >>> ramp[20:30, 50:60] += 0.5  # a nucleus on the bright side
+    >>> flat = flatten_background(ramp)
+    >>> round(background_unevenness(ramp), 2), round(background_unevenness(flat), 2), round(float(flat[25, 55]), 2)
+    (0.38, 0.0, 1.0)
+    """
+    grid, rows, cols = background_grid(gray)
+    along_rows = (_interpolation_weights(rows) @ grid).astype(np.float32)  # (H, cols): small; then one (H, W) product
+    background = along_rows @ _interpolation_weights(cols).T.astype(np.float32)
+    flat = np.asarray(gray, dtype=np.float32) - background
+    del background
+    low, high = robust_range(flat, percentiles)
+    if high <= low:
+        return np.zeros_like(flat)
+    np.clip(flat, low, high, out=flat)
+    flat -= low
+    flat /= high - low
+    return flat
+
+
 def image_stats(image: np.ndarray) -> dict:
     """Statistics of a raw image that tell its kind apart (see ``STAT_COLUMNS``).
 

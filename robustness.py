@@ -27,6 +27,8 @@ SHIFTS: dict[str, tuple[str, float]] = {
     "noise": ("noise", 0.1),
     "blur": ("blur", 2.0),
     "blur+noise": ("blurnoise", 2.0),
+    "background": ("ramp", 0.5),
+    "shading": ("vignette", 0.4),
     "inverted": ("invert", 1.0),
     "channels": ("permute", 1.0),
 }
@@ -83,6 +85,32 @@ def add_noise(image: np.ndarray, share: float, seed: int) -> np.ndarray:
     return image + np.random.default_rng(seed).normal(0, share * max(high - low, 1e-6), image.shape)
 
 
+def background_ramp(image: np.ndarray, share: float) -> np.ndarray:
+    """A background for ``image`` that rises linearly from 0 at its left edge to ``share`` times its intensity range
+    between the 1st and 99th percentiles at its right edge; shape (H, W[, 1]), to add to the image.
+
+    >>> background_ramp(np.array([[0.0, 0.5, 1.0]] * 2), 0.5).round(3).tolist()
+    [[0.0, 0.25, 0.5], [0.0, 0.25, 0.5]]
+    """
+    low, high = np.percentile(image, (1, 99))
+    width = image.shape[1]
+    ramp = share * max(high - low, 1e-6) * np.linspace(0.0, 1.0, width) if width > 1 else np.zeros(1)
+    ramp = np.broadcast_to(ramp, image.shape[:2])
+    return ramp[..., None] if image.ndim == 3 else ramp
+
+
+def vignette(shape: tuple[int, int], corner: float) -> np.ndarray:
+    """A falloff of shape ``shape``: 1 at the centre, ``corner`` at the corners, quadratic in the distance from the
+    centre; float64.
+
+    >>> vignette((3, 3), 0.4).round(2).tolist()
+    [[0.4, 0.7, 0.4], [0.7, 1.0, 0.7], [0.4, 0.7, 0.4]]
+    """
+    rows, cols = (np.arange(side) - (side - 1) / 2 for side in shape)
+    squared = rows[:, None] ** 2 + cols[None, :] ** 2
+    return 1 - (1 - corner) * squared / max(float(squared.max()), 1e-12)
+
+
 def perturb(raw: np.ndarray, labels: np.ndarray, shift: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """One shift of ``SHIFTS`` applied to a raw image and, for a change of scale, to its labels.
 
@@ -95,7 +123,10 @@ def perturb(raw: np.ndarray, labels: np.ndarray, shift: str, seed: int = 0) -> t
         neighbour; 'gamma<g>': ``x ** g``; 'contrast0.5': halfway to the image's mean; 'noise':
         Gaussian, sigma 10 % of the intensity range between the 1st and 99th percentiles; 'blur':
         Gaussian, sigma 2 pixels; 'blur+noise': that blur, then that noise (out of focus in low light);
-        'inverted': ``1 - x``; 'channels': the colour channels permuted, RGB
+        'background': a background rising linearly from 0 at the left edge to half the intensity range between
+        the 1st and 99th percentiles at the right edge, added (haze or stray light on one side); 'shading': the
+        image multiplied by a falloff from 1 at the centre to 0.4 at the corners, quadratic in the distance from
+        the centre (vignetting, an uneven lamp); 'inverted': ``1 - x``; 'channels': the colour channels permuted, RGB
         to BRG (a gray image is unchanged).
     seed : int
         Seeds the noise.
@@ -129,6 +160,10 @@ def perturb(raw: np.ndarray, labels: np.ndarray, shift: str, seed: int = 0) -> t
         image = ndi.gaussian_filter(image, sigma)
         if kind == "blurnoise":
             image = add_noise(image, SHIFTS["noise"][1], seed)
+    elif kind == "ramp":
+        image = image + background_ramp(image, value)
+    elif kind == "vignette":
+        image = image * vignette(image.shape[:2], value)[(...,) + (None,) * (image.ndim - 2)]
     elif kind == "invert":
         image = 1 - image
     elif kind == "permute" and image.ndim == 3:

@@ -30,7 +30,7 @@ import nucleus_score
 import runs
 import tiling
 from errors import UserError
-from imaging import edge_sharpness, replace_nonfinite
+from imaging import background_unevenness, edge_sharpness, flatten_background, replace_nonfinite
 from tiling import MIN_OVERLAP, TILE_SIZE, inference_tile_size, make_tiles, stitch_tiles
 
 log = logging.getLogger("segment")
@@ -56,6 +56,11 @@ MAX_SPECK_FRACTION = 0.25
 # which at most 5 % of the CV images as they are and none shrunk to 0.5x or less (with or without noise) fall; most
 # blurred CV images, noisy or not, fall under it (bench/sharpness.py; docs/results.md, "Blurred images with noise").
 MIN_ZOOM_IN_SHARPNESS = 0.40
+# flat_field flattens the background of an image (``imaging.flatten_background``) whose background level varies by
+# more than this across it (``imaging.background_unevenness``, in the preprocessed image's 0-1 range): the smallest
+# limit, in steps of 0.01, that at most 5 % of the CV images as they are pass (bench/background.py; docs/results.md,
+# "Uneven illumination").
+MAX_BACKGROUND_UNEVENNESS = 0.15
 # Zooms are products of sqrt(2)'s powers: one that is this close above a bound (1.001 times it) counts as on it.
 ZOOM_ROUNDING = 1.001
 
@@ -221,6 +226,10 @@ class Postprocessing:
         Relative zooms at which each image is predicted as well, the maps averaged with those at ``scale``
         (``zooms``): (1.41,) also predicts at 1.41 times the zoom (zoomed in: twice the pixels, so about 3x the
         model's work in all). A zoom outside ``AUTO_SCALES``' range is left out. Empty: ``scale`` alone.
+    flat_field : bool
+        Flatten an uneven background (a ramp of haze or stray light, vignetting: a flat-field error) before
+        predicting, in each image whose background level varies by more than ``MAX_BACKGROUND_UNEVENNESS``
+        (``prepare``); an evenly lit image is left as it is.
     """
 
     threshold: float = 0.5
@@ -235,6 +244,7 @@ class Postprocessing:
     min_score: float | None = None
     score_model: dict | None = dataclasses.field(default=None, repr=False)  # long: in postprocessing.json
     extra_zooms: tuple[float, ...] = ()
+    flat_field: bool = False
 
     def __post_init__(self):
         try:
@@ -324,12 +334,25 @@ class Postprocessing:
         """The score model (``score_model``) as a ``nucleus_score.ScoreModel``, or None."""
         return None if self.score_model is None else nucleus_score.ScoreModel.from_dict(self.score_model)
 
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """A preprocessed image as the model is to see it: with ``flat_field``, its background flattened
+        (``imaging.flatten_background``) if its level varies by more than ``MAX_BACKGROUND_UNEVENNESS``
+        (``imaging.background_unevenness``); else ``image`` itself."""
+        if not self.flat_field:
+            return image
+        unevenness = background_unevenness(image)
+        if unevenness <= MAX_BACKGROUND_UNEVENNESS:
+            return image
+        log.debug("background unevenness %.3f: the background is flattened", unevenness)
+        return flatten_background(image)
+
     def maps(self, predict_tiles: PredictTiles, image: np.ndarray, *, tile_size: int = TILE_SIZE,
              min_overlap: int = MIN_OVERLAP) -> np.ndarray:
-        """``predict_maps`` of ``image`` with this object's ``tta``, ``scale`` (with 'auto', ``resolve``)
-        and ``tile_size`` (if set; else the ``tile_size`` given: the model's); with ``extra_zooms``, the mean of
-        the maps at each of ``zooms``."""
-        settings, done = self.resolve(predict_tiles, image, tile_size=tile_size, min_overlap=min_overlap)
+        """``predict_maps`` of ``image`` (``prepare``d) with this object's ``tta``, ``scale`` (with 'auto',
+        ``resolve``) and ``tile_size`` (if set; else the ``tile_size`` given: the model's); with ``extra_zooms``, the
+        mean of the maps at each of ``zooms``."""
+        image, settings = self.prepare(image), self.replace(flat_field=False) if self.flat_field else self
+        settings, done = settings.resolve(predict_tiles, image, tile_size=tile_size, min_overlap=min_overlap)
         if done is not None:
             return done
         total = None
@@ -352,7 +375,7 @@ class Postprocessing:
         """This object with the zoom it gives ``image`` as ``scale``, and the maps already predicted if they are
         the image's (else None).
 
-        A number stays as it is. 'auto' becomes the zoom of ``AUTO_SCALES`` that brings the image's typical
+        ``image`` as the model is to see it (``prepare``). A number stays as it is. 'auto' becomes the zoom of ``AUTO_SCALES`` that brings the image's typical
         nucleus area (``typical_area`` of a first pass at 1x without test-time augmentation, on at most the
         central ``most`` x ``most`` pixels; nuclei smaller than ``min_size`` count, ``probability_to_labels``, and
         so do those under ``min_score``) closest to ``nucleus_area`` (``choose_scale``); but no zoom above 1x
@@ -572,6 +595,8 @@ def segment_image(predict_tiles: PredictTiles, image: np.ndarray, settings: Post
     scores : ndarray, shape (n,), float64, or None: each nucleus's score (``Postprocessing.labels_and_scores``), nucleus
         i + 1's at i; None without a score model
     """
+    if settings.flat_field:  # the whole image, not block by block
+        image, settings = settings.prepare(image), settings.replace(flat_field=False)
     settings, done = settings.resolve(predict_tiles, image, tile_size=tile_size, min_overlap=min_overlap,
                                       most=block_size)
     if total is not None or (progress is not None and done is not None):
@@ -859,12 +884,12 @@ TUNE_MIN_SCORES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
 
 def tuning_grid(has_contacts: bool, tta: bool, scale: float | str = 1.0, tile_size=None,
                 nucleus_area: float | None = None, relative_min_sizes: tuple[float, ...] = (),
-                extra_zooms: tuple[float, ...] = ()) -> list[Postprocessing]:
+                extra_zooms: tuple[float, ...] = (), flat_field: bool = False) -> list[Postprocessing]:
     """The settings ``tune_postprocessing`` tries: every threshold and speck size (in pixels, and each of
     ``relative_min_sizes``: fractions of the image's typical nucleus area) with every way of splitting (by the
     contact channel at each contact threshold if the model has one, else not at all; or by a distance watershed
-    of each marker height). ``tta``, ``scale``, ``tile_size``, ``nucleus_area`` and ``extra_zooms`` say how the maps
-    were predicted and are the same in every setting.
+    of each marker height). ``tta``, ``scale``, ``tile_size``, ``nucleus_area``, ``extra_zooms`` and ``flat_field`` say
+    how the maps were predicted and are the same in every setting.
 
     Relative sizes are not tried by default: in every tune that tried them (0.1, 0.2 and 0.3 of the typical
     area; the ready model's ``tuning.csv``) the best was 0.004-0.006 mAP below a fixed 30 pixels, and they
@@ -874,7 +899,7 @@ def tuning_grid(has_contacts: bool, tta: bool, scale: float | str = 1.0, tile_si
     sizes = [(pixels, None) for pixels in TUNE_MIN_SIZES] + [(30, fraction) for fraction in relative_min_sizes]
     return [Postprocessing(threshold=threshold, min_size=min_size, min_size_relative=relative, marker_height=height,
                            contact_threshold=contact, tta=tta, scale=scale, tile_size=tile_size,
-                           nucleus_area=nucleus_area, extra_zooms=extra_zooms)
+                           nucleus_area=nucleus_area, extra_zooms=extra_zooms, flat_field=flat_field)
             for threshold, (height, contact), (min_size, relative) in itertools.product(TUNE_THRESHOLDS, splits, sizes)]
 
 

@@ -59,6 +59,25 @@ def test_blur_and_noise_together_is_the_blur_then_noise_of_its_range():
     assert abs((both - blurred).mean()) < 0.01 * (high - low)
 
 
+@pytest.mark.parametrize("colour", [False, True])
+def test_uneven_illumination_shifts_rise_to_the_right_and_fall_to_the_corners(colour):
+    image = _image(colour=colour)
+    unit = robustness.as_unit_float(image)
+    ramped = robustness.perturb(image, image[..., 0] if colour else image, "background")[0]
+    added = ramped - unit
+    low, high = np.percentile(unit, (1, 99))
+    np.testing.assert_allclose(added[:, 0], 0, atol=1e-6)
+    np.testing.assert_allclose(added[:, -1], 0.5 * (high - low), rtol=1e-5)
+    assert np.all(np.diff(added, axis=1) > 0)  # rises steadily from left to right, the same in every row
+    np.testing.assert_allclose(added, np.broadcast_to(added[:1], added.shape), atol=1e-6)
+    shaded = robustness.perturb(image, image[..., 0] if colour else image, "shading")[0]
+    np.testing.assert_allclose(shaded[0, 0], 0.4 * unit[0, 0], rtol=1e-5)
+    np.testing.assert_allclose(shaded[-1, -1], 0.4 * unit[-1, -1], rtol=1e-5)
+    assert shaded.shape == unit.shape and np.all(shaded <= unit + 1e-7)
+    centre = robustness.vignette(unit.shape[:2], 0.4)[19:21, 29:31]
+    assert centre.min() > 0.99
+
+
 def test_channels_are_permuted_only_in_colour_images():
     colour = _image(colour=True)
     permuted = robustness.perturb(colour, colour[..., 0], "channels")[0]
