@@ -60,7 +60,7 @@ MIN_ZOOM_IN_SHARPNESS = 0.40
 # more than this across it (``imaging.background_unevenness``, in the preprocessed image's 0-1 range): the smallest
 # limit, in steps of 0.01, that at most 5 % of the CV images as they are pass (bench/background.py; docs/results.md,
 # "Uneven illumination").
-MAX_BACKGROUND_UNEVENNESS = 0.15
+MAX_BACKGROUND_UNEVENNESS = 0.06
 # Zooms are products of sqrt(2)'s powers: one that is this close above a bound (1.001 times it) counts as on it.
 ZOOM_ROUNDING = 1.001
 

@@ -217,6 +217,16 @@ def test_sharpness_quick(tmp_path):
     assert shifts["blur"]["max"] < shifts["none"]["max"] and 0 <= shifts["blur"][f"under {results['limit']}"] <= 1
 
 
+@pytest.mark.slow
+def test_background_quick(tmp_path):
+    results = run_quick(tmp_path, "background.py")
+    assert results["images"] == 3 and results["limit"] > 0
+    shifts = results["per_shift"]
+    assert shifts["background"]["min"] > shifts["none"]["max"]  # a ramp raises every image's unevenness
+    assert set(results["share_above_limits"]["0.06"]) == {"none", "background", "shading"}
+    assert (tmp_path / "background.csv").is_file()
+
+
 def test_auto_scale_scores_a_table_with_the_zooms_it_was_made_with():
     # A table of 5 zooms (0.5-2x), as made before the automatic zoom reached 0.35-2.83x: each image's score at zoom
     # z is z, so a rule's mean is the mean zoom it chose.

@@ -108,3 +108,46 @@ def test_noise_sigma_measures_the_noise_and_not_the_edges():
     for sigma in (0.02, 0.1):
         noisy = disks + np.random.default_rng(1).normal(0, sigma, disks.shape)
         assert imaging.noise_sigma(noisy) == pytest.approx(sigma, rel=0.1)
+
+
+# ---- uneven background -----------------------------------------------------------------------
+
+def _nuclei_image(shape=(192, 256), seed=0):
+    """Bright disks of radius 8 on a dark, noisy, evenly lit background, in [0, 1] as ``preprocess`` gives."""
+    from conftest import disk_labels
+
+    rng = np.random.default_rng(seed)
+    centres = [(row, col) for row in range(20, shape[0] - 10, 40) for col in range(20, shape[1] - 10, 45)]
+    labels = disk_labels(shape, centres, 8)
+    image = 0.1 + 0.6 * (labels > 0) + rng.normal(0, 0.02, shape)
+    return np.clip(image, 0, 1).astype(np.float32), labels
+
+
+def test_background_unevenness_is_near_zero_when_evenly_lit_and_measures_a_ramp():
+    import segment
+
+    image, _ = _nuclei_image()
+    assert imaging.background_unevenness(image) < 0.01
+    ramp = np.linspace(0.0, 0.3, image.shape[1], dtype=np.float32)
+    uneven = imaging.background_unevenness(image + ramp)
+    assert 0.15 < uneven < 0.3  # the blocks' levels span most of the ramp: their centres lie inside the image
+    assert imaging.background_unevenness(image) < segment.MAX_BACKGROUND_UNEVENNESS < uneven
+    with pytest.raises(ValueError, match="grayscale"):
+        imaging.background_grid(np.dstack([image, image]))
+
+
+def test_flatten_background_removes_a_ramp_reduces_a_vignette_and_keeps_the_nuclei():
+    import robustness
+
+    image, labels = _nuclei_image()
+    ramped = imaging.flatten_background(image + np.linspace(0.0, 0.8, image.shape[1], dtype=np.float32))
+    assert ramped.dtype == np.float32 and ramped.shape == image.shape and 0 <= ramped.min() and ramped.max() <= 1
+    assert imaging.background_unevenness(ramped) < 0.02
+    # one threshold separates nuclei from background everywhere again: no background pixel on the ramp's bright side
+    # reaches the dimmest nuclei (without flattening the brightest background is above them)
+    assert np.percentile(ramped[labels == 0], 99.9) < np.percentile(ramped[labels > 0], 1)
+    vignetted = (image + 0.3) * robustness.vignette(image.shape, 0.4).astype(np.float32)  # haze, dimmer at the corners
+    before = imaging.background_unevenness(imaging.preprocess(vignetted))
+    assert imaging.background_unevenness(imaging.flatten_background(vignetted)) < before / 2
+    even = imaging.flatten_background(image)
+    np.testing.assert_allclose(even, imaging.preprocess(image), atol=0.03)  # evenly lit: nearly unchanged

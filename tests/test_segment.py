@@ -556,3 +556,46 @@ def test_the_second_zoom_zooms_no_blurred_image_in_either():
     assert zooms(blurred, 4) == pytest.approx((1.0, 0.5))  # 2x chosen, 1x kept
     assert zooms(blurred, 1 / 2) == pytest.approx((2 ** -0.5, 1.0, 2 ** -1.5))  # 0.71 x 1.41 is 1x: kept
     assert zooms(sharp, 1 / 2) == pytest.approx((2 ** -0.5, 1.0, 2 ** -1.5))
+
+
+# ---- flat field ------------------------------------------------------------------------------
+
+def _ramped_nuclei(shape, slope=0.4):
+    """Bright disks on a background that rises from 0.05 at the left edge by ``slope`` to the right edge, [0, 1]."""
+    rows, cols = shape
+    centres = [(row, col) for row in range(24, rows - 12, 48) for col in range(24, cols - 12, 48)]
+    labels = disk_labels(shape, centres, 9)
+    image = 0.05 + slope * np.linspace(0.0, 1.0, cols)[None, :] + 0.5 * (labels > 0)
+    return (image / image.max()).astype(np.float32), labels
+
+
+def test_flat_field_flattens_only_an_uneven_background_before_the_model_sees_it():
+    ramped, labels = _ramped_nuclei((192, 256), slope=0.6)  # the right edge's background above the nuclei threshold
+    even, _ = _ramped_nuclei((192, 256), slope=0.0)
+    settings = segment.Postprocessing(flat_field=True)
+    assert settings.prepare(even) is even  # evenly lit: left exactly as it is
+    np.testing.assert_array_equal(settings.prepare(ramped), imaging.flatten_background(ramped))
+    assert segment.Postprocessing().prepare(ramped) is ramped  # off by default
+    identity = lambda tiles: tiles  # noqa: E731 - the maps are the image the model was given
+    np.testing.assert_allclose(settings.maps(identity, ramped, tile_size=128, min_overlap=16)[..., 0],
+                               imaging.flatten_background(ramped), atol=1e-5)
+    # with the ramp flattened, thresholding finds the nuclei and nothing of the bright side's background
+    found = settings.labels(settings.maps(identity, ramped, tile_size=128, min_overlap=16))
+    assert found.max() == labels.max()
+    assert segment.Postprocessing().labels(segment.Postprocessing().maps(identity, ramped, tile_size=128,
+                                                                        min_overlap=16)).max() < labels.max()
+
+
+def test_segment_image_flattens_a_large_image_as_a_whole_not_block_by_block():
+    ramped, _ = _ramped_nuclei((300, 420))
+    settings = segment.Postprocessing(flat_field=True)
+    result = segment.segment_image(lambda tiles: tiles, ramped, settings, tile_size=128, min_overlap=16,
+                                   block_size=160, margin=32)
+    np.testing.assert_allclose(result.probability.astype(np.float32), imaging.flatten_background(ramped), atol=2e-3)
+
+
+def test_flat_field_is_kept_through_the_settings_file_and_the_tuning_grid(tmp_path):
+    settings = segment.Postprocessing(flat_field=True)
+    settings.save(tmp_path / "postprocessing.json")
+    assert segment.Postprocessing.load(tmp_path / "postprocessing.json").flat_field
+    assert all(grid.flat_field for grid in segment.tuning_grid(has_contacts=True, tta=False, flat_field=True))
