@@ -502,6 +502,7 @@ def predict_run(model_path: Path, input_paths: list, *, overrides: dict | None =
             if nonfinite:
                 log.warning("%s: %d pixel values are NaN or infinite; replaced by the median of the others",
                             item.where + suffix, nonfinite)
+            unevenness = imaging.background_unevenness(image)
             with tqdm(desc=f"  tiles of {key}", unit="tile", leave=False,
                       disable=not progress or image.size < 4_000_000) as bar:
                 def set_total(tiles, bar=bar):  # known once the automatic zoom is chosen
@@ -520,6 +521,8 @@ def predict_run(model_path: Path, input_paths: list, *, overrides: dict | None =
             counts.append({"image": key, "height": labels.shape[0], "width": labels.shape[1],
                            "nuclei": int(labels.max()), "median_area": float(np.median(areas)) if len(areas) else 0.0,
                            "foreground_fraction": float(mask.mean()), "scale": round(scale, 3),
+                           "background_unevenness": round(unevenness, 3),
+                           "flattened": postprocessing.flattens(unevenness),
                            "nonfinite_pixels": nonfinite})
     for key, reason in skipped.items():
         log.warning("skipped %s: %s", key, reason)

@@ -341,10 +341,14 @@ class Postprocessing:
         if not self.flat_field:
             return image
         unevenness = background_unevenness(image)
-        if unevenness <= MAX_BACKGROUND_UNEVENNESS:
+        if not self.flattens(unevenness):
             return image
         log.debug("background unevenness %.3f: the background is flattened", unevenness)
         return flatten_background(image)
+
+    def flattens(self, unevenness: float) -> bool:
+        """Whether ``prepare`` flattens an image whose ``imaging.background_unevenness`` is ``unevenness``."""
+        return self.flat_field and unevenness > MAX_BACKGROUND_UNEVENNESS
 
     def maps(self, predict_tiles: PredictTiles, image: np.ndarray, *, tile_size: int = TILE_SIZE,
              min_overlap: int = MIN_OVERLAP) -> np.ndarray:

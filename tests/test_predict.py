@@ -195,3 +195,22 @@ def test_scale_auto_zooms_small_nuclei_and_says_so_in_the_counts(stand_in_model,
     assert counts["scale"].tolist() == [2.0] and counts["nuclei"].tolist() == [disks]
     counts = pd.read_csv(_run(stand_in_model, [tmp_path / "small nuclei.png"], tmp_path, "--scale", "1") / "counts.csv")
     assert counts["scale"].tolist() == [1.0] and counts["nuclei"].tolist() == [disks]
+
+
+def test_flat_field_finds_the_nuclei_on_a_background_ramp_and_counts_say_which_images_were_flattened(
+        stand_in_model, tmp_path):
+    image, disks = _picture()
+    ramp = np.linspace(0.0, 1.2, image.shape[1], dtype=np.float32)  # stray light from the right: brighter than nuclei
+    skimage.io.imsave(tmp_path / "ramp.png", (255 * (image + ramp) / (image + ramp).max()).astype(np.uint8),
+                      check_contrast=False)
+    skimage.io.imsave(tmp_path / "even.png", (image * 255).astype(np.uint8), check_contrast=False)
+    inputs = [tmp_path / "ramp.png", tmp_path / "even.png"]
+    counts = pd.read_csv(_run(stand_in_model, inputs, tmp_path, "--flat-field") / "counts.csv").set_index("image")
+    assert counts["nuclei"].to_dict() == {"ramp": disks, "even": disks}
+    assert counts["flattened"].to_dict() == {"ramp": True, "even": False}
+    assert counts.loc["ramp", "background_unevenness"] > segment.MAX_BACKGROUND_UNEVENNESS
+    foreground = counts.loc["even", "foreground_fraction"]
+    assert counts.loc["ramp", "foreground_fraction"] == pytest.approx(foreground, rel=0.2)
+    counts = pd.read_csv(_run(stand_in_model, inputs, tmp_path, "--no-flat-field") / "counts.csv").set_index("image")
+    assert not counts["flattened"].any()
+    assert counts.loc["ramp", "foreground_fraction"] > 2 * foreground  # the ramp's bright side counts as a nucleus
