@@ -135,7 +135,7 @@ def _add_postprocessing_options(parser: argparse.ArgumentParser, default_text: s
         group.add_argument("--flat-field", action=argparse.BooleanOptionalAction, default=None,
                            help="flatten an uneven background (a ramp of haze or stray light, vignetting) before "
                                 "predicting, in each image whose background varies strongly; evenly lit images are "
-                                "left as they are")
+                                "left as they are (default: on)")
         group.add_argument("--min-score", type=float, metavar="P",
                            help="drop nuclei whose score (how likely, learnt on training images, a predicted nucleus "
                                 "is a true one; 'tune --fit-score') is under P; 0 = keep every nucleus")

@@ -575,15 +575,15 @@ def test_flat_field_flattens_only_an_uneven_background_before_the_model_sees_it(
     settings = segment.Postprocessing(flat_field=True)
     assert settings.prepare(even) is even  # evenly lit: left exactly as it is
     np.testing.assert_array_equal(settings.prepare(ramped), imaging.flatten_background(ramped))
-    assert segment.Postprocessing().prepare(ramped) is ramped  # off by default
+    off = segment.Postprocessing(flat_field=False)
+    assert off.prepare(ramped) is ramped
     identity = lambda tiles: tiles  # noqa: E731 - the maps are the image the model was given
     np.testing.assert_allclose(settings.maps(identity, ramped, tile_size=128, min_overlap=16)[..., 0],
                                imaging.flatten_background(ramped), atol=1e-5)
     # with the ramp flattened, thresholding finds the nuclei and nothing of the bright side's background
     found = settings.labels(settings.maps(identity, ramped, tile_size=128, min_overlap=16))
     assert found.max() == labels.max()
-    assert segment.Postprocessing().labels(segment.Postprocessing().maps(identity, ramped, tile_size=128,
-                                                                        min_overlap=16)).max() < labels.max()
+    assert off.labels(off.maps(identity, ramped, tile_size=128, min_overlap=16)).max() < labels.max()
 
 
 def test_segment_image_flattens_a_large_image_as_a_whole_not_block_by_block():
@@ -595,7 +595,8 @@ def test_segment_image_flattens_a_large_image_as_a_whole_not_block_by_block():
 
 
 def test_flat_field_is_kept_through_the_settings_file_and_the_tuning_grid(tmp_path):
-    settings = segment.Postprocessing(flat_field=True)
+    assert segment.Postprocessing().flat_field  # on by default, also for a file written before the setting existed
+    settings = segment.Postprocessing(flat_field=False)
     settings.save(tmp_path / "postprocessing.json")
-    assert segment.Postprocessing.load(tmp_path / "postprocessing.json").flat_field
-    assert all(grid.flat_field for grid in segment.tuning_grid(has_contacts=True, tta=False, flat_field=True))
+    assert not segment.Postprocessing.load(tmp_path / "postprocessing.json").flat_field
+    assert not any(grid.flat_field for grid in segment.tuning_grid(has_contacts=True, tta=False, flat_field=False))
