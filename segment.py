@@ -273,6 +273,8 @@ class Postprocessing:
             raise UserError("scale 'auto' needs the typical nucleus area of the model's training images "
                             "(nucleus_area in its postprocessing.json), which this model's files do not give: "
                             "run 'tune' on the model once to add it, or give a --scale factor")
+        if not isinstance(self.flat_field, bool):
+            raise UserError(f"flat_field must be true or false, got {self.flat_field!r}")
         if self.tile_size not in (None, "auto") and not (isinstance(self.tile_size, int) and self.tile_size >= 32):
             raise UserError(f"tile_size must be None, 'auto' or a side of at least 32 pixels, got {self.tile_size!r}")
         if self.min_score is not None and not 0.0 < self.min_score < 1.0:
@@ -380,11 +382,11 @@ class Postprocessing:
         """This object with the zoom it gives ``image`` as ``scale``, and the maps already predicted if they are
         the image's (else None).
 
-        ``image`` as the model is to see it (``prepare``). A number stays as it is. 'auto' becomes the zoom of ``AUTO_SCALES`` that brings the image's typical
-        nucleus area (``typical_area`` of a first pass at 1x without test-time augmentation, on at most the
-        central ``most`` x ``most`` pixels; nuclei smaller than ``min_size`` count, ``probability_to_labels``, and
-        so do those under ``min_score``) closest to ``nucleus_area`` (``choose_scale``); but no zoom above 1x
-        where those pixels' edges are softer than ``MIN_ZOOM_IN_SHARPNESS`` (``imaging.edge_sharpness``: a
+        ``image`` as the model is to see it (``prepare``). A number stays as it is. 'auto' becomes the zoom of
+        ``AUTO_SCALES`` that brings the image's typical nucleus area (``typical_area`` of a first pass at 1x without
+        test-time augmentation, on at most the central ``most`` x ``most`` pixels; nuclei smaller than ``min_size``
+        count, ``probability_to_labels``, and so do those under ``min_score``) closest to ``nucleus_area``
+        (``choose_scale``); but no zoom above 1x where those pixels' edges are softer than ``MIN_ZOOM_IN_SHARPNESS`` (``imaging.edge_sharpness``: a
         blurred image): 1x rather than a zoom in, and none of ``extra_zooms`` that would take it above 1x. That
         first pass is returned when it covers the whole image, the zoom is 1 and ``tta`` is off: it is then the
         prediction.

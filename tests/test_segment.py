@@ -269,7 +269,7 @@ def test_postprocessing_round_trips_through_its_file(tmp_path):
 
 
 @pytest.mark.parametrize("field, value", [("threshold", 1.0), ("contact_threshold", 0.0), ("min_size", -1),
-                                          ("marker_height", 0.0)])
+                                          ("marker_height", 0.0), ("flat_field", "yes")])
 def test_postprocessing_rejects_values_out_of_range(field, value):
     with pytest.raises(ValueError, match=field):
         segment.Postprocessing(**{field: value})
