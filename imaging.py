@@ -280,6 +280,7 @@ def edge_sharpness(image: np.ndarray) -> float:
 # (nuclei cover less than this share of most blocks of a DSB image).
 BACKGROUND_BLOCKS = 4
 BACKGROUND_PERCENTILE = 5.0
+FLATTEN_BAND = 512  # rows of the background made at a time by ``flatten_background``: no full-size background array
 
 
 def _block_edges(length: int, side: int) -> np.ndarray:
@@ -364,10 +365,11 @@ def flatten_background(gray: np.ndarray, percentiles: tuple[float, float] = DEFA
     (0.38, 0.0, 1.0)
     """
     grid, rows, cols = background_grid(gray)
-    along_rows = (_interpolation_weights(rows) @ grid).astype(np.float32)  # (H, cols): small; then one (H, W) product
-    background = along_rows @ _interpolation_weights(cols).T.astype(np.float32)
-    flat = np.asarray(gray, dtype=np.float32) - background
-    del background
+    along_rows = (_interpolation_weights(rows) @ grid).astype(np.float32)  # (H, cols)
+    across = _interpolation_weights(cols).T.astype(np.float32)  # (cols, W)
+    flat = np.array(gray, dtype=np.float32)  # the one full-size copy: the background is subtracted a band at a time
+    for top in range(0, flat.shape[0], FLATTEN_BAND):
+        flat[top:top + FLATTEN_BAND] -= along_rows[top:top + FLATTEN_BAND] @ across
     low, high = robust_range(flat, percentiles)
     if high <= low:
         return np.zeros_like(flat)
