@@ -227,6 +227,14 @@ def test_background_quick(tmp_path):
     assert (tmp_path / "background.csv").is_file()
 
 
+def test_bench_flatfield_quick(tmp_path):
+    results = run_quick(tmp_path, "bench_flatfield.py")
+    sizes = results["sizes"]
+    assert [row["side"] for row in sizes] == [256, 512] and all(row["flattened"] for row in sizes)
+    # one full-size copy (and the stretch's percentile): well under three times the image
+    assert all(0 < row["flatten_peak_mib"] < 3 * row["image_mib"] for row in sizes)
+
+
 def test_auto_scale_scores_a_table_with_the_zooms_it_was_made_with():
     # A table of 5 zooms (0.5-2x), as made before the automatic zoom reached 0.35-2.83x: each image's score at zoom
     # z is z, so a rule's mean is the mean zoom it chose.
