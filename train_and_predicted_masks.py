@@ -242,7 +242,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
                           help="which images: a subset of the model's split, or 'all' of --data (default: test)")
     evaluate.add_argument("--perturb", action="store_true",
                           help="also score the images under controlled shifts (scale, gamma, contrast, noise, blur, "
-                               "blur and noise together, inversion, colour channels): robustness.csv")
+                               "blur and noise together, a background ramp, shading, inversion, colour channels): "
+                               "robustness.csv")
     _add_data_options(evaluate)
     _add_postprocessing_options(evaluate, "the model's postprocessing.json")
     _add_output_options(evaluate, figures=True)
