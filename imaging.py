@@ -313,7 +313,7 @@ def background_grid(gray: np.ndarray, blocks: int = BACKGROUND_BLOCKS,
         raise ValueError(f"expected a grayscale image of shape (H, W), got shape {gray.shape}")
     side = max(int(np.ceil(min(gray.shape) / blocks)), 8)
     rows, cols = _block_edges(gray.shape[0], side), _block_edges(gray.shape[1], side)
-    step = max(int(np.sqrt(side * side / 2**18)), 1)  # every few pixels of a very large block: its percentile alone
+    step = max(int(np.sqrt(side * side / 2**18)), 1)  # a very large block: the percentile of every few pixels
     grid = np.array([[np.percentile(gray[top:bottom:step, left:right:step], percentile)
                       for left, right in zip(cols[:-1], cols[1:])] for top, bottom in zip(rows[:-1], rows[1:])])
     return ndimage.median_filter(grid, size=3, mode="nearest"), rows, cols
