@@ -178,15 +178,21 @@ def preprocess(image: np.ndarray, percentiles: tuple[float, float] = DEFAULT_PER
     image, count = replace_nonfinite(image)
     if count:
         log.warning("%d pixel values are NaN or infinite; replaced by the median of the others", count)
-    gray = to_grayscale(image)  # a new array, changed in place below: a large image gets no further copies
+    gray = stretch(to_grayscale(image), percentiles)  # a new array, stretched in place: no further copies
+    if is_dark_on_light(gray):
+        np.subtract(1.0, gray, out=gray)
+    return gray
+
+
+def stretch(gray: np.ndarray, percentiles: tuple[float, float] = DEFAULT_PERCENTILES) -> np.ndarray:
+    """``gray`` (float) stretched in place, the intensities at the two ``percentiles`` (``robust_range``) to 0 and 1 and
+    those beyond clipped, and returned; all zeros (a new array) if the two are equal."""
     low, high = robust_range(gray, percentiles)
     if high <= low:
         return np.zeros_like(gray)
     np.clip(gray, low, high, out=gray)
     gray -= low
     gray /= high - low
-    if is_dark_on_light(gray):
-        np.subtract(1.0, gray, out=gray)
     return gray
 
 
@@ -370,13 +376,7 @@ def flatten_background(gray: np.ndarray, percentiles: tuple[float, float] = DEFA
     flat = np.array(gray, dtype=np.float32)  # the one full-size copy: the background is subtracted a band at a time
     for top in range(0, flat.shape[0], FLATTEN_BAND):
         flat[top:top + FLATTEN_BAND] -= along_rows[top:top + FLATTEN_BAND] @ across
-    low, high = robust_range(flat, percentiles)
-    if high <= low:
-        return np.zeros_like(flat)
-    np.clip(flat, low, high, out=flat)
-    flat -= low
-    flat /= high - low
-    return flat
+    return stretch(flat, percentiles)
 
 
 def image_stats(image: np.ndarray) -> dict:

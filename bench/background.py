@@ -30,18 +30,13 @@ def main(argv=None) -> int:
                                  model_help="whose split (CV images) and normalization to use")
     args = parser.parse_args(argv)
 
-    import dsb
     import imaging
     import robustness
     import segment
-    import pipeline
-    import stratify
 
-    model = pipeline.TrainedModel.open(args.model)
-    split = stratify.read_split(model.split)
-    cv = sorted(split.loc[split["subset"] == "cv", "image_id"])[: 3 if args.quick else None]
+    model, cv, images = common.cv_raw_images(args.model, args.data, args.quick)
     started, rows = time.perf_counter(), []
-    for image_id, raw, labels in dsb.read_raw_images(dsb.find_dataset(args.data), cv):
+    for image_id, raw, labels in images:
         for shift in robustness.SHIFTS:
             image = imaging.preprocess(auto_scale.shifted(raw, labels, shift, image_id)[0], model.normalization)
             rows.append({"shift": shift, "image_id": image_id,

@@ -174,6 +174,19 @@ class CVImages:
     min_overlap: int
 
 
+def cv_raw_images(model_path: Path, data: Path | None, quick: bool):
+    """The model at ``model_path`` (``pipeline.TrainedModel``), the ids of its split's CV images (``quick``: 3), and an
+    iterator of (image_id, raw image, labels) over them as their files hold them (``dsb.read_raw_images``)."""
+    import dsb
+    import pipeline
+    import stratify
+
+    model = pipeline.TrainedModel.open(model_path)
+    split = stratify.read_split(model.split)
+    cv = sorted(split.loc[split["subset"] == "cv", "image_id"])[: 3 if quick else None]
+    return model, cv, dsb.read_raw_images(dsb.find_dataset(data), cv)
+
+
 def cv_images(model_path: Path, data: Path | None, quick: bool) -> CVImages:
     """The model at ``model_path`` with the CV and training image ids of its split (``quick``: 3 and 10)."""
     import dsb

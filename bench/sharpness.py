@@ -32,18 +32,13 @@ def main(argv=None) -> int:
                                  model_help="whose split (CV images) and normalization to use")
     args = parser.parse_args(argv)
 
-    import dsb
     import imaging
-    import pipeline
     import robustness
     import segment
-    import stratify
 
-    model = pipeline.TrainedModel.open(args.model)
-    split = stratify.read_split(model.split)
-    cv = sorted(split.loc[split["subset"] == "cv", "image_id"])[: 3 if args.quick else None]
+    model, cv, images = common.cv_raw_images(args.model, args.data, args.quick)
     started, rows = time.perf_counter(), []
-    for image_id, raw, labels in dsb.read_raw_images(dsb.find_dataset(args.data), cv):
+    for image_id, raw, labels in images:
         unit = robustness.as_unit_float(raw)
         shifted = {shift: auto_scale.shifted(raw, labels, shift, image_id)[0] for shift in SHIFTS}  # as evaluate
         shifted.update({f"scale{factor:.2f}": robustness.rescale(unit, labels, factor)[0] for factor in RESCALES})
