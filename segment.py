@@ -337,17 +337,18 @@ class Postprocessing:
         """The score model (``score_model``) as a ``nucleus_score.ScoreModel``, or None."""
         return None if self.score_model is None else nucleus_score.ScoreModel.from_dict(self.score_model)
 
-    def prepare(self, image: np.ndarray) -> np.ndarray:
-        """A preprocessed image as the model is to see it: with ``flat_field``, its background flattened
-        (``imaging.flatten_background``) if its level varies by more than ``MAX_BACKGROUND_UNEVENNESS``
-        (``imaging.background_unevenness``); else ``image`` itself."""
+    def prepare(self, image: np.ndarray) -> tuple[np.ndarray, Postprocessing]:
+        """A preprocessed image as the model is to see it, and these settings for it: with ``flat_field``, the image
+        with its background flattened (``imaging.flatten_background``) if its level varies by more than
+        ``MAX_BACKGROUND_UNEVENNESS`` (``imaging.background_unevenness``), else ``image`` itself, and the settings with
+        ``flat_field`` off (the image is not measured again); without, both as they are."""
         if not self.flat_field:
-            return image
-        unevenness = background_unevenness(image)
+            return image, self
+        settings, unevenness = self.replace(flat_field=False), background_unevenness(image)
         if not self.flattens(unevenness):
-            return image
+            return image, settings
         log.debug("background unevenness %.3f: the background is flattened", unevenness)
-        return flatten_background(image)
+        return flatten_background(image), settings
 
     def flattens(self, unevenness: float) -> bool:
         """Whether ``prepare`` flattens an image whose ``imaging.background_unevenness`` is ``unevenness``."""
@@ -358,7 +359,7 @@ class Postprocessing:
         """``predict_maps`` of ``image`` (``prepare``d) with this object's ``tta``, ``scale`` (with 'auto',
         ``resolve``) and ``tile_size`` (if set; else the ``tile_size`` given: the model's); with ``extra_zooms``, the
         mean of the maps at each of ``zooms``."""
-        image, settings = self.prepare(image), self.replace(flat_field=False) if self.flat_field else self
+        image, settings = self.prepare(image)
         settings, done = settings.resolve(predict_tiles, image, tile_size=tile_size, min_overlap=min_overlap)
         if done is not None:
             return done
@@ -386,10 +387,10 @@ class Postprocessing:
         ``AUTO_SCALES`` that brings the image's typical nucleus area (``typical_area`` of a first pass at 1x without
         test-time augmentation, on at most the central ``most`` x ``most`` pixels; nuclei smaller than ``min_size``
         count, ``probability_to_labels``, and so do those under ``min_score``) closest to ``nucleus_area``
-        (``choose_scale``); but no zoom above 1x where those pixels' edges are softer than ``MIN_ZOOM_IN_SHARPNESS`` (``imaging.edge_sharpness``: a
-        blurred image): 1x rather than a zoom in, and none of ``extra_zooms`` that would take it above 1x. That
-        first pass is returned when it covers the whole image, the zoom is 1 and ``tta`` is off: it is then the
-        prediction.
+        (``choose_scale``); but no zoom above 1x where those pixels' edges are softer than
+        ``MIN_ZOOM_IN_SHARPNESS`` (``imaging.edge_sharpness``: a blurred image): 1x rather than a zoom in, and none of
+        ``extra_zooms`` that would take it above 1x. That first pass is returned when it covers the whole image, the
+        zoom is 1 and ``tta`` is off: it is then the prediction.
         """
         if self.scale != "auto":
             return self, None
@@ -602,8 +603,7 @@ def segment_image(predict_tiles: PredictTiles, image: np.ndarray, settings: Post
     scores : ndarray, shape (n,), float64, or None: each nucleus's score (``Postprocessing.labels_and_scores``), nucleus
         i + 1's at i; None without a score model
     """
-    if settings.flat_field:  # the whole image, not block by block
-        image, settings = settings.prepare(image), settings.replace(flat_field=False)
+    image, settings = settings.prepare(image)  # the whole image, not block by block
     settings, done = settings.resolve(predict_tiles, image, tile_size=tile_size, min_overlap=min_overlap,
                                       most=block_size)
     if total is not None or (progress is not None and done is not None):

@@ -573,10 +573,13 @@ def test_flat_field_flattens_only_an_uneven_background_before_the_model_sees_it(
     ramped, labels = _ramped_nuclei((192, 256), slope=0.6)  # the right edge's background above the nuclei threshold
     even, _ = _ramped_nuclei((192, 256), slope=0.0)
     settings = segment.Postprocessing(flat_field=True)
-    assert settings.prepare(even) is even  # evenly lit: left exactly as it is
-    np.testing.assert_array_equal(settings.prepare(ramped), imaging.flatten_background(ramped))
+    image, after = settings.prepare(even)
+    assert image is even and not after.flat_field  # evenly lit: left exactly as it is, and not measured again
+    image, after = settings.prepare(ramped)
+    np.testing.assert_array_equal(image, imaging.flatten_background(ramped))
+    assert after == settings.replace(flat_field=False)
     off = segment.Postprocessing(flat_field=False)
-    assert off.prepare(ramped) is ramped
+    assert off.prepare(ramped)[0] is ramped and off.prepare(ramped)[1] is off
     identity = lambda tiles: tiles  # noqa: E731 - the maps are the image the model was given
     np.testing.assert_allclose(settings.maps(identity, ramped, tile_size=128, min_overlap=16)[..., 0],
                                imaging.flatten_background(ramped), atol=1e-5)
