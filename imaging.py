@@ -135,17 +135,17 @@ def to_grayscale(image: np.ndarray) -> np.ndarray:
         return _scale_to_unit(image)
     if image.shape[-1] in (1, 2):  # gray, or gray + alpha
         return _scale_to_unit(image[..., 0])
-    rgb = image[..., :3]
-    if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
-        return _scale_to_unit(rgb[..., 0])  # gray stored as RGB: keep its values exactly
-    return skimage.color.rgb2gray(_scale_to_unit(rgb)).astype(np.float32)
+    if not is_colour(image):
+        return _scale_to_unit(image[..., 0])  # gray stored as RGB: keep its values exactly
+    return skimage.color.rgb2gray(_scale_to_unit(image[..., :3])).astype(np.float32)
 
 
 def is_dark_on_light(gray: np.ndarray) -> bool:
     """Whether the background is brighter than the nuclei (brightfield, stained histology).
 
     The background covers most of a DSB image, so the median decides: above the middle of the
-    image's own intensity range means a light background.
+    image's own intensity range means a light background. For a colour image, pass its ``colour_value``:
+    its luminance can mislead (``preprocess``).
     """
     low, high = float(gray.min()), float(gray.max())
     if high <= low:
@@ -153,8 +153,44 @@ def is_dark_on_light(gray: np.ndarray) -> bool:
     return float(np.median(_sample(gray))) > (low + high) / 2
 
 
+def is_colour(image: np.ndarray) -> bool:
+    """Whether ``image`` has colour: three or four channels that are not all the same (not gray stored as RGB)."""
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[-1] < 3:
+        return False
+    return not (np.array_equal(image[..., 0], image[..., 1]) and np.array_equal(image[..., 0], image[..., 2]))
+
+
+def colour_value(image: np.ndarray, most: int = 2**22) -> np.ndarray:
+    """A colour image's brightest channel at each pixel (HSV value), float32, on a grid of at most ``most`` pixels.
+
+    What tells a stained slide from a fluorescence composite: the slide's background is near white, light in
+    every channel, and its stains darken some channels only (pink stroma stays bright in red, where its luminance
+    is as dark as the nuclei); a composite's background is dark in every channel.
+    """
+    image = np.asarray(image)
+    step = max(1, int(np.ceil(np.sqrt(image.shape[0] * image.shape[1] / most))))
+    return _scale_to_unit(image[::step, ::step, :3].max(axis=-1))
+
+
+def light_background(image: np.ndarray, gray: np.ndarray | None = None,
+                     percentiles: tuple[float, float] = DEFAULT_PERCENTILES) -> bool:
+    """Whether ``image`` (as read, any layout) shows dark nuclei on a light background: ``preprocess`` inverts it.
+
+    Decided by ``is_dark_on_light`` on the stretched grayscale (``gray``, if already made), or for a colour image on
+    its ``colour_value``: a stained slide whose pink stroma or dense nuclei cover more than half of it has a dark
+    luminance median, but its brightest channel still shows the light background (two such images of the DSB
+    training set were left uninverted when luminance decided).
+    """
+    if is_colour(image):
+        return is_dark_on_light(stretch(colour_value(image), percentiles))
+    return is_dark_on_light(stretch(to_grayscale(image), percentiles) if gray is None else gray)
+
+
 def preprocess(image: np.ndarray, percentiles: tuple[float, float] = DEFAULT_PERCENTILES) -> np.ndarray:
     """Grayscale, stretch to [0, 1], and invert dark-on-light images so nuclei are bright.
+
+    Which images are inverted: ``light_background``.
 
     Parameters
     ----------
@@ -179,7 +215,7 @@ def preprocess(image: np.ndarray, percentiles: tuple[float, float] = DEFAULT_PER
     if count:
         log.warning("%d pixel values are NaN or infinite; replaced by the median of the others", count)
     gray = stretch(to_grayscale(image), percentiles)  # a new array, stretched in place: no further copies
-    if is_dark_on_light(gray):
+    if light_background(image, gray, percentiles):
         np.subtract(1.0, gray, out=gray)
     return gray
 

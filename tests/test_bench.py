@@ -305,3 +305,13 @@ def test_multi_zoom_quick(tmp_path):
         ["z", "z, z*sqrt2", "z/sqrt2, z", "z/sqrt2, z, z*sqrt2", "z, 1x"])
     assert all(0 <= value <= 1 for value in results["cv_map"].values())
     assert (tmp_path / "multi_zoom.csv").is_file()
+
+
+def test_polarity_quick(tmp_path):
+    results = run_quick(tmp_path, "polarity.py")
+    wrong = results["wrong_per_kind"]
+    assert sum(counts["images"] for counts in wrong.values()) == results["images"] >= 2
+    assert all(counts["wrong: colour rule"] == 0 for counts in wrong.values())  # the quick images are judged right
+    assert len(results["decision_changed"]) == 2  # the two stained images that luminance misjudges
+    for scores in results["decision_changed"].values():
+        assert scores["colour_rule"]["map"] > scores["luminance_rule"]["map"]

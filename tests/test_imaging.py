@@ -57,6 +57,62 @@ def test_brightfield_is_detected_as_dark_on_light():
     assert not imaging.is_dark_on_light(imaging.to_grayscale(dark))
 
 
+def _stained_slide(stroma_share: float) -> tuple[np.ndarray, np.ndarray]:
+    """A pale background, pink stroma over ``stroma_share`` of the rows (as dark as the nuclei in luminance), and
+    purple nuclei: (RGB uint8, nucleus mask)."""
+    image = np.empty((80, 100, 3), np.uint8)
+    image[:] = (240, 205, 225)
+    image[: int(80 * stroma_share)] = (200, 30, 60)
+    yy, xx = np.mgrid[:80, :100]
+    nuclei = np.zeros((80, 100), bool)
+    for cy, cx in ((20, 20), (20, 70), (60, 45), (65, 85)):
+        nuclei |= (yy - cy) ** 2 + (xx - cx) ** 2 < 8 ** 2
+    image[nuclei] = (90, 40, 140)
+    return image, nuclei
+
+
+@pytest.mark.parametrize("stroma_share", [0.0, 0.3, 0.7])
+def test_stained_slide_is_inverted_even_where_stroma_darkens_its_luminance(stroma_share):
+    image, nuclei = _stained_slide(stroma_share)
+    gray = imaging.preprocess(image)
+    assert gray[nuclei].mean() > gray[~nuclei].mean() + 0.2
+    if stroma_share > 0.5:  # luminance alone would keep the nuclei dark
+        assert not imaging.is_dark_on_light(imaging.stretch(imaging.to_grayscale(image)))
+
+
+def test_colour_fluorescence_composite_is_not_inverted():
+    image, nuclei = _stained_slide(0.0)
+    composite = np.zeros_like(image)
+    composite[nuclei, 2] = 200  # blue nuclei (a DAPI channel) on black
+    composite[:10, :, 1] = 90  # and some green signal
+    gray = imaging.preprocess(composite)
+    assert gray[nuclei].min() > 0.1 and gray[10:][~nuclei[10:]].max() == 0.0  # dark where nothing shines
+
+
+def test_is_colour_and_colour_value():
+    gray = np.random.default_rng(0).integers(0, 256, (40, 30), dtype=np.uint8)
+    assert not imaging.is_colour(gray) and not imaging.is_colour(np.dstack([gray, gray]))
+    assert not imaging.is_colour(np.dstack([gray, gray, gray, np.full_like(gray, 255)]))
+    colour = np.dstack([gray, gray // 2, np.zeros_like(gray)])
+    assert imaging.is_colour(colour)
+    np.testing.assert_array_equal(imaging.colour_value(colour), gray / np.float32(255))
+    assert imaging.colour_value(colour, most=300).shape == (20, 15)  # a grid of every 2nd pixel
+
+
+def test_real_stained_images_with_large_dark_areas_get_bright_nuclei():
+    """The two DSB training images whose luminance median is below the middle of their range (a dense stained image
+    and one with a band of stroma): after preprocessing their nuclei are brighter than the rest."""
+    from conftest import real_dataset_path
+
+    import dsb
+
+    ids = ["13f2bec0a24c70345372febb14c4352877b1b6c1b01896246048e83c345c0914",
+           "4193474b2f1c72f735b13633b219d9cabdd43c21d9c2bb4dfc4809f104ba4c06"]
+    for image_id, raw, labels in dsb.read_raw_images(real_dataset_path(), ids):
+        gray = imaging.preprocess(raw)
+        assert gray[labels > 0].mean() > gray[labels == 0].mean() + 0.1, image_id
+
+
 def test_stats_tell_histology_from_gray():
     rng = np.random.default_rng(6)
     histology = imaging.image_stats(make_synthetic_image(rng, kind="histology")[0])
