@@ -187,6 +187,39 @@ def light_background(image: np.ndarray, gray: np.ndarray | None = None,
     return is_dark_on_light(stretch(to_grayscale(image), percentiles) if gray is None else gray)
 
 
+# ``composite_channels``: a channel carries signal when its 1st-99.95th percentile range is at least this share of the
+# widest channel's; two channels whose values correlate above ``LUT_CORRELATION`` are one signal in a colour table.
+SIGNAL_SHARE = 0.25
+LUT_CORRELATION = 0.98
+CHANNEL_NAMES = ("red", "green", "blue")
+
+
+def composite_channels(image: np.ndarray, most: int = 2**20) -> tuple[str, ...]:
+    """The channels of a fluorescence composite that carry different signals: () unless ``image`` is colour, has a
+    dark background (``light_background`` false) and two or more of its red, green and blue channels carry signal
+    that is not the same signal in a colour table (cyan is green and blue alike).
+
+    Such an image is converted to gray by luminance, which weighs blue, where a DNA stain often is, 0.07: the
+    nuclei may be lost among the other channels' signal, and ``--channel N`` should pick the nuclear one.
+    """
+    if not is_colour(image) or light_background(image):
+        return ()
+    image = np.asarray(image)
+    step = max(1, int(np.ceil(np.sqrt(image.shape[0] * image.shape[1] / most))))
+    channels = _scale_to_unit(image[::step, ::step, :3]).reshape(-1, 3)
+    low, high = np.percentile(channels, [1, 99.95], axis=0)
+    spread = high - low
+    if spread.max() <= 0:
+        return ()
+    signal = [index for index in range(3) if spread[index] >= SIGNAL_SHARE * spread.max()]
+    distinct = []
+    for index in signal:
+        if not any(abs(np.corrcoef(channels[:, index], channels[:, kept])[0, 1]) > LUT_CORRELATION
+                   for kept in distinct):
+            distinct.append(index)
+    return tuple(CHANNEL_NAMES[index] for index in distinct) if len(distinct) > 1 else ()
+
+
 def preprocess(image: np.ndarray, percentiles: tuple[float, float] = DEFAULT_PERCENTILES) -> np.ndarray:
     """Grayscale, stretch to [0, 1], and invert dark-on-light images so nuclei are bright.
 

@@ -502,6 +502,10 @@ def predict_run(model_path: Path, input_paths: list, *, overrides: dict | None =
             if nonfinite:
                 log.warning("%s: %d pixel values are NaN or infinite; replaced by the median of the others",
                             item.where + suffix, nonfinite)
+            if composite := imaging.composite_channels(plane):
+                log.warning("%s looks like a fluorescence composite (signal in %s): it is converted to gray by "
+                            "luminance, which weighs blue 0.07; if the nuclei are in one channel, pass --channel N "
+                            "(0 red, 1 green, 2 blue)", item.where + suffix, " and ".join(composite))
             unevenness = imaging.background_unevenness(image)
             with tqdm(desc=f"  tiles of {key}", unit="tile", leave=False,
                       disable=not progress or image.size < 4_000_000) as bar:

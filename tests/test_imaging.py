@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import skimage.morphology
 from conftest import make_synthetic_image
 
 import imaging
@@ -97,6 +98,28 @@ def test_is_colour_and_colour_value():
     assert imaging.is_colour(colour)
     np.testing.assert_array_equal(imaging.colour_value(colour), gray / np.float32(255))
     assert imaging.colour_value(colour, most=300).shape == (20, 15)  # a grid of every 2nd pixel
+
+
+def _composite(green_signal: bool = True) -> np.ndarray:
+    """Blue nuclei (a DNA stain) on black, with green cytoplasm around them: a fluorescence composite (RGB uint8)."""
+    _, nuclei = _stained_slide(0.0)
+    rings = skimage.morphology.dilation(nuclei, skimage.morphology.disk(6)) & ~nuclei
+    composite = np.zeros(nuclei.shape + (3,), np.uint8)
+    composite[nuclei, 2] = 180
+    if green_signal:
+        composite[rings, 1] = 220
+    noise = np.random.default_rng(3).integers(0, 6, composite.shape)
+    return (composite + noise).astype(np.uint8)
+
+
+def test_composite_channels_names_the_channels_of_different_signals():
+    assert imaging.composite_channels(_composite()) == ("green", "blue")
+    assert imaging.composite_channels(_composite(green_signal=False)) == ()  # one stain in blue
+    cyan = _composite(green_signal=False)
+    cyan[..., 1] = cyan[..., 2]  # one signal shown in a cyan colour table
+    assert imaging.composite_channels(cyan) == ()
+    assert imaging.composite_channels(_stained_slide(0.3)[0]) == ()  # a light background: a stained slide
+    assert imaging.composite_channels(_composite()[..., 1]) == ()  # gray
 
 
 def test_real_stained_images_with_large_dark_areas_get_bright_nuclei():

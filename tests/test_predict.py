@@ -15,6 +15,7 @@ import pytest
 import skimage.draw
 import skimage.io
 import skimage.measure
+import skimage.morphology
 import tifffile
 
 import nucleus_score
@@ -96,6 +97,23 @@ def test_the_nuclear_channel_of_a_two_channel_tiff(stand_in_model, tmp_path):
     assert "2 channels; pass --channel N" in refused["two"]
     run_dir = _run(stand_in_model, [tmp_path / "two.tif"], tmp_path, "--channel", "1")
     assert _nuclei(run_dir) == {"two": disks}
+
+
+def test_a_fluorescence_composite_is_warned_about_and_its_nuclear_channel_chosen(stand_in_model, tmp_path, caplog):
+    image, disks = _picture()
+    nuclei = image > 0.5
+    composite = np.zeros(image.shape + (3,), np.uint8)
+    composite[..., 2] = (image * 200).astype(np.uint8)  # nuclei in blue
+    composite[..., 1] = np.where(skimage.morphology.dilation(nuclei, skimage.morphology.disk(5)) & ~nuclei, 230, 10)
+    skimage.io.imsave(tmp_path / "merged.png", composite, check_contrast=False)
+    with caplog.at_level("WARNING"):
+        _run(stand_in_model, [tmp_path / "merged.png"], tmp_path)
+    assert "merged.png looks like a fluorescence composite (signal in green and blue)" in caplog.text
+    assert "pass --channel N" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        run_dir = _run(stand_in_model, [tmp_path / "merged.png"], tmp_path, "--channel", "2")
+    assert "composite" not in caplog.text and _nuclei(run_dir) == {"merged": disks}
 
 
 def test_a_stack_plane_by_plane_or_projected(stand_in_model, tmp_path):
