@@ -6,7 +6,9 @@ channel, ``imaging.colour_value``). Here each image's truth is read from its ann
 are darker on average than the rest of its grayscale. The rule is checked on each image as it is and inverted (the
 robustness table's 'inverted' shift), and against the rule it replaced (luminance decides, for colour images too).
 Where the two rules differ, the model (no test-time augmentation, the rest of its post-processing) segments the image
-both ways. Writes ``bench/results/polarity.json`` (counts per kind of image) and ``polarity.csv`` (per image).
+both ways. Also counts the images that ``predict`` would warn about as fluorescence composites
+(``imaging.composite_channels``; none should be). Writes ``bench/results/polarity.json`` (counts per kind of image)
+and ``polarity.csv`` (per image).
 
     python bench/polarity.py
 """
@@ -70,6 +72,7 @@ def main(argv=None) -> int:
                "kind": "stained (colour)" if colour else "fluorescence or brightfield (gray)",
                "nucleus_share": round(float(nuclei.mean()), 4),
                "truth": bool(gray[nuclei].mean() < gray[~nuclei].mean())}
+        row["composite_channels"] = " ".join(imaging.composite_channels(raw))  # predict's warning: should be none
         for name, image in (("", raw), ("inverted_", inverted(raw))):
             row[f"{name}luminance_rule"] = luminance_rule(image, percentiles)
             row[f"{name}colour_rule"] = imaging.light_background(image, percentiles=percentiles)
@@ -106,6 +109,7 @@ def main(argv=None) -> int:
                        "inverted, wrong: colour rule"]
     print(f"Images whose background is misjudged, of {len(table)}:")
     print(summary.to_string())
+    print(f"Taken for fluorescence composites (predict's warning): {int((table['composite_channels'] != '').sum())}")
     for image_id, scores in scored.items():
         print(f"{image_id[:10]}: luminance decides: mAP {scores['luminance_rule']['map']:.3f}, "
               f"colour rule: {scores['colour_rule']['map']:.3f} (no test-time augmentation)")
@@ -114,7 +118,7 @@ def main(argv=None) -> int:
         "seconds": round(time.perf_counter() - started, 1), "machine": common.machine(),
         "wrong_per_kind": {kind: {key: int(value) for key, value in values.items()}
                            for kind, values in summary.iterrows()},
-        "decision_changed": scored, "per_image": Path(args.json).with_suffix(".csv").name})
+        "decision_changed": scored, "composites_flagged": int((table["composite_channels"] != "").sum()), "per_image": Path(args.json).with_suffix(".csv").name})
     return 0
 
 

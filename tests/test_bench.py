@@ -313,5 +313,6 @@ def test_polarity_quick(tmp_path):
     assert sum(counts["images"] for counts in wrong.values()) == results["images"] >= 2
     assert all(counts["wrong: colour rule"] == 0 for counts in wrong.values())  # the quick images are judged right
     assert len(results["decision_changed"]) == 2  # the two stained images that luminance misjudges
+    assert results["composites_flagged"] == 0
     for scores in results["decision_changed"].values():
         assert scores["colour_rule"]["map"] > scores["luminance_rule"]["map"]
