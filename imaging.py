@@ -168,9 +168,14 @@ def colour_value(image: np.ndarray, most: int = 2**22) -> np.ndarray:
     every channel, and its stains darken some channels only (pink stroma stays bright in red, where its luminance
     is as dark as the nuclei); a composite's background is dark in every channel.
     """
+    return _scale_to_unit(_grid(image, most)[..., :3].max(axis=-1))
+
+
+def _grid(image: np.ndarray, most: int) -> np.ndarray:
+    """A view of ``image`` (H, W, ...) on a regular grid of every few rows and columns: at most ``most`` pixels."""
     image = np.asarray(image)
     step = max(1, int(np.ceil(np.sqrt(image.shape[0] * image.shape[1] / most))))
-    return _scale_to_unit(image[::step, ::step, :3].max(axis=-1))
+    return image[::step, ::step]
 
 
 def light_background(image: np.ndarray, gray: np.ndarray | None = None,
@@ -204,9 +209,7 @@ def composite_channels(image: np.ndarray, most: int = 2**20) -> tuple[str, ...]:
     """
     if not is_colour(image) or light_background(image):
         return ()
-    image = np.asarray(image)
-    step = max(1, int(np.ceil(np.sqrt(image.shape[0] * image.shape[1] / most))))
-    channels = _scale_to_unit(image[::step, ::step, :3]).reshape(-1, 3)
+    channels = _scale_to_unit(_grid(image, most)[..., :3]).reshape(-1, 3)
     low, high = np.percentile(channels, [1, 99.95], axis=0)
     spread = high - low
     if spread.max() <= 0:
