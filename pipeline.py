@@ -395,7 +395,8 @@ def tune_run(model_path: Path, *, data: Path | None = None, split: Path | None =
             for record in tqdm(records, desc="predict images", unit="img", disable=not progress)]
     grid = segment.tuning_grid(has_contacts=maps[0].shape[-1] > 1, tta=tta, scale=prediction.scale,
                                tile_size=prediction.tile_size, nucleus_area=prediction.nucleus_area,
-                               extra_zooms=prediction.extra_zooms, flat_field=prediction.flat_field)
+                               extra_zooms=prediction.extra_zooms, flat_field=prediction.flat_field,
+                               denoise=prediction.denoise)
     truths = [record.labels for record in records]
     rows = segment.tune_postprocessing(maps, truths, grid, progress=lambda items: tqdm(
         items, desc="post-processing grid", disable=not progress))
@@ -506,7 +507,7 @@ def predict_run(model_path: Path, input_paths: list, *, overrides: dict | None =
                 log.warning("%s looks like a fluorescence composite (signal in %s): it is converted to gray by "
                             "luminance, which weighs blue 0.07; if the nuclei are in one channel, pass --channel N "
                             "(0 red, 1 green, 2 blue)", item.where + suffix, " and ".join(composite))
-            unevenness = imaging.background_unevenness(image)
+            unevenness, smoothed = imaging.background_unevenness(image), postprocessing.denoises(image)
             with tqdm(desc=f"  tiles of {key}", unit="tile", leave=False,
                       disable=not progress or image.size < 4_000_000) as bar:
                 def set_total(tiles, bar=bar):  # known once the automatic zoom is chosen
@@ -527,6 +528,7 @@ def predict_run(model_path: Path, input_paths: list, *, overrides: dict | None =
                            "foreground_fraction": float(mask.mean()), "scale": round(scale, 3),
                            "background_unevenness": round(unevenness, 3),
                            "flattened": postprocessing.flattens(unevenness),
+                           "smoothed": smoothed,
                            "nonfinite_pixels": nonfinite})
     for key, reason in skipped.items():
         log.warning("skipped %s: %s", key, reason)

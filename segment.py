@@ -30,7 +30,8 @@ import nucleus_score
 import runs
 import tiling
 from errors import UserError
-from imaging import background_unevenness, edge_sharpness, flatten_background, replace_nonfinite
+from imaging import (background_unevenness, central, denoise, edge_sharpness, flatten_background, noise_sigma,
+                     replace_nonfinite)
 from tiling import MIN_OVERLAP, TILE_SIZE, inference_tile_size, make_tiles, stitch_tiles
 
 log = logging.getLogger("segment")
@@ -56,6 +57,11 @@ MAX_SPECK_FRACTION = 0.25
 # which at most 5 % of the CV images as they are and none shrunk to 0.5x or less (with or without noise) fall; most
 # blurred CV images, noisy or not, fall under it (bench/sharpness.py; docs/results.md, "Blurred images with noise").
 MIN_ZOOM_IN_SHARPNESS = 0.40
+# denoise smooths an image (``imaging.denoise``) whose pixel noise is above this (``imaging.noise_sigma``, in the
+# preprocessed image's 0-1 range; clean CV images measure at most 0.015) and whose edges are not soft (edge sharpness at
+# least MIN_ZOOM_IN_SHARPNESS: a blurred image is not smoothed further). Fixed before it was tried
+# (docs/results/denoise/decision_rule.txt).
+MIN_DENOISE_NOISE = 0.015
 # flat_field flattens the background of an image (``imaging.flatten_background``) whose background level varies by
 # more than this across it (``imaging.background_unevenness``, in the preprocessed image's 0-1 range): the smallest
 # limit, in steps of 0.01, that at most 5 % of the CV images as they are pass (bench/background.py; docs/results.md,
@@ -231,6 +237,10 @@ class Postprocessing:
         predicting, in each image whose background level varies by more than ``MAX_BACKGROUND_UNEVENNESS``
         (``prepare``); an evenly lit image is left as it is. On by default: on CV it raised the background-ramp
         shift's mAP from 0.542 to 0.589 and lowered no other column (docs/results.md, "Uneven illumination").
+    denoise : bool
+        Smooth a noisy image (a Gaussian of ``imaging.DENOISE_SIGMA`` pixels) before predicting, where its pixel
+        noise is above ``MIN_DENOISE_NOISE`` and its edges are not soft (``denoises``); a clean or blurred image is
+        left as it is.
     """
 
     threshold: float = 0.5
@@ -246,6 +256,7 @@ class Postprocessing:
     score_model: dict | None = dataclasses.field(default=None, repr=False)  # long: in postprocessing.json
     extra_zooms: tuple[float, ...] = ()
     flat_field: bool = True
+    denoise: bool = False
 
     def __post_init__(self):
         try:
@@ -273,8 +284,9 @@ class Postprocessing:
             raise UserError("scale 'auto' needs the typical nucleus area of the model's training images "
                             "(nucleus_area in its postprocessing.json), which this model's files do not give: "
                             "run 'tune' on the model once to add it, or give a --scale factor")
-        if not isinstance(self.flat_field, bool):
-            raise UserError(f"flat_field must be true or false, got {self.flat_field!r}")
+        for name in ("flat_field", "denoise"):
+            if not isinstance(getattr(self, name), bool):
+                raise UserError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.tile_size not in (None, "auto") and not (isinstance(self.tile_size, int) and self.tile_size >= 32):
             raise UserError(f"tile_size must be None, 'auto' or a side of at least 32 pixels, got {self.tile_size!r}")
         if self.min_score is not None and not 0.0 < self.min_score < 1.0:
@@ -338,21 +350,37 @@ class Postprocessing:
         return None if self.score_model is None else nucleus_score.ScoreModel.from_dict(self.score_model)
 
     def prepare(self, image: np.ndarray) -> tuple[np.ndarray, Postprocessing]:
-        """A preprocessed image as the model is to see it, and these settings for it: with ``flat_field``, the image
-        with its background flattened (``imaging.flatten_background``) if its level varies by more than
-        ``MAX_BACKGROUND_UNEVENNESS`` (``imaging.background_unevenness``), else ``image`` itself, and the settings with
-        ``flat_field`` off (the image is not measured again); without, both as they are."""
-        if not self.flat_field:
+        """A preprocessed image as the model is to see it, and these settings for it with ``flat_field`` and ``denoise``
+        off (the image is not measured again).
+
+        With ``flat_field``, the background is flattened (``imaging.flatten_background``) if its level varies by more
+        than ``MAX_BACKGROUND_UNEVENNESS`` (``imaging.background_unevenness``); with ``denoise``, the image is then
+        smoothed (``imaging.denoise``) if ``denoises`` says so of ``image`` as given. Otherwise ``image`` itself."""
+        settings = self.replace(flat_field=False, denoise=False)
+        if settings == self:
             return image, self
-        settings, unevenness = self.replace(flat_field=False), background_unevenness(image)
-        if not self.flattens(unevenness):
-            return image, settings
-        log.debug("background unevenness %.3f: the background is flattened", unevenness)
-        return flatten_background(image), settings
+        flatten = self.flat_field and self.flattens(background_unevenness(image))
+        smooth = self.denoise and self.denoises(image)
+        if flatten:
+            log.debug("the uneven background is flattened")
+            image = flatten_background(image)
+        if smooth:
+            log.debug("the noisy image is smoothed")
+            image = denoise(image)
+        return image, settings
 
     def flattens(self, unevenness: float) -> bool:
         """Whether ``prepare`` flattens an image whose ``imaging.background_unevenness`` is ``unevenness``."""
         return self.flat_field and unevenness > MAX_BACKGROUND_UNEVENNESS
+
+    def denoises(self, image: np.ndarray) -> bool:
+        """Whether ``prepare`` smooths ``image`` (preprocessed): with ``denoise``, where the pixel noise of its central
+        2048 x 2048 pixels (``imaging.noise_sigma``) is above ``MIN_DENOISE_NOISE`` and their edge sharpness
+        (``imaging.edge_sharpness``) is at least ``MIN_ZOOM_IN_SHARPNESS`` (a blurred image is not smoothed)."""
+        if not self.denoise:
+            return False
+        part = central(image)
+        return noise_sigma(part) > MIN_DENOISE_NOISE and edge_sharpness(part) >= MIN_ZOOM_IN_SHARPNESS
 
     def maps(self, predict_tiles: PredictTiles, image: np.ndarray, *, tile_size: int = TILE_SIZE,
              min_overlap: int = MIN_OVERLAP) -> np.ndarray:
@@ -394,9 +422,7 @@ class Postprocessing:
         """
         if self.scale != "auto":
             return self, None
-        height, width = image.shape
-        top, left = max((height - most) // 2, 0), max((width - most) // 2, 0)
-        part = image[top:top + most, left:left + most]
+        part = central(image, most)
         first = self.replace(scale=1.0, tta=False, min_score=None, extra_zooms=())  # as chosen on CV: every nucleus
         maps = first.maps(predict_tiles, part, tile_size=tile_size, min_overlap=min_overlap)
         area = typical_area(first.labels(maps))
@@ -891,12 +917,13 @@ TUNE_MIN_SCORES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
 
 def tuning_grid(has_contacts: bool, tta: bool, scale: float | str = 1.0, tile_size=None,
                 nucleus_area: float | None = None, relative_min_sizes: tuple[float, ...] = (),
-                extra_zooms: tuple[float, ...] = (), flat_field: bool = True) -> list[Postprocessing]:
+                extra_zooms: tuple[float, ...] = (), flat_field: bool = True,
+                denoise: bool = False) -> list[Postprocessing]:
     """The settings ``tune_postprocessing`` tries: every threshold and speck size (in pixels, and each of
     ``relative_min_sizes``: fractions of the image's typical nucleus area) with every way of splitting (by the
     contact channel at each contact threshold if the model has one, else not at all; or by a distance watershed
-    of each marker height). ``tta``, ``scale``, ``tile_size``, ``nucleus_area``, ``extra_zooms`` and ``flat_field`` say
-    how the maps were predicted and are the same in every setting.
+    of each marker height). ``tta``, ``scale``, ``tile_size``, ``nucleus_area``, ``extra_zooms``, ``flat_field`` and
+    ``denoise`` say how the maps were predicted and are the same in every setting.
 
     Relative sizes are not tried by default: in every tune that tried them (0.1, 0.2 and 0.3 of the typical
     area; the ready model's ``tuning.csv``) the best was 0.004-0.006 mAP below a fixed 30 pixels, and they
@@ -906,7 +933,8 @@ def tuning_grid(has_contacts: bool, tta: bool, scale: float | str = 1.0, tile_si
     sizes = [(pixels, None) for pixels in TUNE_MIN_SIZES] + [(30, fraction) for fraction in relative_min_sizes]
     return [Postprocessing(threshold=threshold, min_size=min_size, min_size_relative=relative, marker_height=height,
                            contact_threshold=contact, tta=tta, scale=scale, tile_size=tile_size,
-                           nucleus_area=nucleus_area, extra_zooms=extra_zooms, flat_field=flat_field)
+                           nucleus_area=nucleus_area, extra_zooms=extra_zooms, flat_field=flat_field,
+                           denoise=denoise)
             for threshold, (height, contact), (min_size, relative) in itertools.product(TUNE_THRESHOLDS, splits, sizes)]
 
 

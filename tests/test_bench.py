@@ -316,3 +316,12 @@ def test_polarity_quick(tmp_path):
     assert results["composites_flagged"] == 0
     for scores in results["decision_changed"].values():
         assert scores["colour_rule"]["map"] > scores["luminance_rule"]["map"]
+
+
+@pytest.mark.slow
+def test_denoise_quick(tmp_path):
+    results = run_quick(tmp_path, "denoise.py")
+    assert results["images"] == 3 and set(results["mean_map"]) == {"none", "noise", "blur+noise", "low light"}
+    assert results["mean_map"]["none"]["smoothed"] == 0 and results["mean_map"]["low light"]["smoothed"] == 3
+    assert all(0 <= row["off"] <= 1 and 0 <= row["on"] <= 1 for row in results["mean_map"].values())
+    assert (tmp_path / "denoise.csv").is_file()

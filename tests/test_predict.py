@@ -232,3 +232,19 @@ def test_flat_field_finds_the_nuclei_on_a_background_ramp_and_counts_say_which_i
     counts = pd.read_csv(_run(stand_in_model, inputs, tmp_path, "--no-flat-field") / "counts.csv").set_index("image")
     assert not counts["flattened"].any()
     assert counts.loc["ramp", "foreground_fraction"] > 2 * foreground  # the ramp's bright side counts as a nucleus
+
+
+def test_denoise_smooths_a_noisy_image_and_counts_say_which(stand_in_model, tmp_path):
+    image, disks = _picture()
+    noisy = np.clip(image + np.random.default_rng(1).normal(0.0, 0.15, image.shape), 0, 1)
+    skimage.io.imsave(tmp_path / "noisy.png", (noisy * 255).astype(np.uint8), check_contrast=False)
+    skimage.io.imsave(tmp_path / "clean.png", (image * 255).astype(np.uint8), check_contrast=False)
+    inputs = [tmp_path / "noisy.png", tmp_path / "clean.png"]
+    smoothed = pd.read_csv(_run(stand_in_model, inputs, tmp_path, "--denoise") / "counts.csv").set_index("image")
+    assert smoothed["smoothed"].to_dict() == {"noisy": True, "clean": False}
+    assert smoothed["nuclei"].to_dict() == {"noisy": disks, "clean": disks}
+    kept = pd.read_csv(_run(stand_in_model, inputs, tmp_path, "--no-denoise") / "counts.csv").set_index("image")
+    assert not kept["smoothed"].any()
+    # the stand-in's probability is the image: smoothed, its foreground is nearer the clean image's
+    clean = smoothed.loc["clean", "foreground_fraction"]
+    assert abs(smoothed.loc["noisy", "foreground_fraction"] - clean) < abs(kept.loc["noisy", "foreground_fraction"] - clean)

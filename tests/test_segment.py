@@ -268,8 +268,45 @@ def test_postprocessing_round_trips_through_its_file(tmp_path):
     assert json.loads((tmp_path / "postprocessing.json").read_text())["threshold"] == 0.6
 
 
+# ---- denoise ---------------------------------------------------------------------------------
+
+def _noisy_nuclei(shape=(192, 256), noise=0.08, blur=0.0, seed=0):
+    """Bright disks on a dark background, optionally blurred, with white noise of sigma ``noise``: (image, labels)."""
+    labels = disk_labels(shape, [(row, col) for row in range(30, shape[0] - 20, 60)
+                                 for col in range(30, shape[1] - 20, 60)], 12)
+    image = 0.1 + 0.7 * (labels > 0).astype(np.float32)
+    if blur:
+        image = ndi.gaussian_filter(image, blur)
+    image = image + np.random.default_rng(seed).normal(0.0, noise, shape)
+    return np.clip(image, 0, 1).astype(np.float32), labels
+
+
+def test_denoise_smooths_only_a_noisy_sharp_image_before_the_model_sees_it():
+    settings = segment.Postprocessing(denoise=True, flat_field=False)
+    noisy, _ = _noisy_nuclei()
+    clean, _ = _noisy_nuclei(noise=0.003)
+    blurred, _ = _noisy_nuclei(blur=2.0)  # noisy but soft: not smoothed further
+    assert settings.denoises(noisy) and not settings.denoises(clean) and not settings.denoises(blurred)
+    assert not segment.Postprocessing(denoise=False).denoises(noisy)
+    image, after = settings.prepare(noisy)
+    np.testing.assert_array_equal(image, imaging.denoise(noisy))
+    assert imaging.noise_sigma(image) < imaging.noise_sigma(noisy) / 2
+    assert after == settings.replace(denoise=False)
+    assert settings.prepare(clean)[0] is clean and settings.prepare(blurred)[0] is blurred
+    identity = lambda tiles: tiles  # noqa: E731 - the maps are the image the model was given
+    np.testing.assert_allclose(settings.maps(identity, noisy, tile_size=128, min_overlap=16)[..., 0],
+                               imaging.denoise(noisy), atol=1e-5)
+
+
+def test_denoise_is_off_by_default_and_kept_through_the_settings_file_and_the_tuning_grid(tmp_path):
+    assert not segment.Postprocessing().denoise  # also for a file written before the setting existed
+    segment.Postprocessing(denoise=True).save(tmp_path / "postprocessing.json")
+    assert segment.Postprocessing.load(tmp_path / "postprocessing.json").denoise
+    assert all(grid.denoise for grid in segment.tuning_grid(has_contacts=True, tta=False, denoise=True))
+
+
 @pytest.mark.parametrize("field, value", [("threshold", 1.0), ("contact_threshold", 0.0), ("min_size", -1),
-                                          ("marker_height", 0.0), ("flat_field", "yes")])
+                                          ("marker_height", 0.0), ("flat_field", "yes"), ("denoise", 1)])
 def test_postprocessing_rejects_values_out_of_range(field, value):
     with pytest.raises(ValueError, match=field):
         segment.Postprocessing(**{field: value})
