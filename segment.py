@@ -359,13 +359,13 @@ class Postprocessing:
         settings = self.replace(flat_field=False, denoise=False)
         if settings == self:
             return image, self
-        flatten = self.flat_field and self.flattens(background_unevenness(image))
-        smooth = self.denoise and self.denoises(image)
-        if flatten:
-            log.debug("the uneven background is flattened")
+        unevenness = background_unevenness(image) if self.flat_field else 0.0
+        smooth = self.denoises(image)  # decided on the image as given, as predict's counts.csv reports it
+        if self.flattens(unevenness):
+            log.debug("background unevenness %.3f: the background is flattened", unevenness)
             image = flatten_background(image)
         if smooth:
-            log.debug("the noisy image is smoothed")
+            log.debug("pixel noise above %.3f: the image is smoothed", MIN_DENOISE_NOISE)
             image = denoise(image)
         return image, settings
 
