@@ -143,14 +143,28 @@ def to_grayscale(image: np.ndarray) -> np.ndarray:
 def is_dark_on_light(gray: np.ndarray) -> bool:
     """Whether the background is brighter than the nuclei (brightfield, stained histology).
 
-    The background covers most of a DSB image, so the median decides: above the middle of the
-    image's own intensity range means a light background. For a colour image, pass its ``colour_value``:
-    its luminance can mislead (``preprocess``).
+    The background covers most of a DSB image and is its most common intensity, so both decide: the median and the
+    peak of the intensity histogram (``_histogram_peak``) must lie above the middle of the image's own range for a
+    light background. The peak keeps an image dense with bright nuclei (more than half its pixels, as in a packed
+    tissue section) from being taken for a light background; the median keeps one with many saturated nuclei (a peak
+    at the top) from it. For a colour image, pass its ``colour_value``: its luminance can mislead (``preprocess``).
     """
     low, high = float(gray.min()), float(gray.max())
     if high <= low:
         return False
-    return float(np.median(_sample(gray))) > (low + high) / 2
+    middle = (low + high) / 2
+    sample = _sample(gray)
+    return float(np.median(sample)) > middle and _histogram_peak(sample, low, high) > middle
+
+
+def _histogram_peak(values: np.ndarray, low: float, high: float, bins: int = 64) -> float:
+    """The most common value of ``values`` (in [low, high]): the centre of the highest bin of their histogram, smoothed
+    over about 1.5 bins so that noise does not pick a stray bin."""
+    from scipy import ndimage
+
+    counts, edges = np.histogram(values, bins=bins, range=(low, high))
+    peak = int(np.argmax(ndimage.gaussian_filter1d(counts.astype(np.float64), 1.5)))
+    return float(edges[peak] + edges[peak + 1]) / 2
 
 
 def is_colour(image: np.ndarray) -> bool:

@@ -1,10 +1,11 @@
 """Which images does preprocessing invert, and does it get them right? Every training-set image, against its masks.
 
 ``imaging.preprocess`` inverts the images whose background is lighter than their nuclei (``imaging.light_background``:
-the median of the stretched image above the middle of its range; for a colour image the median of its brightest
-channel, ``imaging.colour_value``). Here each image's truth is read from its annotations: dark-on-light when its nuclei
-are darker on average than the rest of its grayscale. The rule is checked on each image as it is and inverted (the
-robustness table's 'inverted' shift), and against the rule it replaced (luminance decides, for colour images too).
+the median and the histogram's peak of the stretched image above the middle of its range; for a colour image, of its
+brightest channel, ``imaging.colour_value``). Here each image's truth is read from its annotations: dark-on-light when
+its nuclei are darker on average than the rest of its grayscale. The rule is checked on each image as it is and
+inverted (the robustness table's 'inverted' shift), and against the rule it replaced (the median of the luminance
+alone, for colour images too).
 Where the two rules differ, the model (no test-time augmentation, the rest of its post-processing) segments the image
 both ways. Also counts the images that ``predict`` would warn about as fluorescence composites
 (``imaging.composite_channels``; none should be). Writes ``bench/results/polarity.json`` (counts per kind of image)
@@ -29,10 +30,11 @@ QUICK_IDS = ("13f2bec0a24c70345372febb14c4352877b1b6c1b01896246048e83c345c0914",
 
 
 def luminance_rule(raw: np.ndarray, percentiles) -> bool:
-    """The rule before colour images were judged by their brightest channel."""
+    """The rule until 2026-12-01: the median of the stretched luminance above the middle of its range."""
     import imaging
 
-    return imaging.is_dark_on_light(imaging.stretch(imaging.to_grayscale(raw), percentiles))
+    gray = imaging.stretch(imaging.to_grayscale(raw), percentiles)
+    return float(np.median(gray)) > (float(gray.min()) + float(gray.max())) / 2
 
 
 def inverted(raw: np.ndarray) -> np.ndarray:

@@ -58,6 +58,22 @@ def test_brightfield_is_detected_as_dark_on_light():
     assert not imaging.is_dark_on_light(imaging.to_grayscale(dark))
 
 
+def test_fluorescence_dense_with_nuclei_is_not_inverted_nor_one_with_saturated_nuclei():
+    rng = np.random.default_rng(7)
+    yy, xx = np.mgrid[:120, :160]
+    dense = np.zeros((120, 160), bool)
+    for cy in range(10, 120, 22):  # packed nuclei: about two thirds of the pixels
+        for cx in range(10, 160, 22):
+            dense |= (yy - cy) ** 2 + (xx - cx) ** 2 < 11 ** 2
+    image = np.where(dense, rng.uniform(0.4, 1.0, dense.shape), 0.05) + rng.normal(0, 0.01, dense.shape)
+    assert dense.mean() > 0.6 and np.median(image) > 0.4  # the median alone would call it a light background
+    gray = imaging.preprocess(image.astype(np.float32))
+    assert gray[dense].mean() > gray[~dense].mean() + 0.3
+    saturated = np.where(dense & (xx < 50), 1.0, 0.05) + rng.normal(0, 0.02, dense.shape)  # a peak at the top
+    gray = imaging.preprocess(np.clip(saturated, 0, 1).astype(np.float32))
+    assert gray[dense & (xx < 50)].min() > 0.9
+
+
 def _stained_slide(stroma_share: float) -> tuple[np.ndarray, np.ndarray]:
     """A pale background, pink stroma over ``stroma_share`` of the rows (as dark as the nuclei in luminance), and
     purple nuclei: (RGB uint8, nucleus mask)."""
