@@ -396,7 +396,7 @@ def tune_run(model_path: Path, *, data: Path | None = None, split: Path | None =
     grid = segment.tuning_grid(has_contacts=maps[0].shape[-1] > 1, tta=tta, scale=prediction.scale,
                                tile_size=prediction.tile_size, nucleus_area=prediction.nucleus_area,
                                extra_zooms=prediction.extra_zooms, flat_field=prediction.flat_field,
-                               denoise=prediction.denoise)
+                               denoise=prediction.denoise, auto_gain=prediction.auto_gain)
     truths = [record.labels for record in records]
     rows = segment.tune_postprocessing(maps, truths, grid, progress=lambda items: tqdm(
         items, desc="post-processing grid", disable=not progress))

@@ -62,6 +62,12 @@ MIN_ZOOM_IN_SHARPNESS = 0.40
 # least MIN_ZOOM_IN_SHARPNESS: a blurred image is not smoothed further). Fixed before it was tried
 # (docs/results/denoise/decision_rule.txt).
 MIN_DENOISE_NOISE = 0.015
+# auto_gain brightens an image whose nuclei, found by scale='auto''s first pass, have a level (``nucleus_level``) under
+# MIN_NUCLEUS_LEVEL (the training images' 1st percentile, rounded down) to TARGET_NUCLEUS_LEVEL (their median): a few
+# specks far brighter than the nuclei make the stretch dim them. Fixed before it was tried
+# (docs/results/auto-gain/decision_rule.txt).
+MIN_NUCLEUS_LEVEL = 0.28
+TARGET_NUCLEUS_LEVEL = 0.61
 # flat_field flattens the background of an image (``imaging.flatten_background``) whose background level varies by
 # more than this across it (``imaging.background_unevenness``, in the preprocessed image's 0-1 range): the smallest
 # limit, in steps of 0.01, that at most 5 % of the CV images as they are pass (bench/background.py; docs/results.md,
@@ -241,6 +247,12 @@ class Postprocessing:
         Smooth a noisy image (a Gaussian of ``imaging.DENOISE_SIGMA`` pixels) before predicting, where its pixel
         noise is above ``MIN_DENOISE_NOISE`` and its edges are not soft (``denoises``); a clean or blurred image is
         left as it is.
+    auto_gain : bool
+        With scale 'auto': where the nuclei that the first pass finds are dim (``nucleus_level`` under
+        ``MIN_NUCLEUS_LEVEL``), brighten the image so that they reach ``TARGET_NUCLEUS_LEVEL`` (``resolve``).
+    gain : float
+        The image is multiplied by it (and clipped at 1) before the model sees it: 1, or what ``resolve`` chose for
+        one image with ``auto_gain``.
     """
 
     threshold: float = 0.5
@@ -257,6 +269,8 @@ class Postprocessing:
     extra_zooms: tuple[float, ...] = ()
     flat_field: bool = True
     denoise: bool = False
+    auto_gain: bool = False
+    gain: float = 1.0
 
     def __post_init__(self):
         try:
@@ -284,7 +298,9 @@ class Postprocessing:
             raise UserError("scale 'auto' needs the typical nucleus area of the model's training images "
                             "(nucleus_area in its postprocessing.json), which this model's files do not give: "
                             "run 'tune' on the model once to add it, or give a --scale factor")
-        for name in ("flat_field", "denoise"):
+        if not (isinstance(self.gain, (int, float)) and self.gain >= 1.0):
+            raise UserError(f"gain must be a number of at least 1, got {self.gain!r}")
+        for name in ("flat_field", "denoise", "auto_gain"):
             if not isinstance(getattr(self, name), bool):
                 raise UserError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.tile_size not in (None, "auto") and not (isinstance(self.tile_size, int) and self.tile_size >= 32):
@@ -391,6 +407,7 @@ class Postprocessing:
         settings, done = settings.resolve(predict_tiles, image, tile_size=tile_size, min_overlap=min_overlap)
         if done is not None:
             return done
+        image = brighten(image, settings.gain)
         total = None
         for zoom in settings.zooms:
             maps = predict_maps(predict_tiles, image, tile_size=settings.tile_size or tile_size,
@@ -418,21 +435,30 @@ class Postprocessing:
         (``choose_scale``); but no zoom above 1x where those pixels' edges are softer than
         ``MIN_ZOOM_IN_SHARPNESS`` (``imaging.edge_sharpness``: a blurred image): 1x rather than a zoom in, and none of
         ``extra_zooms`` that would take it above 1x. That first pass is returned when it covers the whole image, the
-        zoom is 1 and ``tta`` is off: it is then the prediction.
+        zoom is 1 and ``tta`` is off: it is then the prediction. With ``auto_gain``, where the nuclei of that first
+        pass are dim (``nucleus_level`` under ``MIN_NUCLEUS_LEVEL``), ``gain`` brightens them to
+        ``TARGET_NUCLEUS_LEVEL`` and the first pass is made again on the brightened pixels.
         """
         if self.scale != "auto":
             return self, None
-        part = central(image, most)
-        first = self.replace(scale=1.0, tta=False, min_score=None, extra_zooms=())  # as chosen on CV: every nucleus
-        maps = first.maps(predict_tiles, part, tile_size=tile_size, min_overlap=min_overlap)
-        area = typical_area(first.labels(maps))
+        part = brighten(central(image, most), self.gain)
+        first = self.replace(scale=1.0, tta=False, min_score=None, extra_zooms=(), auto_gain=False, gain=1.0)
+        maps = first.maps(predict_tiles, part, tile_size=tile_size, min_overlap=min_overlap)  # every nucleus counts
+        labels, gain = first.labels(maps), self.gain
+        if self.auto_gain and (level := nucleus_level(part, labels)) is not None and level < MIN_NUCLEUS_LEVEL:
+            log.debug("nucleus level %.3f: the image is brightened %.2fx", level, TARGET_NUCLEUS_LEVEL / level)
+            gain *= TARGET_NUCLEUS_LEVEL / level
+            part = brighten(part, TARGET_NUCLEUS_LEVEL / level)
+            maps = first.maps(predict_tiles, part, tile_size=tile_size, min_overlap=min_overlap)
+            labels = first.labels(maps)
+        area = typical_area(labels)
         scale, extra_zooms = choose_scale(area, self.nucleus_area), self.extra_zooms
         zooms_in = max(self.replace(scale=scale).zooms) > ZOOM_ROUNDING
         if zooms_in and (sharpness := edge_sharpness(part)) < MIN_ZOOM_IN_SHARPNESS:
             log.debug("edge sharpness %.3f: a blurred image is not zoomed in", sharpness)
             scale = min(scale, 1.0)
             extra_zooms = tuple(zoom for zoom in extra_zooms if scale * zoom <= ZOOM_ROUNDING)
-        resolved = self.replace(scale=scale, extra_zooms=extra_zooms)
+        resolved = self.replace(scale=scale, extra_zooms=extra_zooms, auto_gain=False, gain=gain)
         log.debug("typical nucleus area at 1x: %.0f pixels; zoom %.2f", area, resolved.scale)
         done = part.shape == image.shape and resolved.zooms == (1.0,) and not self.tta
         return resolved, (maps if done else None)
@@ -562,6 +588,33 @@ def reference_area(label_images) -> float:
     areas = [typical_area(labels) for labels in label_images]
     areas = [area for area in areas if area > 0]
     return float(np.median(areas)) if areas else 0.0
+
+
+def brighten(image: np.ndarray, gain: float) -> np.ndarray:
+    """``image`` (in [0, 1]) multiplied by ``gain`` and clipped at 1 (a new float32 array); itself for a gain of 1."""
+    if gain == 1.0:
+        return image
+    return np.minimum(image * np.float32(gain), np.float32(1.0)).astype(np.float32, copy=False)
+
+
+def nucleus_level(image: np.ndarray, labels: np.ndarray) -> float | None:
+    """How bright an image's nuclei are: the median, over the objects of ``labels``, of each one's 90th percentile
+    intensity in ``image`` (preprocessed, nuclei bright); None without objects.
+
+    Examples
+    --------
+    >>> image = np.zeros((10, 10), np.float32); image[:4, :4] = 0.2; image[6:, 6:] = 0.6; image[6:, :2] = 0.3
+    >>> labels = np.zeros((10, 10), int); labels[:4, :4] = 1; labels[6:, 6:] = 2; labels[6:, :2] = 3
+    >>> round(nucleus_level(image, labels), 2)
+    0.3
+    """
+    count = int(labels.max())
+    if count == 0:
+        return None
+    tops = ndi.labeled_comprehension(image, labels, np.arange(1, count + 1),
+                                     lambda values: np.percentile(values, 90), np.float64, np.nan)
+    tops = tops[np.isfinite(tops)]
+    return float(np.median(tops)) if len(tops) else None
 
 
 def typical_area(labels: np.ndarray) -> float:
@@ -918,12 +971,12 @@ TUNE_MIN_SCORES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
 def tuning_grid(has_contacts: bool, tta: bool, scale: float | str = 1.0, tile_size=None,
                 nucleus_area: float | None = None, relative_min_sizes: tuple[float, ...] = (),
                 extra_zooms: tuple[float, ...] = (), flat_field: bool = True,
-                denoise: bool = False) -> list[Postprocessing]:
+                denoise: bool = False, auto_gain: bool = False) -> list[Postprocessing]:
     """The settings ``tune_postprocessing`` tries: every threshold and speck size (in pixels, and each of
     ``relative_min_sizes``: fractions of the image's typical nucleus area) with every way of splitting (by the
     contact channel at each contact threshold if the model has one, else not at all; or by a distance watershed
-    of each marker height). ``tta``, ``scale``, ``tile_size``, ``nucleus_area``, ``extra_zooms``, ``flat_field`` and
-    ``denoise`` say how the maps were predicted and are the same in every setting.
+    of each marker height). ``tta``, ``scale``, ``tile_size``, ``nucleus_area``, ``extra_zooms``, ``flat_field``,
+    ``denoise`` and ``auto_gain`` say how the maps were predicted and are the same in every setting.
 
     Relative sizes are not tried by default: in every tune that tried them (0.1, 0.2 and 0.3 of the typical
     area; the ready model's ``tuning.csv``) the best was 0.004-0.006 mAP below a fixed 30 pixels, and they
@@ -934,7 +987,7 @@ def tuning_grid(has_contacts: bool, tta: bool, scale: float | str = 1.0, tile_si
     return [Postprocessing(threshold=threshold, min_size=min_size, min_size_relative=relative, marker_height=height,
                            contact_threshold=contact, tta=tta, scale=scale, tile_size=tile_size,
                            nucleus_area=nucleus_area, extra_zooms=extra_zooms, flat_field=flat_field,
-                           denoise=denoise)
+                           denoise=denoise, auto_gain=auto_gain)
             for threshold, (height, contact), (min_size, relative) in itertools.product(TUNE_THRESHOLDS, splits, sizes)]
 
 

@@ -47,7 +47,8 @@ SCALE_HELP = ("zoom images by this factor before the model sees them (2 for nucl
               "set's); 'auto': each image by 0.35-2.83x, to bring its nuclei, measured in a first pass, to the training "
               "images' typical size")
 POSTPROCESSING_OPTIONS = ("threshold", "min_size", "min_size_relative", "marker_height", "contact_threshold", "tta",
-                          "scale", "tile_size", "min_score", "extra_zooms", "flat_field", "denoise")
+                          "scale", "tile_size", "min_score", "extra_zooms", "flat_field", "denoise",
+                          "auto_gain")
 EXTRA_ZOOMS_HELP = ("also predict each image at these zooms relative to --scale's and average the maps (1.41: zoomed "
                     "in too, sharper outlines, about 3x the model's work; with --scale auto, a blurred image is "
                     "zoomed no larger than 1x); none, to predict at one zoom")
@@ -136,6 +137,9 @@ def _add_postprocessing_options(parser: argparse.ArgumentParser, default_text: s
                            help="flatten an uneven background (a ramp of haze or stray light, vignetting) before "
                                 "predicting, in each image whose background varies strongly; evenly lit images are "
                                 "left as they are (default: on)")
+        group.add_argument("--auto-gain", action=argparse.BooleanOptionalAction, default=None,
+                           help="with --scale auto: brighten an image whose nuclei the first pass finds dim (a few "
+                                "bright specks of debris dim them all) (default: the model's postprocessing.json)")
         group.add_argument("--denoise", action=argparse.BooleanOptionalAction, default=None,
                            help="smooth a noisy image (a dim exposure) a little before predicting; clean and blurred "
                                 "images are left as they are (default: the model's postprocessing.json)")

@@ -38,7 +38,8 @@ class _BenchParser(argparse.ArgumentParser):
     def parse_args(self, args=None, namespace=None):
         parsed = super().parse_args(args, namespace)
         if parsed.json is None:
-            parsed.json = RESULTS_DIR / f"{self.bench_name}{'_quick' if parsed.quick else ''}.json"
+            test = "_test" if getattr(parsed, "subset", "cv") == "test" else ""
+            parsed.json = RESULTS_DIR / f"{self.bench_name}{test}{'_quick' if parsed.quick else ''}.json"
         return parsed
 
 
@@ -53,11 +54,15 @@ def base_parser(name: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def model_parser(name: str, description: str, *, tta: bool = False,
+def model_parser(name: str, description: str, *, tta: bool = False, subset: bool = False,
                  model_help: str = "the model (default: the ready model in models/)") -> argparse.ArgumentParser:
     """``base_parser`` with the options of the benchmarks that score a model on its CV images: ``--model`` (the
-    ready model by default), ``--data`` and, with ``tta``, ``--tta``."""
+    ready model by default), ``--data``, with ``tta``, ``--tta``, and with ``subset``, ``--subset`` (cv, or test
+    once a decision is made: its results go to ``<name>_test.json`` by default)."""
     parser = base_parser(name, description)
+    if subset:
+        parser.add_argument("--subset", choices=("cv", "test"), default="cv",
+                            help="the split's images to score (default: cv; test only after a decision)")
     parser.add_argument("--model", type=Path, default=PROJECT_DIR / "models" / "unet_dsb2018" / "model.keras",
                         help=model_help)
     parser.add_argument("--data", type=Path, help="the DSB training set (default: dsb.find_dataset())")

@@ -31,12 +31,7 @@ def low_light(image: np.ndarray, seed: int, photons: float = PHOTONS) -> np.ndar
 
 
 def main(argv=None) -> int:
-    parser = common.model_parser("denoise", __doc__.splitlines()[0])
-    parser.add_argument("--subset", choices=("cv", "test"), default="cv",
-                        help="the split's images to score (default: cv; test only after a decision)")
-    args = parser.parse_args(argv)
-    if args.subset == "test" and args.json == common.RESULTS_DIR / "denoise.json":
-        args.json = common.RESULTS_DIR / "denoise_test.json"
+    args = common.model_parser("denoise", __doc__.splitlines()[0], subset=True).parse_args(argv)
 
     import dsb
     import imaging

@@ -325,3 +325,13 @@ def test_denoise_quick(tmp_path):
     assert results["mean_map"]["none"]["smoothed"] == 0 and results["mean_map"]["low light"]["smoothed"] == 3
     assert all(0 <= row["off"] <= 1 and 0 <= row["on"] <= 1 for row in results["mean_map"].values())
     assert (tmp_path / "denoise.csv").is_file()
+
+
+@pytest.mark.slow
+def test_bright_specks_quick(tmp_path):
+    results = run_quick(tmp_path, "bright_specks.py")
+    assert results["images"] == 3 and len(results["mean_map"]) == 4
+    assert results["mean_map"]["none"]["brightened"] == 0
+    specked = results["mean_map"]["10 specks, radius 6, 20x"]
+    assert specked["off"] < results["mean_map"]["none"]["off"] and specked["brightened"] >= 1
+    assert (tmp_path / "bright_specks.csv").is_file()

@@ -526,6 +526,37 @@ def test_auto_scale_of_a_large_image_is_one_zoom_for_all_its_blocks():
     assert labels.max() == 16 and scale == 2.0
 
 
+def _dim_nuclei_and_specks(level=0.15):
+    """Nuclei of ``level`` and two small specks at 1, as the stretch leaves an image with bright debris in it."""
+    image = np.zeros((128, 128), np.float32)
+    for row, col in [(25, 25), (25, 90), (64, 60), (100, 30), (100, 100)]:
+        rr, cc = skimage.draw.disk((row, col), 9, shape=image.shape)
+        image[rr, cc] = level
+    for row, col in [(60, 15), (15, 60)]:
+        rr, cc = skimage.draw.disk((row, col), 3, shape=image.shape)
+        image[rr, cc] = 1.0
+    return image
+
+
+def test_auto_gain_brightens_nuclei_that_bright_specks_left_dim():
+    image = _dim_nuclei_and_specks()
+    identity = lambda tiles: tiles  # noqa: E731 - the maps are the image the model was given
+    auto = segment.Postprocessing(scale="auto", nucleus_area=254.0, min_size=5, threshold=0.1, auto_gain=True)
+    resolved, _ = auto.resolve(identity, image, tile_size=64, min_overlap=8)
+    assert resolved.gain == pytest.approx(segment.TARGET_NUCLEUS_LEVEL / 0.15) and not resolved.auto_gain
+    maps = auto.maps(identity, image, tile_size=64, min_overlap=8)
+    assert maps[64, 60, 0] == pytest.approx(segment.TARGET_NUCLEUS_LEVEL, abs=1e-3) and maps[60, 15, 0] == 1.0
+    assert segment.nucleus_level(maps[..., 0], segment.probability_to_labels(image, threshold=0.1, min_size=5)) == \
+        pytest.approx(segment.TARGET_NUCLEUS_LEVEL, abs=1e-3)
+    off = auto.replace(auto_gain=False)
+    assert off.resolve(identity, image, tile_size=64, min_overlap=8)[0].gain == 1.0
+    np.testing.assert_allclose(off.maps(identity, image, tile_size=64, min_overlap=8)[..., 0], image, atol=1e-5)
+    bright = _dim_nuclei_and_specks(level=0.5)  # nuclei of a usual level: left as they are
+    assert auto.resolve(identity, bright, tile_size=64, min_overlap=8)[0].gain == 1.0
+    with pytest.raises(UserError, match="gain"):
+        segment.Postprocessing(gain=0.5)
+
+
 def test_auto_scale_needs_the_training_nucleus_area():
     with pytest.raises(UserError, match="nucleus_area"):
         segment.Postprocessing(scale="auto")
