@@ -68,6 +68,11 @@ MIN_DENOISE_NOISE = 0.015
 # (docs/results/auto-gain/decision_rule.txt).
 MIN_NUCLEUS_LEVEL = 0.28
 TARGET_NUCLEUS_LEVEL = 0.61
+# ... about the background, by at most MAX_GAIN, where the first pass finds at least MIN_GAIN_NUCLEI nuclei and the
+# brightened first pass neither more than twice as many plus 5 nor fewer than half as many
+# (docs/results/auto-gain/decision_rule_v2.txt).
+MAX_GAIN = 4.0
+MIN_GAIN_NUCLEI = 3
 # flat_field flattens the background of an image (``imaging.flatten_background``) whose background level varies by
 # more than this across it (``imaging.background_unevenness``, in the preprocessed image's 0-1 range): the smallest
 # limit, in steps of 0.01, that at most 5 % of the CV images as they are pass (bench/background.py; docs/results.md,
@@ -250,9 +255,9 @@ class Postprocessing:
     auto_gain : bool
         With scale 'auto': where the nuclei that the first pass finds are dim (``nucleus_level`` under
         ``MIN_NUCLEUS_LEVEL``), brighten the image so that they reach ``TARGET_NUCLEUS_LEVEL`` (``resolve``).
-    gain : float
-        The image is multiplied by it (and clipped at 1) before the model sees it: 1, or what ``resolve`` chose for
-        one image with ``auto_gain``.
+    gain, gain_base : float
+        The image is stretched by ``gain`` about ``gain_base`` (``brighten``) before the model sees it: 1 and 0 (left
+        as it is), or what ``resolve`` chose for one image with ``auto_gain``.
     """
 
     threshold: float = 0.5
@@ -271,6 +276,7 @@ class Postprocessing:
     denoise: bool = False
     auto_gain: bool = False
     gain: float = 1.0
+    gain_base: float = 0.0
 
     def __post_init__(self):
         try:
@@ -300,6 +306,8 @@ class Postprocessing:
                             "run 'tune' on the model once to add it, or give a --scale factor")
         if not (isinstance(self.gain, (int, float)) and self.gain >= 1.0):
             raise UserError(f"gain must be a number of at least 1, got {self.gain!r}")
+        if not (isinstance(self.gain_base, (int, float)) and 0.0 <= self.gain_base < 1.0):
+            raise UserError(f"gain_base must be a number in [0, 1), got {self.gain_base!r}")
         for name in ("flat_field", "denoise", "auto_gain"):
             if not isinstance(getattr(self, name), bool):
                 raise UserError(f"{name} must be true or false, got {getattr(self, name)!r}")
@@ -407,7 +415,7 @@ class Postprocessing:
         settings, done = settings.resolve(predict_tiles, image, tile_size=tile_size, min_overlap=min_overlap)
         if done is not None:
             return done
-        image = brighten(image, settings.gain)
+        image = brighten(image, settings.gain, settings.gain_base)
         total = None
         for zoom in settings.zooms:
             maps = predict_maps(predict_tiles, image, tile_size=settings.tile_size or tile_size,
@@ -436,21 +444,32 @@ class Postprocessing:
         ``MIN_ZOOM_IN_SHARPNESS`` (``imaging.edge_sharpness``: a blurred image): 1x rather than a zoom in, and none of
         ``extra_zooms`` that would take it above 1x. That first pass is returned when it covers the whole image, the
         zoom is 1 and ``tta`` is off: it is then the prediction. With ``auto_gain``, where the nuclei of that first
-        pass are dim (``nucleus_level`` under ``MIN_NUCLEUS_LEVEL``), ``gain`` brightens them to
-        ``TARGET_NUCLEUS_LEVEL`` and the first pass is made again on the brightened pixels.
+        pass are dim (``_auto_gain``), ``gain`` and ``gain_base`` brighten them toward ``TARGET_NUCLEUS_LEVEL`` and
+        the first pass is made again on the brightened pixels; unless it then finds more than twice as many nuclei
+        plus 5, or fewer than half as many (the brightened noise, or the background, became nuclei): then the image
+        is left as it is.
         """
         if self.scale != "auto":
             return self, None
-        part = brighten(central(image, most), self.gain)
-        first = self.replace(scale=1.0, tta=False, min_score=None, extra_zooms=(), auto_gain=False, gain=1.0)
+        part = brighten(central(image, most), self.gain, self.gain_base)
+        first = self.replace(scale=1.0, tta=False, min_score=None, extra_zooms=(), auto_gain=False, gain=1.0,
+                             gain_base=0.0)
         maps = first.maps(predict_tiles, part, tile_size=tile_size, min_overlap=min_overlap)  # every nucleus counts
-        labels, gain = first.labels(maps), self.gain
-        if self.auto_gain and (level := nucleus_level(part, labels)) is not None and level < MIN_NUCLEUS_LEVEL:
-            log.debug("nucleus level %.3f: the image is brightened %.2fx", level, TARGET_NUCLEUS_LEVEL / level)
-            gain *= TARGET_NUCLEUS_LEVEL / level
-            part = brighten(part, TARGET_NUCLEUS_LEVEL / level)
-            maps = first.maps(predict_tiles, part, tile_size=tile_size, min_overlap=min_overlap)
-            labels = first.labels(maps)
+        labels, gain, base = first.labels(maps), self.gain, self.gain_base
+        if self.auto_gain and self.gain == 1.0:
+            more, base, brightened = _auto_gain(part, labels)
+            if more > 1.0:
+                again = first.maps(predict_tiles, brightened, tile_size=tile_size, min_overlap=min_overlap)
+                found, before = int(first.labels(again).max()), int(labels.max())
+                if before / 2 <= found <= 2 * before + 5:
+                    log.debug("dim nuclei: the image is brightened %.2fx about %.3f", more, base)
+                    gain, part, maps, labels = more, brightened, again, first.labels(again)
+                else:
+                    log.debug("brightened %.2fx, the first pass found %d objects instead of %d: not brightened",
+                              more, found, before)
+                    base = 0.0
+            else:
+                base = 0.0
         area = typical_area(labels)
         scale, extra_zooms = choose_scale(area, self.nucleus_area), self.extra_zooms
         zooms_in = max(self.replace(scale=scale).zooms) > ZOOM_ROUNDING
@@ -458,7 +477,7 @@ class Postprocessing:
             log.debug("edge sharpness %.3f: a blurred image is not zoomed in", sharpness)
             scale = min(scale, 1.0)
             extra_zooms = tuple(zoom for zoom in extra_zooms if scale * zoom <= ZOOM_ROUNDING)
-        resolved = self.replace(scale=scale, extra_zooms=extra_zooms, auto_gain=False, gain=gain)
+        resolved = self.replace(scale=scale, extra_zooms=extra_zooms, auto_gain=False, gain=gain, gain_base=base)
         log.debug("typical nucleus area at 1x: %.0f pixels; zoom %.2f", area, resolved.scale)
         done = part.shape == image.shape and resolved.zooms == (1.0,) and not self.tta
         return resolved, (maps if done else None)
@@ -590,11 +609,30 @@ def reference_area(label_images) -> float:
     return float(np.median(areas)) if areas else 0.0
 
 
-def brighten(image: np.ndarray, gain: float) -> np.ndarray:
-    """``image`` (in [0, 1]) multiplied by ``gain`` and clipped at 1 (a new float32 array); itself for a gain of 1."""
+def brighten(image: np.ndarray, gain: float, base: float = 0.0) -> np.ndarray:
+    """``image`` (in [0, 1]) stretched by ``gain`` about ``base``, ``base + (image - base) * gain``, clipped to [0, 1]
+    (a new float32 array); itself for a gain of 1."""
     if gain == 1.0:
         return image
-    return np.minimum(image * np.float32(gain), np.float32(1.0)).astype(np.float32, copy=False)
+    stretched = (image - np.float32(base)) * np.float32(gain) + np.float32(base)
+    return np.clip(stretched, 0.0, 1.0, out=stretched).astype(np.float32, copy=False)
+
+
+def _auto_gain(image: np.ndarray, labels: np.ndarray) -> tuple[float, float, np.ndarray | None]:
+    """The gain, the background level it stretches about, and the brightened ``image``, for an image whose nuclei
+    (``labels``, at least ``MIN_GAIN_NUCLEI``) are dim: their ``nucleus_level`` under ``MIN_NUCLEUS_LEVEL``. The
+    background level is the median of the pixels outside every nucleus; the gain brings the nuclei's level to
+    ``TARGET_NUCLEUS_LEVEL`` about it, at most ``MAX_GAIN``. (1, 0, None) where nothing is to be done."""
+    if labels.max() < MIN_GAIN_NUCLEI or not (labels == 0).any():
+        return 1.0, 0.0, None
+    level = nucleus_level(image, labels)
+    base = float(np.median(image[labels == 0]))
+    if level is None or level >= MIN_NUCLEUS_LEVEL or level <= base:
+        return 1.0, 0.0, None
+    gain = min((TARGET_NUCLEUS_LEVEL - base) / (level - base), MAX_GAIN)
+    if gain <= 1.0:
+        return 1.0, 0.0, None
+    return gain, base, brighten(image, gain, base)
 
 
 def nucleus_level(image: np.ndarray, labels: np.ndarray) -> float | None:

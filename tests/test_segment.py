@@ -543,11 +543,10 @@ def test_auto_gain_brightens_nuclei_that_bright_specks_left_dim():
     identity = lambda tiles: tiles  # noqa: E731 - the maps are the image the model was given
     auto = segment.Postprocessing(scale="auto", nucleus_area=254.0, min_size=5, threshold=0.1, auto_gain=True)
     resolved, _ = auto.resolve(identity, image, tile_size=64, min_overlap=8)
-    assert resolved.gain == pytest.approx(segment.TARGET_NUCLEUS_LEVEL / 0.15) and not resolved.auto_gain
+    # the background is 0: the gain would bring 0.15 to 0.61, but is at most MAX_GAIN
+    assert resolved.gain == segment.MAX_GAIN and resolved.gain_base == 0.0 and not resolved.auto_gain
     maps = auto.maps(identity, image, tile_size=64, min_overlap=8)
-    assert maps[64, 60, 0] == pytest.approx(segment.TARGET_NUCLEUS_LEVEL, abs=1e-3) and maps[60, 15, 0] == 1.0
-    assert segment.nucleus_level(maps[..., 0], segment.probability_to_labels(image, threshold=0.1, min_size=5)) == \
-        pytest.approx(segment.TARGET_NUCLEUS_LEVEL, abs=1e-3)
+    assert maps[64, 60, 0] == pytest.approx(0.15 * segment.MAX_GAIN, abs=1e-3) and maps[60, 15, 0] == 1.0
     off = auto.replace(auto_gain=False)
     assert off.resolve(identity, image, tile_size=64, min_overlap=8)[0].gain == 1.0
     np.testing.assert_allclose(off.maps(identity, image, tile_size=64, min_overlap=8)[..., 0], image, atol=1e-5)
@@ -555,6 +554,22 @@ def test_auto_gain_brightens_nuclei_that_bright_specks_left_dim():
     assert auto.resolve(identity, bright, tile_size=64, min_overlap=8)[0].gain == 1.0
     with pytest.raises(UserError, match="gain"):
         segment.Postprocessing(gain=0.5)
+
+
+def test_auto_gain_stretches_about_the_background_and_gives_up_where_brightening_makes_new_nuclei():
+    identity = lambda tiles: tiles  # noqa: E731 - the maps are the image the model was given
+    auto = segment.Postprocessing(scale="auto", nucleus_area=254.0, min_size=5, threshold=0.15, auto_gain=True)
+    lifted = 0.1 + _dim_nuclei_and_specks(level=0.1)  # a background of 0.1, nuclei of 0.2 (the specks clip at 1)
+    resolved, _ = auto.resolve(identity, np.minimum(lifted, 1.0), tile_size=64, min_overlap=8)
+    assert resolved.gain_base == pytest.approx(0.1) and resolved.gain == pytest.approx(min((0.61 - 0.1) / 0.1, 4.0))
+    assert segment.brighten(np.float32([0.1, 0.2, 0.9]), 4.0, 0.1).tolist() == pytest.approx([0.1, 0.5, 1.0])
+    faint = _dim_nuclei_and_specks()  # and 30 faint blobs that brightening would lift over the threshold
+    rng = np.random.default_rng(0)
+    for row, col in rng.integers(8, 120, (30, 2)):
+        rr, cc = skimage.draw.disk((row, col), 3, shape=faint.shape)
+        faint[rr, cc] = np.maximum(faint[rr, cc], 0.06)
+    loose = auto.replace(threshold=0.1)
+    assert loose.resolve(identity, faint, tile_size=64, min_overlap=8)[0].gain == 1.0
 
 
 def test_auto_scale_needs_the_training_nucleus_area():
