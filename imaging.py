@@ -110,13 +110,15 @@ def _colour_channels(image: np.ndarray) -> np.ndarray:
     return image[..., :3]
 
 
-def to_grayscale(image: np.ndarray) -> np.ndarray:
+def to_grayscale(image: np.ndarray, colour: bool | None = None) -> np.ndarray:
     """Convert an image of any supported layout to grayscale.
 
     Parameters
     ----------
     image : ndarray, shape (H, W) or (H, W, C) with C = 1 (gray), 2 (gray + alpha), 3 (RGB) or 4 (RGBA)
         uint8, uint16 (scaled by the dtype's maximum) or float (kept as it is).
+    colour : bool, optional
+        ``is_colour(image)``, where the caller knows it already (it compares whole channels).
 
     Returns
     -------
@@ -135,7 +137,7 @@ def to_grayscale(image: np.ndarray) -> np.ndarray:
         return _scale_to_unit(image)
     if image.shape[-1] in (1, 2):  # gray, or gray + alpha
         return _scale_to_unit(image[..., 0])
-    if not is_colour(image):
+    if not (is_colour(image) if colour is None else colour):
         return _scale_to_unit(image[..., 0])  # gray stored as RGB: keep its values exactly
     return skimage.color.rgb2gray(_scale_to_unit(image[..., :3])).astype(np.float32)
 
@@ -193,15 +195,15 @@ def _grid(image: np.ndarray, most: int) -> np.ndarray:
 
 
 def light_background(image: np.ndarray, gray: np.ndarray | None = None,
-                     percentiles: tuple[float, float] = DEFAULT_PERCENTILES) -> bool:
+                     percentiles: tuple[float, float] = DEFAULT_PERCENTILES, colour: bool | None = None) -> bool:
     """Whether ``image`` (as read, any layout) shows dark nuclei on a light background: ``preprocess`` inverts it.
 
     Decided by ``is_dark_on_light`` on the stretched grayscale (``gray``, if already made), or for a colour image on
     its ``colour_value``: a stained slide whose pink stroma or dense nuclei cover more than half of it has a dark
     luminance median, but its brightest channel still shows the light background (two such images of the DSB
-    training set were left uninverted when luminance decided).
+    training set were left uninverted when luminance decided). ``colour``: ``is_colour(image)``, if already known.
     """
-    if is_colour(image):
+    if is_colour(image) if colour is None else colour:
         return is_dark_on_light(stretch(colour_value(image), percentiles))
     return is_dark_on_light(stretch(to_grayscale(image), percentiles) if gray is None else gray)
 
@@ -264,8 +266,9 @@ def preprocess(image: np.ndarray, percentiles: tuple[float, float] = DEFAULT_PER
     image, count = replace_nonfinite(image)
     if count:
         log.warning("%d pixel values are NaN or infinite; replaced by the median of the others", count)
-    gray = stretch(to_grayscale(image), percentiles)  # a new array, stretched in place: no further copies
-    if light_background(image, gray, percentiles):
+    colour = is_colour(image)
+    gray = stretch(to_grayscale(image, colour), percentiles)  # a new array, stretched in place: no further copies
+    if light_background(image, gray, percentiles, colour):
         np.subtract(1.0, gray, out=gray)
     return gray
 

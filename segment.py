@@ -457,19 +457,17 @@ class Postprocessing:
         maps = first.maps(predict_tiles, part, tile_size=tile_size, min_overlap=min_overlap)  # every nucleus counts
         labels, gain, base = first.labels(maps), self.gain, self.gain_base
         if self.auto_gain and self.gain == 1.0:
-            more, base, brightened = _auto_gain(part, labels)
+            more, around, brightened = _auto_gain(part, labels)
             if more > 1.0:
                 again = first.maps(predict_tiles, brightened, tile_size=tile_size, min_overlap=min_overlap)
-                found, before = int(first.labels(again).max()), int(labels.max())
+                again_labels = first.labels(again)
+                found, before = int(again_labels.max()), int(labels.max())
                 if before / 2 <= found <= 2 * before + 5:
-                    log.debug("dim nuclei: the image is brightened %.2fx about %.3f", more, base)
-                    gain, part, maps, labels = more, brightened, again, first.labels(again)
+                    log.debug("dim nuclei: the image is brightened %.2fx about %.3f", more, around)
+                    gain, base, part, maps, labels = more, around, brightened, again, again_labels
                 else:
                     log.debug("brightened %.2fx, the first pass found %d objects instead of %d: not brightened",
                               more, found, before)
-                    base = 0.0
-            else:
-                base = 0.0
         area = typical_area(labels)
         scale, extra_zooms = choose_scale(area, self.nucleus_area), self.extra_zooms
         zooms_in = max(self.replace(scale=scale).zooms) > ZOOM_ROUNDING
