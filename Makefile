@@ -1,3 +1,4 @@
+# make venv   : .venv with the pinned requirements and the package (editable: `nucleunet` command, `import nucleunet`)
 # make train  : venv + data + train (preset picked by the hardware) + evaluate + figures
 # make test   : the whole test suite (what CI runs)
 # make bench  : data, training, inference and memory benchmarks (tables + bench/results/*.json)
@@ -10,10 +11,11 @@ ARGS   ?=
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install --no-deps --no-build-isolation -e .
 	touch $@
 
 # Finds the training set (DSB_DATA, datasets/, ../shared/datasets/) or downloads the public BBBC038 zip.
@@ -44,3 +46,6 @@ bench: venv data
 	$(PY) bench/bench_train.py
 	$(PY) bench/bench_infer.py
 	$(PY) bench/bench_memory.py $(if $(BENCH_MINUTES),--minutes $(BENCH_MINUTES))
+	$(PY) bench/bench_large.py
+	$(PY) bench/bench_flatfield.py
+	$(PY) bench/report.py

@@ -29,19 +29,19 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-import runs
-from errors import MissingPathError, UserError
-from imaging import DEFAULT_PERCENTILES, image_stats, preprocess, replace_nonfinite
-from layouts import DatasetReader, LayoutEntry, list_files, read_labels, scan_layout
+from nucleunet import runs
+from nucleunet.errors import MissingPathError, UserError
+from nucleunet.imaging import DEFAULT_PERCENTILES, image_stats, preprocess, replace_nonfinite
+from nucleunet.layouts import DatasetReader, LayoutEntry, list_files, read_labels, scan_layout
 
 log = logging.getLogger("dsb")
 
-PROJECT_DIR = Path(__file__).resolve().parent
-DATASETS_DIR = PROJECT_DIR / "datasets"
+# Relative to the folder a command runs in (the project's folder when run from a checkout).
+DATASETS_DIR = Path("datasets")
 DEFAULT_CACHE_DIR = DATASETS_DIR / "cache"
 DEFAULT_SPLIT_PATH = DATASETS_DIR / "split.csv"
 # A copy of the training set that CI and shared machines keep beside the checkout.
-SHARED_COPY = PROJECT_DIR.parent / "shared" / "datasets" / "stage1_train.zip"
+SHARED_COPY = Path("..") / "shared" / "datasets" / "stage1_train.zip"
 PUBLIC_URL = "https://data.broadinstitute.org/bbbc/BBBC038/stage1_train.zip"
 
 # Bump when the decoded arrays change meaning, so older caches are not trusted.

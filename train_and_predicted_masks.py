@@ -1,5 +1,7 @@
 """Train the nuclei U-Net on DSB2018, evaluate it, choose its post-processing, segment your own images.
 
+The same command line is installed as the ``nucleunet`` command (``pip install .``)::
+
     python train_and_predicted_masks.py                                  # train: preset picked by the hardware
     python train_and_predicted_masks.py train --preset cpu --seed 1
     python train_and_predicted_masks.py resume runs/RUN
@@ -8,8 +10,9 @@
     python train_and_predicted_masks.py predict runs/RUN/model.keras my_images/
     python train_and_predicted_masks.py export runs/RUN/model.keras
 
-This file is the command line only: it parses the options, hands them to ``pipeline``, and turns a
-``UserError`` (a missing file, a bad option) into one line and exit code 2. Anything else is a bug and
+This file is the command line only: it parses the options, hands them to the ``nucleunet`` package (``pipeline``
+trains, resumes and exports; ``evaluation``, ``tuning``; ``batch`` segments your images through the package's API),
+and turns a ``UserError`` (a missing file, a bad option) into one line and exit code 2. Anything else is a bug and
 shows its traceback. Every subcommand but ``resume`` writes one new run folder under ``--out``.
 """
 
@@ -24,17 +27,14 @@ from pathlib import Path
 # TensorFlow's C++ start-up chatter (CUDA probes on a CPU machine) hides the messages that matter.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import config as configuration  # noqa: E402 - after the environment is set
-import dsb  # noqa: E402
-import inputs  # noqa: E402
-import outputs  # noqa: E402
-import pipeline  # noqa: E402
-import runs  # noqa: E402
-import training  # noqa: E402
+import dsb  # noqa: E402 - after the environment is set
 import unet  # noqa: E402
-from errors import UserError  # noqa: E402
+from nucleunet import batch, evaluation, inputs, models, outputs, pipeline, runs, training, tuning  # noqa: E402
+from nucleunet import config as configuration  # noqa: E402
+from nucleunet.errors import UserError  # noqa: E402
 
 SCRIPT = "train_and_predicted_masks.py"
+COMMAND = "nucleunet"  # the same command line, installed by pip (pyproject.toml)
 COMMANDS = ("train", "resume", "evaluate", "tune", "predict", "export")
 
 # Options that override a preset's value of the same name (argparse dest = TrainConfig field).
@@ -46,9 +46,10 @@ TRAINING_OPTIONS = ("epochs", "steps_per_epoch", "batch_size", "learning_rate", 
 SCALE_HELP = ("zoom images by this factor before the model sees them (2 for nuclei half the size of the training "
               "set's); 'auto': each image by 0.35-2.83x, to bring its nuclei, measured in a first pass, to the training "
               "images' typical size")
-POSTPROCESSING_OPTIONS = ("threshold", "min_size", "min_size_relative", "marker_height", "contact_threshold", "tta",
-                          "scale", "tile_size", "min_score", "extra_zooms", "flat_field", "denoise",
-                          "auto_gain")
+POSTPROCESSING_OPTIONS = ("threshold", "min_size", "marker_height", "contact_threshold", "tta", "scale", "tile_size",
+                          "min_score", "extra_zooms", "flat_field", "denoise")
+MODEL_HELP = ("a saved model: a .keras file (e.g. runs/RUN/model.keras), its run folder, or a ready model's name "
+              "(unet_dsb2018)")
 EXTRA_ZOOMS_HELP = ("also predict each image at these zooms relative to --scale's and average the maps (1.41: zoomed "
                     "in too, sharper outlines, about 3x the model's work; with --scale auto, a blurred image is "
                     "zoomed no larger than 1x); none, to predict at one zoom")
@@ -58,10 +59,15 @@ EXTRA_ZOOMS_HELP = ("also predict each image at these zooms relative to --scale'
 # The parser
 # --------------------------------------------------------------------------------------------
 
+def _invocation() -> str:
+    """How the user called this command line: the installed ``nucleunet`` command, or ``python`` and this script."""
+    return COMMAND if Path(sys.argv[0]).name == COMMAND else f"python {SCRIPT}"
+
+
 def _command(subparsers, name: str, help_text: str, examples: list[str]) -> argparse.ArgumentParser:
     return subparsers.add_parser(
         name, help=help_text, description=help_text,
-        epilog="Example" + ("s" if len(examples) > 1 else "") + ":\n" + "\n".join(f"  python {SCRIPT} {e}"
+        epilog="Example" + ("s" if len(examples) > 1 else "") + ":\n" + "\n".join(f"  {_invocation()} {e}"
                                                                                for e in examples),
         formatter_class=argparse.RawDescriptionHelpFormatter)
 
@@ -128,18 +134,12 @@ def _add_postprocessing_options(parser: argparse.ArgumentParser, default_text: s
     group.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                        help="test-time augmentation: average the 8 flips/rotations (8x the model's work)")
     if scale:
-        group.add_argument("--min-size-relative", type=float, metavar="FRACTION",
-                           help="instead of --min-size: drop objects of at most this fraction of the image's "
-                                "typical nucleus area (e.g. 0.2; for nuclei of any size)")
         group.add_argument("--scale", type=_scale, metavar="FACTOR|auto", help=SCALE_HELP)
         group.add_argument("--extra-zooms", type=_zoom, nargs="*", metavar="F", help=EXTRA_ZOOMS_HELP)
         group.add_argument("--flat-field", action=argparse.BooleanOptionalAction, default=None,
                            help="flatten an uneven background (a ramp of haze or stray light, vignetting) before "
                                 "predicting, in each image whose background varies strongly; evenly lit images are "
                                 "left as they are (default: on)")
-        group.add_argument("--auto-gain", action=argparse.BooleanOptionalAction, default=None,
-                           help="with --scale auto: brighten an image whose nuclei the first pass finds dim (a few "
-                                "bright specks of debris dim them all) (default: the model's postprocessing.json)")
         group.add_argument("--denoise", action=argparse.BooleanOptionalAction, default=None,
                            help="smooth a noisy image (a dim exposure) a little before predicting; clean and blurred "
                                 "images are left as they are (default: the model's postprocessing.json)")
@@ -166,10 +166,10 @@ def _add_output_options(parser: argparse.ArgumentParser, *, out: bool = True, fi
 def build_arg_parser() -> argparse.ArgumentParser:
     """The whole command line: one subparser per command, each accepting only its own options."""
     parser = argparse.ArgumentParser(
-        prog=SCRIPT,
+        prog=COMMAND if _invocation() == COMMAND else SCRIPT,
         description="U-Net nuclei segmentation on the 2018 Data Science Bowl data. Without a command, trains "
                     "(options may follow directly).",
-        epilog=f"Run 'python {SCRIPT} COMMAND --help' for a command's options.")
+        epilog=f"Run '{_invocation()} COMMAND --help' for a command's options.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     train = _command(subparsers, "train", "train a U-Net, evaluate it on the test split, draw predicted masks",
@@ -181,7 +181,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
                             "Default: 'finetune' with --init, else 'seed' if a GPU is found, else 'cpu'")
     train.add_argument("--init", type=Path, metavar="MODEL",
                        help="start from this model's network and weights (fine-tuning, e.g. on your own annotated "
-                            "images with --data): its architecture and post-processing are kept")
+                            "images with --data; a .keras file or a ready model's name): its architecture and "
+                            "post-processing are kept")
     _add_data_options(train)
     group = train.add_argument_group("training (override the preset)")
     group.add_argument("--seed", type=int, metavar="N", default=0,
@@ -204,7 +205,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
     group.add_argument("--warmup-steps", type=int, metavar="N",
                        help="with the cosine schedule: steps over which the learning rate rises from 0")
     group.add_argument("--sampling", choices=configuration.SAMPLINGS,
-                       help="draw tiles uniformly ('tile'), an image first and then one of its tiles ('image'), or "
+                       help="draw tiles uniformly ('tile'), or "
                             "crops of whole images at random places, scales and intensities ('crop')")
     group.add_argument("--crop-size", type=int, metavar="N", help="side of the training crops with --sampling crop")
     group.add_argument("--scale-range", type=float, nargs=2, metavar=("MIN", "MAX"),
@@ -244,7 +245,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
                                                 "pixel Dice and mAP per image, overall and per cluster, with figures",
                         ["evaluate runs/RUN/model.keras",
                          "evaluate runs/RUN/model.keras --subset all --data other.zip"])
-    evaluate.add_argument("model", type=Path, metavar="MODEL", help="a saved model, e.g. runs/RUN/model.keras")
+    evaluate.add_argument("model", type=Path, metavar="MODEL", help=MODEL_HELP)
     evaluate.add_argument("--subset", choices=("test", "cv", "train", "all"), default="test",
                           help="which images: a subset of the model's split, or 'all' of --data (default: test)")
     evaluate.add_argument("--perturb", action="store_true",
@@ -258,7 +259,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
     tune = _command(subparsers, "tune", "choose the post-processing on the CV split (never the test split) and "
                                         "save it beside the model as postprocessing.json",
                     ["tune runs/RUN/model.keras", "tune runs/RUN/model.keras --no-tta"])
-    tune.add_argument("model", type=Path, metavar="MODEL", help="a saved model, e.g. runs/RUN/model.keras")
+    tune.add_argument("model", type=Path, metavar="MODEL", help=MODEL_HELP)
     tune.add_argument("--subset", choices=("cv", "train"), default="cv",
                       help="the images to choose on (default: cv)")
     tune.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
@@ -301,7 +302,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
                       ["export runs/RUN/model.keras", "export runs/RUN/model.keras --format keras",
                        "export runs/RUN1/model.keras runs/RUN2/model.keras --format keras"])
     export.add_argument("model", type=Path, nargs="+", metavar="MODEL",
-                        help="a saved model, e.g. runs/RUN/model.keras; several (trained on one split, e.g. with "
+                        help=MODEL_HELP + "; several (trained on one split, e.g. with "
                              "different --seed): one model that predicts their average, to tune on CV afterwards")
     export.add_argument("--format", choices=sorted([*unet.EXPORT_FORMATS, "keras"]), default="savedmodel",
                         help="export format (default: savedmodel; the run folder's '1/' is the version folder "
@@ -322,8 +323,6 @@ def postprocessing_overrides(args: argparse.Namespace) -> dict:
         overrides["marker_height"] = None
     if "min_score" in overrides and overrides["min_score"] <= 0:
         overrides["min_score"] = None
-    if "min_size" in overrides and "min_size_relative" not in overrides:
-        overrides["min_size_relative"] = None  # --min-size alone: fixed pixels, whatever the model's file says
     return overrides
 
 
@@ -333,12 +332,11 @@ def config_from_args(args: argparse.Namespace) -> configuration.TrainConfig:
     base = {}
     if args.init is not None:
         preset = args.preset or "finetune"
-        start = pipeline.TrainedModel.open(args.init)
+        args.init = models.find_model(args.init)  # a ready model's name, or a .keras file
+        start = models.TrainedModel.open(args.init)
         if start.config is not None:
             base = {name: getattr(start.config, name) for name in configuration.ARCHITECTURE}
-        base.update({name: getattr(start.postprocessing, name)
-                     for name in ("threshold", "min_size", "min_size_relative", "marker_height",
-                                  "contact_threshold", "tta")},
+        base.update({name: getattr(start.postprocessing, name) for name in configuration.POSTPROCESSING_FIELDS},
                     init=str(args.init))
     else:
         preset = training.choose_preset(args.preset)
@@ -352,6 +350,27 @@ def config_from_args(args: argparse.Namespace) -> configuration.TrainConfig:
     return configuration.TrainConfig.from_dict({
         **values, "preset": preset, "seed": args.seed, "split": str(args.split or default_split(args.data)),
         "data": str(args.data) if args.data else None})
+
+
+def model_and_inputs(items: list) -> tuple[Path | None, list]:
+    """``predict``'s positional arguments: a model first if the first is a ``.keras`` file (else None: the ready
+    model), then the inputs."""
+    if items and str(items[0]).endswith(".keras"):
+        if len(items) == 1:
+            raise UserError(f"no images to segment: give them after the model {items[0]}")
+        return Path(items[0]), list(items[1:])
+    return None, list(items)
+
+
+def report_segmented(done: batch.Batch) -> None:
+    """What ``predict`` prints at the end: the nuclei per image, and the images skipped."""
+    table = done.counts
+    print(f"\nSegmented {len(table)} images: {int(table['nuclei'].sum())} nuclei in all, per image "
+          f"min {table['nuclei'].min()}, median {table['nuclei'].median():.0f}, max {table['nuclei'].max()}")
+    print(table.to_string(index=False, max_rows=20))
+    if done.skipped:
+        print(f"Skipped {len(done.skipped)} image(s) that could not be read, listed in skipped.json: "
+              f"{', '.join(sorted(done.skipped))}")
 
 
 def default_split(data: Path | None) -> Path:
@@ -371,23 +390,24 @@ def run(args: argparse.Namespace) -> Path | None:
     if args.command == "resume":
         return pipeline.resume_run(args.run, data=args.data, cache_dir=cache_dir, progress=progress)
     if args.command == "evaluate":
-        return pipeline.evaluate_run(args.model, data=args.data, split=args.split, subset=args.subset,
-                                     overrides=postprocessing_overrides(args),
-                                     figures_per_cluster=args.figures_per_cluster, perturb=args.perturb, out=args.out,
-                                     cache_dir=cache_dir, progress=progress)
+        return evaluation.evaluate_run(models.find_model(args.model), data=args.data, split=args.split,
+                                       subset=args.subset, overrides=postprocessing_overrides(args),
+                                       figures_per_cluster=args.figures_per_cluster, perturb=args.perturb,
+                                       out=args.out, cache_dir=cache_dir, progress=progress)
     if args.command == "tune":
-        return pipeline.tune_run(args.model, data=args.data, split=args.split, subset=args.subset, tta=args.tta,
-                                 scale=args.scale, extra_zooms=args.extra_zooms, fit_score=args.fit_score,
-                                 out=args.out, cache_dir=cache_dir,
-                                 progress=progress)
+        return tuning.tune_run(models.find_model(args.model), data=args.data, split=args.split, subset=args.subset,
+                               tta=args.tta, scale=args.scale, extra_zooms=args.extra_zooms,
+                               fit_score=args.fit_score, out=args.out, cache_dir=cache_dir, progress=progress)
     if args.command == "predict":
-        model, images = pipeline.model_and_inputs(args.inputs)
-        return pipeline.predict_run(model, images, overrides=postprocessing_overrides(args),
-                                    formats=[name for name in args.formats.split(",") if name],
-                                    channel=args.channel, stack=args.stack, recursive=args.recursive,
-                                    out=args.out, progress=progress)
+        model, images = model_and_inputs(args.inputs)
+        done = batch.segment_files(images, model, formats=[name for name in args.formats.split(",") if name],
+                                   channel=args.channel, stack=args.stack, recursive=args.recursive, out=args.out,
+                                   progress=progress, **postprocessing_overrides(args))
+        report_segmented(done)
+        return done.run_dir
     if args.command == "export":
-        return pipeline.export_run(args.model, export_format=args.format, out=args.out)
+        return pipeline.export_run([models.find_model(model) for model in args.model], export_format=args.format,
+                                   out=args.out)
     raise AssertionError(f"unhandled command {args.command!r}")
 
 

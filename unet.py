@@ -12,8 +12,8 @@ from pathlib import Path
 import keras
 from keras import layers, ops
 
-import runs
-from errors import MissingPathError, UserError
+from nucleunet import runs
+from nucleunet.errors import MissingPathError, UserError
 
 
 def build_unet(

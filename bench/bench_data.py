@@ -26,8 +26,7 @@ MODES = ("cold-threads", "cold-processes", "warm", "write-cache", "floor-decode"
 def measure(mode: str, source: Path, cache_dir: Path) -> dict:
     """One measurement in this process: seconds, images, tiles, peak RSS."""
     import dsb
-    import layouts
-    import tiling
+    from nucleunet import layouts, tiling
 
     start = time.perf_counter()
     if mode == "floor-decode":

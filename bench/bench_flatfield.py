@@ -1,7 +1,7 @@
 """The cost of the flat field: time and memory of measuring and flattening an image's background, by image size.
 
 Every image predicted is measured (``imaging.background_unevenness``); one whose background varies by more than
-``segment.MAX_BACKGROUND_UNEVENNESS`` is also flattened (``imaging.flatten_background``). On gray float32 images of
+``adaptation.MAX_BACKGROUND_UNEVENNESS`` is also flattened (``imaging.flatten_background``). On gray float32 images of
 disks on a background ramp (flattened as an uneven image is), median of ``--repeats`` calls each; memory is the peak
 that NumPy's arrays reach during one call beyond the image itself (``tracemalloc``), against the image's own size.
 Writes ``bench/results/flatfield.json``.
@@ -15,8 +15,9 @@ from __future__ import annotations
 import time
 import tracemalloc
 
-import common
 import numpy as np
+
+import common
 
 SIDES = (1024, 4096, 10000)
 QUICK_SIDES = (256, 512)
@@ -50,8 +51,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="calls timed per size (default 3)")
     args = parser.parse_args(argv)
 
-    import imaging
-    import segment
+    from nucleunet import adaptation, imaging
 
     rows, results = [], []
     for side in QUICK_SIDES if args.quick else SIDES:
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
         rows.append((f"{side} x {side}", image_mib, unevenness, measure_seconds, measure_mib, flatten_seconds,
                      flatten_mib))
         results.append({"side": side, "image_mib": image_mib, "unevenness": unevenness,
-                        "flattened": unevenness > segment.MAX_BACKGROUND_UNEVENNESS,
+                        "flattened": unevenness > adaptation.MAX_BACKGROUND_UNEVENNESS,
                         "measure_seconds": measure_seconds, "measure_peak_mib": measure_mib,
                         "flatten_seconds": flatten_seconds, "flatten_peak_mib": flatten_mib})
         del image

@@ -1,6 +1,6 @@
 """Inference benchmark: megapixels/s of stitched full-image prediction against the raw model on pre-cut tiles.
 
-Ours: ``segment.predict_maps`` (the nucleus channel) with ``segment.make_predictor`` (tiling,
+Ours: ``prediction.predict_maps`` (the nucleus channel) with ``prediction.make_predictor`` (tiling,
 ``predict_on_batch`` batch by batch, weighted stitching), image by image over the test split. The floor: one
 ``model.predict`` over all the same tiles, cut beforehand, as one float32 array. Both count the
 images' own pixels, measured side by side in this process (alternating, median of ``--repeats``).
@@ -19,8 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import common
 import numpy as np
+
+import common
 
 
 def load_images(quick: bool, config) -> list[np.ndarray]:
@@ -29,19 +30,18 @@ def load_images(quick: bool, config) -> list[np.ndarray]:
         rng = np.random.default_rng(0)
         return [rng.random(shape).astype(np.float32) for shape in ((64, 64), (96, 80), (130, 70))]
     import dsb
-    import pipeline
-    import stratify
+    from nucleunet import pipeline, stratify
 
     records, split, _ = pipeline.load_data(config, cache_dir=dsb.DEFAULT_CACHE_DIR, progress=False)
     return [record.image for record in stratify.subset_records(records, split, "test")]
 
 
 def stitched(predict_tiles, images, config, *, tta=False) -> float:
-    import segment
+    from nucleunet import prediction
 
     start = time.perf_counter()
     for image in images:
-        segment.predict_maps(predict_tiles, image, tile_size=config.tile_size, min_overlap=config.min_overlap,
+        prediction.predict_maps(predict_tiles, image, tile_size=config.tile_size, min_overlap=config.min_overlap,
                              tta=tta)[..., 0]
     return time.perf_counter() - start
 
@@ -55,11 +55,9 @@ def main(argv=None) -> int:
 
     import keras
 
-    import segment
-    import tiling
-    import training
     import unet
-    from config import TrainConfig
+    from nucleunet import prediction, tiling, training
+    from nucleunet.config import TrainConfig
 
     preset = "smoke" if args.quick else "cpu"
     config = TrainConfig.from_preset(preset)
@@ -78,8 +76,8 @@ def main(argv=None) -> int:
             model = unet.load_model(path)
     images = load_images(args.quick, config)
     batch_size = max(config.batch_size, 8)
-    # The batch size and tile size that pipeline.TrainedModel.predictor uses for a run's model.
-    predict_tiles = segment.make_predictor(model, batch_size)
+    # The batch size and tile size that models.TrainedModel.predictor uses for a run's model.
+    predict_tiles = prediction.make_predictor(model, batch_size)
     tile_size = model.input_shape[1] or config.tile_size
     if tile_size != config.tile_size:
         config = dataclasses.replace(config, tile_size=tile_size)

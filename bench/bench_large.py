@@ -6,8 +6,8 @@ one pass of the model over the whole image.
    written): its peak RSS (``getrusage(RUSAGE_CHILDREN)``) against the 3 GiB target, and its megapixels/s.
 2. **Speed against the floor.** On square images up to 2000 x 2000 cut from the same mosaic: the floor is one
    call of the model on the whole image (padded to a multiple of 32: the U-Net is fully convolutional); ours is
-   ``segment.predict_maps`` without TTA, with the tiles the model was trained on and with ``tile_size='auto'``
-   (the fewest tiles of at most ``segment.AUTO_TILE_MAX`` pixels). Alternating, median of ``--repeats``.
+   ``prediction.predict_maps`` without TTA, with the tiles the model was trained on and with ``tile_size='auto'``
+   (the fewest tiles of at most ``prediction.AUTO_TILE_MAX`` pixels). Alternating, median of ``--repeats``.
 
 ``--ramp`` adds a background ramp to the large image (0 at the left edge to half the intensity range at the right,
 as the robustness table's 'background' shift), so that ``predict`` flattens it (the flat field), and measures part 1
@@ -27,9 +27,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import common
 import numpy as np
 import pandas as pd
+
+import common
 
 TARGET_GIB = 3.0
 TARGET_RATIO = 0.9
@@ -41,9 +42,8 @@ def mosaic(side: int, quick: bool) -> np.ndarray:
         rng = np.random.default_rng(0)
         return (rng.random((side, side)) * 255).astype(np.uint8)
     import dsb
-    import pipeline
-    import stratify
-    from config import TrainConfig
+    from nucleunet import pipeline, stratify
+    from nucleunet.config import TrainConfig
 
     records, split, _ = pipeline.load_data(TrainConfig.from_preset("cpu"), cache_dir=dsb.DEFAULT_CACHE_DIR,
                                            progress=False)
@@ -74,11 +74,10 @@ def main(argv=None) -> int:
 
     import tifffile
 
-    import pipeline
-    import segment
     import unet
+    from nucleunet import models, prediction
 
-    model_path = args.model or pipeline.READY_MODEL
+    model_path = args.model or models.ready_model_path()
     side = 1000 if args.quick else args.side
     if args.quick and args.model is None:
         scratch_model = Path(tempfile.mkdtemp(prefix="bench-large-")) / "model.keras"
@@ -125,7 +124,7 @@ def main(argv=None) -> int:
     # 2. tiled prediction against one pass over the whole image
     # Each way its own model instance, as the floor has: a Keras model that has seen several input shapes
     # traces a shape-generic function, which can be slower than one for a single shape.
-    trained = pipeline.TrainedModel.open(model_path)
+    trained = models.TrainedModel.open(model_path)
     predict_tiles, trained_on, min_overlap = trained.predictor()
     predict_auto, _, _ = trained.predictor()
     model = unet.portable(unet.load_model(model_path), dtype=None)
@@ -136,9 +135,9 @@ def main(argv=None) -> int:
         timings = {"floor": [], "trained tiles": [], "auto tiles": []}
         for _ in range(args.repeats):
             timings["floor"].append(common.timed(whole_image, model, crop)[0])
-            timings["trained tiles"].append(common.timed(segment.predict_maps, predict_tiles, crop,
+            timings["trained tiles"].append(common.timed(prediction.predict_maps, predict_tiles, crop,
                                                          tile_size=trained_on, min_overlap=min_overlap)[0])
-            timings["auto tiles"].append(common.timed(segment.predict_maps, predict_auto, crop, tile_size="auto",
+            timings["auto tiles"].append(common.timed(prediction.predict_maps, predict_auto, crop, tile_size="auto",
                                                       min_overlap=min_overlap)[0])
         megapixels = size * size / 1e6
         speed[size] = {name: megapixels / common.median(values) for name, values in timings.items()}

@@ -23,8 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import common
 import numpy as np
+
+import common
 
 VARIANTS = ("xla", "bf16", "batch16")
 DEFAULT_VARIANTS = ("xla", "batch16")
@@ -91,7 +92,7 @@ def step_timer():
 
 def build_model(config, *, jit_compile=None):
     """Training's model for ``config``; ``jit_compile`` overrides the config's XLA setting."""
-    import training
+    from nucleunet import training
 
     if jit_compile is not None:
         config = dataclasses.replace(config, jit_compile=jit_compile)
@@ -102,7 +103,7 @@ def run_ours(config, images, masks, owners, run_dir: Path, skip: int) -> dict:
     """One epoch through training's feed and callbacks."""
     import keras
 
-    import training
+    from nucleunet import training
 
     keras.utils.set_random_seed(config.seed)
     model = build_model(config)
@@ -156,8 +157,7 @@ def load_tiles(quick: bool, config):
         images = rng.random((64, config.tile_size, config.tile_size)).astype(np.float16)
         return images, (images > 0.7).astype(np.uint8), np.arange(len(images)) // 4
     import dsb
-    import pipeline
-    import training
+    from nucleunet import pipeline, training
 
     records, split, _ = pipeline.load_data(config, cache_dir=dsb.DEFAULT_CACHE_DIR, progress=False)
     tiles = training.prepare_training_data(records, split, config)
@@ -178,8 +178,8 @@ def main(argv=None) -> int:
     parser.add_argument("--matmul-size", type=int, default=4096)
     args = parser.parse_args(argv)
 
-    import training
-    from config import TrainConfig
+    from nucleunet import training
+    from nucleunet.config import TrainConfig
 
     preset = "smoke" if args.quick else "cpu"
     config = TrainConfig.from_preset(preset)

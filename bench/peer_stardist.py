@@ -10,7 +10,7 @@ virtual environment of its own (``bench/peer/requirements-stardist.txt``):
 Same data as ours: the images of our saved split (``--split``), preprocessed by ``imaging.preprocess``
 (gray, dark-on-light inverted, stretched), trained on the train images only within ``--minutes`` of
 training, its probability and NMS thresholds chosen on CV by StarDist's own ``optimize_thresholds``,
-then scored on the test split and on every shift of ``robustness.SHIFTS`` with ``segment.score_image``.
+then scored on the test split and on every shift of ``robustness.SHIFTS`` with ``metrics.score_image``.
 Writes ``bench/results/peer_stardist.json``.
 """
 
@@ -26,13 +26,15 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # StarDist needs tf.keras 2 (the tf-keras package)
 
-import common  # noqa: E402
-
 import dsb  # noqa: E402
-import imaging  # noqa: E402
-import robustness  # noqa: E402
-import segment  # noqa: E402
-import stratify  # noqa: E402
+from nucleunet import (
+    imaging,  # noqa: E402
+    metrics,  # noqa: E402
+    robustness,  # noqa: E402
+    stratify,  # noqa: E402
+)
+
+import common  # noqa: E402
 
 
 def time_budget_callback(minutes: float):
@@ -64,7 +66,7 @@ def score(model, images_and_labels, thresholds) -> dict:
     rows = []
     for image, labels in images_and_labels:
         predicted, _ = model.predict_instances(image, **thresholds, show_tile_progress=False)
-        result = segment.score_image(labels, predicted)
+        result = metrics.score_image(labels, predicted)
         rows.append({"dice": result.dice, "map": result.map, "ap50": result.ap50})
     return {key: float(np.mean([row[key] for row in rows])) for key in ("dice", "map", "ap50")} | {"images": len(rows)}
 

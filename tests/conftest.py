@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import dsb  # noqa: E402
-import layouts  # noqa: E402
+from nucleunet import layouts  # noqa: E402
 
 SUBSET_SIZE = 24
 

@@ -33,8 +33,8 @@ def main(request: dict) -> dict:
     import numpy as np
 
     import train_and_predicted_masks as cli
-    import training
     import unet
+    from nucleunet import training
 
     if request.get("keep_last_model"):
         # Non-chief workers delete their folder when done: keep a copy of the model each worker ends with.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import augment
+from nucleunet import augment
 
 
 def _disk_image(shape=(120, 160), centre=(60, 80), radius=20):

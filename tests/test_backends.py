@@ -14,10 +14,11 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_cli_process
 
 import unet
-from config import PRESETS
+from nucleunet.config import PRESETS
+
+from conftest import run_cli_process
 
 BACKEND_PACKAGES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
 RUN_FILES = ("config.json", "split.csv", "clusters.json", "model.keras", "last.keras", "state.json", "history.csv",

@@ -15,9 +15,10 @@ import shutil
 import numpy as np
 import pytest
 import skimage.io
-from conftest import make_synthetic_image, write_dsb_folder, zip_folder
 
 import dsb
+
+from conftest import make_synthetic_image, write_dsb_folder, zip_folder
 
 
 def _load(path):

@@ -16,16 +16,11 @@ import pytest
 import skimage.io
 
 import dsb
-import nucleus_score
-import outputs
-import pipeline
-import robustness
-import segment
-import stratify
 import train_and_predicted_masks as cli
 import unet
-from config import TrainConfig
-from errors import UserError
+from nucleunet import models, nucleus_score, outputs, pipeline, postprocessing, robustness, stratify, tuning
+from nucleunet.config import TrainConfig
+from nucleunet.errors import UserError
 
 COMMANDS_PAGE = Path(cli.__file__).resolve().parent / "docs" / "commands.md"
 
@@ -58,7 +53,7 @@ def test_training_run_folder_is_complete(smoke_run):
                  "history.csv", "metrics.json", "training.json", "postprocessing.json"]:
         assert (run_dir / name).stat().st_size > 0, name
     assert any((run_dir / "logs").rglob("*tfevents*"))
-    saved = segment.Postprocessing.load(run_dir / "postprocessing.json")
+    saved = postprocessing.Postprocessing.load(run_dir / "postprocessing.json")
     assert saved.nucleus_area > 0  # the training images' typical nucleus area, for scale 'auto'
     assert saved == TrainConfig.load(run_dir / "config.json").postprocessing.replace(nucleus_area=saved.nucleus_area)
     assert "pixel Dice and DSB2018 score" in printed and str(run_dir) in printed
@@ -183,7 +178,7 @@ def test_tune_chooses_on_cv_and_saves_the_best_beside_the_model(smoke_run, real_
     model_copy.parent.mkdir()
     for name in ("model.keras", "config.json", "split.csv", "postprocessing.json"):
         (model_copy.parent / name).write_bytes((run_dir / name).read_bytes())
-    trained = segment.Postprocessing.load(model_copy.parent / "postprocessing.json")
+    trained = postprocessing.Postprocessing.load(model_copy.parent / "postprocessing.json")
     assert trained.nucleus_area > 0  # the training run recorded its training images' typical nucleus area
     before = trained.replace(nucleus_area=None)  # as in the files of a model made before it was recorded
     before.save(model_copy.parent / "postprocessing.json")
@@ -192,20 +187,20 @@ def test_tune_chooses_on_cv_and_saves_the_best_beside_the_model(smoke_run, real_
     tune_dir = _newest(tmp_path / "runs", "tune")
     tuning = pd.read_csv(tune_dir / "tuning.csv")
     # A contact model (the smoke preset's): every contact threshold, and the distance watershed's marker heights.
-    assert len(tuning) == len(segment.tuning_grid(has_contacts=True, tta=False))
-    assert set(tuning["contact_threshold"]) == set(segment.TUNE_CONTACT_THRESHOLDS)
+    assert len(tuning) == len(tuning.tuning_grid(has_contacts=True, tta=False))
+    assert set(tuning["contact_threshold"]) == set(tuning.TUNE_CONTACT_THRESHOLDS)
     assert tuning["mean_map"].is_monotonic_decreasing
-    best = segment.Postprocessing.load(model_copy.parent / "postprocessing.json")
+    best = postprocessing.Postprocessing.load(model_copy.parent / "postprocessing.json")
     top = tuning.iloc[0]
     assert (best.threshold, best.min_size, best.contact_threshold, best.tta) == (
         top["threshold"], top["min_size"], top["contact_threshold"], top["tta"])
     assert best.marker_height == (None if pd.isna(top["marker_height"]) else top["marker_height"])
-    assert segment.Postprocessing.load(tune_dir / "postprocessing.json") == best
+    assert postprocessing.Postprocessing.load(tune_dir / "postprocessing.json") == best
     # tune added the area from the model's training images, and predicts with each CV image's own zoom
     assert best.scale == "auto" and best.nucleus_area == trained.nucleus_area and set(tuning["scale"]) == {"auto"}
-    assert segment.Postprocessing.load(tune_dir / "postprocessing_before.json") == before
+    assert postprocessing.Postprocessing.load(tune_dir / "postprocessing_before.json") == before
     # evaluate and predict now read the tuned settings
-    assert pipeline.TrainedModel.open(model_copy).postprocessing == best
+    assert models.TrainedModel.open(model_copy).postprocessing == best
 
 
 def test_tune_fits_a_nucleus_score_on_the_training_images_and_chooses_its_cut_on_cv(smoke_run, real_subset_zip,
@@ -221,11 +216,11 @@ def test_tune_fits_a_nucleus_score_on_the_training_images_and_chooses_its_cut_on
     fitted = json.loads((tune_dir / "score_model.json").read_text())
     assert fitted["features"] == list(nucleus_score.FEATURES)
     tuning = pd.read_csv(tune_dir / "tuning.csv")
-    cuts = tuning.iloc[:len(segment.TUNE_MIN_SCORES) + 1]  # the cuts, tried on the best other settings, come first
-    assert set(cuts["min_score"].dropna()) == set(segment.TUNE_MIN_SCORES) and cuts["min_score"].isna().sum() == 1
+    cuts = tuning.iloc[:len(tuning.TUNE_MIN_SCORES) + 1]  # the cuts, tried on the best other settings, come first
+    assert set(cuts["min_score"].dropna()) == set(tuning.TUNE_MIN_SCORES) and cuts["min_score"].isna().sum() == 1
     assert len(cuts[["threshold", "min_size", "contact_threshold"]].drop_duplicates()) == 1
-    assert len(tuning) == len(segment.tuning_grid(has_contacts=True, tta=False)) + len(segment.TUNE_MIN_SCORES)
-    best = segment.Postprocessing.load(model_copy.parent / "postprocessing.json")
+    assert len(tuning) == len(tuning.tuning_grid(has_contacts=True, tta=False)) + len(tuning.TUNE_MIN_SCORES)
+    best = postprocessing.Postprocessing.load(model_copy.parent / "postprocessing.json")
     assert best.score_model == fitted
     assert best.min_score == (None if pd.isna(tuning["min_score"].iloc[0]) else tuning["min_score"].iloc[0])
     assert tuning["mean_map"].iloc[0] == cuts["mean_map"].max()
@@ -243,13 +238,13 @@ def test_a_nucleus_score_is_not_fitted_on_a_model_that_finds_nothing_or_only_rig
     def perfect(tiles):  # the image itself as the nucleus probability: finds exactly the true nucleus
         return np.concatenate([tiles, np.zeros_like(tiles)], axis=-1)
 
-    settings = segment.Postprocessing(min_size=0)
+    settings = postprocessing.Postprocessing(min_size=0)
     with pytest.raises(UserError, match="on its 2 training images: no nuclei to learn"):
-        pipeline.fit_score_model(settings, records, blank, 64, 16, progress=False)
+        tuning.fit_score_model(settings, records, blank, 64, 16, progress=False)
     with pytest.raises(UserError, match="all of the 2 nuclei match a true one"):
-        pipeline.fit_score_model(settings, records, perfect, 64, 16, progress=False)
+        tuning.fit_score_model(settings, records, perfect, 64, 16, progress=False)
     with pytest.raises(UserError, match="no training images"):
-        pipeline.fit_score_model(settings, [], perfect, 64, 16, progress=False)
+        tuning.fit_score_model(settings, [], perfect, 64, 16, progress=False)
 
 
 def test_tune_refuses_the_test_split(smoke_run, capsys):
@@ -310,17 +305,16 @@ def test_predict_overrides_one_postprocessing_field(smoke_run, tmp_path):
                        "marker_height": None}
 
 
-def test_a_relative_minimum_size_from_the_command_line_and_min_size_undoing_it():
+def test_options_that_their_decision_rules_rejected_are_gone():
     parser = cli.build_arg_parser()
-    relative = cli.postprocessing_overrides(parser.parse_args(["predict", "m.keras", "x.png", "--min-size-relative",
-                                                               "0.2"]))
-    assert relative == {"min_size_relative": 0.2}
-    fixed = cli.postprocessing_overrides(parser.parse_args(["evaluate", "m.keras", "--min-size", "15"]))
-    assert fixed == {"min_size": 15, "min_size_relative": None}
-    settings = segment.Postprocessing(min_size_relative=0.2).replace(**fixed)
-    assert settings.min_size == 15 and settings.min_size_relative is None
-    with pytest.raises(SystemExit):  # training has no such option: its post-processing is the preset's
-        parser.parse_args(["train", "--min-size-relative", "0.2"])
+    for argv in (["predict", "x.png", "--min-size-relative", "0.2"], ["predict", "x.png", "--auto-gain"],
+                 ["evaluate", "m.keras", "--no-auto-gain"], ["train", "--sampling", "image"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(argv)
+    help_text = parser._subparsers._group_actions[0].choices["predict"].format_help()
+    assert "--min-size-relative" not in help_text and "auto-gain" not in help_text
+    assert cli.postprocessing_overrides(parser.parse_args(["evaluate", "m.keras", "--min-size", "15"])) == {
+        "min_size": 15}
 
 
 def test_min_score_from_the_command_line_and_zero_keeping_every_nucleus():
@@ -339,7 +333,7 @@ def test_extra_zooms_from_the_command_line_and_none_for_one_zoom():
         "extra_zooms": [1.41]}
     assert cli.postprocessing_overrides(parser.parse_args(["evaluate", "m.keras", "--extra-zooms"])) == {
         "extra_zooms": []}
-    assert segment.Postprocessing(extra_zooms=(1.41,)).replace(extra_zooms=[]).extra_zooms == ()
+    assert postprocessing.Postprocessing(extra_zooms=(1.41,)).replace(extra_zooms=[]).extra_zooms == ()
     assert parser.parse_args(["tune", "m.keras", "--extra-zooms", "0.71", "1.41"]).extra_zooms == [0.71, 1.41]
     assert parser.parse_args(["tune", "m.keras"]).extra_zooms is None  # the model's
     for bad in ("1", "0", "two"):
@@ -491,6 +485,7 @@ def test_unknown_preset_exits_2(capsys):
 
 def test_fine_tuning_on_a_few_images_of_another_layout_starts_from_the_model(smoke_run, tmp_path):
     import tifffile
+
     from conftest import make_synthetic_image
 
     _, run_dir, _ = smoke_run
@@ -538,8 +533,12 @@ def test_an_average_of_models_fine_tunes_as_one_model(smoke_run, tmp_path):
     assert np.isfinite(starting["val_loss"]) and np.isfinite(pd.read_csv(tuned / "history.csv")["val_loss"]).all()
 
 
-def test_predict_without_a_model_needs_the_ready_one(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(pipeline, "READY_MODEL", tmp_path / "models" / "none" / "model.keras")
+def test_predict_without_a_model_needs_the_ready_one_and_says_where_it_looked(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(models, "ready_model_folders", lambda: [tmp_path / "package", tmp_path / "checkout"])
     assert cli.main(["predict", str(tmp_path), "--out", str(tmp_path / "runs")]) == 2
-    assert "no model given and no ready model" in capsys.readouterr().err
-    assert pipeline.model_and_inputs(["m.keras", "a.png"]) == (Path("m.keras"), ["a.png"])
+    error = capsys.readouterr().err
+    assert "the ready model 'unet_dsb2018' is not installed" in error
+    assert str(tmp_path / "package" / "unet_dsb2018" / "model.keras") in error
+    assert str(tmp_path / "checkout" / "unet_dsb2018" / "model.keras") in error
+    assert not (tmp_path / "runs").exists()
+    assert cli.model_and_inputs(["m.keras", "a.png"]) == (Path("m.keras"), ["a.png"])

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
 
-import segment
-from config import PRESETS, TrainConfig
+from nucleunet import models, postprocessing
+from nucleunet.config import PRESETS, TrainConfig
+from nucleunet.errors import UserError
 
 
 def test_every_preset_is_a_valid_config():
@@ -50,7 +55,28 @@ def test_config_round_trips_through_its_file(tmp_path):
 
 def test_postprocessing_comes_from_the_config_fields():
     config = TrainConfig.from_preset("cpu")
-    assert config.postprocessing == segment.Postprocessing(threshold=config.threshold, min_size=config.min_size,
-                                                           marker_height=config.marker_height,
-                                                           contact_threshold=config.contact_threshold,
-                                                           tta=config.tta)
+    assert models.starting_postprocessing(config) == postprocessing.Postprocessing(
+        threshold=config.threshold, min_size=config.min_size, marker_height=config.marker_height,
+        contact_threshold=config.contact_threshold, tta=config.tta)
+
+
+def test_the_config_and_the_post_processing_start_from_the_same_defaults():
+    config, settings = TrainConfig(preset="seed"), postprocessing.Postprocessing()
+    for name in ("threshold", "min_size", "marker_height", "contact_threshold", "tta"):
+        assert getattr(config, name) == getattr(settings, name), name
+
+
+def test_a_saved_config_with_a_removed_key_still_loads(tmp_path):
+    config = TrainConfig.from_preset("cpu", seed=3)
+    (tmp_path / "config.json").write_text(json.dumps({**config.to_dict(), "min_size_relative": None}))
+    assert TrainConfig.load(tmp_path / "config.json") == config
+    with pytest.raises(UserError, match="unknown configuration keys: colour"):
+        TrainConfig.from_dict({**config.to_dict(), "colour": True})
+
+
+def test_the_config_module_is_a_leaf_that_neither_segments_nor_imports_keras():
+    """config is read before any backend starts (the command line checks its options with it)."""
+    finished = subprocess.run([sys.executable, "-c", "import sys; import nucleunet.config; print(sorted(m for m in "
+                               "('keras', 'tensorflow', 'nucleunet.postprocessing', 'nucleunet.prediction', 'dsb') "
+                               "if m in sys.modules))"], capture_output=True, text=True, check=True)
+    assert finished.stdout.strip() == "[]"

@@ -15,12 +15,12 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import finish_cli_process, run_cli_process, start_cli_process, write_split
 
-import distribute
-import runs
 import train_and_predicted_masks as cli
-from config import TrainConfig
+from nucleunet import distribute, runs
+from nucleunet.config import TrainConfig
+
+from conftest import finish_cli_process, run_cli_process, start_cli_process, write_split
 
 RUN_FILES = ("config.json", "split.csv", "clusters.json", "model.keras", "last.keras", "history.csv", "metrics.json",
              "training.json")

@@ -8,10 +8,11 @@ import time
 import numpy as np
 import pytest
 import skimage.io
-from conftest import make_synthetic_image, write_dsb_folder, zip_folder
 
 import dsb
-import layouts
+from nucleunet import layouts
+
+from conftest import make_synthetic_image, write_dsb_folder, zip_folder
 
 # ---- loading -------------------------------------------------------------------------------
 

@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import nucleus_score
-import segment
 import train_and_predicted_masks as cli
 import unet
+from nucleunet import nucleus_score, postprocessing
 
 
 @pytest.fixture(scope="module")
@@ -148,13 +147,13 @@ def test_an_average_leaves_out_the_first_models_nucleus_score(tmp_path):
     paths = [_run_folder(tmp_path, name, seed, split) for name, seed in (("one", 1), ("two", 2))]
     count = len(nucleus_score.FEATURES)
     score_model = nucleus_score.ScoreModel((0.0,) * count, (1.0,) * count, (1.0,) * count, 0.0)
-    scored = segment.Postprocessing(threshold=0.45, min_score=0.3, score_model=score_model.as_dict())
+    scored = postprocessing.Postprocessing(threshold=0.45, min_score=0.3, score_model=score_model.as_dict())
     scored.save(paths[0].parent / "postprocessing.json")
     for members, expected in (([paths[0]], scored), (paths, scored.replace(score_model=None, min_score=None))):
         out = tmp_path / f"exports{len(members)}"
         assert cli.main(["export", *map(str, members), "--format", "keras", "--out", str(out)]) == 0
         (export_dir,) = out.iterdir()
-        assert segment.Postprocessing.load(export_dir / "postprocessing.json") == expected
+        assert postprocessing.Postprocessing.load(export_dir / "postprocessing.json") == expected
 
 
 def test_models_of_different_splits_are_not_averaged_and_leave_no_folder(tmp_path, capsys):
@@ -181,3 +180,31 @@ def test_savedmodel_export_of_several_models_serves_their_average(tmp_path):
     expected = np.mean([unet.load_model(path).predict(tiles, verbose=0) for path in paths], axis=0)
     reloaded = tf.saved_model.load(str(export_dir / "1"))
     np.testing.assert_allclose(reloaded.serve(tf.constant(tiles)).numpy(), expected, atol=1e-5)
+
+
+def test_the_serving_snippet_segments_as_the_keras_file_does(tmp_path):
+    """docs/scaling.md, "Serving an exported model": the SavedModel in place of the .keras file, through the API."""
+    import skimage.io
+
+    import nucleunet
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    keras_model = unet.build_unet((None, None, 1), depth=2, base_filters=4)
+    rng = np.random.default_rng(2)
+    for weight in keras_model.weights:
+        weight.assign(rng.normal(0, 0.5, weight.shape).astype(np.float32))
+    keras_model.save(run_dir / "model.keras")
+    assert cli.main(["export", str(run_dir / "model.keras"), "--out", str(tmp_path / "exports")]) == 0
+    (export_dir,) = (tmp_path / "exports").iterdir()
+    image = (rng.random((300, 280)) * 255).astype(np.uint8)
+    skimage.io.imsave(tmp_path / "my_image.png", image, check_contrast=False)
+
+    served = tf.saved_model.load(str(export_dir / "1"))
+    model = nucleunet.load_model(run_dir).with_network(lambda tiles: served.serve(tiles).numpy())
+    result = model.segment(skimage.io.imread(tmp_path / "my_image.png"), probability=True)
+
+    expected = nucleunet.load_model(run_dir).segment(image, probability=True)
+    np.testing.assert_allclose(result.probability, expected.probability, atol=1e-4)
+    assert np.ptp(expected.probability) > 0.01
+    np.testing.assert_array_equal(result.labels, expected.labels)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import skimage.morphology
-from conftest import make_synthetic_image
 
-import imaging
+from nucleunet import imaging
+
+from conftest import make_synthetic_image
 
 # ---- preprocessing -------------------------------------------------------------------------
 
@@ -141,9 +142,9 @@ def test_composite_channels_names_the_channels_of_different_signals():
 def test_real_stained_images_with_large_dark_areas_get_bright_nuclei():
     """The two DSB training images whose luminance median is below the middle of their range (a dense stained image
     and one with a band of stroma): after preprocessing their nuclei are brighter than the rest."""
-    from conftest import real_dataset_path
-
     import dsb
+
+    from conftest import real_dataset_path
 
     ids = ["13f2bec0a24c70345372febb14c4352877b1b6c1b01896246048e83c345c0914",
            "4193474b2f1c72f735b13633b219d9cabdd43c21d9c2bb4dfc4809f104ba4c06"]
@@ -187,13 +188,13 @@ def test_edge_sharpness_is_not_fooled_by_noise():
     keeps it at 1x), and a sharp, noisy one sharp."""
     from scipy import ndimage
 
-    import segment
+    from nucleunet import adaptation
 
     disks, noise = _three_disks(), np.random.default_rng(0).normal(0, 0.1, (128, 128))
     blurred = ndimage.gaussian_filter(disks, 2.0)
     assert imaging.edge_sharpness(disks + noise) == pytest.approx(imaging.edge_sharpness(disks), rel=0.05)
     assert imaging.edge_sharpness(blurred + noise) == pytest.approx(imaging.edge_sharpness(blurred), rel=0.25)
-    limit = segment.MIN_ZOOM_IN_SHARPNESS
+    limit = adaptation.MIN_ZOOM_IN_SHARPNESS
     assert imaging.edge_sharpness(blurred + noise) < limit < imaging.edge_sharpness(disks + noise)
 
 
@@ -219,20 +220,20 @@ def _nuclei_image(shape=(192, 256), seed=0):
 
 
 def test_background_unevenness_is_near_zero_when_evenly_lit_and_measures_a_ramp():
-    import segment
+    from nucleunet import adaptation
 
     image, _ = _nuclei_image()
     assert imaging.background_unevenness(image) < 0.01
     ramp = np.linspace(0.0, 0.3, image.shape[1], dtype=np.float32)
     uneven = imaging.background_unevenness(image + ramp)
     assert 0.15 < uneven < 0.3  # the blocks' levels span most of the ramp: their centres lie inside the image
-    assert imaging.background_unevenness(image) < segment.MAX_BACKGROUND_UNEVENNESS < uneven
+    assert imaging.background_unevenness(image) < adaptation.MAX_BACKGROUND_UNEVENNESS < uneven
     with pytest.raises(ValueError, match="grayscale"):
         imaging.background_grid(np.dstack([image, image]))
 
 
 def test_flatten_background_removes_a_ramp_reduces_a_vignette_and_keeps_the_nuclei():
-    import robustness
+    from nucleunet import robustness
 
     image, labels = _nuclei_image()
     ramped = imaging.flatten_background(image + np.linspace(0.0, 0.8, image.shape[1], dtype=np.float32))

@@ -10,7 +10,7 @@ import pytest
 import skimage.io
 import tifffile
 
-import inputs
+from nucleunet import inputs
 
 
 def _png(path, value=10, shape=(8, 9)):

@@ -11,16 +11,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
-from conftest import make_synthetic_image, write_dsb_folder
 
 import dsb
-import imaging
-import segment
-import tiling
 import train_and_predicted_masks as cli
-import training
 import unet
-from config import TrainConfig
+from nucleunet import imaging, prediction, tiling, training
+from nucleunet.config import TrainConfig
+
+from conftest import make_synthetic_image, write_dsb_folder
 
 
 def _float_image(seed=0, shape=(64, 80)):
@@ -146,7 +144,7 @@ def test_prediction_in_memory_gives_the_model_replaced_values(caplog):
     poisoned, count = _poison(image)
     seen = []
     with caplog.at_level(logging.WARNING, logger="segment"):
-        maps = segment.predict_maps(_recording_predictor(seen), poisoned, tile_size=64, min_overlap=16)
+        maps = prediction.predict_maps(_recording_predictor(seen), poisoned, tile_size=64, min_overlap=16)
     tiles = np.concatenate(seen)
     assert np.isfinite(tiles).all() and np.isfinite(maps).all()
     assert np.isclose(tiles[0, 0, 0, 0], np.median(poisoned[np.isfinite(poisoned)]))
@@ -156,7 +154,7 @@ def test_prediction_in_memory_gives_the_model_replaced_values(caplog):
 def test_prediction_in_memory_of_no_finite_pixel_is_an_error():
     seen = []
     with pytest.raises(ValueError, match="NaN or infinite"):
-        segment.predict_maps(_recording_predictor(seen), np.full((64, 64), np.nan, np.float32), tile_size=64)
+        prediction.predict_maps(_recording_predictor(seen), np.full((64, 64), np.nan, np.float32), tile_size=64)
     assert not seen
 
 

@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 
 import nbformat
-from conftest import real_dataset_path
 from nbclient import NotebookClient
+
+from conftest import real_dataset_path
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 NOTEBOOK = PROJECT_DIR / "EDA.ipynb"

@@ -6,11 +6,11 @@ import json
 
 import numpy as np
 import pytest
-from conftest import disk_labels
 
-import nucleus_score
-import segment
-from errors import UserError
+from nucleunet import adaptation, nucleus_score, postprocessing, prediction
+from nucleunet.errors import UserError
+
+from conftest import disk_labels
 
 
 def two_nuclei_maps(sure: float = 0.95, unsure: float = 0.55) -> tuple[np.ndarray, np.ndarray]:
@@ -118,30 +118,30 @@ def test_drop_unsure_renumbers_the_kept_nuclei():
 def test_postprocessing_drops_the_nuclei_under_its_min_score():
     labels, maps = two_nuclei_maps()
     model = probability_only_model().as_dict()
-    assert segment.Postprocessing(min_size=0, score_model=model).labels(maps).max() == 2  # no cut: both
-    kept = segment.Postprocessing(min_size=0, score_model=model, min_score=0.5).labels(maps)
+    assert postprocessing.Postprocessing(min_size=0, score_model=model).labels(maps).max() == 2  # no cut: both
+    kept = postprocessing.Postprocessing(min_size=0, score_model=model, min_score=0.5).labels(maps)
     assert kept.max() == 1
     np.testing.assert_array_equal(kept > 0, labels == 1)
 
 
 def test_postprocessing_with_a_score_model_round_trips_through_its_file(tmp_path):
-    settings = segment.Postprocessing(threshold=0.4, min_score=0.3, score_model=probability_only_model().as_dict())
+    settings = postprocessing.Postprocessing(threshold=0.4, min_score=0.3, score_model=probability_only_model().as_dict())
     settings.save(tmp_path / "postprocessing.json")
-    assert segment.Postprocessing.load(tmp_path / "postprocessing.json") == settings
+    assert postprocessing.Postprocessing.load(tmp_path / "postprocessing.json") == settings
 
 
 def test_postprocessing_refuses_a_min_score_without_a_score_model():
     with pytest.raises(UserError, match="tune --fit-score"):
-        segment.Postprocessing(min_score=0.3)
+        postprocessing.Postprocessing(min_score=0.3)
     with pytest.raises(UserError, match="min_score must be in"):
-        segment.Postprocessing(min_score=1.0, score_model=probability_only_model().as_dict())
+        postprocessing.Postprocessing(min_score=1.0, score_model=probability_only_model().as_dict())
 
 
 def test_postprocessing_refuses_a_broken_score_model():
     broken = probability_only_model().as_dict()
     del broken["coef"]
     with pytest.raises(UserError, match="not a valid score model"):
-        segment.Postprocessing(score_model=broken)
+        postprocessing.Postprocessing(score_model=broken)
 
 
 def test_the_automatic_zoom_is_measured_on_every_nucleus_whatever_the_score():
@@ -152,9 +152,10 @@ def test_the_automatic_zoom_is_measured_on_every_nucleus_whatever_the_score():
         return np.concatenate([tiles, np.zeros_like(tiles)], axis=-1)
 
     never_sure = probability_only_model().as_dict() | {"intercept": -100.0}
-    plain = segment.Postprocessing(scale="auto", nucleus_area=365.0, min_size=0)
+    plain = postprocessing.Postprocessing(scale="auto", nucleus_area=365.0, min_size=0)
     scored = plain.replace(score_model=never_sure, min_score=0.5)
     assert scored.labels(predict_tiles(image[None, ..., None])[0]).max() == 0
-    resolved_plain, _ = plain.resolve(predict_tiles, image, tile_size=128, min_overlap=16)
-    resolved_scored, _ = scored.resolve(predict_tiles, image, tile_size=128, min_overlap=16)
+    options = {"tile_size": 128, "min_overlap": 16}
+    resolved_plain, _ = adaptation.resolve(plain, image, prediction.first_pass(predict_tiles, plain, **options))
+    resolved_scored, _ = adaptation.resolve(scored, image, prediction.first_pass(predict_tiles, scored, **options))
     assert resolved_plain.scale == resolved_scored.scale == 2.0

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+from nucleunet import outputs
+
 from conftest import disk_labels
-
-import outputs
-
 
 # ---- RLE -----------------------------------------------------------------------------------
 
@@ -193,11 +193,12 @@ def test_write_outputs_writes_the_asked_formats_under_the_key(tmp_path):
         outputs.check_formats(["labels", "pdf"])
 
 
-def test_each_nucleus_score_goes_into_its_measurements_and_qupath_object(tmp_path):
+def test_a_given_measurement_table_goes_into_the_measurements_and_qupath_objects(tmp_path):
     labels, intensity = _nuclei()
     scores = np.linspace(0.5, 1.0, labels.max())
+    table = outputs.measure(labels, intensity).assign(score=lambda rows: np.round(scores[rows["label"] - 1], 3))
     outputs.write_outputs(tmp_path, "a", intensity, labels, labels > 0, None, ["measurements", "geojson"],
-                          scores=scores)
+                          measurements=table)
     table = pd.read_csv(tmp_path / "measurements" / "a.csv")
     np.testing.assert_allclose(table["score"], np.round(scores[table["label"] - 1], 3))
     features = json.loads((tmp_path / "geojson" / "a.geojson").read_text())["features"]

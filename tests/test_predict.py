@@ -18,11 +18,9 @@ import skimage.measure
 import skimage.morphology
 import tifffile
 
-import nucleus_score
-import pipeline
-import segment
 import train_and_predicted_masks as cli
 import unet
+from nucleunet import adaptation, metrics, models, nucleus_score, postprocessing, prediction
 
 
 @pytest.fixture
@@ -31,12 +29,12 @@ def stand_in_model(tmp_path, monkeypatch):
     path = tmp_path / "model" / "model.keras"
     path.parent.mkdir()
     unet.build_unet((None, None, 1), depth=2, base_filters=2, output_channels=2).save(path)
-    segment.Postprocessing(threshold=0.5, min_size=5).save(path.parent / "postprocessing.json")
+    postprocessing.Postprocessing(threshold=0.5, min_size=5).save(path.parent / "postprocessing.json")
 
     def predictor(self):
         return (lambda tiles: np.concatenate([tiles, np.zeros_like(tiles)], axis=-1)), 64, 16
 
-    monkeypatch.setattr(pipeline.TrainedModel, "predictor", predictor)
+    monkeypatch.setattr(models.TrainedModel, "predictor", predictor)
     return path
 
 
@@ -161,17 +159,17 @@ def test_a_large_image_is_segmented_in_blocks_without_seams(stand_in_model, tmp_
     for _ in range(40):
         rr, cc = skimage.draw.disk(tuple(rng.integers(10, 250, 2)), int(rng.integers(4, 9)), shape=image.shape)
         image[rr, cc] = 0.9
-    settings = segment.Postprocessing(min_size=0)
+    settings = postprocessing.Postprocessing(min_size=0)
     predict = lambda tiles: np.concatenate([tiles, np.zeros_like(tiles)], axis=-1)  # noqa: E731
-    whole, whole_mask, _, _, _ = segment.segment_image(predict, image, settings, tile_size=64, min_overlap=16,
+    whole, whole_mask, _, _, _ = prediction.segment_image(predict, image, settings, tile_size=64, min_overlap=16,
                                                        block_size=1000)
-    blocks, mask, probability, _, _ = segment.segment_image(predict, image, settings, tile_size=64,
+    blocks, mask, probability, _, _ = prediction.segment_image(predict, image, settings, tile_size=64,
                                                             min_overlap=16, block_size=64, margin=32)
     assert blocks.max() == whole.max() and probability.shape == image.shape
-    assert segment.average_precision(whole, blocks) == 1.0
+    assert metrics.average_precision(whole, blocks) == 1.0
     assert np.array_equal(mask, whole_mask) and np.array_equal(mask, probability > settings.threshold)
     # Without the probability map (a large image's memory): the same nuclei and foreground.
-    lean, lean_mask, nothing, _, _ = segment.segment_image(predict, image, settings, tile_size=64,
+    lean, lean_mask, nothing, _, _ = prediction.segment_image(predict, image, settings, tile_size=64,
                                                            min_overlap=16, block_size=64, margin=32,
                                                            probability=False)
     assert nothing is None and np.array_equal(lean, blocks) and np.array_equal(lean_mask, mask)
@@ -186,16 +184,16 @@ def test_blocks_give_each_nucleus_the_score_it_has_in_one_piece():
     coef = [0.0] * len(nucleus_score.FEATURES)
     coef[nucleus_score.FEATURES.index("nucleus_probability")] = 5.0  # a score of the probability alone: no block
     model = nucleus_score.ScoreModel((0.8,) * len(coef), (1.0,) * len(coef), tuple(coef), 0.0).as_dict()
-    settings = segment.Postprocessing(min_size=0, score_model=model)
+    settings = postprocessing.Postprocessing(min_size=0, score_model=model)
     predict = lambda tiles: np.concatenate([tiles, np.zeros_like(tiles)], axis=-1)  # noqa: E731
-    whole = segment.segment_image(predict, image, settings, tile_size=64, min_overlap=16, block_size=1000)
-    blocks = segment.segment_image(predict, image, settings, tile_size=64, min_overlap=16, block_size=64, margin=32)
+    whole = prediction.segment_image(predict, image, settings, tile_size=64, min_overlap=16, block_size=1000)
+    blocks = prediction.segment_image(predict, image, settings, tile_size=64, min_overlap=16, block_size=64, margin=32)
     assert len(whole.scores) == whole.labels.max() == blocks.labels.max() == len(blocks.scores)
     for region in skimage.measure.regionprops(whole.labels):
         row, col = region.coords[0]
         assert blocks.scores[blocks.labels[row, col] - 1] == pytest.approx(whole.scores[region.label - 1])
     assert np.ptp(whole.scores) > 0.3  # scores that differ, so a mix-up would show
-    assert segment.segment_image(predict, image, segment.Postprocessing(min_size=0), tile_size=64,
+    assert prediction.segment_image(predict, image, postprocessing.Postprocessing(min_size=0), tile_size=64,
                                  min_overlap=16).scores is None
 
 
@@ -206,8 +204,8 @@ def test_scale_auto_zooms_small_nuclei_and_says_so_in_the_counts(stand_in_model,
     assert cli.main(["predict", str(stand_in_model), str(tmp_path / "small nuclei.png"), "--scale", "auto",
                      "--out", str(out), "--quiet"]) == 2
     assert not out.exists() or not any(out.iterdir())
-    disk_area = segment.typical_area(segment.probability_to_labels(image, min_size=0))
-    settings = segment.Postprocessing.load(stand_in_model.parent / "postprocessing.json")
+    disk_area = postprocessing.typical_area(postprocessing.probability_to_labels(image, min_size=0))
+    settings = postprocessing.Postprocessing.load(stand_in_model.parent / "postprocessing.json")
     settings.replace(scale="auto", nucleus_area=4 * disk_area).save(stand_in_model.parent / "postprocessing.json")
     counts = pd.read_csv(_run(stand_in_model, [tmp_path / "small nuclei.png"], tmp_path) / "counts.csv")
     assert counts["scale"].tolist() == [2.0] and counts["nuclei"].tolist() == [disks]
@@ -226,7 +224,7 @@ def test_flat_field_finds_the_nuclei_on_a_background_ramp_and_counts_say_which_i
     counts = pd.read_csv(_run(stand_in_model, inputs, tmp_path, "--flat-field") / "counts.csv").set_index("image")
     assert counts["nuclei"].to_dict() == {"ramp": disks, "even": disks}
     assert counts["flattened"].to_dict() == {"ramp": True, "even": False}
-    assert counts.loc["ramp", "background_unevenness"] > segment.MAX_BACKGROUND_UNEVENNESS
+    assert counts.loc["ramp", "background_unevenness"] > adaptation.MAX_BACKGROUND_UNEVENNESS
     foreground = counts.loc["even", "foreground_fraction"]
     assert counts.loc["ramp", "foreground_fraction"] == pytest.approx(foreground, rel=0.2)
     counts = pd.read_csv(_run(stand_in_model, inputs, tmp_path, "--no-flat-field") / "counts.csv").set_index("image")

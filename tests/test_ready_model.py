@@ -13,18 +13,17 @@ import zipfile
 import numpy as np
 import pandas as pd
 import pytest
+
+import dsb
+import train_and_predicted_masks as cli
+import unet
+from nucleunet import layouts, models, postprocessing
+from nucleunet.config import TrainConfig
+
 from conftest import disk_labels, real_dataset_path, run_cli_process
 from test_backends import BACKEND_PACKAGES, require_backend
 
-import dsb
-import layouts
-import pipeline
-import segment
-import train_and_predicted_masks as cli
-import unet
-from config import TrainConfig
-
-READY = pipeline.READY_MODEL
+READY = models.ready_model_path()
 FOLDER = READY.parent
 # Mean mAP of 8 images may move this much from the card's on another CPU or backend: the model computes in
 # float32 everywhere, so only pixels at a threshold's edge can differ.
@@ -75,7 +74,7 @@ def test_predict_without_a_model_uses_the_ready_one_on_every_backend(backend, tm
     counts = pd.read_csv(run_dir / "counts.csv")
     assert counts["nuclei"].tolist() == [4], counts  # four bright discs: four nuclei
     scores = pd.read_csv(run_dir / "measurements.csv")["score"]  # each nucleus's, all above the model's cut
-    assert len(scores) == 4 and scores.between(segment.Postprocessing.load(FOLDER / "postprocessing.json").min_score,
+    assert len(scores) == 4 and scores.between(postprocessing.Postprocessing.load(FOLDER / "postprocessing.json").min_score,
                                                 1).all(), scores
 
 
@@ -130,12 +129,12 @@ def test_fine_tuning_starts_from_the_ready_model_and_lowers_its_loss(tmp_path):
     assert history["val_loss"].iloc[-1] < before, (before, history["val_loss"].tolist())
     # It keeps the ready model's post-processing, the automatic zoom (and its second, 1.41x larger) included, toward
     # its own training images' size.
-    settings = segment.Postprocessing.load(run_dir / "postprocessing.json")
-    ready = segment.Postprocessing.load(FOLDER / "postprocessing.json")
+    settings = postprocessing.Postprocessing.load(run_dir / "postprocessing.json")
+    ready = postprocessing.Postprocessing.load(FOLDER / "postprocessing.json")
     assert ready.extra_zooms
     assert (settings.threshold, settings.contact_threshold, settings.scale, settings.extra_zooms) == (
         ready.threshold, ready.contact_threshold, ready.scale, ready.extra_zooms)
     # but not its nucleus score, which was fitted on the ready model's own predictions ('tune --fit-score' fits one)
     assert ready.min_score is not None and (settings.min_score, settings.score_model) == (None, None)
-    assert settings.nucleus_area == segment.reference_area(labels for _, _, labels in
+    assert settings.nucleus_area == postprocessing.reference_area(labels for _, _, labels in
                                                            dsb.read_raw_images(data, names[:2]))

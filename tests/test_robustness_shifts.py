@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import robustness
+from nucleunet import robustness
 
 
 def _image(shape=(40, 60), colour=False):

@@ -6,8 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import imaging
-import stratify
+from nucleunet import imaging, stratify
 
 # ---- clusters and split --------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import dsb
-import tiling
+from nucleunet import tiling
 
 # ---- tiles ---------------------------------------------------------------------------------
 

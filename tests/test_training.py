@@ -11,11 +11,9 @@ import pandas as pd
 import pytest
 
 import dsb
-import stratify
-import tiling
-import training
 import unet
-from config import TrainConfig
+from nucleunet import stratify, tiling, training
+from nucleunet.config import TrainConfig
 
 
 def _config(**overrides) -> TrainConfig:

@@ -1,0 +1,153 @@
+"""A saved model with the files of its run, and the ready models that ship with the package.
+
+A model is used with the files of the run it comes from, when it sits in one: ``config.json``, ``split.csv`` (the
+test images, never re-split), ``clusters.json`` and ``postprocessing.json`` (the post-processing that ``tune``
+chose). The ready models are found by name (``READY_MODELS``) in the installed package, or beside it in a checkout
+of the project (``models/``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from nucleunet import imaging, runs, stratify
+from nucleunet.config import POSTPROCESSING_FIELDS, TrainConfig
+from nucleunet.errors import MissingPathError
+from nucleunet.postprocessing import Postprocessing
+from nucleunet.prediction import PredictTiles, make_predictor
+from nucleunet.tiling import MIN_OVERLAP, TILE_SIZE
+
+# The ready models by name, each a folder with model.keras and its run files (models/<name>/README: its card).
+READY_MODELS = {
+    "unet_dsb2018": "U-Net trained on the DSB2018 stage 1 training set (664 images of fluorescence, brightfield and "
+                    "stained tissue); its card is models/README.md",
+}
+DEFAULT_MODEL = "unet_dsb2018"
+
+
+def ready_model_folders() -> list[Path]:
+    """Where the ready models are looked for, in order: inside the installed package (``pip install .`` puts them
+    there), then ``models/`` beside the package (a checkout of the project, or ``pip install -e .``)."""
+    package = Path(__file__).resolve().parent
+    return [package / "ready_models", package.parent / "models"]
+
+
+def ready_model_path(name: str = DEFAULT_MODEL) -> Path:
+    """The ``model.keras`` of the ready model ``name`` (one of ``READY_MODELS``).
+
+    Raises
+    ------
+    MissingPathError
+        The name is not a ready model's, or its files are in none of ``ready_model_folders()`` (each is named).
+    """
+    if name not in READY_MODELS:
+        raise MissingPathError(f"no ready model named {name!r}: the ready models are {', '.join(sorted(READY_MODELS))}"
+                               f" (or give the path of a .keras file)")
+    candidates = [folder / name / "model.keras" for folder in ready_model_folders()]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise MissingPathError(f"the ready model {name!r} is not installed: looked for "
+                           f"{' and '.join(str(path) for path in candidates)}; reinstall the package "
+                           f"(pip install .) or name a model.keras file")
+
+
+def find_model(name_or_path: str | Path | None = None) -> Path:
+    """The ``.keras`` file that ``name_or_path`` names: None, the default ready model; a name of ``READY_MODELS``;
+    a ``.keras`` file; or a folder that holds ``model.keras`` (a run or an export)."""
+    if name_or_path is None:
+        return ready_model_path()
+    path = Path(name_or_path).expanduser()
+    if str(name_or_path) in READY_MODELS and not path.exists():
+        return ready_model_path(str(name_or_path))
+    if path.is_dir():
+        path = path / "model.keras"
+    if not path.is_file():
+        raise MissingPathError(f"model not found: {name_or_path} (give a .keras file, a folder with model.keras, or "
+                               f"a ready model's name: {', '.join(sorted(READY_MODELS))})")
+    return path
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A saved model with what its run folder says about it (all optional beside a bare model file).
+
+    Attributes
+    ----------
+    path : Path
+        The ``.keras`` file.
+    config : TrainConfig or None
+        The training run's ``config.json``.
+    split : Path or None
+        The training run's ``split.csv``: which images were train, CV and test.
+    cluster_model : dict or None
+        The training run's ``clusters.json`` (``stratify.fit_cluster_model``), to place other images.
+    postprocessing : Postprocessing
+        ``postprocessing.json`` beside the model if there is one, else the run's config, else the defaults.
+    """
+
+    path: Path
+    config: TrainConfig | None
+    split: Path | None
+    cluster_model: dict | None
+    postprocessing: Postprocessing
+
+    @classmethod
+    def open(cls, path: str | Path) -> TrainedModel:
+        path = Path(path)
+        if not path.is_file():
+            raise MissingPathError(f"model file not found: {path}")
+        folder = path.parent
+        config = TrainConfig.load(folder / "config.json") if (folder / "config.json").is_file() else None
+        if (folder / "postprocessing.json").is_file():
+            postprocessing = Postprocessing.load(folder / "postprocessing.json")
+        elif config is not None:
+            postprocessing = starting_postprocessing(config)
+        else:
+            postprocessing = Postprocessing()
+        return cls(path=path, config=config,
+                   split=folder / "split.csv" if (folder / "split.csv").is_file() else None,
+                   cluster_model=runs.read_json(folder / "clusters.json") if (folder / "clusters.json").is_file()
+                   else None,
+                   postprocessing=postprocessing)
+
+    def predictor(self) -> tuple[PredictTiles, int, int]:
+        """The model loaded as ``prediction.PredictTiles`` (taking tiles of any size), with the tile size it was
+        trained on and the tile overlap to predict with."""
+        import unet
+        from nucleunet import training
+
+        model = unet.load_model(self.path)
+        trained_on = model.input_shape[1] or (self.config.tile_size if self.config else TILE_SIZE)
+        # Any tile size (the U-Net is fully convolutional); bfloat16 only where the hardware computes it.
+        fast_bfloat16 = training.choose_precision("auto") == "mixed_bfloat16"
+        model = unet.portable(model, dtype=None if fast_bfloat16 else "float32")
+        batch_size = max(self.config.batch_size, 8) if self.config else 8
+        min_overlap = self.config.min_overlap if self.config else MIN_OVERLAP
+        return make_predictor(model, batch_size), trained_on, min_overlap
+
+    @property
+    def normalization(self) -> tuple[float, float]:
+        """The intensity stretch the model was trained with (``imaging.preprocess``), for every image it sees."""
+        return self.config.normalization if self.config else imaging.DEFAULT_PERCENTILES
+
+    def clusters(self, stats: pd.DataFrame, split: pd.DataFrame | None = None) -> dict:
+        """Cluster of each image: from ``split`` (default: the run's) if listed there, else the nearest
+        training cluster (``clusters.json``)."""
+        if split is None and self.split is not None:
+            split = stratify.read_split(self.split)
+        clusters = {} if split is None else dict(zip(split["image_id"], split["cluster"].astype(int)))
+        unknown = stats.loc[[image_id for image_id in stats.index if image_id not in clusters]]
+        if len(unknown) and self.cluster_model is not None:
+            assigned = stratify.assign_clusters(unknown, self.cluster_model)
+            clusters.update(zip(unknown.index, (int(c) for c in assigned)))
+        return clusters
+
+
+def starting_postprocessing(config: TrainConfig) -> Postprocessing:
+    """The post-processing a training run starts with: its config's ``POSTPROCESSING_FIELDS``, ``Postprocessing``'s
+    defaults for the others."""
+    return Postprocessing(**{name: getattr(config, name) for name in POSTPROCESSING_FIELDS})

@@ -1,0 +1,360 @@
+"""What ``predict`` writes for each image, in formats that Fiji, napari and QuPath open.
+
+NumPy, scikit-image, tifffile and roifile only. Every writer takes a label image (0 = background,
+1..n = nuclei) and writes one file atomically (``runs.atomic_path``):
+
+- ``write_label_tiff``: the labels as a compressed TIFF, 16-bit (32-bit above 65,535 nuclei);
+- ``write_roi_zip``: an ImageJ / Fiji ROI set, one polygon ROI per nucleus, named by its label;
+- ``write_geojson``: a QuPath FeatureCollection of detection polygons with their measurements;
+- ``measure``: the per-nucleus table (``skimage.measure.regionprops_table``);
+- ``overlay_on``: the original image with every nucleus outlined in its own colour;
+- ``write_submission``: the Kaggle submission CSV (run-length encoded nuclei), which
+  ``read_labels_csv`` reads back, as it reads Kaggle's label files.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import roifile
+import scipy.ndimage as ndi
+import skimage.color
+import skimage.io
+import skimage.measure
+import skimage.segmentation
+import tifffile
+
+from nucleunet import runs
+from nucleunet.errors import UserError
+
+FORMATS = ("labels", "tiff", "mask", "overlay", "roi", "geojson", "measurements", "probability")
+DEFAULT_FORMATS = ("labels", "tiff", "mask", "overlay", "roi", "geojson", "measurements")
+
+# regionprops_table's names -> the columns of the measurements table
+MEASUREMENTS = {
+    "label": "label",
+    "centroid-0": "centroid_row",
+    "centroid-1": "centroid_col",
+    "area": "area",
+    "perimeter": "perimeter",
+    "equivalent_diameter_area": "equivalent_diameter",
+    "eccentricity": "eccentricity",
+    "solidity": "solidity",
+}
+
+
+def label_dtype(labels: np.ndarray) -> type:
+    """uint16 while the labels fit, else uint32."""
+    return np.uint16 if int(labels.max(initial=0)) <= np.iinfo(np.uint16).max else np.uint32
+
+
+def write_label_tiff(path: str | os.PathLike, labels: np.ndarray) -> None:
+    """The labels as a zlib-compressed TIFF (16-bit, or 32-bit above 65,535 nuclei), as ImageJ reads it."""
+    with runs.atomic_path(path) as temporary:
+        tifffile.imwrite(temporary, labels.astype(label_dtype(labels)), compression="zlib", imagej=False)
+
+
+def outlines(labels: np.ndarray) -> dict[int, np.ndarray]:
+    """The outline of every nucleus as a closed polygon.
+
+    The contour at level 0.5 of the nucleus's own mask (``skimage.measure.find_contours``), so it runs
+    halfway between the pixel centres inside and outside; a nucleus in several pieces gets the outline
+    of its largest piece.
+
+    Returns
+    -------
+    dict label -> ndarray, shape (N, 2), float: (x, y) = (column, row) vertices, first == last
+    """
+    found = {}
+    for region in skimage.measure.regionprops(labels):
+        top, left, bottom, right = region.bbox
+        mask = np.pad(region.image, 1)  # a border of background, so every contour closes
+        contours = skimage.measure.find_contours(mask.astype(np.float32), 0.5)
+        if not contours:
+            continue
+        contour = max(contours, key=len)
+        rows, cols = contour[:, 0] + top - 1, contour[:, 1] + left - 1
+        found[region.label] = np.column_stack([cols, rows])
+    return found
+
+
+def write_roi_zip(path: str | os.PathLike, labels: np.ndarray, polygons: dict | None = None) -> int:
+    """An ImageJ / Fiji ROI set (Analyze > Tools > ROI Manager > More > Open): one polygon per nucleus, named by
+    its label. Returns the number of ROIs written."""
+    polygons = outlines(labels) if polygons is None else polygons
+    rois = []
+    for label, points in polygons.items():
+        roi = roifile.ImagejRoi.frompoints(points[:-1].astype(np.float32), name=str(label))
+        roi.roitype = roifile.ROI_TYPE.POLYGON
+        rois.append(roi)
+    with runs.atomic_path(path) as temporary:
+        if rois:
+            roifile.roiwrite(temporary, rois)
+        else:  # an image without nuclei: an empty ROI set
+            import zipfile
+
+            zipfile.ZipFile(temporary, "w").close()
+    return len(rois)
+
+
+def write_geojson(path: str | os.PathLike, labels: np.ndarray, table: pd.DataFrame | None = None,
+                  polygons: dict | None = None) -> int:
+    """A GeoJSON FeatureCollection that QuPath imports (File > Import objects): one detection per nucleus,
+    its polygon in pixel coordinates (x right, y down) and the row of ``table`` as its measurements.
+    Returns the number of features."""
+    polygons = outlines(labels) if polygons is None else polygons
+    rows = {} if table is None else table.set_index("label").to_dict("index")
+    features = []
+    for label, points in polygons.items():
+        measurements = {name: float(value) for name, value in rows.get(label, {}).items()}
+        features.append({
+            "type": "Feature",
+            "id": f"nucleus-{label}",
+            "geometry": {"type": "Polygon", "coordinates": [np.round(points, 3).tolist()]},
+            "properties": {"objectType": "detection", "name": str(label), "classification": {"name": "Nucleus"},
+                           "measurements": measurements},
+        })
+    with runs.atomic_path(path) as temporary:
+        temporary.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    return len(features)
+
+
+def measure(labels: np.ndarray, intensity: np.ndarray | None = None) -> pd.DataFrame:
+    """Per-nucleus measurements: label, centroid, area, perimeter, equivalent diameter, eccentricity,
+    solidity, and the mean and max intensity of ``intensity`` (the original image, in its own units).
+
+    Parameters
+    ----------
+    labels : ndarray, shape (H, W), int
+    intensity : ndarray, shape (H, W) or (H, W, C), optional
+        With C channels, one mean and one max column per channel (``mean_intensity_0``, ...).
+
+    Returns
+    -------
+    DataFrame, one row per nucleus, in label order
+    """
+    properties = list(dict.fromkeys(name.split("-")[0] for name in MEASUREMENTS))
+    if intensity is not None:
+        properties += ["intensity_mean", "intensity_max"]
+    table = pd.DataFrame(skimage.measure.regionprops_table(labels, intensity_image=intensity, properties=properties))
+    renamed = dict(MEASUREMENTS)
+    for column in table.columns:
+        if column.startswith("intensity_"):
+            kind, _, channel = column.removeprefix("intensity_").partition("-")
+            renamed[column] = f"{kind}_intensity" + (f"_{channel}" if channel else "")
+    return table.rename(columns=renamed)
+
+
+def display_image(raw: np.ndarray) -> np.ndarray:
+    """An RGB uint8 picture of a raw image: each channel stretched between its 1st and 99.8th percentiles.
+
+    Parameters
+    ----------
+    raw : ndarray, shape (H, W) or (H, W, C), any dtype
+
+    Returns
+    -------
+    ndarray, shape (H, W, 3), uint8
+    """
+    image = np.asarray(raw, dtype=np.float32)
+    if image.ndim == 2:
+        image = image[..., None]
+    image = image[..., :3] if image.shape[-1] >= 3 else image[..., :1]
+    finite = np.isfinite(image)
+    low, high = (np.percentile(image[finite], (1, 99.8)) if finite.any() else (0.0, 1.0))
+    scaled = np.clip((np.where(finite, image, low) - low) / max(high - low, 1e-12), 0, 1)
+    if scaled.shape[-1] == 1:
+        scaled = np.repeat(scaled, 3, axis=-1)
+    return (scaled * 255).astype(np.uint8)
+
+
+def overlay_on(raw: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The original image (``display_image``) with each nucleus outlined in its own colour: (H, W, 3) uint8."""
+    picture = display_image(raw)
+    outline = skimage.segmentation.find_boundaries(labels, mode="inner")
+    colours = (skimage.color.label2rgb(labels, bg_label=0) * 255).astype(np.uint8)
+    picture[outline] = colours[outline]
+    return picture
+
+
+def output_path(run_dir: Path, folder: str, key: str, suffix: str) -> Path:
+    """``run_dir/folder/<key><suffix>``, the key's sub-folders created: outputs keep the inputs' relative paths."""
+    path = Path(run_dir) / folder / (key + suffix)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def check_formats(formats) -> tuple[str, ...]:
+    """``formats`` as a tuple of known names; ``UserError`` naming any other."""
+    formats = tuple(formats)
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown:
+        raise UserError(f"unknown output format(s) {', '.join(unknown)}: choose from {', '.join(FORMATS)}")
+    return formats
+
+
+def write_outputs(run_dir: Path, key: str, raw: np.ndarray, labels: np.ndarray, mask: np.ndarray,
+                  probability: np.ndarray | None, formats, *,
+                  measurements: pd.DataFrame | None = None) -> pd.DataFrame | None:
+    """Every output of one image that ``formats`` asks for, named by ``key`` (see ``FORMATS``):
+
+    ``labels/<key>.png`` (16-bit; left out above 65,535 nuclei, which PNG cannot hold: use the TIFF),
+    ``labels/<key>.tif``, ``masks/<key>.png`` (0/255), ``overlays/<key>.png`` (the original image with
+    outlines), ``rois/<key>.zip`` (Fiji), ``geojson/<key>.geojson`` (QuPath), ``measurements/<key>.csv``,
+    ``probabilities/<key>.tif`` (float32 nucleus probability).
+
+    ``measurements``: the per-nucleus table (``api.Segmentation.measurements``) where the caller has it; else
+    ``measure(labels, raw)`` is made where ``formats`` need it.
+
+    Returns the measurements table (with ``measurements`` in ``formats``, else None).
+    """
+    formats = check_formats(formats)
+    table = measurements
+    if table is None and {"measurements", "geojson"} & set(formats):
+        table = measure(labels, raw)
+    polygons = outlines(labels) if {"roi", "geojson"} & set(formats) else None
+    if "labels" in formats and label_dtype(labels) == np.uint16:
+        _write_png(output_path(run_dir, "labels", key, ".png"), labels.astype(np.uint16))
+    if "tiff" in formats:
+        write_label_tiff(output_path(run_dir, "labels", key, ".tif"), labels)
+    if "mask" in formats:
+        _write_png(output_path(run_dir, "masks", key, ".png"), mask.astype(np.uint8) * 255)
+    if "overlay" in formats:
+        _write_png(output_path(run_dir, "overlays", key, ".png"), overlay_on(raw, labels))
+    if "probability" in formats:
+        with runs.atomic_path(output_path(run_dir, "probabilities", key, ".tif")) as temporary:
+            tifffile.imwrite(temporary, probability.astype(np.float32), compression="zlib")
+    if "roi" in formats:
+        write_roi_zip(output_path(run_dir, "rois", key, ".zip"), labels, polygons)
+    if "geojson" in formats:
+        write_geojson(output_path(run_dir, "geojson", key, ".geojson"), labels, table, polygons)
+    if "measurements" in formats:
+        with runs.atomic_path(output_path(run_dir, "measurements", key, ".csv")) as temporary:
+            table.to_csv(temporary, index=False)
+        return table
+    return None
+
+
+def _write_png(path: Path, image: np.ndarray) -> None:
+    with runs.atomic_path(path) as temporary:
+        skimage.io.imsave(temporary, image, check_contrast=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Kaggle run-length encoding
+# --------------------------------------------------------------------------------------------
+
+def rle_encode(mask: np.ndarray) -> str:
+    """Run-length encode a binary mask as Kaggle does.
+
+    Pixels are numbered from 1, top to bottom then left to right (column-major); the result
+    is ``"start length start length ..."`` with ascending starts.
+
+    Examples
+    --------
+    >>> rle_encode(np.array([[0, 1], [1, 1]]))  # column-major: 0 1 1 1
+    '2 3'
+    """
+    pixels = np.asarray(mask).astype(bool).T.ravel()
+    padded = np.concatenate([[False], pixels, [False]])
+    changes = np.flatnonzero(padded[1:] != padded[:-1]) + 1
+    starts, ends = changes[::2], changes[1::2]
+    return " ".join(f"{start} {end - start}" for start, end in zip(starts, ends))
+
+
+def rle_decode(rle: str, shape: tuple[int, int]) -> np.ndarray:
+    """Inverse of ``rle_encode``: ndarray of ``shape``, bool.
+
+    Raises ValueError for an odd number of values, unsorted or overlapping runs, or runs
+    outside the image.
+    """
+    height, width = shape
+    values = [int(value) for value in str(rle).split()]
+    if len(values) % 2:
+        raise ValueError(f"RLE has an odd number of values: {rle[:60]!r}")
+    pixels = np.zeros(height * width, bool)
+    previous_end = 0
+    for start, length in zip(values[::2], values[1::2]):
+        if start < 1 or length < 1 or start - 1 < previous_end or start - 1 + length > height * width:
+            raise ValueError(f"bad run ({start}, {length}) for an image of {height}x{width} pixels")
+        pixels[start - 1:start - 1 + length] = True
+        previous_end = start - 1 + length
+    return pixels.reshape(width, height).T
+
+
+def submission_rows(image_id: str, labels: np.ndarray) -> list[tuple[str, str]]:
+    """``(ImageId, EncodedPixels)`` rows, one per nucleus in label order; one row with empty pixels if none.
+
+    Each nucleus is encoded from its bounding box: the same as ``rle_encode(labels == value)``, without a
+    full-image mask per nucleus (8,000 nuclei of a 4,000 x 4,000 image took 0.4 s on a 2-core EPYC).
+    """
+    labels = np.asarray(labels)
+    height = labels.shape[0]
+    rows = []
+    for value, box in enumerate(ndi.find_objects(labels), start=1):
+        if box is None:
+            continue
+        inside = np.pad((labels[box] == value).T, ((0, 0), (1, 1)))  # one row per column of the box
+        steps = np.diff(inside.astype(np.int8), axis=1)
+        columns, first = np.nonzero(steps == 1)
+        _, after = np.nonzero(steps == -1)
+        starts = (box[1].start + columns) * height + box[0].start + first + 1  # column-major, from 1
+        ends = starts + (after - first)
+        joined = np.flatnonzero(starts[1:] != ends[:-1])  # a run that goes on at the top of the next column
+        starts = starts[np.concatenate([[0], joined + 1])]
+        ends = ends[np.concatenate([joined, [len(ends) - 1]])]
+        rows.append((image_id, " ".join(f"{start} {end - start}" for start, end in zip(starts, ends))))
+    return rows or [(image_id, "")]
+
+
+def write_submission(path: str | os.PathLike, rows) -> None:
+    """Write ``ImageId,EncodedPixels`` rows as a Kaggle submission CSV, atomically."""
+    with runs.atomic_path(path) as temporary, open(temporary, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["ImageId", "EncodedPixels"])
+        writer.writerows(rows)
+
+
+def read_labels_csv(path: str | os.PathLike, shapes: dict | None = None) -> dict[str, np.ndarray]:
+    """Read a Kaggle labels CSV (``stage1_train_labels.csv`` or ``stage1_solution.csv``) into label images.
+
+    Parameters
+    ----------
+    path : CSV with columns ImageId, EncodedPixels and, optionally, Height and Width.
+    shapes : dict image_id -> (H, W), needed when the CSV has no Height/Width columns.
+
+    Returns
+    -------
+    dict image_id -> labels, ndarray (H, W) int32, nuclei numbered 1..n in the order of the rows.
+    """
+    masks: dict[str, list[str]] = {}
+    sizes: dict[str, tuple[int, int]] = dict(shapes or {})
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = {"ImageId", "EncodedPixels"} - set(reader.fieldnames or [])
+        if missing:
+            raise ValueError(f"{path}: missing columns {sorted(missing)}")
+        for row in reader:
+            image_id = row["ImageId"]
+            masks.setdefault(image_id, [])
+            if row.get("EncodedPixels", "").strip():
+                masks[image_id].append(row["EncodedPixels"])
+            if row.get("Height") and row.get("Width"):
+                sizes[image_id] = (int(row["Height"]), int(row["Width"]))
+    result = {}
+    for image_id, rles in masks.items():
+        if image_id not in sizes:
+            raise ValueError(f"{path}: no Height/Width for {image_id}; pass its shape in `shapes`")
+        labels = np.zeros(sizes[image_id], np.int32)
+        for index, rle in enumerate(rles, start=1):
+            mask = rle_decode(rle, sizes[image_id])
+            if np.any(labels[mask]):
+                raise ValueError(f"{path}: nuclei of {image_id} overlap (row {index})")
+            labels[mask] = index
+        result[image_id] = labels
+    return result

@@ -1,0 +1,303 @@
+"""From a model to maps and nuclei: tiled prediction with weighted stitching and test-time augmentation, the zooms
+an image is predicted at, and block-wise segmentation of images of any size.
+
+The model reaches this module as a callable (``PredictTiles``; ``make_predictor`` wraps a Keras model), so nothing
+here imports Keras. Users segment through the package's API (``nucleunet.load_model(...).segment(image)``), which
+calls ``segment_image``::
+
+    predict_tiles = make_predictor(keras_model)
+    segmented = segment_image(predict_tiles, image, settings, tile_size=256)   # labels, mask, probability, ...
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import NamedTuple
+
+import numpy as np
+import skimage.measure
+import skimage.transform
+
+from nucleunet import adaptation, tiling
+from nucleunet.errors import UserError
+from nucleunet.imaging import replace_nonfinite
+from nucleunet.postprocessing import Postprocessing
+from nucleunet.tiling import MIN_OVERLAP, TILE_SIZE, inference_tile_size, make_tiles, stitch_tiles
+
+log = logging.getLogger("nucleunet.prediction")
+
+# The largest tile side with tile_size='auto': an image up to 2048 x 2048 is one tile, as fast as one call
+# on the whole image (bench/bench_large.py).
+AUTO_TILE_MAX = 2048
+
+# The most pixels one model call sees (``make_predictor``): what a call's activations take grows with its
+# pixels (about 0.4 GiB per megapixel for the ready model on the CPU), so large tiles go one by one.
+MAX_BATCH_PIXELS = 2**21
+
+PredictTiles = Callable[[np.ndarray], np.ndarray]
+"""Maps tiles, shape (N, T, T, 1) float32 in [0, 1], to probabilities (N, T, T, C): nuclei [, contacts]."""
+
+
+def make_predictor(model, batch_size: int = 8, max_pixels: int = MAX_BATCH_PIXELS) -> PredictTiles:
+    """``PredictTiles`` for a Keras model: ``model.predict_on_batch`` over batches of ``batch_size`` tiles,
+    fewer where they would hold more than ``max_pixels`` pixels (at least one tile a call).
+
+    ``predict_on_batch`` per batch, not ``model.predict`` per image: ``predict``'s per-call set-up
+    cost 28 % of stitched inference (``bench/bench_infer.py``).
+    """
+    def predict_tiles(tiles: np.ndarray) -> np.ndarray:
+        step = max(min(batch_size, max_pixels // max(tiles.shape[1] * tiles.shape[2], 1)), 1)
+        return np.concatenate([np.asarray(model.predict_on_batch(tiles[start:start + step]))
+                               for start in range(0, len(tiles), step)])
+
+    return predict_tiles
+
+
+def predict_maps(
+    predict_tiles: PredictTiles,
+    image: np.ndarray,
+    *,
+    tile_size=TILE_SIZE,
+    min_overlap: int = MIN_OVERLAP,
+    tta: bool = False,
+    scale: float = 1.0,
+) -> np.ndarray:
+    """Every output channel of the model over a whole image of any size, from overlapping tiles.
+
+    Parameters
+    ----------
+    predict_tiles : callable
+        (N, T, T, 1) float32 -> (N, T, T, C) float probabilities, e.g. ``make_predictor(model)``;
+        channel 0 is the nucleus probability, channel 1 (contact-aware models) where nuclei touch.
+    image : ndarray, shape (H, W), float32 in [0, 1]
+        A preprocessed image (``imaging.preprocess``). NaN or infinite pixels are replaced as
+        ``imaging.replace_nonfinite`` says, with a warning; none finite is a ``UserError``.
+    tile_size : int, (rows, cols), or 'auto'
+        The tiles the model sees; 'auto': ``tiling.inference_tile_size`` of the image with tiles of
+        at most ``AUTO_TILE_MAX`` pixels (a model that takes any size is needed).
+    tta : bool
+        Test-time augmentation: average the predictions of the 8 flips/rotations (8x the time).
+    scale : float
+        Zoom the image by this factor before predicting (2: nuclei twice as large as in the image, for
+        nuclei smaller than the training set's), and the maps back to the image's size afterwards.
+
+    Returns
+    -------
+    ndarray, shape (H, W, C), float32 in [0, 1]
+        Tile predictions blended with ``tiling.tile_weights`` and cropped to the image.
+    """
+    if image.ndim != 2:
+        raise ValueError(f"expected a preprocessed image of shape (H, W), got shape {image.shape}")
+    image, count = replace_nonfinite(image)
+    if count:
+        log.warning("%d pixel values are NaN or infinite; replaced by the median of the others", count)
+    if scale <= 0:
+        raise UserError(f"scale must be positive, got {scale}")
+    if scale != 1.0:
+        shape = image.shape
+        zoomed = skimage.transform.resize(image, [max(int(round(side * scale)), 1) for side in shape], order=1,
+                                          anti_aliasing=scale < 1, preserve_range=True).astype(np.float32)
+        maps = predict_maps(predict_tiles, zoomed, tile_size=tile_size, min_overlap=min_overlap, tta=tta)
+        return skimage.transform.resize(maps, shape + maps.shape[2:], order=1, preserve_range=True).astype(np.float32)
+    if tile_size == "auto":
+        tile_size = inference_tile_size(image.shape, AUTO_TILE_MAX, min_overlap)
+    tiles, corners = make_tiles(image.astype(np.float32), tile_size, min_overlap)
+    tiles = tiles[..., None]
+    transforms = range(8) if tta else (0,)
+    total = None
+    for k in transforms:
+        turned = np.ascontiguousarray(dihedral_tiles(tiles, k))  # rectangular tiles turn into (N, W, H, 1)
+        predicted = np.asarray(predict_tiles(turned))
+        if predicted.ndim != 4 or predicted.shape[:3] != turned.shape[:3] or predicted.shape[3] < 1:
+            raise ValueError(f"the model returned shape {predicted.shape} for tiles of shape {turned.shape}")
+        restored = dihedral_tiles(predicted.astype(np.float32, copy=False), k, inverse=True)
+        total = restored if total is None else total + restored
+    return stitch_tiles(total / len(transforms) if len(transforms) > 1 else total, corners, image.shape, tile_size)
+
+
+def dihedral_tiles(tiles: np.ndarray, k: int, *, inverse: bool = False) -> np.ndarray:
+    """One of the 8 flips/rotations of square tiles, shape (N, T, T, C); ``k`` in 0..7.
+
+    ``inverse=True`` undoes transform ``k``.
+    """
+    if inverse:
+        if k >= 4:
+            tiles = tiles[:, :, ::-1]
+        return np.rot90(tiles, -(k % 4), axes=(1, 2))
+    tiles = np.rot90(tiles, k % 4, axes=(1, 2))
+    return tiles[:, :, ::-1] if k >= 4 else tiles
+
+
+def first_pass(predict_tiles: PredictTiles, settings: Postprocessing, *, tile_size=TILE_SIZE,
+               min_overlap: int = MIN_OVERLAP) -> adaptation.FirstPass:
+    """The quick prediction that ``adaptation.resolve`` measures an image's nuclei with: at 1x, without
+    test-time augmentation, with the tiles of ``settings`` (else ``tile_size``)."""
+    def predict(image: np.ndarray) -> np.ndarray:
+        return predict_maps(predict_tiles, image, tile_size=settings.tile_size or tile_size, min_overlap=min_overlap)
+
+    return predict
+
+
+def image_maps(predict_tiles: PredictTiles, image: np.ndarray, settings: Postprocessing, *,
+               tile_size=TILE_SIZE, min_overlap: int = MIN_OVERLAP) -> np.ndarray:
+    """The maps of ``image`` as ``settings`` asks: ``adaptation.prepare``d, at the zoom ``adaptation.resolve``
+    chooses (scale 'auto') or ``settings.scale``, with its ``tta`` and ``tile_size`` (if set; else the
+    ``tile_size`` given: the model's); with ``extra_zooms``, the mean of the maps at each of ``settings.zooms``.
+
+    Parameters
+    ----------
+    image : ndarray, shape (H, W), float32 in [0, 1], preprocessed
+
+    Returns
+    -------
+    ndarray, shape (H, W, C), float32 in [0, 1]: nuclei [, contacts]
+    """
+    prepared = adaptation.prepare(image, settings)
+    settings, done = adaptation.resolve(prepared.settings, prepared.image, first_pass(
+        predict_tiles, prepared.settings, tile_size=tile_size, min_overlap=min_overlap), most=AUTO_TILE_MAX)
+    if done is not None:
+        return done
+    return _zoomed_maps(predict_tiles, prepared.image, settings, tile_size=tile_size, min_overlap=min_overlap)
+
+
+def _zoomed_maps(predict_tiles: PredictTiles, image: np.ndarray, settings: Postprocessing, *, tile_size,
+                 min_overlap: int) -> np.ndarray:
+    """The mean of the maps of ``image`` (prepared) at each of ``settings.zooms`` (resolved)."""
+    total = None
+    for zoom in settings.zooms:
+        maps = predict_maps(predict_tiles, image, tile_size=settings.tile_size or tile_size,
+                            min_overlap=min_overlap, tta=settings.tta, scale=zoom)
+        total = maps if total is None else total + maps
+    return total / len(settings.zooms) if len(settings.zooms) > 1 else total
+
+
+class Segmented(NamedTuple):
+    """What ``segment_image`` returns."""
+
+    labels: np.ndarray
+    mask: np.ndarray
+    probability: np.ndarray | None
+    scale: float
+    scores: np.ndarray | None
+    unevenness: float
+    flattened: bool
+    smoothed: bool
+
+
+def segment_image(predict_tiles: PredictTiles, image: np.ndarray, settings: Postprocessing, *,
+                  tile_size=TILE_SIZE, min_overlap: int = MIN_OVERLAP, block_size: int = 2048,
+                  margin: int = 128, probability: bool = True,
+                  progress=None, total=None) -> Segmented:
+    """Nuclei of an image of any size, block by block so that memory stays bounded.
+
+    An image no larger than ``block_size`` in both directions is predicted in one piece. A larger one is cut into
+    ``block_size`` blocks, each predicted and post-processed with ``margin`` pixels of context around it; a block
+    keeps the nuclei whose centre lies in it, whole, so a nucleus cut by a block border comes out in one piece
+    (nuclei up to ``margin`` pixels across; larger ones may be cut). The flat field, denoising and the automatic
+    zoom are decided once for the whole image (``adaptation.prepare``, ``adaptation.resolve``), not block by block.
+
+    Parameters
+    ----------
+    image : ndarray, shape (H, W), float32 in [0, 1], preprocessed
+    probability : bool
+        Also return the nucleus probability (2 bytes a pixel: leave it out of a large image unless needed).
+    progress : callable, optional
+        Called with the number of tiles each model call predicted (e.g. a tqdm bar's ``update``).
+    total : callable, optional
+        Called once, when the zoom is known, with the number of tiles ``progress`` will count in all (``tile_count``;
+        the automatic zoom's first pass is not counted, unless it is the whole prediction).
+
+    Returns
+    -------
+    Segmented, a named tuple of:
+    labels : ndarray, shape (H, W), int32, nuclei numbered 1..n
+    mask : ndarray, shape (H, W), bool: the foreground (``settings.mask``)
+    probability : ndarray, shape (H, W), float16, or None: the nucleus channel
+    scale : float, the zoom the image was predicted at (``adaptation.resolve``: one for all blocks)
+    scores : ndarray, shape (n,), float64, or None: each nucleus's score (``Postprocessing.labels_and_scores``),
+        nucleus i + 1's at i; None without a score model
+    unevenness, flattened, smoothed : what ``adaptation.prepare`` measured and did
+    """
+    prepared = adaptation.prepare(image, settings)
+    image = prepared.image
+    settings, done = adaptation.resolve(prepared.settings, image, first_pass(
+        predict_tiles, prepared.settings, tile_size=tile_size, min_overlap=min_overlap), most=block_size)
+    facts = (prepared.unevenness, prepared.flattened, prepared.smoothed)
+    if total is not None or (progress is not None and done is not None):
+        tiles = tile_count(image.shape, settings, tile_size, min_overlap, block_size, margin)
+        if total is not None:
+            total(tiles)
+        if progress is not None and done is not None:  # the first pass was the whole prediction
+            progress(tiles)
+    if progress is not None:
+        predict_tiles = _counting(predict_tiles, progress, 8 if settings.tta else 1)
+    height, width = image.shape
+    if height <= block_size and width <= block_size:
+        maps = done if done is not None else _zoomed_maps(predict_tiles, image, settings, tile_size=tile_size,
+                                                          min_overlap=min_overlap)
+        labels, scores = settings.labels_and_scores(maps)
+        return Segmented(labels, settings.mask(maps), maps[..., 0].astype(np.float16) if probability else None,
+                         settings.scale, scores, *facts)
+    labels = np.zeros((height, width), np.int32)
+    mask = np.zeros((height, width), bool)
+    nucleus = np.zeros((height, width), np.float16) if probability else None
+    count, scores = 0, ([] if settings.score_model is not None else None)
+    for top in range(0, height, block_size):
+        for left in range(0, width, block_size):
+            bottom, right = min(top + block_size, height), min(left + block_size, width)
+            r0, c0 = max(top - margin, 0), max(left - margin, 0)
+            r1, c1 = min(bottom + margin, height), min(right + margin, width)
+            maps = _zoomed_maps(predict_tiles, image[r0:r1, c0:c1], settings, tile_size=tile_size,
+                                min_overlap=min_overlap)
+            inner = maps[top - r0:bottom - r0, left - c0:right - c0]
+            mask[top:bottom, left:right] = settings.mask(inner)
+            if nucleus is not None:
+                nucleus[top:bottom, left:right] = inner[..., 0]
+            block_labels, block_scores = settings.labels_and_scores(maps)
+            del maps, inner
+            for region in skimage.measure.regionprops(block_labels):
+                row, col = region.centroid
+                if not (top <= row + r0 < bottom and left <= col + c0 < right):
+                    continue  # a neighbouring block owns it
+                rows, cols = region.coords[:, 0] + r0, region.coords[:, 1] + c0
+                free = labels[rows, cols] == 0  # where a neighbour's nucleus overlaps it, the neighbour keeps them
+                count += 1
+                labels[rows[free], cols[free]] = count
+                if scores is not None:
+                    scores.append(block_scores[region.label - 1])
+    return Segmented(labels, mask, nucleus, settings.scale, None if scores is None else np.asarray(scores), *facts)
+
+
+def tile_count(shape: tuple[int, int], settings: Postprocessing, tile_size=TILE_SIZE,
+               min_overlap: int = MIN_OVERLAP, block_size: int = 2048, margin: int = 128) -> int:
+    """How many tiles ``segment_image`` predicts for an image of ``shape``, at each of its zooms (for a progress bar;
+    scale 'auto' counts as 1x, and its first pass is not counted: ``segment_image`` reports the count at the zoom it
+    chose)."""
+    zooms = (settings.replace(scale=1.0) if settings.scale == "auto" else settings).zooms
+
+    def tiles_of(size):
+        count = 0
+        for zoom in zooms:
+            zoomed = tuple(max(int(round(side * zoom)), 1) for side in size)
+            side = settings.tile_size or tile_size
+            side = inference_tile_size(zoomed, AUTO_TILE_MAX, min_overlap) if side == "auto" else side
+            count += len(tiling.tile_grid(zoomed, side, min_overlap))
+        return count
+
+    height, width = shape
+    if height <= block_size and width <= block_size:
+        return tiles_of(shape)
+    return sum(tiles_of((min(top + block_size + margin, height) - max(top - margin, 0),
+                         min(left + block_size + margin, width) - max(left - margin, 0)))
+               for top in range(0, height, block_size) for left in range(0, width, block_size))
+
+
+def _counting(predict_tiles: PredictTiles, progress, calls_per_tile: int) -> PredictTiles:
+    """``predict_tiles`` that also reports how many image tiles it predicted (each seen ``calls_per_tile`` times)."""
+    def counted(tiles: np.ndarray) -> np.ndarray:
+        predicted = predict_tiles(tiles)
+        progress(len(tiles) / calls_per_tile)
+        return predicted
+
+    return counted

@@ -1,0 +1,87 @@
+"""Run folders, and files written so that no reader ever sees half of one.
+
+Every command that writes results makes one new folder, ``<out>/<timestamp>-<what>/`` (``--out``
+defaults to ``runs/``). A file is written under a temporary name beside its target and renamed
+over it, so a run killed at any moment leaves the previous complete file or the new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+
+from nucleunet.errors import UserError
+
+DEFAULT_RUNS_DIR = Path("runs")  # in the folder a command runs in
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to; renamed to ``path`` when the block succeeds.
+
+    The temporary name keeps the suffix (Keras picks its format by it) and is hidden. On an
+    error the temporary file or folder is removed and ``path`` is left as it was.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> target = Path(tempfile.mkdtemp()) / "numbers.txt"
+    >>> with atomic_path(target) as temporary:
+    ...     _ = temporary.write_text("1 2 3")
+    >>> target.read_text()
+    '1 2 3'
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        if temporary.is_dir():
+            shutil.rmtree(temporary, ignore_errors=True)
+        elif temporary.exists():
+            temporary.unlink()
+
+
+def write_json(path: str | os.PathLike, value) -> None:
+    """Write ``value`` as indented JSON, atomically."""
+    with atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(value, indent=2) + "\n")
+
+
+def read_json(path: str | os.PathLike):
+    """Read a JSON file; a missing or broken file is a ``UserError`` naming it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot read {path}: {error}") from error
+
+
+def write_csv(table: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Write a table as CSV without its index, atomically."""
+    with atomic_path(path) as temporary:
+        table.to_csv(temporary, index=False)
+
+
+def new_run_dir(out: str | os.PathLike, what: str) -> Path:
+    """Create a fresh folder ``out/<timestamp>-<what>`` (a suffix ``-1``, ``-2``, ... if taken); never reuses one."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for attempt in range(1000):
+        path = Path(out) / (f"{stamp}-{what}" if attempt == 0 else f"{stamp}-{what}-{attempt}")
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            if not Path(out).is_dir():
+                break
+        except OSError as error:
+            raise UserError(f"cannot create a run folder in {out}: {error}") from error
+    raise UserError(f"cannot create a run folder in {out}: it is not a writable folder")
