@@ -230,6 +230,15 @@ def source_fingerprint(source: Path) -> str:
     return digest.hexdigest()[:20]
 
 
+class Dataset(list):
+    """What ``load_dataset`` returns: a list of ``ImageRecord``, sorted by image id, and ``report``, the
+    ``LoadReport`` of what loading met besides good images."""
+
+    def __init__(self, records: list[ImageRecord], report: LoadReport):
+        super().__init__(records)
+        self.report = report
+
+
 def load_dataset(
     source: str | os.PathLike | None = None,
     *,
@@ -238,8 +247,14 @@ def load_dataset(
     workers: int | None = None,
     progress: bool = True,
     processes: bool = False,
-) -> list[ImageRecord]:
-    """Load a DSB-layout training set from a folder or a zip; problems are logged as warnings.
+) -> Dataset:
+    """Load a DSB-layout training set from a folder or a zip; what it met is logged as warnings and kept in the
+    result's ``report``.
+
+    Unusable images (no image, no masks, unreadable files, masks of the wrong size) are skipped and reported; empty
+    masks are ignored and overlapping masks counted. A path that does not exist, a folder or zip without any
+    DSB-layout image, two images in one ``images/`` folder, or nothing usable at all raise ``MissingPathError`` /
+    ``UserError``.
 
     Parameters
     ----------
@@ -261,32 +276,18 @@ def load_dataset(
 
     Returns
     -------
-    list of ImageRecord, sorted by image id. See ``read_dataset`` for what is skipped.
+    Dataset: the records, sorted by image id, and the load report
     """
-    records, report = read_dataset(source, cache_dir=cache_dir, percentiles=percentiles, workers=workers,
-                                   progress=progress, processes=processes)
+    records, report = _read_dataset(source, cache_dir=cache_dir, percentiles=percentiles, workers=workers,
+                                    progress=progress, processes=processes)
     for line in report.warnings():
         log.warning(line)
-    return records
+    return Dataset(records, report)
 
 
-def read_dataset(
-    source: str | os.PathLike | None = None,
-    *,
-    cache_dir: str | os.PathLike | None = DEFAULT_CACHE_DIR,
-    percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
-    workers: int | None = None,
-    progress: bool = True,
-    processes: bool = False,
-) -> tuple[list[ImageRecord], LoadReport]:
-    """``load_dataset`` that also returns the ``LoadReport``.
-
-    Unusable images (no image, no masks, unreadable files, masks of the wrong size) are skipped
-    and reported; empty masks are ignored and overlapping masks counted. A path that does not
-    exist, a folder or zip without any DSB-layout image, two images in one ``images/`` folder,
-    or nothing usable at all raise ``MissingPathError`` / ``UserError``. ``processes``: see
-    ``load_dataset``.
-    """
+def _read_dataset(source, *, cache_dir, percentiles, workers, progress,
+                  processes) -> tuple[list[ImageRecord], LoadReport]:
+    """``load_dataset``'s records and report, from the cache or decoded."""
     source = find_dataset() if source is None else Path(source)
     cache_path = None
     if cache_dir is not None:

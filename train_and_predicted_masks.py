@@ -35,7 +35,6 @@ from nucleunet.errors import UserError  # noqa: E402
 
 SCRIPT = "train_and_predicted_masks.py"
 COMMAND = "nucleunet"  # the same command line, installed by pip (pyproject.toml)
-COMMANDS = ("train", "resume", "evaluate", "tune", "predict", "export")
 
 # Options that override a preset's value of the same name (argparse dest = TrainConfig field).
 TRAINING_OPTIONS = ("epochs", "steps_per_epoch", "batch_size", "learning_rate", "depth", "base_filters",

@@ -42,7 +42,8 @@ def measure(mode: str, source: Path, cache_dir: Path) -> dict:
         return {"seconds": time.perf_counter() - start, "images": len(entries),
                 "peak_rss_mib": common.peak_rss_mib()}
     if mode == "write-cache":
-        records, report = dsb.read_dataset(source, cache_dir=None, progress=False, processes=True)
+        records = dsb.load_dataset(source, cache_dir=None, progress=False, processes=True)
+        report = records.report
         path = dsb.cache_file(cache_dir, source)
         written = time.perf_counter()
         dsb.write_cache(path, records, report)

@@ -99,7 +99,7 @@ def build_model(config, *, jit_compile=None):
     return training.build_model(config)
 
 
-def run_ours(config, images, masks, owners, run_dir: Path, skip: int) -> dict:
+def run_ours(config, images, masks, run_dir: Path, skip: int) -> dict:
     """One epoch through training's feed and callbacks."""
     import keras
 
@@ -107,7 +107,7 @@ def run_ours(config, images, masks, owners, run_dir: Path, skip: int) -> dict:
 
     keras.utils.set_random_seed(config.seed)
     model = build_model(config)
-    sequence = training.TileBatches(images, masks, config, owners)
+    sequence = training.TileBatches(images, masks, config)
     timer = step_timer()
     callbacks = [keras.callbacks.TerminateOnNaN(), keras.callbacks.CSVLogger(run_dir / "history.csv"),
                  training.Checkpoints(run_dir, -np.inf, 0.0),
@@ -151,17 +151,17 @@ def summarize_steps(seconds: list[float], batch_size: int, total: float) -> dict
 
 
 def load_tiles(quick: bool, config):
-    """Training tiles (float16 images, uint8 targets) of the train split and each tile's image, or tiny random ones."""
+    """Training tiles (float16 images, uint8 targets) of the train split, or tiny random ones."""
     if quick:
         rng = np.random.default_rng(0)
         images = rng.random((64, config.tile_size, config.tile_size)).astype(np.float16)
-        return images, (images > 0.7).astype(np.uint8), np.arange(len(images)) // 4
+        return images, (images > 0.7).astype(np.uint8)
     import dsb
     from nucleunet import pipeline, training
 
     records, split, _ = pipeline.load_data(config, cache_dir=dsb.DEFAULT_CACHE_DIR, progress=False)
     tiles = training.prepare_training_data(records, split, config)
-    return tiles.train_images, tiles.train_masks, tiles.train_ids
+    return tiles.train_images, tiles.train_masks
 
 
 def main(argv=None) -> int:
@@ -193,7 +193,7 @@ def main(argv=None) -> int:
         parser.error(f"unknown variants {unknown}; choose from {VARIANTS}")
 
     peak = matmul_peak(args.matmul_size)
-    images, masks, owners = load_tiles(args.quick, config)
+    images, masks = load_tiles(args.quick, config)
     rng = np.random.default_rng(config.seed)
 
     def plain_arrays(batch_size):
@@ -207,7 +207,7 @@ def main(argv=None) -> int:
     for _ in range(args.rounds):
         floor_rounds.append(run_plain(config, x, y, args.skip))
         with tempfile.TemporaryDirectory(prefix="bench-train-") as scratch:
-            ours_rounds.append(run_ours(config, images, masks, owners, Path(scratch), args.skip))
+            ours_rounds.append(run_ours(config, images, masks, Path(scratch), args.skip))
     floor, ours = pool_rounds(floor_rounds, config.batch_size), pool_rounds(ours_rounds, config.batch_size)
     import keras
 

@@ -7,7 +7,7 @@ that any rule choosing a zoom from it can be scored afterwards without predictin
 ``--scale auto`` (``adaptation.choose_scale`` toward the training images' ``postprocessing.reference_area``), the same
 rule toward other reference areas, the fixed 1x, and the best zoom per image (an oracle, for the ceiling).
 
-Writes ``bench/results/auto_scale.json`` (mean mAP per rule and shift) and ``auto_scale.csv`` (per image).
+Writes ``experiments/results/auto_scale.json`` (mean mAP per rule and shift) and ``auto_scale.csv`` (per image).
 ``--shifts`` scores other shifts of ``robustness.SHIFTS`` too, e.g. ``blur``, where the rule loses: not by
 misjudging the nuclei's size, but by zooming blurred images in, which enlarges the blur too (docs/results.md).
 
@@ -15,9 +15,9 @@ Each row also records the image's edge sharpness (``imaging.edge_sharpness``), s
 image in less can be scored too; ``--add-sharpness`` adds that column to CSVs written before it existed, without
 predicting.
 
-    python bench/auto_scale.py --model models/unet_dsb2018/model.keras
-    python bench/auto_scale.py --shifts none blur --json bench/results/auto_scale_blur.json
-    python bench/auto_scale.py --add-sharpness bench/results/auto_scale.csv bench/results/auto_scale_blur.csv
+    python experiments/auto_scale.py --model models/unet_dsb2018/model.keras
+    python experiments/auto_scale.py --shifts none blur --json experiments/results/auto_scale_blur.json
+    python experiments/auto_scale.py --add-sharpness experiments/results/auto_scale.csv experiments/results/auto_scale_blur.csv
 """
 
 from __future__ import annotations
@@ -76,13 +76,6 @@ def score_rules(rows: pd.DataFrame, reference: float, others=(250.0, 500.0, 730.
     return table
 
 
-def shifted(raw: np.ndarray, labels: np.ndarray, shift: str, image_id: str) -> tuple[np.ndarray, np.ndarray]:
-    """The image and labels of one row (``robustness.perturb``, seeded by the image's id, as ``evaluate --perturb``)."""
-    from nucleunet import robustness
-
-    return robustness.perturb(raw, labels, shift, seed=robustness.image_seed(image_id))
-
-
 def main(argv=None) -> int:
     parser = common.model_parser("auto_scale", __doc__.splitlines()[0])
     parser.add_argument("--shifts", nargs="+", default=list(SHIFTS), metavar="SHIFT",
@@ -106,7 +99,7 @@ def main(argv=None) -> int:
         raw = {image_id: (image, labels) for image_id, image, labels in dsb.read_raw_images(data.source, ids)}
         for csv_path, table in tables.items():
             table["sharpness"] = [
-                imaging.edge_sharpness(imaging.preprocess(shifted(*raw[image_id], shift, image_id)[0],
+                imaging.edge_sharpness(imaging.preprocess(common.shifted(*raw[image_id], shift, image_id)[0],
                                                           data.model.normalization))
                 for image_id, shift in zip(table["image_id"], table["shift"])]
             table.to_csv(csv_path, index=False)
@@ -117,7 +110,7 @@ def main(argv=None) -> int:
     started, rows = time.perf_counter(), []
     for image_id, raw, labels in dsb.read_raw_images(data.source, data.cv):
         for shift in shifts:
-            image, truth = shifted(raw, labels, shift, image_id)
+            image, truth = common.shifted(raw, labels, shift, image_id)
             image = imaging.preprocess(image, data.model.normalization)
             row = {"shift": shift, "image_id": image_id, "cluster": data.clusters[image_id],
                    "true_area": postprocessing.typical_area(truth), "sharpness": imaging.edge_sharpness(image)}

@@ -5,11 +5,11 @@ more than ``adaptation.MAX_BACKGROUND_UNEVENNESS`` (``imaging.background_unevenn
 range). The limit is meant to leave the images as the training set shows them alone and to catch a flat-field error:
 the 'background' (a ramp added) and 'shading' (vignetting) shifts of ``robustness.SHIFTS``. Images are preprocessed
 with the model's normalization, as predicting sees them; the noise of each image is the one ``evaluate --perturb``
-draws for it. Writes ``bench/results/background.json`` (per shift: the range, quartiles and the share above the limit;
+draws for it. Writes ``experiments/results/background.json`` (per shift: the range, quartiles and the share above the limit;
 for limits 0.02-0.30 the share of the clean, ramped and shaded images above each; the smallest limit that at most 5 %
 of the clean images pass) and ``background.csv`` (per image).
 
-    python bench/background.py
+    python experiments/background.py
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import auto_scale
 import pandas as pd
 
 import common
@@ -37,7 +36,7 @@ def main(argv=None) -> int:
     started, rows = time.perf_counter(), []
     for image_id, raw, labels in images:
         for shift in robustness.SHIFTS:
-            image = imaging.preprocess(auto_scale.shifted(raw, labels, shift, image_id)[0], model.normalization)
+            image = imaging.preprocess(common.shifted(raw, labels, shift, image_id)[0], model.normalization)
             rows.append({"shift": shift, "image_id": image_id,
                          "unevenness": imaging.background_unevenness(image)})
     table = pd.DataFrame(rows)

@@ -11,6 +11,8 @@ import dataclasses
 import sys
 from pathlib import Path
 
+import numpy as np
+
 EXPERIMENTS_DIR = Path(__file__).resolve().parent
 PROJECT_DIR = EXPERIMENTS_DIR.parent
 RESULTS_DIR = EXPERIMENTS_DIR / "results"
@@ -103,3 +105,10 @@ def write_rule_results(json_path: Path, name: str, data: CVImages, table, summar
         "mean_map": {rule: {shift: round(float(value), 4) for shift, value in values.items()}
                      for rule, values in summary.iterrows()},
         "per_image": csv_path.name, "machine": machine()})
+
+
+def shifted(raw: np.ndarray, labels: np.ndarray, shift: str, image_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """The image and labels of one row (``robustness.perturb``, seeded by the image's id, as ``evaluate --perturb``)."""
+    from nucleunet import robustness
+
+    return robustness.perturb(raw, labels, shift, seed=robustness.image_seed(image_id))

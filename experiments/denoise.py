@@ -1,14 +1,14 @@
 """Does smoothing noisy images before prediction help? The model's CV images, clean, noisy and in low light.
 
 ``Postprocessing.denoise`` smooths an image whose pixel noise is above ``adaptation.MIN_DENOISE_NOISE`` and whose edges
-are not soft (``Postprocessing.denoises``). This scores the model's CV images (``--subset test``: its test images,
+are not soft (``adaptation.denoises``). This scores the model's CV images (``--subset test``: its test images,
 only once a decision is made) with its post-processing without test-time augmentation, ``denoise`` off and on, under
 four conditions: as they are; the robustness table's 'noise' and 'blur+noise' shifts; and low light, each preprocessed
 image multiplied by ``PHOTONS`` and replaced by a Poisson draw (the photon noise of a dim exposure: 20 photons at the
-brightest pixel, seeded per image). Writes ``bench/results/denoise.json`` (mAP per condition and cluster, how many
+brightest pixel, seeded per image). Writes ``experiments/results/denoise.json`` (mAP per condition and cluster, how many
 images were smoothed) and ``denoise.csv`` (per image).
 
-    python bench/denoise.py
+    python experiments/denoise.py
 """
 
 from __future__ import annotations

@@ -5,16 +5,16 @@ For each N of ``--counts``: a zip of N training images of ``--cluster`` (the fir
 images of that cluster, in a seeded order) and that cluster's CV images, with a split file that marks them so;
 then ``train_and_predicted_masks.py train --init MODEL --data ZIP --split SPLIT`` (the ``finetune`` preset), and
 ``evaluate`` of the fine-tuned model and of the starting model on the cluster's test images (``--subset all`` of
-a zip of them). Writes ``bench/results/finetune_few.json`` and keeps each run's small files under ``--keep``.
+a zip of them). Writes ``experiments/results/finetune_few.json`` and keeps each run's small files under ``--keep``.
 
-    python bench/finetune_few.py --model models/unet_dsb2018/model.keras --cluster 4 --counts 5 10 20
+    python experiments/finetune_few.py --model models/unet_dsb2018/model.keras --cluster 4 --counts 5 10 20
 
 A model trained on that cluster's images has seen what it is fine-tuned on. To measure what a few annotations give
 on a kind of image the model has never seen, train it with the cluster held out (a split that marks all of the
 cluster's images ``test``), pass the split to choose from with ``--split``, and score with ``--score-on unused``:
 the cluster's test images and the training images that no run is fine-tuned on, a larger set.
 
-    python bench/finetune_few.py --model runs/HELDOUT/model.keras --split docs/results/split.csv --score-on unused
+    python experiments/finetune_few.py --model runs/HELDOUT/model.keras --split docs/results/split.csv --score-on unused
 """
 
 from __future__ import annotations

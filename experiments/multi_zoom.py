@@ -1,6 +1,6 @@
 """Predicting each image at more than one zoom and averaging the maps: CV mAP of each way of choosing the zooms.
 
-For every CV image, the automatic zoom's choice ``z`` (``Postprocessing.resolve``), then the model's maps (with
+For every CV image, the automatic zoom's choice ``z`` (``adaptation.resolve``), then the model's maps (with
 test-time augmentation unless ``--no-tta``) at ``z / sqrt(2)``, ``z``, ``z * sqrt(2)`` and 1x, each resized back to
 the image; a zoom outside ``postprocessing.AUTO_SCALES``' range is left out. Each variant averages some of them and is
 scored with the model's own post-processing (its score cut included):
@@ -9,10 +9,10 @@ scored with the model's own post-processing (its score cut included):
 - ``z, z*sqrt2`` / ``z/sqrt2, z`` / ``z/sqrt2, z, z*sqrt2``: with one or both neighbours;
 - ``z, 1x``: with the image's own size (1x alone where ``z`` is 1).
 
-Writes ``bench/results/multi_zoom.json`` (CV mAP and pixel Dice of each variant, overall and per cluster, and the
+Writes ``experiments/results/multi_zoom.json`` (CV mAP and pixel Dice of each variant, overall and per cluster, and the
 seconds each zoom took) and ``multi_zoom.csv`` (per image and variant).
 
-    python bench/multi_zoom.py --model models/unet_dsb2018/model.keras
+    python experiments/multi_zoom.py --model models/unet_dsb2018/model.keras
 
 ``--quick``: the same on 3 CV images (the real model and data; numbers mean nothing).
 """

@@ -8,10 +8,10 @@ inverted (the robustness table's 'inverted' shift), and against the rule it repl
 alone, for colour images too).
 Where the two rules differ, the model (no test-time augmentation, the rest of its post-processing) segments the image
 both ways. Also counts the images that ``predict`` would warn about as fluorescence composites
-(``imaging.composite_channels``; none should be). Writes ``bench/results/polarity.json`` (counts per kind of image)
+(``imaging.composite_channels``; none should be). Writes ``experiments/results/polarity.json`` (counts per kind of image)
 and ``polarity.csv`` (per image).
 
-    python bench/polarity.py
+    python experiments/polarity.py
 """
 
 from __future__ import annotations

@@ -18,9 +18,9 @@ For every CV image, the model's maps (its own post-processing and zoom, without 
   splitting rule itself loses); ``oracle_drop_unmatched``: the prediction without its nuclei that match no true
   nucleus at IoU 0.5 (what a perfect score cut, ``Postprocessing.min_score``, would give).
 
-Writes ``bench/results/score_losses.json`` (means, overall and per cluster) and ``score_losses.csv`` (per image).
+Writes ``experiments/results/score_losses.json`` (means, overall and per cluster) and ``score_losses.csv`` (per image).
 
-    python bench/score_losses.py --model models/unet_dsb2018/model.keras
+    python experiments/score_losses.py --model models/unet_dsb2018/model.keras
 """
 
 from __future__ import annotations

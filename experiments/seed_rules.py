@@ -12,10 +12,10 @@ seeded by every connected part of the foreground whose contact probability is at
 Each rule is scored over thresholds and contact thresholds around the model's tuned ones, from one prediction per
 image (the model's post-processing, by default without test-time augmentation). Also scored, at the model's own
 settings: every nucleus grown or shrunk by one pixel (does the threshold leave the outlines too tight or loose?).
-Writes ``bench/results/seed_rules.json`` (mean mAP per setting, best first) and ``seed_rules.csv`` (per image).
+Writes ``experiments/results/seed_rules.json`` (mean mAP per setting, best first) and ``seed_rules.csv`` (per image).
 
-    python bench/seed_rules.py --model models/unet_dsb2018/model.keras
-    python bench/seed_rules.py --grid necks --json bench/results/seed_necks.json
+    python experiments/seed_rules.py --model models/unet_dsb2018/model.keras
+    python experiments/seed_rules.py --grid necks --json experiments/results/seed_necks.json
 """
 
 from __future__ import annotations

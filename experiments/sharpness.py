@@ -5,11 +5,11 @@ The automatic zoom zooms no image in whose edges are softer than ``adaptation.MI
 the images it must not hold back: those of small nuclei (CV images shrunk 0.25x-0.5x, as at a lower magnification),
 which need zooming in, also with noise added, and against those it is for (blurred, with and without noise). Images
 are preprocessed with the ready model's normalization, as the zoom sees them; the noise of each image is the one
-``evaluate --perturb`` draws for it. Writes ``bench/results/sharpness.json`` (per shift: the range, quartiles and
+``evaluate --perturb`` draws for it. Writes ``experiments/results/sharpness.json`` (per shift: the range, quartiles and
 the share under the limit; for limits 0.38-0.47 the share of the clean, blurred and shrunk images under each) and
 ``sharpness.csv`` (per image).
 
-    python bench/sharpness.py
+    python experiments/sharpness.py
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import auto_scale
 import pandas as pd
 
 import common
@@ -39,7 +38,7 @@ def main(argv=None) -> int:
     started, rows = time.perf_counter(), []
     for image_id, raw, labels in images:
         unit = robustness.as_unit_float(raw)
-        shifted = {shift: auto_scale.shifted(raw, labels, shift, image_id)[0] for shift in SHIFTS}  # as evaluate
+        shifted = {shift: common.shifted(raw, labels, shift, image_id)[0] for shift in SHIFTS}  # as evaluate
         shifted.update({f"scale{factor:.2f}": robustness.rescale(unit, labels, factor)[0] for factor in RESCALES})
         shifted.update({f"scale{factor:.2f}+noise": robustness.add_noise(
             shifted[f"scale{factor:.2f}"], robustness.SHIFTS["noise"][1], robustness.image_seed(image_id))

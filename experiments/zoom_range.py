@@ -14,9 +14,9 @@ shared between the rules that pick the same zoom. The rules differ in:
   the image: at 2x, a speck of 30 pixels as the model sees it is 7.5 pixels of the image), or of the model's view
   only where the image is zoomed in (never more than ``min_size`` pixels of the image).
 
-Writes ``bench/results/zoom_range.json`` (mean mAP per rule and shift) and ``zoom_range.csv`` (per image).
+Writes ``experiments/results/zoom_range.json`` (mean mAP per rule and shift) and ``zoom_range.csv`` (per image).
 
-    python bench/zoom_range.py --model models/unet_dsb2018/model.keras
+    python experiments/zoom_range.py --model models/unet_dsb2018/model.keras
 """
 
 from __future__ import annotations

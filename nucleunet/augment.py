@@ -54,9 +54,6 @@ class Augmentation:
         return self.gamma != (1.0, 1.0) or self.contrast != (1.0, 1.0) or self.noise > 0 or self.blur > 0
 
 
-NO_AUGMENTATION = Augmentation()
-
-
 def random_crop(image: np.ndarray, labels: np.ndarray, size: int, scale: float,
                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A ``size`` x ``size`` crop of ``image`` and ``labels`` at a random place, its content zoomed by ``scale``.

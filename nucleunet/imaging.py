@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 import imageio.v3
 import numpy as np
@@ -23,7 +22,7 @@ log = logging.getLogger("imaging")
 # The intensity stretch of ``preprocess``: the minimum to 0, the 99.95th percentile to 1.
 DEFAULT_PERCENTILES = (0.0, 99.95)
 
-# Files that ``read_image`` is asked to read when a folder of images is segmented.
+# The image files that a folder of images to segment is searched for.
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 
 STAT_COLUMNS = (
@@ -531,13 +530,3 @@ def decode_image(data: bytes, where: str) -> np.ndarray:
     except Exception as error:  # noqa: BLE001 - decoders raise many types; name the file
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise UserError(f"cannot read {where}: not a readable image ({reason})") from error
-
-
-
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read one image file (PNG, TIFF, JPEG) as stored; ``UserError`` naming the file if it cannot."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as error:
-        raise UserError(f"cannot read {path}: {error}") from error
-    return decode_image(data, str(path))

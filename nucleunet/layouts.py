@@ -213,28 +213,6 @@ class DatasetReader:
         return _MaskPixels.from_array(decode_image(data, where))
 
 
-def labels_from_masks(masks: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
-    """Stack binary masks into one instance label image.
-
-    Parameters
-    ----------
-    masks : list of ndarray, shape (H, W), any dtype, nonzero = nucleus
-    shape : (H, W)
-
-    Returns
-    -------
-    labels : ndarray, shape (H, W), int32, 0 = background
-        The non-empty masks get labels 1..n in their order; where masks overlap, the later
-        one wins (``mask_overlaps`` counts such pixels).
-
-    Examples
-    --------
-    >>> labels_from_masks([np.eye(2), np.zeros((2, 2)), np.fliplr(np.eye(2))], (2, 2)).tolist()
-    [[1, 2], [2, 1]]
-    """
-    return _stack_masks(masks, shape)[0]
-
-
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -269,7 +247,7 @@ def _pixels_of_mask(mask) -> _MaskPixels:
 def _stack_masks(masks, shape) -> tuple[np.ndarray, int, int]:
     """Labels, number of empty masks, number of pixels claimed by more than one mask.
 
-    ``masks`` holds arrays (see ``labels_from_masks``) or ``_MaskPixels``.
+    ``masks`` holds arrays (H, W), nonzero = nucleus, or ``_MaskPixels``.
     """
     labels = np.zeros(shape, np.int32)
     empty = overlap = 0

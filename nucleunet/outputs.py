@@ -249,26 +249,9 @@ def _write_png(path: Path, image: np.ndarray) -> None:
 # Kaggle run-length encoding
 # --------------------------------------------------------------------------------------------
 
-def rle_encode(mask: np.ndarray) -> str:
-    """Run-length encode a binary mask as Kaggle does.
-
-    Pixels are numbered from 1, top to bottom then left to right (column-major); the result
-    is ``"start length start length ..."`` with ascending starts.
-
-    Examples
-    --------
-    >>> rle_encode(np.array([[0, 1], [1, 1]]))  # column-major: 0 1 1 1
-    '2 3'
-    """
-    pixels = np.asarray(mask).astype(bool).T.ravel()
-    padded = np.concatenate([[False], pixels, [False]])
-    changes = np.flatnonzero(padded[1:] != padded[:-1]) + 1
-    starts, ends = changes[::2], changes[1::2]
-    return " ".join(f"{start} {end - start}" for start, end in zip(starts, ends))
-
-
 def rle_decode(rle: str, shape: tuple[int, int]) -> np.ndarray:
-    """Inverse of ``rle_encode``: ndarray of ``shape``, bool.
+    """A Kaggle run-length encoding (``"start length ..."``, pixels numbered from 1, column-major) as a mask:
+    ndarray of ``shape``, bool.
 
     Raises ValueError for an odd number of values, unsorted or overlapping runs, or runs
     outside the image.
@@ -290,7 +273,7 @@ def rle_decode(rle: str, shape: tuple[int, int]) -> np.ndarray:
 def submission_rows(image_id: str, labels: np.ndarray) -> list[tuple[str, str]]:
     """``(ImageId, EncodedPixels)`` rows, one per nucleus in label order; one row with empty pixels if none.
 
-    Each nucleus is encoded from its bounding box: the same as ``rle_encode(labels == value)``, without a
+    Each nucleus is encoded from its bounding box: the same as encoding the mask ``labels == value``, without a
     full-image mask per nucleus (8,000 nuclei of a 4,000 x 4,000 image took 0.4 s on a 2-core EPYC).
     """
     labels = np.asarray(labels)

@@ -106,15 +106,6 @@ def match_image(image: np.ndarray, truth: np.ndarray, predicted: np.ndarray, sco
     return picture
 
 
-def overlay(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """The image in gray with each nucleus outlined in its own colour: ndarray (H, W, 3), uint8."""
-    picture = np.repeat(image[..., None], 3, axis=-1)
-    outline = skimage.segmentation.find_boundaries(labels, mode="inner")
-    coloured = skimage.color.label2rgb(labels, bg_label=0)
-    picture[outline] = coloured[outline]
-    return (np.clip(picture, 0, 1) * 255).astype(np.uint8)
-
-
 def draw_figures(records, predictions: dict, clusters: dict, folder: Path, *, per_cluster: int,
                  seed: int) -> list[Path]:
     """One PNG per cluster: for sampled images, image / true / predicted mask / pixel errors / nuclei matched.

@@ -62,7 +62,7 @@ def test_intensity_changes_stay_in_range_and_are_seeded():
 
 def test_no_augmentation_leaves_intensities_alone():
     image, _ = _disk_image()
-    assert augment.change_intensities(image, augment.NO_AUGMENTATION, np.random.default_rng(0)) is image
+    assert augment.change_intensities(image, augment.Augmentation(), np.random.default_rng(0)) is image
 
 
 def test_targets_are_made_after_zooming():

@@ -22,7 +22,8 @@ from conftest import make_synthetic_image, write_dsb_folder, zip_folder
 
 
 def _load(path):
-    return dsb.read_dataset(path, cache_dir=None, workers=1, progress=False)
+    records = dsb.load_dataset(path, cache_dir=None, workers=1, progress=False)
+    return records, records.report
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ The experiments record decisions already made (``experiments/README.md``); they 
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -17,6 +18,17 @@ import pytest
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[1] / "experiments"
 pytestmark = pytest.mark.slow
+
+
+def experiment(name: str):
+    """An experiment script imported as a module, with the experiments' own ``common`` (the benchmarks' has the same
+    name)."""
+    sys.path.insert(0, str(EXPERIMENTS_DIR))
+    sys.modules.pop("common", None)
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(EXPERIMENTS_DIR))
 
 
 def run_quick(tmp_path: Path, script: str, *extra: str) -> dict:
@@ -83,8 +95,7 @@ def two_touching_disks(hole: int = 0) -> np.ndarray:
 
 
 def test_seed_rules_default_rule_is_segments_and_stricter_seeds_merge_a_fragment():
-    sys.path.insert(0, str(EXPERIMENTS_DIR))
-    seed_rules = pytest.importorskip("seed_rules")
+    seed_rules = experiment("seed_rules")
     from nucleunet import postprocessing
 
     maps = two_touching_disks()  # with a 2-pixel seed fragment inside the right one:
@@ -98,8 +109,7 @@ def test_seed_rules_default_rule_is_segments_and_stricter_seeds_merge_a_fragment
 
 
 def test_seed_rules_neck_rules_split_a_seed_joined_through_a_gap_in_the_contact_line():
-    sys.path.insert(0, str(EXPERIMENTS_DIR))
-    seed_rules = pytest.importorskip("seed_rules")
+    seed_rules = experiment("seed_rules")
 
     maps = two_touching_disks(hole=3)  # one seed part joins the two nuclei through the hole
     options = dict(threshold=0.5, contact_threshold=0.5, min_size=30)
@@ -138,8 +148,7 @@ def test_background_quick(tmp_path):
 def test_auto_scale_scores_a_table_with_the_zooms_it_was_made_with():
     # A table of 5 zooms (0.5-2x), as made before the automatic zoom reached 0.35-2.83x: each image's score at zoom
     # z is z, so a rule's mean is the mean zoom it chose.
-    sys.path.insert(0, str(EXPERIMENTS_DIR))
-    auto_scale = pytest.importorskip("auto_scale")
+    auto_scale = experiment("auto_scale")
     zooms = ("0.50", "0.71", "1.00", "1.41", "2.00")
     rows = pd.DataFrame({"shift": ["none"] * 3, "area_at_1": [400.0, 100.0, 5000.0], "sharpness": [0.1, 0.03, 0.1],
                          **{f"map_at_{zoom}": [float(zoom)] * 3 for zoom in zooms}})
@@ -151,8 +160,7 @@ def test_auto_scale_scores_a_table_with_the_zooms_it_was_made_with():
 
 
 def test_score_losses_sorts_every_unmatched_nucleus_into_one_kind():
-    sys.path.insert(0, str(EXPERIMENTS_DIR))
-    score_losses = pytest.importorskip("score_losses")
+    score_losses = experiment("score_losses")
 
     truth = np.zeros((40, 120), np.int32)
     truth[5:15, 5:15] = 1                                  # matched
@@ -186,8 +194,7 @@ def test_score_losses_quick(tmp_path):
 
 
 def test_multi_zoom_predicts_the_neighbouring_zooms_within_range_and_averages_each_zoom_once():
-    sys.path.insert(0, str(EXPERIMENTS_DIR))
-    multi_zoom = pytest.importorskip("multi_zoom")
+    multi_zoom = experiment("multi_zoom")
     assert multi_zoom.zooms_of(1.0) == pytest.approx({"z": 1.0, "down": 2 ** -0.5, "up": 2 ** 0.5, "one": 1.0})
     assert set(multi_zoom.zooms_of(2 * 2 ** 0.5)) == {"z", "down", "one"}  # no 4x
     assert set(multi_zoom.zooms_of(2 ** -1.5)) == {"z", "up", "one"}  # no 0.25x

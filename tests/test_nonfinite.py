@@ -76,7 +76,8 @@ def test_finite_and_integer_images_are_returned_untouched():
 
 def test_float_tiff_with_some_nonfinite_pixels_loads_with_them_replaced_and_counted(tmp_path):
     folder, clean, count = _tiff_dataset(tmp_path)
-    records, report = dsb.read_dataset(folder, cache_dir=None, workers=1, progress=False)
+    records = dsb.load_dataset(folder, cache_dir=None, workers=1, progress=False)
+    report = records.report
     record = {r.image_id: r for r in records}["b"]
     assert report.nonfinite == {"b": count}
     assert any(f"NaN or infinite pixels ({count} values" in line and "b (125)" in line for line in report.warnings())
@@ -88,7 +89,8 @@ def test_float_tiff_with_some_nonfinite_pixels_loads_with_them_replaced_and_coun
 
 def test_float_tiff_with_no_finite_pixel_is_skipped_and_named(tmp_path):
     folder, _, _ = _tiff_dataset(tmp_path, everywhere=True)
-    records, report = dsb.read_dataset(folder, cache_dir=None, workers=1, progress=False)
+    records = dsb.load_dataset(folder, cache_dir=None, workers=1, progress=False)
+    report = records.report
     assert [r.image_id for r in records] == ["a", "c"]
     assert "b.tif: all 5120 pixel values are NaN or infinite" in report.skipped["b"]
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import tifffile
+
 from conftest import disk_labels
 
 PROJECT = Path(__file__).resolve().parents[1]
