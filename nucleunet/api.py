@@ -194,8 +194,8 @@ class Model:
                         nonfinite)
         if composite := imaging.composite_channels(plane):
             log.warning("%s looks like a fluorescence composite (signal in %s): it is converted to gray by "
-                        "luminance, which weighs blue 0.07; if the nuclei are in one channel, choose it (channel=N, "
-                        "--channel N: 0 red, 1 green, 2 blue)", name, " and ".join(composite))
+                        "luminance, which weighs blue 0.07; if the nuclei are in one channel, pass --channel N "
+                        "(channel=N in Python; 0 red, 1 green, 2 blue)", name, " and ".join(composite))
         return plane, imaging.preprocess(plane, self.normalization), nonfinite
 
     def segment(self, image, *, channel: int | None = None, probability: bool = False, preprocessed: bool = False,

@@ -63,6 +63,7 @@ def segment_files(input_paths: list, model: Model | str | Path | None = None, *,
     """
     formats = outputs.check_formats(formats)
     model = (model if isinstance(model, Model) else load_model(model)).with_settings(**settings)
+    model.predictor  # noqa: B018 - the network loads (or a model that does not fit fails) before any run folder
     items = inputs.list_inputs(input_paths, recursive=recursive)
     run_dir = runs.new_run_dir(out, "predict")
     log.info("run folder: %s (%d input files)", run_dir, len(items))

@@ -18,7 +18,7 @@ import skimage.io
 import dsb
 import train_and_predicted_masks as cli
 import unet
-from nucleunet import models, nucleus_score, outputs, pipeline, postprocessing, robustness, stratify, tuning
+from nucleunet import evaluation, models, nucleus_score, outputs, pipeline, postprocessing, robustness, stratify, tuning
 from nucleunet.config import TrainConfig
 from nucleunet.errors import UserError
 
@@ -55,7 +55,8 @@ def test_training_run_folder_is_complete(smoke_run):
     assert any((run_dir / "logs").rglob("*tfevents*"))
     saved = postprocessing.Postprocessing.load(run_dir / "postprocessing.json")
     assert saved.nucleus_area > 0  # the training images' typical nucleus area, for scale 'auto'
-    assert saved == TrainConfig.load(run_dir / "config.json").postprocessing.replace(nucleus_area=saved.nucleus_area)
+    started = models.starting_postprocessing(TrainConfig.load(run_dir / "config.json"))
+    assert saved == started.replace(nucleus_area=saved.nucleus_area)
     assert "pixel Dice and DSB2018 score" in printed and str(run_dir) in printed
 
 
@@ -185,19 +186,19 @@ def test_tune_chooses_on_cv_and_saves_the_best_beside_the_model(smoke_run, real_
     assert cli.main(["tune", str(model_copy), "--scale", "auto", "--data", str(real_subset_zip), "--cache-dir",
                      str(folder / "cache"), "--quiet", "--out", str(tmp_path / "runs")]) == 0
     tune_dir = _newest(tmp_path / "runs", "tune")
-    tuning = pd.read_csv(tune_dir / "tuning.csv")
+    table = pd.read_csv(tune_dir / "tuning.csv")
     # A contact model (the smoke preset's): every contact threshold, and the distance watershed's marker heights.
-    assert len(tuning) == len(tuning.tuning_grid(has_contacts=True, tta=False))
-    assert set(tuning["contact_threshold"]) == set(tuning.TUNE_CONTACT_THRESHOLDS)
-    assert tuning["mean_map"].is_monotonic_decreasing
+    assert len(table) == len(tuning.tuning_grid(True, postprocessing.Postprocessing()))
+    assert set(table["contact_threshold"]) == set(tuning.TUNE_CONTACT_THRESHOLDS)
+    assert table["mean_map"].is_monotonic_decreasing
     best = postprocessing.Postprocessing.load(model_copy.parent / "postprocessing.json")
-    top = tuning.iloc[0]
+    top = table.iloc[0]
     assert (best.threshold, best.min_size, best.contact_threshold, best.tta) == (
         top["threshold"], top["min_size"], top["contact_threshold"], top["tta"])
     assert best.marker_height == (None if pd.isna(top["marker_height"]) else top["marker_height"])
     assert postprocessing.Postprocessing.load(tune_dir / "postprocessing.json") == best
     # tune added the area from the model's training images, and predicts with each CV image's own zoom
-    assert best.scale == "auto" and best.nucleus_area == trained.nucleus_area and set(tuning["scale"]) == {"auto"}
+    assert best.scale == "auto" and best.nucleus_area == trained.nucleus_area and set(table["scale"]) == {"auto"}
     assert postprocessing.Postprocessing.load(tune_dir / "postprocessing_before.json") == before
     # evaluate and predict now read the tuned settings
     assert models.TrainedModel.open(model_copy).postprocessing == best
@@ -215,15 +216,16 @@ def test_tune_fits_a_nucleus_score_on_the_training_images_and_chooses_its_cut_on
     tune_dir = _newest(tmp_path / "runs", "tune")
     fitted = json.loads((tune_dir / "score_model.json").read_text())
     assert fitted["features"] == list(nucleus_score.FEATURES)
-    tuning = pd.read_csv(tune_dir / "tuning.csv")
-    cuts = tuning.iloc[:len(tuning.TUNE_MIN_SCORES) + 1]  # the cuts, tried on the best other settings, come first
+    table = pd.read_csv(tune_dir / "tuning.csv")
+    cuts = table.iloc[:len(tuning.TUNE_MIN_SCORES) + 1]  # the cuts, tried on the best other settings, come first
     assert set(cuts["min_score"].dropna()) == set(tuning.TUNE_MIN_SCORES) and cuts["min_score"].isna().sum() == 1
     assert len(cuts[["threshold", "min_size", "contact_threshold"]].drop_duplicates()) == 1
-    assert len(tuning) == len(tuning.tuning_grid(has_contacts=True, tta=False)) + len(tuning.TUNE_MIN_SCORES)
+    grid = tuning.tuning_grid(True, postprocessing.Postprocessing())
+    assert len(table) == len(grid) + len(tuning.TUNE_MIN_SCORES)
     best = postprocessing.Postprocessing.load(model_copy.parent / "postprocessing.json")
     assert best.score_model == fitted
-    assert best.min_score == (None if pd.isna(tuning["min_score"].iloc[0]) else tuning["min_score"].iloc[0])
-    assert tuning["mean_map"].iloc[0] == cuts["mean_map"].max()
+    assert best.min_score == (None if pd.isna(table["min_score"].iloc[0]) else table["min_score"].iloc[0])
+    assert table["mean_map"].iloc[0] == cuts["mean_map"].max()
 
 
 def test_a_nucleus_score_is_not_fitted_on_a_model_that_finds_nothing_or_only_right_nuclei():
@@ -477,9 +479,9 @@ def test_a_bug_is_not_turned_into_a_one_line_error(monkeypatch):
     def broken(*args, **kwargs):
         raise ValueError("a bug in NumPy or in our code")
 
-    monkeypatch.setattr(pipeline, "evaluate_run", broken)
+    monkeypatch.setattr(evaluation, "evaluate_run", broken)
     with pytest.raises(ValueError, match="a bug"):
-        cli.main(["evaluate", "m.keras"])
+        cli.main(["evaluate", "unet_dsb2018"])
 
 
 def test_unknown_preset_exits_2(capsys):

@@ -161,18 +161,18 @@ def test_a_large_image_is_segmented_in_blocks_without_seams(stand_in_model, tmp_
         image[rr, cc] = 0.9
     settings = postprocessing.Postprocessing(min_size=0)
     predict = lambda tiles: np.concatenate([tiles, np.zeros_like(tiles)], axis=-1)  # noqa: E731
-    whole, whole_mask, _, _, _ = prediction.segment_image(predict, image, settings, tile_size=64, min_overlap=16,
-                                                       block_size=1000)
-    blocks, mask, probability, _, _ = prediction.segment_image(predict, image, settings, tile_size=64,
-                                                            min_overlap=16, block_size=64, margin=32)
-    assert blocks.max() == whole.max() and probability.shape == image.shape
-    assert metrics.average_precision(whole, blocks) == 1.0
-    assert np.array_equal(mask, whole_mask) and np.array_equal(mask, probability > settings.threshold)
+    whole = prediction.segment_image(predict, image, settings, tile_size=64, min_overlap=16, block_size=1000)
+    blocks = prediction.segment_image(predict, image, settings, tile_size=64, min_overlap=16, block_size=64,
+                                      margin=32)
+    assert blocks.labels.max() == whole.labels.max() and blocks.probability.shape == image.shape
+    assert metrics.average_precision(whole.labels, blocks.labels) == 1.0
+    assert np.array_equal(blocks.mask, whole.mask)
+    assert np.array_equal(blocks.mask, blocks.probability > settings.threshold)
     # Without the probability map (a large image's memory): the same nuclei and foreground.
-    lean, lean_mask, nothing, _, _ = prediction.segment_image(predict, image, settings, tile_size=64,
-                                                           min_overlap=16, block_size=64, margin=32,
-                                                           probability=False)
-    assert nothing is None and np.array_equal(lean, blocks) and np.array_equal(lean_mask, mask)
+    lean = prediction.segment_image(predict, image, settings, tile_size=64, min_overlap=16, block_size=64, margin=32,
+                                    probability=False)
+    assert lean.probability is None and np.array_equal(lean.labels, blocks.labels)
+    assert np.array_equal(lean.mask, blocks.mask)
 
 
 def test_blocks_give_each_nucleus_the_score_it_has_in_one_piece():

@@ -59,24 +59,6 @@ def test_batches_are_reproducible_and_change_between_epochs():
     assert not np.array_equal(_sequence(seed=2)[1][0], before)
 
 
-def test_image_sampling_weighs_images_not_tiles():
-    # Image "big" owns 97 of 100 tiles; drawing images first gives it about a quarter of the draws.
-    size = 8
-    images = np.arange(100, dtype=np.float16)[:, None, None] * np.ones((1, size, size), np.float16)
-    masks = np.zeros((100, size, size), np.uint8)
-    owners = np.array(["big"] * 97 + ["a", "b", "c"], dtype=object)
-    values = dict(preset="smoke", batch_size=50, steps_per_epoch=20, seed=3, depth=2, tile_size=size, min_overlap=2)
-    drawn = {}
-    for sampling in ("tile", "image"):
-        sequence = training.TileBatches(images, masks, TrainConfig.from_dict({**values, "sampling": sampling}), owners)
-        tiles = np.concatenate([sequence[i][0][:, 0, 0, 0] for i in range(len(sequence))]).astype(int)
-        drawn[sampling] = np.mean(tiles < 97)
-    assert drawn["tile"] > 0.9
-    assert 0.18 < drawn["image"] < 0.32
-    with pytest.raises(ValueError, match="owner image"):
-        training.TileBatches(images, masks, TrainConfig.from_dict({**values, "sampling": "image"}))
-
-
 def test_target_channels_unpack_the_stored_bits():
     stored = np.array([[0, 1, 2, 3]], np.uint8)
     assert training.target_channels(stored, contacts=False)[..., 0].tolist() == [[0, 1, 0, 1]]
