@@ -13,7 +13,8 @@ The same command line is installed as the ``nucleunet`` command (``pip install .
 This file is the command line only: it parses the options, hands them to the ``nucleunet`` package (``pipeline``
 trains, resumes and exports; ``evaluation``, ``tuning``; ``batch`` segments your images through the package's API),
 and turns a ``UserError`` (a missing file, a bad option) into one line and exit code 2. Anything else is a bug and
-shows its traceback. Every subcommand but ``resume`` writes one new run folder under ``--out``.
+shows its traceback. Every subcommand but ``resume`` writes one new run folder under ``--out``. Exit codes: 0 all
+done; 2 a mistake the user can fix, nothing done; 3 ``predict`` skipped some images (named in ``skipped.json``).
 """
 
 from __future__ import annotations
@@ -29,11 +30,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import dsb  # noqa: E402 - after the environment is set
 import unet  # noqa: E402
-from nucleunet import batch, evaluation, inputs, models, outputs, pipeline, runs, training, tuning  # noqa: E402
+from nucleunet import batch, evaluation, hardware, inputs, models, outputs, pipeline, runs, tuning  # noqa: E402
 from nucleunet import config as configuration  # noqa: E402
 from nucleunet.errors import UserError  # noqa: E402
+from nucleunet.postprocessing import MAX_SCALE, MAX_TILE, MIN_SCALE, MIN_TILE, TILE_MULTIPLE  # noqa: E402
 
 SCRIPT = "train_and_predicted_masks.py"
+# Exit codes besides 0 (all done): a mistake the user can fix, nothing done; predict skipped some of its images.
+USER_ERROR = 2
+SOME_SKIPPED = 3
 COMMAND = "nucleunet"  # the same command line, installed by pip (pyproject.toml)
 
 # Options that override a preset's value of the same name (argparse dest = TrainConfig field).
@@ -42,9 +47,9 @@ TRAINING_OPTIONS = ("epochs", "steps_per_epoch", "batch_size", "learning_rate", 
                     "batch_norm", "dropout", "loss", "lr_schedule", "warmup_steps", "sampling", "crop_size",
                     "scale_range", "gamma_range", "contrast_range", "noise", "blur", "precision", "jit_compile",
                     "contacts", "contact_radius", "distribute", "figures_per_cluster")
-SCALE_HELP = ("zoom images by this factor before the model sees them (2 for nuclei half the size of the training "
-              "set's); 'auto': each image by 0.35-2.83x, to bring its nuclei, measured in a first pass, to the training "
-              "images' typical size")
+SCALE_HELP = ("zoom images by this factor (0.05-4) before the model sees them (2 for nuclei half the size of the "
+              "training set's); 'auto': each image by 0.35-2.83x, to bring its nuclei, measured in a first pass, to "
+              "the training images' typical size")
 POSTPROCESSING_OPTIONS = ("threshold", "min_size", "marker_height", "contact_threshold", "tta", "scale", "tile_size",
                           "min_score", "extra_zooms", "flat_field", "denoise")
 MODEL_HELP = ("a saved model: a .keras file (e.g. runs/RUN/model.keras), its run folder, or a ready model's name "
@@ -91,30 +96,43 @@ def _tile_size(text: str) -> int | str:
     if text == "auto":
         return text
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of pixels or 'auto', got {text!r}") from None
-
-
-def _scale(text: str) -> float | str:
-    if text == "auto":
-        return text
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive zoom factor or 'auto', got {text!r}")
+        value = 0
+    if not (MIN_TILE <= value <= MAX_TILE and value % TILE_MULTIPLE == 0):
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a side of {MIN_TILE}-{MAX_TILE} pixels divisible by "
+                                         f"{TILE_MULTIPLE}, got {text!r}")
     return value
 
 
-def _zoom(text: str) -> float:
+def _zoom_factor(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         value = 0.0
-    if not value > 0 or value == 1:
-        raise argparse.ArgumentTypeError(f"expected a positive zoom factor other than 1, got {text!r}")
+    if not MIN_SCALE <= value <= MAX_SCALE:
+        raise argparse.ArgumentTypeError(f"expected a zoom factor in [{MIN_SCALE}, {MAX_SCALE}], got {text!r}")
+    return value
+
+
+def _scale(text: str) -> float | str:
+    return text if text == "auto" else _zoom_factor(text)
+
+
+def _zoom(text: str) -> float:
+    value = _zoom_factor(text)
+    if value == 1:
+        raise argparse.ArgumentTypeError("expected a zoom other than 1 (the zoom of --scale itself)")
+    return value
+
+
+def _pixels(text: str) -> int:
+    try:
+        value = int(float(text))
+    except (ValueError, OverflowError):
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of pixels (e.g. 2e9), got {text!r}")
     return value
 
 
@@ -288,6 +306,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     group.add_argument("--stack", choices=inputs.STACK_MODES, default="planes",
                        help="a z-stack or time series: segment every plane, or their maximum projection "
                             "(default: planes)")
+    group.add_argument("--max-pixels", type=_pixels, metavar="N", default=inputs.MAX_PIXELS,
+                       help=f"skip files of more pixels than this (all planes), judged from their header before "
+                            f"anything is decoded (default: {inputs.MAX_PIXELS:.0e})")
     predict.add_argument("--formats", default=",".join(outputs.DEFAULT_FORMATS), metavar="LIST",
                          help=f"comma-separated outputs per image, from {', '.join(outputs.FORMATS)} "
                               f"(default: {','.join(outputs.DEFAULT_FORMATS)})")
@@ -338,13 +359,13 @@ def config_from_args(args: argparse.Namespace) -> configuration.TrainConfig:
         base.update({name: getattr(start.postprocessing, name) for name in configuration.POSTPROCESSING_FIELDS},
                     init=str(args.init))
     else:
-        preset = training.choose_preset(args.preset)
+        preset = hardware.choose_preset(args.preset)
     changes = {name: getattr(args, name) for name in TRAINING_OPTIONS if getattr(args, name) is not None}
     changes.update(postprocessing_overrides(args))
     if args.minutes is not None:
         changes["minutes"] = args.minutes or None  # 0: no time budget
     # The preset's length follows its precision on this machine; options given override both.
-    values = training.for_this_machine({**training.for_this_machine({**configuration.PRESETS[preset], **base}),
+    values = hardware.for_this_machine({**hardware.for_this_machine({**configuration.PRESETS[preset], **base}),
                                         **changes})
     return configuration.TrainConfig.from_dict({
         **values, "preset": preset, "seed": args.seed, "split": str(args.split or default_split(args.data)),
@@ -380,10 +401,25 @@ def default_split(data: Path | None) -> Path:
     return dsb.DATASETS_DIR / f"split-{Path(data).stem}.csv"
 
 
-def run(args: argparse.Namespace) -> Path | None:
-    """Do what ``args.command`` asks; returns the run folder written (None on a non-chief worker)."""
+def run(args: argparse.Namespace) -> tuple[Path | None, int]:
+    """Do what ``args.command`` asks; returns the run folder written (None on a non-chief worker) and the exit code:
+    0, or ``SOME_SKIPPED`` when ``predict`` skipped some images."""
     progress = not getattr(args, "quiet", False)
     cache_dir = None if getattr(args, "no_cache", False) else getattr(args, "cache_dir", None)
+    if getattr(args, "out", None) is not None:
+        models.refuse_ready_model_folder(args.out, "--out")
+    if args.command == "predict":
+        model, images = model_and_inputs(args.inputs)
+        done = batch.segment_files(images, model, formats=[name for name in args.formats.split(",") if name],
+                                   channel=args.channel, stack=args.stack, recursive=args.recursive,
+                                   max_pixels=args.max_pixels, out=args.out, progress=progress,
+                                   **postprocessing_overrides(args))
+        report_segmented(done)
+        return done.run_dir, SOME_SKIPPED if done.skipped else 0
+    return _run_command(args, progress, cache_dir), 0
+
+
+def _run_command(args: argparse.Namespace, progress: bool, cache_dir: Path | None) -> Path | None:
     if args.command == "train":
         return pipeline.train_run(config_from_args(args), args.out, cache_dir=cache_dir, progress=progress)
     if args.command == "resume":
@@ -397,13 +433,6 @@ def run(args: argparse.Namespace) -> Path | None:
         return tuning.tune_run(models.find_model(args.model), data=args.data, split=args.split, subset=args.subset,
                                tta=args.tta, scale=args.scale, extra_zooms=args.extra_zooms,
                                fit_score=args.fit_score, out=args.out, cache_dir=cache_dir, progress=progress)
-    if args.command == "predict":
-        model, images = model_and_inputs(args.inputs)
-        done = batch.segment_files(images, model, formats=[name for name in args.formats.split(",") if name],
-                                   channel=args.channel, stack=args.stack, recursive=args.recursive, out=args.out,
-                                   progress=progress, **postprocessing_overrides(args))
-        report_segmented(done)
-        return done.run_dir
     if args.command == "export":
         return pipeline.export_run([models.find_model(model) for model in args.model], export_format=args.format,
                                    out=args.out)
@@ -417,16 +446,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_arg_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
-        run_dir = run(args)
+        run_dir, code = run(args)
     except UserError as error:  # what the user can fix: one line, no traceback
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
-        return 2
+        return USER_ERROR
     if run_dir is None:
         print("This worker's part of the training is done; the chief wrote the run folder.")
-        return 0
+        return code
     outputs = sorted(path.name + ("/" if path.is_dir() else "") for path in run_dir.iterdir())
     print(f"Outputs are in {run_dir}/: {', '.join(outputs)}")
-    return 0
+    return code
 
 
 if __name__ == "__main__":

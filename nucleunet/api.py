@@ -152,7 +152,14 @@ class Model:
         served._load = lambda: (predict_tiles, tile_size, min_overlap)
         return served
 
-    def prepare(self, image, *, channel: int | None = None, name: str = "image") -> tuple[np.ndarray, np.ndarray, int]:
+    @property
+    def min_side(self) -> int:
+        """The smallest image side the network can use: one pixel at its coarsest level, 2 ** (depth - 1)."""
+        config = self.trained.config
+        return 2 ** ((config.depth if config else 5) - 1)
+
+    def prepare(self, image, *, channel: int | None = None, name: str = "image",
+                max_pixels: int = inputs.MAX_PIXELS) -> tuple[np.ndarray, np.ndarray, int]:
         """An image array as the network is to see it.
 
         Parameters
@@ -163,6 +170,8 @@ class Model:
             The nuclear channel (0-based) of a multichannel image.
         name : str
             Names the image in messages.
+        max_pixels : int
+            A larger image is refused (``inputs.MAX_PIXELS`` by default).
 
         Returns
         -------
@@ -173,7 +182,8 @@ class Model:
         Raises
         ------
         UserError
-            An array of another shape, an empty one, one of a non-numeric dtype, or one without a finite pixel.
+            An array of another shape, an empty one, one smaller than ``min_side`` or larger than ``max_pixels``, one
+            of a non-numeric dtype, or one without a finite pixel.
         """
         array = np.asarray(image)
         if array.dtype.kind not in "biuf":
@@ -187,6 +197,12 @@ class Model:
                             f"shape {array.shape}; segment a stack or a channel-first array plane by plane")
         if array.size == 0:
             raise UserError(f"{name}: the image is empty (shape {array.shape})")
+        if min(array.shape[:2]) < self.min_side:
+            raise UserError(f"{name}: {array.shape[0]} x {array.shape[1]} pixels, too small to segment: the network "
+                            f"needs at least {self.min_side} x {self.min_side}")
+        if array.shape[0] * array.shape[1] > max_pixels:
+            raise UserError(f"{name}: {array.shape[0] * array.shape[1]:,} pixels, over the limit of {max_pixels:,} "
+                            f"(max_pixels, --max-pixels)")
         (_, plane), = inputs.planes(array, axes, channel=channel, name=name)
         plane, nonfinite = imaging.replace_nonfinite(plane, name=name)
         if nonfinite:
@@ -199,7 +215,8 @@ class Model:
         return plane, imaging.preprocess(plane, self.normalization), nonfinite
 
     def segment(self, image, *, channel: int | None = None, probability: bool = False, preprocessed: bool = False,
-                name: str = "image", progress=None, total=None, **settings) -> Segmentation:
+                name: str = "image", max_pixels: int = inputs.MAX_PIXELS, progress=None, total=None,
+                **settings) -> Segmentation:
         """Find the nuclei of one image.
 
         Parameters
@@ -213,6 +230,8 @@ class Model:
             Also return the nucleus probability map.
         name : str
             Names the image in messages.
+        max_pixels : int
+            A larger image is refused (``prepare``).
         progress, total : callable, optional
             Called with the number of tiles each model call predicted, and once with how many there are in all
             (``prediction.segment_image``): a progress bar's ``update`` and total.
@@ -226,15 +245,15 @@ class Model:
         """
         if settings:
             return self.with_settings(**settings).segment(image, channel=channel, probability=probability,
-                                                          preprocessed=preprocessed, name=name, progress=progress,
-                                                          total=total)
+                                                          preprocessed=preprocessed, name=name, max_pixels=max_pixels,
+                                                          progress=progress, total=total)
         if preprocessed:
             plane = np.asarray(image)
             if plane.ndim != 2:
                 raise UserError(f"{name}: a preprocessed image has shape (H, W), got {plane.shape}")
             model_input, nonfinite = plane, 0
         else:
-            plane, model_input, nonfinite = self.prepare(image, channel=channel, name=name)
+            plane, model_input, nonfinite = self.prepare(image, channel=channel, name=name, max_pixels=max_pixels)
         predict_tiles, tile_size, min_overlap = self.predictor
         found = prediction.segment_image(predict_tiles, model_input, self.postprocessing, tile_size=tile_size,
                                          min_overlap=min_overlap, probability=probability, progress=progress,

@@ -36,7 +36,8 @@ class Batch(NamedTuple):
 
 def segment_files(input_paths: list, model: Model | str | Path | None = None, *,
                   out: str | Path = runs.DEFAULT_RUNS_DIR, formats=outputs.DEFAULT_FORMATS, channel: int | None = None,
-                  stack: str = "planes", recursive: bool = False, progress: bool = True, **settings) -> Batch:
+                  stack: str = "planes", recursive: bool = False, max_pixels: int = inputs.MAX_PIXELS,
+                  progress: bool = True, **settings) -> Batch:
     """Segment image files into a new run folder ``out/<timestamp>-predict/``.
 
     Per image the ``formats`` of ``outputs.write_outputs``; for all of them ``counts.csv``, ``measurements.csv``
@@ -55,65 +56,116 @@ def segment_files(input_paths: list, model: Model | str | Path | None = None, *,
         A z-stack or time series is segmented plane by plane, or as its maximum projection.
     recursive : bool
         Also the images in subfolders.
+    max_pixels : int
+        Files of more pixels than this are not read (``inputs.read_input``).
     **settings
         Overrides of single post-processing fields (``Model.with_settings``).
 
-    An image that cannot be read, or has no finite pixel, is skipped and named in ``skipped.json``; the others are
-    still segmented. None readable is a ``UserError``.
+    Each image is on its own: whatever fails for one (reading it, segmenting it, writing its outputs) skips it, with
+    the reason in ``skipped.json``, and the others go on; the tables are written for the images done, also when the
+    run is stopped by an error or Ctrl-C. ``status.json`` says how far the run got: ``"complete": false`` until the
+    last table is written, so a run that was killed or stopped says so. None segmented is a ``UserError``.
     """
     formats = outputs.check_formats(formats)
     model = (model if isinstance(model, Model) else load_model(model)).with_settings(**settings)
     model.predictor  # noqa: B018 - the network loads (or a model that does not fit fails) before any run folder
-    items = inputs.list_inputs(input_paths, recursive=recursive)
+    items, skipped = inputs.list_inputs(input_paths, recursive=recursive)
     run_dir = runs.new_run_dir(out, "predict")
     log.info("run folder: %s (%d input files)", run_dir, len(items))
     runs.write_json(run_dir / "config.json", {
         "model": str(model.path), "inputs": [str(item) for item in input_paths], "recursive": recursive,
-        "channel": channel, "stack": stack, "formats": list(formats),
+        "channel": channel, "stack": stack, "formats": list(formats), "max_pixels": max_pixels,
         "postprocessing": dataclasses.asdict(model.postprocessing)})
-    rows, counts, tables, skipped = [], [], [], {}
-    for item in tqdm(items, desc="segment images", unit="file", disable=not progress):
-        try:
-            raw, axes = inputs.read_input(item)
-            images = inputs.planes(raw, axes, channel=channel, stack=stack, name=item.where)
-        except UserError as error:  # one bad file must not cost the others: skip it, report at the end
-            skipped[item.key] = str(error)
-            continue
-        for suffix, plane in images:
-            key = item.key + suffix
-            with tqdm(desc=f"  tiles of {key}", unit="tile", leave=False,
-                      disable=not progress or plane.shape[0] * plane.shape[1] < 4_000_000) as bar:
-                def set_total(tiles, bar=bar):  # known once the automatic zoom is chosen
-                    bar.total = tiles
-                    bar.refresh()
-
-                try:
-                    found = model.segment(plane, name=item.where + suffix, probability="probability" in formats,
-                                          progress=bar.update, total=set_total)
-                except UserError as error:
-                    skipped[key] = str(error)
+    done, keys, finished = _Done(run_dir, len(items)), inputs.KeyRegister(), False
+    try:
+        for item in tqdm(items, desc="segment images", unit="file", disable=not progress):
+            try:
+                raw, axes = inputs.read_input(item, max_pixels=max_pixels)
+                images = inputs.planes(raw, axes, channel=channel, stack=stack, name=item.where)
+            except Exception as error:  # noqa: BLE001 - one bad file must not cost the others: skip it, say why
+                skipped[item.where] = _reason(error)
+                continue
+            del raw
+            for suffix, plane in images:
+                key, where = item.key + suffix, item.where + suffix
+                if other := keys.claim(key, where):
+                    skipped[where] = f"its outputs would be named {key!r}, as those of {other}; rename one"
                     continue
-            table = outputs.write_outputs(run_dir, key, found.image, found.labels, found.mask, found.probability,
-                                          formats, measurements=found.measurements
-                                          if {"measurements", "geojson"} & set(formats) else None)
-            if table is not None:
-                tables.append(table.assign(image=key))
-            rows += outputs.submission_rows(key, found.labels)
-            counts.append(count_row(key, found))
-    for key, reason in skipped.items():
-        log.warning("skipped %s: %s", key, reason)
-    if skipped:
-        runs.write_json(run_dir / "skipped.json", skipped)
-    if not counts:
-        raise UserError(f"none of the {len(skipped)} input image(s) could be read; the reasons are in "
+                try:
+                    done.add(key, _segment_and_write(model, run_dir, key, where, plane, formats, max_pixels,
+                                                     progress))
+                except Exception as error:  # noqa: BLE001 - as above: the next image is segmented all the same
+                    skipped[where] = _reason(error)
+            done.status(skipped)
+        finished = True
+    finally:
+        table = done.write_tables(skipped, complete=finished)
+    if table.empty:
+        raise UserError(f"none of the {len(skipped)} input image(s) could be segmented; the reasons are in "
                         f"{run_dir / 'skipped.json'}")
-    outputs.write_submission(run_dir / "submission.csv", rows)
-    table = pd.DataFrame(counts)
-    runs.write_csv(table, run_dir / "counts.csv")
-    if tables:
-        runs.write_csv(pd.concat(tables, ignore_index=True)[["image", *tables[0].columns.drop("image")]],
-                       run_dir / "measurements.csv")
     return Batch(run_dir, table, skipped)
+
+
+def _reason(error: Exception) -> str:
+    """One line for ``skipped.json``: a ``UserError``'s message, or what went wrong otherwise."""
+    if isinstance(error, UserError):
+        return " ".join(str(error).split())
+    log.warning("unexpected error", exc_info=error)
+    return f"failed: {type(error).__name__}: {' '.join(str(error).split())}"
+
+
+def _segment_and_write(model: Model, run_dir: Path, key: str, where: str, plane: np.ndarray, formats,
+                       max_pixels: int, progress: bool) -> tuple[dict, pd.DataFrame | None, list]:
+    """Segment one plane and write its outputs: its ``counts.csv`` row, measurements and submission rows."""
+    with tqdm(desc=f"  tiles of {key}", unit="tile", leave=False,
+              disable=not progress or plane.shape[0] * plane.shape[1] < 4_000_000) as bar:
+        def set_total(tiles):  # known once the automatic zoom is chosen
+            bar.total = tiles
+            bar.refresh()
+
+        found = model.segment(plane, name=where, probability="probability" in formats, max_pixels=max_pixels,
+                              progress=bar.update, total=set_total)
+    table = outputs.write_outputs(run_dir, key, found.image, found.labels, found.mask, found.probability, formats,
+                                  measurements=found.measurements if {"measurements", "geojson"} & set(formats)
+                                  else None)
+    return count_row(key, found), table, outputs.submission_rows(key, found.labels)
+
+
+class _Done:
+    """What a run has segmented so far, and its tables."""
+
+    def __init__(self, run_dir: Path, files: int):
+        self.run_dir, self.files = run_dir, files
+        self.counts, self.tables, self.rows = [], [], []
+        self.status({})
+
+    def add(self, key: str, results: tuple[dict, pd.DataFrame | None, list]) -> None:
+        row, table, submission = results
+        self.counts.append(row)
+        if table is not None:
+            self.tables.append(table.assign(image=key))
+        self.rows += submission
+
+    def status(self, skipped: dict, *, complete: bool = False) -> None:
+        runs.write_json(self.run_dir / "status.json", {
+            "complete": complete, "input_files": self.files, "segmented": len(self.counts), "skipped": len(skipped)})
+
+    def write_tables(self, skipped: dict, *, complete: bool) -> pd.DataFrame:
+        """``skipped.json``, ``submission.csv``, ``counts.csv``, ``measurements.csv`` of what was done; then
+        ``status.json``, ``complete`` or not (a run stopped by an error)."""
+        for where, reason in skipped.items():
+            log.warning("skipped %s: %s", where, reason)
+        if skipped:
+            runs.write_json(self.run_dir / "skipped.json", skipped)
+        table = pd.DataFrame(self.counts)
+        if self.counts:
+            outputs.write_submission(self.run_dir / "submission.csv", self.rows)
+            runs.write_csv(table, self.run_dir / "counts.csv")
+        if self.tables:
+            columns = ["image", *self.tables[0].columns.drop("image")]
+            runs.write_csv(pd.concat(self.tables, ignore_index=True)[columns], self.run_dir / "measurements.csv")
+        self.status(skipped, complete=complete)
+        return table
 
 
 def count_row(key: str, found: Segmentation) -> dict:

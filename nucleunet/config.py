@@ -76,7 +76,7 @@ class TrainConfig:
         else float32; ``training.json`` records the choice).
     jit_compile : bool or 'auto'
         Compile the training step with XLA (TensorFlow backend); 'auto' decides by the CPU as measured
-        on this project's machines (``training.choose_jit_compile``; recorded in ``training.json``).
+        on this project's machines (``hardware.choose_jit_compile``; recorded in ``training.json``).
     contacts : bool
         A second output channel learns where nuclei touch (``tiling.contact_map``); post-processing then
         seeds one nucleus per contact-free part of the foreground (see ``postprocessing.probability_to_labels``).
@@ -190,7 +190,7 @@ class TrainConfig:
         if preset not in PRESETS:
             raise UserError(f"unknown preset {preset!r}: choose from {', '.join(sorted(PRESETS))}")
         values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
-        length = values.pop("length", None)  # by precision: training.for_this_machine chooses; here the float32 one
+        length = values.pop("length", None)  # by precision: hardware.for_this_machine chooses; here the float32 one
         if length is not None and "epochs" not in overrides:
             values["epochs"], values["steps_per_epoch"] = length["float32"]
         return cls.from_dict({**values, "preset": preset})

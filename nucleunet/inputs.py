@@ -1,34 +1,51 @@
 """The images a user asks to segment: files, folders, zips and globs; channels and z-stacks.
 
-    items = list_inputs(["my_images/", "plate.zip", "scans/*.tif"], recursive=True)
+    items, skipped = list_inputs(["my_images/", "plate.zip", "scans/*.tif"], recursive=True)
     for item in items:
-        for key, raw in planes(read_input(item), channel=None, stack="planes", name=item.key):
-            ...  # raw: (H, W) or (H, W, 3|4), as stored; key names the outputs
+        for suffix, raw in planes(*read_input(item), channel=None, stack="planes", name=item.where):
+            ...  # raw: (H, W) or (H, W, 3|4), as stored; item.key + suffix names the outputs
 
 Every image gets a key, its path relative to the folder, zip or glob it was found in, without its
-suffix: outputs keep the inputs' relative paths, so ``a/b/img.tif`` gives ``labels/a/b/img.tif``.
+suffix: outputs keep the inputs' relative paths, so ``a/b/img.tif`` gives ``labels/a/b/img.tif``. A key never
+leaves the run folder: zip members with absolute paths, drive letters or ``..`` parts are skipped with the reason.
+Reading is bounded: a file of more than ``MAX_PIXELS`` pixels (known from its header, before any pixel is decoded)
+and a zip member that would decompress to too much (``member_problem``) are refused with the reason.
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import io
 import logging
 import os
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
+import PIL.Image
 import tifffile
 
 from nucleunet import layouts
 from nucleunet.errors import MissingPathError, UserError
 from nucleunet.imaging import IMAGE_SUFFIXES, decode_image
 
-log = logging.getLogger("inputs")
+log = logging.getLogger("nucleunet.inputs")
 
 STACK_MODES = ("planes", "max")
+
+# The most pixels one input file may hold (all its planes, channels not counted); --max-pixels changes it.
+MAX_PIXELS = 10**9
+# A zip member is refused above this uncompressed size, or above LARGE_MEMBER_BYTES and MAX_COMPRESSION_RATIO times
+# its compressed size (a zip bomb: image files compress far less).
+MAX_MEMBER_BYTES = 4 * 2**30
+LARGE_MEMBER_BYTES = 100 * 2**20
+MAX_COMPRESSION_RATIO = 200
+# A trailing axis this short, unnamed in a TIFF, on planes at least this large, holds channels ('YXC'), not columns.
+CHANNEL_AXIS_LENGTHS = (2, 3, 4)
+MIN_PLANE_SIDE = 16
 
 
 @dataclass(frozen=True)
@@ -39,7 +56,7 @@ class InputImage:
     ----------
     key : str
         Names its outputs: the path relative to the folder, zip or glob it came from, without the
-        suffix (POSIX separators).
+        suffix (POSIX separators; never absolute, never with a ``..`` part).
     path : Path
         The file, or the zip that holds it.
     member : str or None
@@ -62,6 +79,40 @@ def _is_image_name(name: str) -> bool:
 
 def _key(relative: str) -> str:
     return str(PurePosixPath(relative).with_suffix(""))
+
+
+def unsafe_name(name: str) -> str | None:
+    """Why a path inside a zip (a member's name) must not name outputs, or None if it is safe: an absolute path,
+    a drive letter, or a ``..`` part would lead out of the run folder. Backslashes count as separators.
+
+    Examples
+    --------
+    >>> [unsafe_name(name) for name in ("a/b.png", "/tmp/abs.png", "C:/x.png")]
+    [None, 'an absolute path', 'an absolute path with a drive letter']
+    >>> unsafe_name("../../escape.png")
+    "a '..' part, which leads out of its folder"
+    >>> unsafe_name(r"a\\..\\b.png") == unsafe_name("a/../b.png")
+    True
+    """
+    name = name.replace("\\", "/")
+    if name.startswith("/"):
+        return "an absolute path"
+    if re.match(r"^[A-Za-z]:", name):
+        return "an absolute path with a drive letter"
+    if ".." in PurePosixPath(name).parts:
+        return "a '..' part, which leads out of its folder"
+    return None
+
+
+def member_problem(info: zipfile.ZipInfo) -> str | None:
+    """Why a zip member is not read because of what it would decompress to, or None."""
+    size, packed = info.file_size, max(info.compress_size, 1)
+    if size > MAX_MEMBER_BYTES:
+        return f"it decompresses to {size:,} bytes, over the limit of {MAX_MEMBER_BYTES:,}"
+    if size > LARGE_MEMBER_BYTES and size > MAX_COMPRESSION_RATIO * packed:
+        return (f"it decompresses to {size:,} bytes from {packed:,} ({size // packed}x, over "
+                f"{MAX_COMPRESSION_RATIO}x): a zip bomb, not an image")
+    return None
 
 
 def _from_names(names: list[str], make) -> list[InputImage]:
@@ -94,14 +145,22 @@ def _folder(folder: Path, recursive: bool) -> list[InputImage]:
     return found
 
 
-def _zip(archive: Path) -> list[InputImage]:
+def _zip(archive: Path, skipped: dict) -> list[InputImage]:
+    """The images in a zip; a member whose name is unsafe or that would decompress to too much is left out and
+    named in ``skipped`` (``archive:member`` -> why)."""
     try:
         with zipfile.ZipFile(archive) as opened:
-            names = [info.filename for info in opened.infolist() if not info.is_dir()]
+            members = [info for info in opened.infolist() if not info.is_dir() and _is_image_name(info.filename)]
     except zipfile.BadZipFile as error:
         raise UserError(f"{archive} is not a readable zip file: {error}") from error
-    found = _from_names(names, lambda key, name: InputImage(key, archive, name))
-    if not found:
+    by_name = {}  # with forward slashes -> as stored
+    for info in members:
+        if problem := unsafe_name(info.filename) or member_problem(info):
+            skipped[f"{archive}:{info.filename}"] = f"not read: {problem}"
+        else:
+            by_name[info.filename.replace("\\", "/")] = info.filename
+    found = _from_names(list(by_name), lambda key, name: InputImage(key, archive, by_name[name]))
+    if not found and not members:
         raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {archive}")
     return found
 
@@ -115,8 +174,8 @@ def _glob(pattern: str) -> list[InputImage]:
     return [InputImage(_key(path.relative_to(root).as_posix()), path) for path in paths]
 
 
-def list_inputs(inputs: list, *, recursive: bool = False) -> list[InputImage]:
-    """Every image to segment, in the order given (folders, zips and globs sorted by name).
+def list_inputs(inputs: list, *, recursive: bool = False) -> tuple[list[InputImage], dict[str, str]]:
+    """Every image to segment, in the order given (folders, zips and globs sorted by name), and the files left out.
 
     Parameters
     ----------
@@ -126,60 +185,144 @@ def list_inputs(inputs: list, *, recursive: bool = False) -> list[InputImage]:
     recursive : bool
         Also the images in subfolders of a folder (a DSB-layout folder is always read whole).
 
+    Returns
+    -------
+    images : list of InputImage
+    skipped : dict, where -> why: zip members that are unsafe or too large, and an image whose key another image
+        has already (keys compare without regard to case, as on the file systems of Windows and macOS)
+
     Raises
     ------
     UserError
-        An input that does not exist or holds no image, or two images that would get the same key.
+        An input that does not exist or holds no image.
     """
     found: list[InputImage] = []
+    skipped: dict[str, str] = {}
     for given in inputs:
         path = Path(given)
         if path.is_dir():
             found += _folder(path, recursive)
         elif path.is_file() and path.suffix.lower() == ".zip":
-            found += _zip(path)
+            found += _zip(path, skipped)
         elif path.is_file():
             found.append(InputImage(path.stem, path))
         elif glob.has_magic(str(given)):
             found += _glob(str(given))
         else:
             raise MissingPathError(f"input not found: {given}")
-    keys = [item.key for item in found]
-    repeated = sorted({key for key in keys if keys.count(key) > 1})
-    if repeated:
-        raise UserError(f"several inputs would write outputs named {repeated[0]!r} (e.g. a.png and a.tif in one "
-                        f"folder); rename one")
-    return found
+    images, keys = [], KeyRegister()
+    for item in found:
+        if other := keys.claim(item.key, item.where):
+            skipped[item.where] = (f"its outputs would be named {item.key!r}, as those of {other} (names compare "
+                                   f"without regard to case); rename one")
+        else:
+            images.append(item)
+    return images, skipped
 
 
-def read_input(item: InputImage) -> tuple[np.ndarray, str]:
+class KeyRegister:
+    """The output names taken so far in a run, compared without regard to case."""
+
+    def __init__(self):
+        self.taken: dict[str, str] = {}
+
+    def claim(self, key: str, where: str) -> str | None:
+        """Take ``key`` for the image at ``where``; if an image took it already, leave it and return that one."""
+        other = self.taken.get(key.casefold())
+        if other is None:
+            self.taken[key.casefold()] = where
+        return other
+
+
+@contextlib.contextmanager
+def _pil_limit(pixels: int):
+    """PIL's own decompression-bomb limit set to ``pixels`` for the block (the header was checked already)."""
+    before = PIL.Image.MAX_IMAGE_PIXELS
+    PIL.Image.MAX_IMAGE_PIXELS = pixels
+    try:
+        yield
+    finally:
+        PIL.Image.MAX_IMAGE_PIXELS = before
+
+
+def _check_pixels(shape: tuple[int, ...], axes: str, where: str, max_pixels: int) -> None:
+    pixels = int(np.prod([side for side, axis in zip(shape, axes) if axis not in "CS"], dtype=np.float64))
+    if pixels > max_pixels:
+        raise UserError(f"cannot read {where}: {pixels:,} pixels (shape {tuple(shape)}), over the limit of "
+                        f"{max_pixels:,} (--max-pixels)")
+
+
+def _read_bytes(item: InputImage) -> bytes:
+    """The file's bytes; of a zip member, never more than its header declares."""
+    if item.member is None:
+        return item.path.read_bytes()
+    with zipfile.ZipFile(item.path) as archive:
+        info = archive.getinfo(item.member)
+        if problem := member_problem(info):
+            raise UserError(f"not read: {problem}")
+        with archive.open(info) as member:
+            data = member.read(info.file_size + 1)
+    if len(data) > info.file_size:
+        raise UserError("not read: it decompresses to more than its zip header says")
+    return data
+
+
+def read_input(item: InputImage, *, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, str]:
     """The image as stored, and the names of its axes.
 
     TIFFs are read with tifffile, which knows their axes (``'YX'``, ``'YXS'`` for RGB, ``'CYX'`` for
-    channel planes, ``'ZYX'`` for a z-stack, ...); other files get ``'YX'`` or ``'YXS'``.
+    channel planes, ``'ZYX'`` for a z-stack, ...); other files get ``'YX'`` or ``'YXS'``. A TIFF whose planes tifffile
+    cannot name but whose last axis is 2-4 long on large planes (``np.zeros((512, 512, 2))`` saved as is) is read
+    as channels (``'YXC'``), with a warning. The pixel count is checked from the file's header, before decoding.
 
     Returns
     -------
     raw : ndarray, any dtype
     axes : str, one letter per axis of ``raw``
+
+    Raises
+    ------
+    UserError
+        A file that cannot be read, is not an image, or holds more than ``max_pixels`` pixels.
     """
     try:
-        if item.member is None:
-            data = item.path.read_bytes()
-        else:
-            with zipfile.ZipFile(item.path) as archive:
-                data = archive.read(item.member)
+        data = _read_bytes(item)
     except (OSError, KeyError, zipfile.BadZipFile) as error:
         raise UserError(f"cannot read {item.where}: {error}") from error
+    except UserError as error:
+        raise UserError(f"cannot read {item.where}: {error}") from None
     if PurePosixPath(item.member or item.path.name).suffix.lower() in (".tif", ".tiff") and data[:2] in (b"II", b"MM"):
         try:
             with tifffile.TiffFile(io.BytesIO(data)) as tiff:
                 series = tiff.series[0]
-                return series.asarray(), series.axes
+                shape, axes = tuple(series.shape), series.axes
+                _check_pixels(shape, axes, item.where, max_pixels)
+                raw = series.asarray()
+        except UserError:
+            raise
         except Exception as error:  # noqa: BLE001 - tifffile raises many types for a broken file
             raise UserError(f"cannot read {item.where}: not a readable TIFF ({error})") from error
-    raw = decode_image(data, item.where)
+        return raw, _channels_axis(raw, axes, item.where)
+    try:
+        with PIL.Image.open(io.BytesIO(data)) as header:
+            _check_pixels((header.height, header.width), "YX", item.where, max_pixels)
+    except UserError:
+        raise
+    except Exception:  # noqa: BLE001, S110 - not for PIL: decode_image names the file and the reason
+        pass
+    with _pil_limit(max_pixels):
+        raw = decode_image(data, item.where)
     return raw, "YX" if raw.ndim == 2 else "YXS"
+
+
+def _channels_axis(raw: np.ndarray, axes: str, where: str) -> str:
+    """``axes``, with a trailing column axis of 2-4 on large planes that tifffile could not name read as channels."""
+    if (len(axes) == 3 and axes[0] in "QI" and axes[1:] == "YX" and raw.shape[2] in CHANNEL_AXIS_LENGTHS
+            and min(raw.shape[:2]) >= MIN_PLANE_SIDE):
+        log.warning("%s: read as one image of %d x %d pixels with %d channels (its TIFF does not name its axes); "
+                    "choose the nuclear one with --channel N", where, raw.shape[0], raw.shape[1], raw.shape[2])
+        return "YXC"
+    return axes
 
 
 def planes(raw: np.ndarray, axes: str, *, channel: int | None = None, stack: str = "planes",

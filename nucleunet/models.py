@@ -15,7 +15,7 @@ import pandas as pd
 
 from nucleunet import imaging, runs, stratify
 from nucleunet.config import POSTPROCESSING_FIELDS, TrainConfig
-from nucleunet.errors import MissingPathError
+from nucleunet.errors import MissingPathError, UserError
 from nucleunet.postprocessing import Postprocessing
 from nucleunet.prediction import PredictTiles, make_predictor
 from nucleunet.tiling import MIN_OVERLAP, TILE_SIZE
@@ -53,6 +53,16 @@ def ready_model_path(name: str = DEFAULT_MODEL) -> Path:
     raise MissingPathError(f"the ready model {name!r} is not installed: looked for "
                            f"{' and '.join(str(path) for path in candidates)}; reinstall the package "
                            f"(pip install .) or name a model.keras file")
+
+
+def refuse_ready_model_folder(path: Path, what: str) -> None:
+    """A ``UserError`` if ``path`` lies in a ready model's folder (``ready_model_folders``): no command
+    writes there."""
+    resolved = Path(path).resolve()
+    for folder in ready_model_folders():
+        folder = folder.resolve()
+        if resolved == folder or folder in resolved.parents:
+            raise UserError(f"{what} {path} is in the ready models' folder {folder}, which no command changes")
 
 
 def find_model(name_or_path: str | Path | None = None) -> Path:
@@ -118,12 +128,12 @@ class TrainedModel:
         """The model loaded as ``prediction.PredictTiles`` (taking tiles of any size), with the tile size it was
         trained on and the tile overlap to predict with."""
         import unet
-        from nucleunet import training
+        from nucleunet import hardware
 
         model = unet.load_model(self.path)
         trained_on = model.input_shape[1] or (self.config.tile_size if self.config else TILE_SIZE)
         # Any tile size (the U-Net is fully convolutional); bfloat16 only where the hardware computes it.
-        fast_bfloat16 = training.choose_precision("auto") == "mixed_bfloat16"
+        fast_bfloat16 = hardware.choose_precision("auto") == "mixed_bfloat16"
         model = unet.portable(model, dtype=None if fast_bfloat16 else "float32")
         batch_size = max(self.config.batch_size, 8) if self.config else 8
         min_overlap = self.config.min_overlap if self.config else MIN_OVERLAP

@@ -17,7 +17,8 @@ from __future__ import annotations
 import csv
 import json
 import os
-from pathlib import Path
+import re
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
@@ -183,9 +184,20 @@ def overlay_on(raw: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 
 def output_path(run_dir: Path, folder: str, key: str, suffix: str) -> Path:
-    """``run_dir/folder/<key><suffix>``, the key's sub-folders created: outputs keep the inputs' relative paths."""
-    path = Path(run_dir) / folder / (key + suffix)
+    """``run_dir/folder/<key><suffix>``, the key's sub-folders created: outputs keep the inputs' relative paths.
+
+    The last guard against writing outside the run folder: a key that is absolute or has a ``..`` part is a
+    ``UserError``, and so is a path that a symbolic link inside the run folder would lead out of it (links are
+    never followed for writing)."""
+    relative = PurePosixPath(key + suffix)
+    if relative.is_absolute() or ".." in relative.parts or re.match(r"^[A-Za-z]:", key):
+        raise UserError(f"refusing to write {key + suffix!r}: the name would lead out of the run folder")
+    base = Path(run_dir) / folder
+    path = base.joinpath(*relative.parts)
     path.parent.mkdir(parents=True, exist_ok=True)
+    inside, parent = Path(run_dir).resolve(), path.parent.resolve()
+    if not (parent == inside or inside in parent.parents) or path.is_symlink():
+        raise UserError(f"refusing to write {path}: a symbolic link would lead it out of the run folder")
     return path
 
 

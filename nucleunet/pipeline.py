@@ -17,7 +17,7 @@ import pandas as pd
 
 import dsb
 import unet
-from nucleunet import distribute, runs, stratify, training
+from nucleunet import distribute, models, runs, stratify, training
 from nucleunet.api import load_model
 from nucleunet.config import TrainConfig
 from nucleunet.errors import MissingPathError, UserError
@@ -39,11 +39,40 @@ def load_data(config: TrainConfig, *, cache_dir: Path | None, progress: bool):
     log.info("data: %s", source)
     records = dsb.load_dataset(source, cache_dir=cache_dir, percentiles=config.normalization, progress=progress)
     stats = stratify.image_statistics(records)
+    starting = _starting_split(config, stats)
+    if starting is not None and not Path(config.split).exists():
+        log.info("fine-tuning on images the starting model's split lists: its split is reused (%s)", config.split)
+        runs.write_csv(starting, config.split)
     split = stratify.load_or_make_split(stats, config.split, seed=config.seed)
+    if starting is not None:
+        _refuse_leaks(config, starting, split)
     counts = split["subset"].value_counts()
     log.info("%d images (%d nuclei): train %d, cv %d, test %d; split %s", len(records), int(stats["nuclei"].sum()),
              counts.get("train", 0), counts.get("cv", 0), counts.get("test", 0), config.split)
     return records, split, stats
+
+
+def _starting_split(config: TrainConfig, stats: pd.DataFrame) -> pd.DataFrame | None:
+    """With ``config.init``, the starting model's split where it lists every image of this dataset (fine-tuning on
+    the data it was trained on); None otherwise (your own images, or no split beside the model)."""
+    if not config.init:
+        return None
+    start = TrainedModel.open(config.init)
+    if start.split is None:
+        return None
+    split = stratify.read_split(start.split)
+    return split if set(stats.index) <= set(split["image_id"]) else None
+
+
+def _refuse_leaks(config: TrainConfig, starting: pd.DataFrame, split: pd.DataFrame) -> None:
+    """Refuse a split that would test the fine-tuned model on images its starting model was trained or chosen on."""
+    seen = set(starting.loc[starting["subset"] != "test", "image_id"])
+    leaked = sorted(seen & set(split.loc[split["subset"] == "test", "image_id"]))
+    if leaked:
+        raise UserError(f"the split {config.split} puts {len(leaked)} image(s) that the starting model {config.init} "
+                        f"was trained or checked on into its test split (e.g. {leaked[0]}), so its test scores "
+                        f"would not be on unseen images: pass the starting model's split, --split "
+                        f"{TrainedModel.open(config.init).split}")
 
 
 def train_run(config: TrainConfig, out: Path, *, cache_dir: Path | None, progress: bool) -> Path | None:
@@ -56,6 +85,7 @@ def train_run(config: TrainConfig, out: Path, *, cache_dir: Path | None, progres
     records, split, stats = load_data(config, cache_dir=cache_dir, progress=progress)
     run_dir = runs.new_run_dir(out, config.preset)
     log.info("run folder: %s", run_dir)
+    training.new_state(run_dir)  # the mark of a training run that resume may continue
     config.save(run_dir / "config.json")
     runs.write_csv(split, run_dir / "split.csv")
     runs.write_json(run_dir / "clusters.json", stratify.fit_cluster_model(stats, split))
@@ -81,14 +111,13 @@ def resume_run(run_dir: Path, *, data: Path | None, cache_dir: Path | None, prog
     """Continue a killed or interrupted training run from the end of its last finished epoch, with its
     own config, split and the rest of its time budget; then evaluate it as a new run would."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file() or not (run_dir / "split.csv").is_file():
-        raise UserError(f"{run_dir} is not a training run folder (no config.json and split.csv)")
+    check_resumable(run_dir)
     config = TrainConfig.load(run_dir / "config.json")
     config = dataclasses.replace(config, split=str(run_dir / "split.csv"),
                                  data=str(data) if data is not None else config.data)
     if config.distribute == "multiworker":
         raise UserError("resume of a multi-worker run is not supported: every worker would need the run's "
-                        "last.keras; start a new run")
+                        "checkpoint; start a new run")
     distribution = distribute.start_distribution(config)
     log.info("resuming run folder: %s", run_dir)
     records, split, _ = load_data(config, cache_dir=cache_dir, progress=progress)
@@ -99,6 +128,20 @@ def resume_run(run_dir: Path, *, data: Path | None, cache_dir: Path | None, prog
     del records
     return _train_and_evaluate(config, run_dir, tiles, split, test_records, distribution, progress=progress,
                                resume=True, nucleus_area=nucleus_area)
+
+
+def check_resumable(run_dir: Path) -> None:
+    """A ``UserError`` unless ``run_dir`` is an unfinished training run (its ``state.json`` says so); never an
+    export, never a ready model's folder. Nothing is written before this check."""
+    models.refuse_ready_model_folder(run_dir, "the run folder")
+    if (run_dir / "export.json").is_file():
+        raise UserError(f"{run_dir} holds an exported model (export.json), not a training run to resume")
+    state = training.read_state(run_dir) if run_dir.is_dir() else None
+    if state is None or not (run_dir / "config.json").is_file() or not (run_dir / "split.csv").is_file():
+        raise UserError(f"{run_dir} is not a training run folder (no state.json, config.json and split.csv)")
+    if state.get("finished") is not False:
+        raise UserError(f"{run_dir}: its training is finished (state.json); start a new run, or fine-tune its "
+                        f"model with train --init {run_dir / 'model.keras'}")
 
 
 def _train_and_evaluate(config, run_dir, tiles, split, test_records, distribution, *, progress, resume=False,
@@ -114,13 +157,14 @@ def _train_and_evaluate(config, run_dir, tiles, split, test_records, distributio
             postprocessing = postprocessing.replace(scale=start.scale, tile_size=start.tile_size,
                                                     extra_zooms=start.extra_zooms)
     postprocessing.save(run_dir / "postprocessing.json")
-    if not test_records:  # a small dataset's split (fine-tuning) has no test images
+    if test_records:
+        clusters = dict(zip(split["image_id"], split["cluster"].astype(int)))
+        evaluate_records(load_model(checkpoint), test_records, clusters, run_dir,
+                         figures_per_cluster=config.figures_per_cluster, seed=config.seed, progress=progress)
+    else:  # a small dataset's split (fine-tuning) has no test images
         log.info("no test images in the split: score the model on images of your own with "
                  "'evaluate %s --subset all --data FOLDER'", checkpoint)
-        return run_dir
-    clusters = dict(zip(split["image_id"], split["cluster"].astype(int)))
-    evaluate_records(load_model(checkpoint), test_records, clusters, run_dir,
-                     figures_per_cluster=config.figures_per_cluster, seed=config.seed, progress=progress)
+    training.finish_state(run_dir)
     return run_dir
 
 

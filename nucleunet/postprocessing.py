@@ -33,6 +33,14 @@ MAX_SPECK_FRACTION = 0.25
 # Zooms are products of sqrt(2)'s powers: one that is this close above a bound (1.001 times it) counts as on it.
 ZOOM_ROUNDING = 1.001
 
+# Bounds of the settings, so that no option or settings file asks for absurd work: a zoom beyond MAX_SCALE makes a
+# block of 2048 x 2048 pixels (prediction.segment_image) a model input of more than 8,192 x 8,192.
+MIN_SCALE, MAX_SCALE = 0.05, 4.0
+MIN_TILE, MAX_TILE, TILE_MULTIPLE = 32, 4096, 16
+MAX_MIN_SIZE = 10**6
+MAX_MARKER_HEIGHT = 1000.0
+MAX_NUCLEUS_AREA = 10**7
+
 # Fields that earlier versions wrote into postprocessing.json and that their decision rules rejected
 # (docs/results.md), with the value that meant "off": a file that has them still loads.
 REMOVED_FIELDS = {"min_size_relative": None, "auto_gain": False, "gain": 1.0, "gain_base": 0.0}
@@ -111,25 +119,24 @@ class Postprocessing:
     denoise: bool = False
 
     def __post_init__(self):
-        try:
-            extra = tuple(float(zoom) for zoom in self.extra_zooms)
-        except (TypeError, ValueError):
-            raise UserError(f"extra_zooms must be a list of positive numbers, got {self.extra_zooms!r}") from None
-        if not all(zoom > 0 and zoom != 1.0 for zoom in extra):
-            raise UserError(f"extra_zooms must be positive numbers other than 1, got {self.extra_zooms!r}")
-        object.__setattr__(self, "extra_zooms", extra)  # a list from JSON: a tuple, so that settings compare equal
-        if not 0.0 < self.threshold < 1.0:
-            raise UserError(f"threshold must be in (0, 1), got {self.threshold}")
-        if not 0.0 < self.contact_threshold < 1.0:
-            raise UserError(f"contact_threshold must be in (0, 1), got {self.contact_threshold}")
-        if self.min_size < 0:
-            raise UserError(f"min_size must be non-negative, got {self.min_size}")
-        if self.marker_height is not None and not self.marker_height > 0:
-            raise UserError(f"marker_height must be positive or None, got {self.marker_height}")
-        if self.scale != "auto" and not (isinstance(self.scale, (int, float)) and self.scale > 0):
-            raise UserError(f"scale must be a positive number or 'auto', got {self.scale!r}")
-        if self.nucleus_area is not None and not self.nucleus_area > 0:
-            raise UserError(f"nucleus_area must be positive or None, got {self.nucleus_area}")
+        if isinstance(self.extra_zooms, (str, bytes)) or not isinstance(self.extra_zooms, (list, tuple)):
+            raise UserError(f"extra_zooms must be a list of zooms in [{MIN_SCALE}, {MAX_SCALE}] other than 1, got "
+                            f"{self.extra_zooms!r}")
+        for zoom in self.extra_zooms:
+            _check_number("extra_zooms", zoom, MIN_SCALE, MAX_SCALE)
+            if zoom == 1:
+                raise UserError("extra_zooms must not hold 1: the zoom of scale itself")
+        object.__setattr__(self, "extra_zooms", tuple(float(zoom) for zoom in self.extra_zooms))  # comparable
+        _check_number("threshold", self.threshold, 0.0, 1.0, open_ends=True)
+        _check_number("contact_threshold", self.contact_threshold, 0.0, 1.0, open_ends=True)
+        _check_number("min_size", self.min_size, 0, MAX_MIN_SIZE, integer=True)
+        object.__setattr__(self, "min_size", int(self.min_size))
+        if self.marker_height is not None:
+            _check_number("marker_height", self.marker_height, 0.0, MAX_MARKER_HEIGHT, open_ends=True, none=True)
+        if self.scale != "auto":
+            _check_number("scale", self.scale, MIN_SCALE, MAX_SCALE, auto=True)
+        if self.nucleus_area is not None:
+            _check_number("nucleus_area", self.nucleus_area, 0.0, MAX_NUCLEUS_AREA, open_ends=True, none=True)
         if self.scale == "auto" and self.nucleus_area is None:
             raise UserError("scale 'auto' needs the typical nucleus area of the model's training images "
                             "(nucleus_area in its postprocessing.json), which this model's files do not give: "
@@ -137,19 +144,21 @@ class Postprocessing:
         for name in ("tta", "flat_field", "denoise"):
             if not isinstance(getattr(self, name), bool):
                 raise UserError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        if self.tile_size not in (None, "auto") and not (isinstance(self.tile_size, int) and self.tile_size >= 32):
-            raise UserError(f"tile_size must be None, 'auto' or a side of at least 32 pixels, got {self.tile_size!r}")
-        if self.min_score is not None and not 0.0 < self.min_score < 1.0:
-            raise UserError(f"min_score must be in (0, 1) or None, got {self.min_score}")
-        if self.min_score is not None and self.score_model is None:
-            raise UserError("min_score needs a score model (score_model in postprocessing.json), which these "
-                            "settings do not have: run 'tune --fit-score' on the model to fit one")
+        if self.tile_size not in (None, "auto") and not (
+                isinstance(self.tile_size, int) and not isinstance(self.tile_size, bool)
+                and MIN_TILE <= self.tile_size <= MAX_TILE and self.tile_size % TILE_MULTIPLE == 0):
+            raise UserError(f"tile_size must be None, 'auto' or a side of {MIN_TILE}-{MAX_TILE} pixels divisible by "
+                            f"{TILE_MULTIPLE}, got {self.tile_size!r}")
+        if self.min_score is not None:
+            _check_number("min_score", self.min_score, 0.0, 1.0, open_ends=True, none=True)
+            if self.score_model is None:
+                raise UserError("min_score needs a score model (score_model in postprocessing.json), which these "
+                                "settings do not have: run 'tune --fit-score' on the model to fit one")
         if self.score_model is not None:
             try:
                 nucleus_score.ScoreModel.from_dict(self.score_model)
-            except (TypeError, ValueError) as error:
-                raise UserError(f"score_model in the post-processing settings is not a valid score model: "
-                                f"{error}") from None
+            except (TypeError, ValueError, KeyError, AttributeError) as error:
+                raise UserError(f"score_model is not a valid score model: {error}") from None
 
     @classmethod
     def from_dict(cls, values: dict, *, source: str = "the post-processing settings") -> Postprocessing:
@@ -167,7 +176,14 @@ class Postprocessing:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Postprocessing:
-        return cls.from_dict(runs.read_json(path), source=str(path))
+        """Read a ``postprocessing.json``; a bad field is a ``UserError`` that names the file and the field."""
+        values = runs.read_json(path)
+        if not isinstance(values, dict):
+            raise UserError(f"{path}: expected the post-processing settings as a JSON object, got {values!r:.60}")
+        try:
+            return cls.from_dict(values, source=str(path))
+        except UserError as error:
+            raise UserError(f"{path}: {error}") from None
 
     def save(self, path: str | os.PathLike) -> None:
         runs.write_json(path, dataclasses.asdict(self))
@@ -219,6 +235,20 @@ class Postprocessing:
     def mask(self, maps: np.ndarray) -> np.ndarray:
         """The thresholded nucleus channel: ndarray (H, W), bool (what the pixel Dice scores)."""
         return maps[..., 0] > self.threshold
+
+
+def _check_number(name: str, value, low: float, high: float, *, integer: bool = False, open_ends: bool = False,
+                  none: bool = False, auto: bool = False) -> None:
+    """A ``UserError`` naming ``name`` unless ``value`` is a number (an integer with ``integer``) in [low, high]
+    ((low, high) with ``open_ends``); the message says what else the field may be (None, 'auto')."""
+    kind = "an integer" if integer else "a number"
+    bounds = f"({low}, {high})" if open_ends else f"[{low}, {high}]"
+    allowed = kind + " in " + bounds + (" or None" if none else "") + (" or 'auto'" if auto else "")
+    good = isinstance(value, (int, float)) and not isinstance(value, bool) and bool(np.isfinite(value))
+    good = good and (not integer or float(value).is_integer()) and (low < value < high if open_ends
+                                                                     else low <= value <= high)
+    if not good:
+        raise UserError(f"{name} must be {allowed}, got {value!r}")
 
 
 def within_zoom_range(zoom: float) -> bool:

@@ -8,6 +8,7 @@ over it, so a run killed at any moment leaves the previous complete file or the 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -20,14 +21,19 @@ import pandas as pd
 from nucleunet.errors import UserError
 
 DEFAULT_RUNS_DIR = Path("runs")  # in the folder a command runs in
+# The mark of a file being written (``atomic_path``): what a killed run leaves behind.
+PARTIAL = ".partial"
+_counter = itertools.count()
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary path beside ``path`` to write to; renamed to ``path`` when the block succeeds.
 
-    The temporary name keeps the suffix (Keras picks its format by it) and is hidden. On an
-    error the temporary file or folder is removed and ``path`` is left as it was.
+    The temporary name is short whatever the target's (a name near the file system's 255-byte limit still gets one),
+    keeps the suffix (Keras picks its format by it), is hidden, and ends in ``PARTIAL`` plus the suffix, so that
+    ``remove_partial_files`` finds what a killed run left. On an error the temporary file or folder is removed and
+    ``path`` is left as it was.
 
     Examples
     --------
@@ -40,7 +46,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")
+    temporary = path.with_name(f".{os.getpid()}-{next(_counter)}{PARTIAL}{path.suffix[:16]}")
     try:
         yield temporary
         os.replace(temporary, path)
@@ -85,3 +91,18 @@ def new_run_dir(out: str | os.PathLike, what: str) -> Path:
         except OSError as error:
             raise UserError(f"cannot create a run folder in {out}: {error}") from error
     raise UserError(f"cannot create a run folder in {out}: it is not a writable folder")
+
+
+def remove_partial_files(folder: str | os.PathLike) -> int:
+    """Delete the half-written files and folders (``atomic_path``'s temporary names) that a killed run left anywhere
+    in ``folder``; returns how many. Only for a folder no other process is writing into."""
+    removed = 0
+    for path in sorted(Path(folder).rglob(f".*{PARTIAL}*"), reverse=True):
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+        elif path.is_dir():
+            shutil.rmtree(path)
+        else:
+            continue
+        removed += 1
+    return removed

@@ -10,9 +10,9 @@ TensorBoard, NaN, the time budget and the checkpoints that ``resume`` continues 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 
 import unet
-from nucleunet import augment, prediction, runs, stratify, tiling
-from nucleunet.config import PRESETS, TrainConfig
+from nucleunet import augment, hardware, prediction, runs, stratify, tiling
+from nucleunet.config import TrainConfig
 from nucleunet.errors import UserError
 
 log = logging.getLogger("training")
@@ -32,42 +32,6 @@ log = logging.getLogger("training")
 # --------------------------------------------------------------------------------------------
 # Presets and the model
 # --------------------------------------------------------------------------------------------
-
-def detect_accelerator() -> str | None:
-    """Name of the first GPU the Keras backend sees, or None."""
-    backend = keras.backend.backend()
-    try:
-        if backend == "tensorflow":
-            import tensorflow as tf
-
-            gpus = tf.config.list_physical_devices("GPU")
-            return gpus[0].name if gpus else None
-        if backend == "jax":
-            import jax
-
-            gpus = [device for device in jax.devices() if device.platform != "cpu"]
-            return str(gpus[0]) if gpus else None
-        if backend == "torch":
-            import torch
-
-            return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    except (ImportError, RuntimeError):
-        return None
-    return None
-
-
-def choose_preset(requested: str | None) -> str:
-    """``requested``, or 'seed' when the backend sees a GPU and 'cpu' otherwise (logged with the reason)."""
-    if requested is not None:
-        return requested
-    accelerator = detect_accelerator()
-    if accelerator:
-        log.info("no --preset given: found GPU %s, using preset 'seed' (the reference, 3 x 3500 steps)", accelerator)
-        return "seed"
-    log.info("no --preset given: no GPU found, using preset 'cpu' (at most %.0f minutes of training)",
-             PRESETS["cpu"]["minutes"])
-    return "cpu"
-
 
 def learning_rate_schedule(config: TrainConfig):
     """Adam's learning rate: a number, or a schedule of the step (saved with the model, so resumable)."""
@@ -119,64 +83,11 @@ def effective_jit_compile(config: TrainConfig):
     ``tf.distribute`` (whose CPU collectives XLA cannot compile); JAX always compiles; torch stays eager."""
     if keras.backend.backend() != "tensorflow":
         return "auto"
-    jit_compile = choose_jit_compile(config.jit_compile)
+    jit_compile = hardware.choose_jit_compile(config.jit_compile)
     if jit_compile and config.distribute != "none":
         log.info("XLA (jit_compile) is off under --distribute %s", config.distribute)
         return False
     return jit_compile
-
-
-def cpu_flags() -> set[str]:
-    """The instruction-set flags of this machine's CPU (Linux ``/proc/cpuinfo``; empty elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def has_bfloat16_instructions() -> bool:
-    """Whether the CPU computes bfloat16 in hardware (AVX512_BF16 or AMX): only then is mixed bfloat16 fast."""
-    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
-
-
-def for_this_machine(values: dict) -> dict:
-    """A preset's 'auto' settings made concrete for this machine, so that ``config.json`` records what ran.
-
-    ``precision`` and ``jit_compile`` as ``choose_precision`` and ``choose_jit_compile`` say; a preset's
-    ``length`` ({precision: (epochs, steps_per_epoch)}) gives the training length for the precision chosen:
-    a CPU that computes bfloat16 does about twice the steps in the same minutes.
-    """
-    values = dict(values)
-    if values.get("precision") == "auto":
-        values["precision"] = choose_precision("auto")
-    if values.get("jit_compile") == "auto":
-        values["jit_compile"] = choose_jit_compile("auto")
-    length = values.pop("length", None)
-    if length is not None:
-        values["epochs"], values["steps_per_epoch"] = length[values.get("precision", "float32")]
-    return values
-
-
-def choose_precision(requested: str) -> str:
-    """'float32' or 'mixed_bfloat16': as ``requested``, or for 'auto' mixed bfloat16 where a GPU is in use
-    or the CPU has bfloat16 instructions (``has_bfloat16_instructions``), else float32."""
-    if requested != "auto":
-        return requested
-    return "mixed_bfloat16" if detect_accelerator() or has_bfloat16_instructions() else "float32"
-
-
-def choose_jit_compile(requested: bool | str) -> bool:
-    """XLA for the training step: as ``requested``, or for 'auto' by the CPU: on where it lacks AVX-512.
-
-    Measured on this project's 2-core machines (``bench/RESULTS.md``): on an AVX2-only AMD EPYC, XLA made
-    the ``cpu`` preset's step 1.64x faster; on AVX-512 CPUs, TensorFlow's own oneDNN kernels were faster.
-    """
-    if requested != "auto":
-        return bool(requested)
-    return "avx512f" not in cpu_flags()
 
 
 # --------------------------------------------------------------------------------------------
@@ -424,15 +335,57 @@ class Throughput(keras.callbacks.Callback):
                      self.steps_per_second, self.tiles_per_second, self.steps, self.batch_size)
 
 
+STATE = "state.json"
+CHECKPOINTS = "checkpoints"
+
+
+def new_state(run_dir: Path) -> None:
+    """Mark ``run_dir`` as an unfinished training run, before its first epoch: what ``resume`` accepts."""
+    runs.write_json(Path(run_dir) / STATE, {"finished": False, "epoch": -1, "last": None, "best": None,
+                                            "best_val_dice": None, "training_seconds": 0.0,
+                                            "resumed_after_epochs": []})
+
+
+def read_state(run_dir: Path) -> dict | None:
+    """The run's ``state.json``: the last complete epoch and the checkpoints that hold it; None without one."""
+    path = Path(run_dir) / STATE
+    return runs.read_json(path) if path.is_file() else None
+
+
+def finish_state(run_dir: Path) -> None:
+    """Mark the training run in ``run_dir`` finished: ``resume`` refuses it from then on."""
+    runs.write_json(Path(run_dir) / STATE, {**read_state(run_dir), "finished": True})
+
+
+def settle_checkpoints(run_dir: Path, state: dict, *, copy_best: bool = True) -> None:
+    """Make the files agree with ``state``: the checkpoints it does not name go (an older epoch's, or one whose epoch
+    was never recorded because the run was killed), and with ``copy_best`` ``model.keras`` becomes a copy of the best
+    one (after a kill, it may be a copy of an older best)."""
+    run_dir = Path(run_dir)
+    kept = {state.get("last"), state.get("best")}
+    for path in (run_dir / CHECKPOINTS).glob("*.keras"):
+        if path.name not in kept:
+            path.unlink()
+    if copy_best and state.get("best"):
+        with runs.atomic_path(run_dir / "model.keras") as temporary:
+            shutil.copyfile(run_dir / CHECKPOINTS / state["best"], temporary)
+
+
 class Checkpoints(keras.callbacks.Callback):
-    """Saves the best model by ``val_dice`` (``model.keras``) and, after every epoch, the state to resume
-    from (``last.keras``, ``state.json``). Every file is written atomically (``runs.atomic_path``), so a
-    kill at any moment leaves the old or the new file, never half of one. Epochs whose loss is NaN save nothing.
+    """After every epoch, the model as ``checkpoints/epoch-NNNN.keras``; then ``state.json``, which names that last
+    complete epoch and its checkpoint and the best one by ``val_dice``; then ``model.keras``, a copy of the best.
+
+    ``state.json`` is the one record of where training is: a run killed before it is written is resumed from the
+    epoch before (``settle_checkpoints`` removes the unnamed checkpoint and puts ``model.keras`` right). Every
+    file is written atomically (``runs.atomic_path``). Epochs whose loss is NaN save nothing.
     """
 
-    def __init__(self, run_dir: Path, best: float, elapsed_seconds: float, resumed_after_epochs: list[int] = ()):
+    def __init__(self, run_dir: Path, state: dict, resumed_after_epochs: list[int] = ()):
         super().__init__()
-        self.run_dir, self.best, self.elapsed_seconds = Path(run_dir), best, elapsed_seconds
+        self.run_dir = Path(run_dir)
+        best = state.get("best_val_dice")
+        self.best = -np.inf if best is None else float(best)
+        self.best_file, self.elapsed_seconds = state.get("best"), state.get("training_seconds", 0.0)
         self.resumed_after_epochs = list(resumed_after_epochs)  # in state.json: a killed resume stays on record
 
     def on_train_begin(self, logs=None):
@@ -442,16 +395,18 @@ class Checkpoints(keras.callbacks.Callback):
         logs = logs or {}
         if not np.isfinite(logs.get("loss", np.nan)):
             return
+        last = self.run_dir / CHECKPOINTS / f"epoch-{epoch + 1:04d}.keras"
+        unet.save_model(self.model, last)
         value = logs.get("val_dice")
-        if value is not None and np.isfinite(value) and value > self.best:
-            self.best = float(value)
-            unet.save_model(self.model, self.run_dir / "model.keras")
-        unet.save_model(self.model, self.run_dir / "last.keras")
-        runs.write_json(self.run_dir / "state.json", {
-            "epoch": epoch, "best_val_dice": self.best,
-            "training_seconds": self.elapsed_seconds + time.monotonic() - self.started,
-            "resumed_after_epochs": self.resumed_after_epochs,
-        })
+        improved = value is not None and np.isfinite(value) and value > self.best
+        if improved:
+            self.best, self.best_file = float(value), last.name
+        state = {"finished": False, "epoch": epoch, "last": last.name, "best": self.best_file,
+                 "best_val_dice": self.best if np.isfinite(self.best) else None,
+                 "training_seconds": self.elapsed_seconds + time.monotonic() - self.started,
+                 "resumed_after_epochs": self.resumed_after_epochs}
+        runs.write_json(self.run_dir / STATE, state)  # the epoch is complete from here on
+        settle_checkpoints(self.run_dir, state, copy_best=improved)
 
 
 # --------------------------------------------------------------------------------------------
@@ -462,13 +417,13 @@ def train(config: TrainConfig, run_dir: Path, tiles: TrainingData, *, progress: 
           replicas: int = 1) -> Path:
     """Fit the U-Net on the training data, validating on the CV tiles; returns the path of the best checkpoint.
 
-    With ``resume``, training continues from ``run_dir/last.keras`` and ``state.json`` (the end of
-    the last finished epoch), with the time budget that was left. Writes ``history.csv``,
+    With ``resume``, training continues from the checkpoint that ``state.json`` names (the end of the last finished
+    epoch), with the time budget that was left. Writes ``history.csv``,
     ``training.json`` (minutes trained, why training stopped, the last epoch's tiles/s, the
     ``replicas`` of a distributed run, the CV tiles validated on, the precision and XLA setting used,
     the epochs after which it was resumed; for a fine-tuning run, ``starting_model``: the CV loss and Dice
     of the model it started from) and, on TensorFlow, TensorBoard ``logs/``. The model
-    computes in ``config.precision`` (``choose_precision``) while it trains; the Keras dtype policy is
+    computes in ``config.precision`` (``hardware.choose_precision``) while it trains; the Keras dtype policy is
     restored afterwards.
 
     Raises
@@ -476,7 +431,7 @@ def train(config: TrainConfig, run_dir: Path, tiles: TrainingData, *, progress: 
     UserError
         The loss became NaN before any model was saved, or no CV Dice was ever computed.
     """
-    precision = choose_precision(config.precision)
+    precision = hardware.choose_precision(config.precision)
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(precision)
     try:
@@ -496,13 +451,14 @@ def _fit(config: TrainConfig, run_dir: Path, tiles: TrainingData, *, progress: b
         log.info("tiles %dx%d: train %d, cv %d", config.tile_size, config.tile_size,
                  len(tiles.train_images), len(tiles.cv_images))
 
-    state = {"epoch": -1, "best_val_dice": -np.inf, "training_seconds": 0.0}
-    if resume and (run_dir / "state.json").exists():
-        state = runs.read_json(run_dir / "state.json")
-        model = unet.load_model(run_dir / "last.keras", compile=True)
+    state = (read_state(run_dir) if resume else None) or {"epoch": -1, "training_seconds": 0.0}
+    if resume and state.get("last"):
+        runs.remove_partial_files(run_dir)  # what the killed run was writing
+        settle_checkpoints(run_dir, state)
+        model = unet.load_model(run_dir / CHECKPOINTS / state["last"], compile=True)
         truncate_history(run_dir / "history.csv", state["epoch"])
         log.info("resuming after epoch %d (best CV Dice so far %.4f, %.1f minutes trained)",
-                 state["epoch"] + 1, state["best_val_dice"], state["training_seconds"] / 60)
+                 state["epoch"] + 1, state["best_val_dice"] or np.nan, state["training_seconds"] / 60)
     else:
         if resume:
             log.info("no finished epoch to resume from: starting this run's training from the beginning")
@@ -522,7 +478,7 @@ def _fit(config: TrainConfig, run_dir: Path, tiles: TrainingData, *, progress: b
     callbacks = [
         keras.callbacks.TerminateOnNaN(),
         keras.callbacks.CSVLogger(run_dir / "history.csv", append=initial_epoch > 0),
-        Checkpoints(run_dir, state["best_val_dice"], state["training_seconds"], resumed),
+        Checkpoints(run_dir, state, resumed),
         *([keras.callbacks.TensorBoard(log_dir=run_dir / "logs")] if unet.tensorflow_available() else []),
         *([budget] if budget is not None else []),
         SetEpoch(sequence),
@@ -566,7 +522,7 @@ def _fit(config: TrainConfig, run_dir: Path, tiles: TrainingData, *, progress: b
             raise UserError(f"training stopped: the loss became NaN in epoch {epoch + 1}, before any model was "
                             f"saved; try a lower --learning-rate")
         log.error("training stopped: the loss became NaN in epoch %d; evaluating the best model saved before it "
-                  "(CV Dice %.4f)", epoch + 1, json.loads((run_dir / "state.json").read_text())["best_val_dice"])
+                  "(CV Dice %.4f)", epoch + 1, read_state(run_dir)["best_val_dice"])
     if not checkpoint.exists():
         raise UserError("no model was saved: the CV Dice was never computed")
     return checkpoint

@@ -22,7 +22,7 @@ from nucleunet import nucleus_score, prediction, runs
 from nucleunet.errors import UserError
 from nucleunet.evaluation import records_of
 from nucleunet.metrics import average_precision, iou_matrix
-from nucleunet.models import TrainedModel
+from nucleunet.models import TrainedModel, refuse_ready_model_folder
 from nucleunet.postprocessing import Postprocessing, reference_area
 
 log = logging.getLogger("nucleunet.tuning")
@@ -92,6 +92,11 @@ def tune_run(model_path: Path, *, data: Path | None = None, split: Path | None =
     """
     if subset == "test":
         raise UserError("tune chooses settings and must not look at the test split; use --subset cv")
+    try:
+        refuse_ready_model_folder(Path(model_path), "the model")
+    except UserError as error:
+        raise UserError(f"{error}: tune writes the settings it chooses beside the model; tune a copy instead "
+                        f"(export {model_path} --format keras, then tune the export's model.keras)") from None
     model = TrainedModel.open(model_path)
     tta = model.postprocessing.tta if tta is None else tta
     nucleus_area = model.postprocessing.nucleus_area

@@ -177,3 +177,22 @@ def finish_cli_process(process, *, timeout: float = 300) -> tuple[dict, str]:
 
 def run_cli_process(request: dict, *, env: dict | None = None, timeout: float = 300) -> tuple[dict, str]:
     return finish_cli_process(start_cli_process(request, env=env), timeout=timeout)
+
+
+@pytest.fixture
+def stand_in_model(tmp_path, monkeypatch):
+    """A model file (for the command line to open) whose predictor is the identity on the nucleus channel: its nuclei
+    are the bright blobs of the preprocessed image, in no time."""
+    import unet
+    from nucleunet import models, postprocessing
+
+    path = tmp_path / "model" / "model.keras"
+    path.parent.mkdir()
+    unet.build_unet((None, None, 1), depth=2, base_filters=2, output_channels=2).save(path)
+    postprocessing.Postprocessing(threshold=0.5, min_size=5).save(path.parent / "postprocessing.json")
+
+    def predictor(self):
+        return (lambda tiles: np.concatenate([tiles, np.zeros_like(tiles)], axis=-1)), 64, 16
+
+    monkeypatch.setattr(models.TrainedModel, "predictor", predictor)
+    return path

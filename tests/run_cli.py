@@ -42,7 +42,8 @@ def main(request: dict) -> dict:
 
         def train_and_keep_model(config, run_dir, *args, **kwargs):
             result = train(config, run_dir, *args, **kwargs)
-            shutil.copy(Path(run_dir) / "last.keras", request["keep_last_model"])
+            last = Path(run_dir) / training.CHECKPOINTS / training.read_state(run_dir)["last"]
+            shutil.copy(last, request["keep_last_model"])
             return result
 
         training.train = train_and_keep_model

@@ -21,7 +21,7 @@ from nucleunet.config import PRESETS
 from conftest import run_cli_process
 
 BACKEND_PACKAGES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
-RUN_FILES = ("config.json", "split.csv", "clusters.json", "model.keras", "last.keras", "state.json", "history.csv",
+RUN_FILES = ("config.json", "split.csv", "clusters.json", "model.keras", "state.json", "history.csv",
              "training.json", "metrics.json", "postprocessing.json")
 
 

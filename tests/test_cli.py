@@ -49,9 +49,11 @@ def smoke_run(tmp_path_factory, real_subset_zip):
 
 def test_training_run_folder_is_complete(smoke_run):
     _, run_dir, printed = smoke_run
-    for name in ["config.json", "split.csv", "clusters.json", "model.keras", "last.keras", "state.json",
+    for name in ["config.json", "split.csv", "clusters.json", "model.keras", "state.json",
                  "history.csv", "metrics.json", "training.json", "postprocessing.json"]:
         assert (run_dir / name).stat().st_size > 0, name
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["finished"] is True and (run_dir / "checkpoints" / state["last"]).stat().st_size > 0
     assert any((run_dir / "logs").rglob("*tfevents*"))
     saved = postprocessing.Postprocessing.load(run_dir / "postprocessing.json")
     assert saved.nucleus_area > 0  # the training images' typical nucleus area, for scale 'auto'

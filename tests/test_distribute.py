@@ -22,7 +22,7 @@ from nucleunet.config import TrainConfig
 
 from conftest import finish_cli_process, run_cli_process, start_cli_process, write_split
 
-RUN_FILES = ("config.json", "split.csv", "clusters.json", "model.keras", "last.keras", "history.csv", "metrics.json",
+RUN_FILES = ("config.json", "split.csv", "clusters.json", "model.keras", "state.json", "history.csv", "metrics.json",
              "training.json")
 
 

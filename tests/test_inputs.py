@@ -22,11 +22,11 @@ def _png(path, value=10, shape=(8, 9)):
 def test_plain_folder_lists_image_files_by_name(tmp_path):
     for name in ["b.tif", "a.png", "c.JPG", ".hidden.png", "notes.txt"]:
         (tmp_path / name).write_bytes(b"")
-    assert [item.key for item in inputs.list_inputs([tmp_path])] == ["a", "b", "c"]
+    assert [item.key for item in inputs.list_inputs([tmp_path])[0]] == ["a", "b", "c"]
 
 
 def test_dsb_folder_lists_its_images_by_id(synthetic_folder):
-    found = inputs.list_inputs([synthetic_folder])
+    found = inputs.list_inputs([synthetic_folder])[0]
     assert len(found) == 12 and found[0].key == "img00" and found[0].path.name == "img00.png"
 
 
@@ -35,9 +35,9 @@ def test_subfolders_are_searched_only_when_asked_and_keep_their_relative_paths(t
     _png(tmp_path / "plate 1" / "wéll A.png")
     _png(tmp_path / "plate 1" / "deeper" / "x.tif")
     with caplog.at_level(logging.WARNING, logger="inputs"):
-        assert [item.key for item in inputs.list_inputs([tmp_path])] == ["top"]
+        assert [item.key for item in inputs.list_inputs([tmp_path])[0]] == ["top"]
     assert "1 subfolder(s) not searched (plate 1); pass --recursive" in caplog.text
-    keys = [item.key for item in inputs.list_inputs([tmp_path], recursive=True)]
+    keys = [item.key for item in inputs.list_inputs([tmp_path], recursive=True)[0]]
     assert keys == ["plate 1/deeper/x", "plate 1/wéll A", "top"]
 
 
@@ -47,18 +47,20 @@ def test_zip_and_glob_inputs(tmp_path):
         archive.write(a, "set/a.png")
         archive.write(b, "set/sub/b.png")
         archive.writestr("set/readme.txt", "not an image")
-    zipped = inputs.list_inputs([tmp_path / "images.zip"])
+    zipped = inputs.list_inputs([tmp_path / "images.zip"])[0]
     assert [(item.key, item.member) for item in zipped] == [("set/a", "set/a.png"), ("set/sub/b", "set/sub/b.png")]
     assert inputs.read_input(zipped[1])[0].shape == (8, 9)
-    globbed = inputs.list_inputs([str(tmp_path / "scans" / "**" / "*.png")])
+    globbed = inputs.list_inputs([str(tmp_path / "scans" / "**" / "*.png")])[0]
     assert [item.key for item in globbed] == ["a", "sub/b"]
 
 
-def test_inputs_that_would_share_outputs_are_an_error(tmp_path):
-    for name in ["a.png", "a.tif"]:
+def test_inputs_that_would_share_outputs_are_skipped_all_but_the_first(tmp_path):
+    for name in ["a.png", "a.tif", "B.png", "b.tif"]:
         (tmp_path / name).write_bytes(b"")
-    with pytest.raises(ValueError, match="several inputs would write outputs named 'a'"):
-        inputs.list_inputs([tmp_path])
+    images, skipped = inputs.list_inputs([tmp_path])
+    assert [item.key for item in images] == ["B", "a"]
+    assert sorted(skipped) == [str(tmp_path / "a.tif"), str(tmp_path / "b.tif")]
+    assert "its outputs would be named 'a', as those of" in skipped[str(tmp_path / "a.tif")]
 
 
 @pytest.mark.parametrize("make, message", [

@@ -19,23 +19,7 @@ import skimage.morphology
 import tifffile
 
 import train_and_predicted_masks as cli
-import unet
-from nucleunet import adaptation, metrics, models, nucleus_score, postprocessing, prediction
-
-
-@pytest.fixture
-def stand_in_model(tmp_path, monkeypatch):
-    """A model file (for the command line to open) whose predictor is the identity on the nucleus channel."""
-    path = tmp_path / "model" / "model.keras"
-    path.parent.mkdir()
-    unet.build_unet((None, None, 1), depth=2, base_filters=2, output_channels=2).save(path)
-    postprocessing.Postprocessing(threshold=0.5, min_size=5).save(path.parent / "postprocessing.json")
-
-    def predictor(self):
-        return (lambda tiles: np.concatenate([tiles, np.zeros_like(tiles)], axis=-1)), 64, 16
-
-    monkeypatch.setattr(models.TrainedModel, "predictor", predictor)
-    return path
+from nucleunet import adaptation, metrics, nucleus_score, postprocessing, prediction
 
 
 def _picture(shape=(90, 120)):

@@ -43,8 +43,9 @@ def test_run_killed_mid_training_resumes_without_losing_split_or_history(tmp_pat
     split_before = (run_dir / "split.csv").read_bytes()
     killed_at = json.loads((run_dir / "state.json").read_text())["epoch"]
     assert killed_at < 11 and not (run_dir / "metrics.json").exists()
-    for name in ("model.keras", "last.keras"):  # whatever the kill interrupted, these load
-        unet.load_model(run_dir / name)
+    state = json.loads((run_dir / "state.json").read_text())
+    for path in (run_dir / "model.keras", run_dir / "checkpoints" / state["last"]):  # whatever the kill interrupted,
+        unet.load_model(path)                                                      # state.json names what loads
 
     # The resume is killed too, after it has trained an epoch: the record keeps both resumes.
     resumed = _cli_process(["resume", str(run_dir), *data], tmp_path / "second.log")

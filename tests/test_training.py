@@ -12,7 +12,7 @@ import pytest
 
 import dsb
 import unet
-from nucleunet import stratify, tiling, training
+from nucleunet import hardware, stratify, tiling, training
 from nucleunet.config import TrainConfig
 
 
@@ -300,10 +300,10 @@ def test_warmup_rises_to_the_learning_rate_then_decays():
     ({"avx2", "avx512f"}, "float32", False),
 ])
 def test_auto_choices_follow_the_cpu(monkeypatch, flags, precision, jit):
-    monkeypatch.setattr(training, "cpu_flags", lambda: flags)
-    monkeypatch.setattr(training, "detect_accelerator", lambda: None)
-    assert training.choose_precision("auto") == precision and training.choose_jit_compile("auto") is jit
-    assert training.choose_precision("float32") == "float32" and training.choose_jit_compile(True) is True
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(hardware, "detect_accelerator", lambda: None)
+    assert hardware.choose_precision("auto") == precision and hardware.choose_jit_compile("auto") is jit
+    assert hardware.choose_precision("float32") == "float32" and hardware.choose_jit_compile(True) is True
 
 
 def test_mixed_precision_trains_and_leaves_the_global_policy_as_it_was(synthetic_folder, tmp_path):
@@ -330,11 +330,11 @@ def test_a_model_built_from_init_starts_from_its_weights(tmp_path):
 
 
 def test_a_preset_length_follows_the_precision_chosen_for_this_machine(monkeypatch):
-    monkeypatch.setattr(training, "detect_accelerator", lambda: None)
+    monkeypatch.setattr(hardware, "detect_accelerator", lambda: None)
     preset = {"precision": "auto", "jit_compile": "auto", "length": {"mixed_bfloat16": (7, 100), "float32": (5, 60)}}
-    monkeypatch.setattr(training, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})
-    assert training.for_this_machine(preset) == {"precision": "mixed_bfloat16", "jit_compile": False, "epochs": 7,
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})
+    assert hardware.for_this_machine(preset) == {"precision": "mixed_bfloat16", "jit_compile": False, "epochs": 7,
                                                  "steps_per_epoch": 100}
-    monkeypatch.setattr(training, "cpu_flags", lambda: {"avx2", "fma"})
-    assert training.for_this_machine(preset) == {"precision": "float32", "jit_compile": True, "epochs": 5,
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: {"avx2", "fma"})
+    assert hardware.for_this_machine(preset) == {"precision": "float32", "jit_compile": True, "epochs": 5,
                                                  "steps_per_epoch": 60}
