@@ -91,7 +91,7 @@ def test_settings_can_be_changed_per_call_or_for_a_copy_that_shares_the_network(
     np.testing.assert_array_equal(plain.segment(_cells()).labels, ready.segment(_cells(), tta=False, scale=1.0).labels)
     with pytest.raises(UserError, match="unknown setting.*colour"):
         ready.segment(_cells(), colour=True)
-    with pytest.raises(UserError, match="threshold must be in"):
+    with pytest.raises(UserError, match="threshold must be a number in"):
         ready.segment(_cells(), threshold=2.0)
 
 
@@ -142,7 +142,7 @@ def test_segment_files_writes_what_predict_writes_and_returns_its_tables(tmp_pat
     (tmp_path / "broken.png").write_bytes(b"not a png")
     done = nucleunet.segment_files([tmp_path], ready, out=tmp_path / "runs", progress=False, tta=False)
     assert done.run_dir.parent == tmp_path / "runs" and done.counts["nuclei"].tolist() == [4]
-    assert list(done.skipped) == ["broken"]
+    assert list(done.skipped) == [str(tmp_path / "broken.png")]
     assert json.loads((done.run_dir / "skipped.json").read_text()) == done.skipped
     assert json.loads((done.run_dir / "config.json").read_text())["postprocessing"]["tta"] is False
     assert (done.run_dir / "labels" / "cells.tif").is_file() and (done.run_dir / "counts.csv").is_file()

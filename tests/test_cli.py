@@ -272,7 +272,7 @@ def test_predicts_a_folder_of_mixed_images(smoke_run, real_subset_zip, tmp_path)
     (images / ".DS_Store").write_bytes(b"junk")
     (images / "broken.png").write_bytes(b"\x89PNG truncated")
     out = tmp_path / "runs"
-    assert cli.main(["predict", str(run_dir / "model.keras"), str(images), "--out", str(out), "--quiet"]) == 0
+    assert cli.main(["predict", str(run_dir / "model.keras"), str(images), "--out", str(out), "--quiet"]) == 3
     (prediction,) = out.iterdir()
     shapes = {"a": raw[0].shape, "b": raw[1].shape, "c": raw[2].shape}
     for name, shape in shapes.items():
@@ -295,7 +295,7 @@ def test_predicts_a_folder_of_mixed_images(smoke_run, real_subset_zip, tmp_path)
     counts = pd.read_csv(prediction / "counts.csv")
     assert sorted(counts["image"]) == ["a", "b", "c"]
     skipped = json.loads((prediction / "skipped.json").read_text())
-    assert list(skipped) == ["broken"] and "broken.png" in skipped["broken"]
+    assert list(skipped) == [str(images / "broken.png")] and "not a readable image" in skipped[str(images / "broken.png")]
 
 
 def test_predict_overrides_one_postprocessing_field(smoke_run, tmp_path):

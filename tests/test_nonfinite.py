@@ -176,10 +176,10 @@ def test_predicting_float_tiffs_replaces_or_skips_and_says_so(tmp_path, tiny_mod
     tifffile.imwrite(folder / "none.tif", _poison(image, everywhere=True)[0])
     tifffile.imwrite(folder / "clean.tif", image)
     assert cli.main(["predict", str(tiny_model), str(folder), "--out", str(tmp_path / "runs"), "--no-tta",
-                     "--quiet"]) == 0
+                     "--quiet"]) == cli.SOME_SKIPPED
     (run_dir,) = (tmp_path / "runs").iterdir()
     counts = pd.read_csv(run_dir / "counts.csv").set_index("image")
     assert counts.loc["some", "nonfinite_pixels"] == count and counts.loc["clean", "nonfinite_pixels"] == 0
     assert "none" not in counts.index
     skipped = json.loads((run_dir / "skipped.json").read_text())
-    assert "none.tif: all 5120 pixel values are NaN or infinite" in skipped["none"]
+    assert "none.tif: all 5120 pixel values are NaN or infinite" in skipped[str(folder / "none.tif")]

@@ -134,9 +134,9 @@ def test_extra_zooms_round_trip_through_the_file_and_reject_bad_values(tmp_path)
 def test_auto_scale_needs_the_training_nucleus_area():
     with pytest.raises(UserError, match="nucleus_area"):
         postprocessing.Postprocessing(scale="auto")
-    with pytest.raises(UserError, match="scale must be a positive number or 'auto'"):
+    with pytest.raises(UserError, match="scale must be a number in \\[0.05, 4.0\\] or 'auto'"):
         postprocessing.Postprocessing(scale="large")
-    with pytest.raises(UserError, match="nucleus_area must be positive"):
+    with pytest.raises(UserError, match="nucleus_area must be a number in"):
         postprocessing.Postprocessing(nucleus_area=0.0)
     settings = postprocessing.Postprocessing(scale="auto", nucleus_area=300.0)
     assert postprocessing.Postprocessing.from_dict(json.loads(json.dumps(settings.__dict__))) == settings

@@ -76,7 +76,7 @@ def test_the_nuclear_channel_of_a_two_channel_tiff(stand_in_model, tmp_path):
     assert cli.main(["predict", str(stand_in_model), str(tmp_path / "two.tif"), "--out", str(out), "--quiet"]) == 2
     (run_dir,) = out.iterdir()
     refused = json.loads((run_dir / "skipped.json").read_text())
-    assert "2 channels; pass --channel N" in refused["two"]
+    assert "2 channels; pass --channel N" in refused[str(tmp_path / "two.tif")]
     run_dir = _run(stand_in_model, [tmp_path / "two.tif"], tmp_path, "--channel", "1")
     assert _nuclei(run_dir) == {"two": disks}
 
@@ -113,10 +113,12 @@ def test_bad_files_are_skipped_and_named_and_the_rest_segmented(stand_in_model, 
     folder.mkdir()
     skimage.io.imsave(folder / "good.png", (image * 255).astype(np.uint8), check_contrast=False)
     (folder / "text.png").write_text("not an image")
-    skimage.io.imsave(folder / "tiny.png", np.zeros((10, 10), np.uint8), check_contrast=False)
-    run_dir = _run(stand_in_model, [folder], tmp_path)
-    assert _nuclei(run_dir) == {"good": disks, "tiny": 0}
-    assert list(json.loads((run_dir / "skipped.json").read_text())) == ["text"]
+    skimage.io.imsave(folder / "empty.png", np.zeros((40, 40), np.uint8), check_contrast=False)
+    out = tmp_path / "runs"
+    assert cli.main(["predict", str(stand_in_model), str(folder), "--out", str(out), "--quiet"]) == cli.SOME_SKIPPED
+    (run_dir,) = out.iterdir()
+    assert _nuclei(run_dir) == {"good": disks, "empty": 0}
+    assert list(json.loads((run_dir / "skipped.json").read_text())) == [str(folder / "text.png")]
 
 
 def test_outputs_of_every_format_and_the_tables(stand_in_model, tmp_path):
