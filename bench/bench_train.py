@@ -110,7 +110,7 @@ def run_ours(config, images, masks, run_dir: Path, skip: int) -> dict:
     sequence = training.TileBatches(images, masks, config)
     timer = step_timer()
     callbacks = [keras.callbacks.TerminateOnNaN(), keras.callbacks.CSVLogger(run_dir / "history.csv"),
-                 training.Checkpoints(run_dir, -np.inf, 0.0),
+                 training.Checkpoints(run_dir, {}),
                  keras.callbacks.TensorBoard(log_dir=run_dir / "logs"),
                  training.TimeBudget(config.minutes or 1e6), training.SetEpoch(sequence), timer]
     start = time.perf_counter()

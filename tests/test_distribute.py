@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 import train_and_predicted_masks as cli
-from nucleunet import distribute, runs
+from nucleunet import distribute, runs, training
 from nucleunet.config import TrainConfig
 
 from conftest import finish_cli_process, run_cli_process, start_cli_process, write_split
@@ -104,6 +104,7 @@ def test_cli_resume_of_a_multiworker_run_is_a_one_line_error(tmp_path, capsys):
     run_dir.mkdir()
     runs.write_json(run_dir / "config.json", TrainConfig(preset="smoke", distribute="multiworker").to_dict())
     (run_dir / "split.csv").write_text("image_id,cluster,subset\n")
+    training.new_state(run_dir)
     assert cli.main(["resume", str(run_dir)]) == 2
     assert capsys.readouterr().err.startswith("error: resume of a multi-worker run is not supported")
 

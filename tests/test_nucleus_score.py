@@ -133,7 +133,7 @@ def test_postprocessing_with_a_score_model_round_trips_through_its_file(tmp_path
 def test_postprocessing_refuses_a_min_score_without_a_score_model():
     with pytest.raises(UserError, match="tune --fit-score"):
         postprocessing.Postprocessing(min_score=0.3)
-    with pytest.raises(UserError, match="min_score must be in"):
+    with pytest.raises(UserError, match="min_score must be a number in"):
         postprocessing.Postprocessing(min_score=1.0, score_model=probability_only_model().as_dict())
 
 
