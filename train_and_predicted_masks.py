@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -32,6 +33,7 @@ import dsb  # noqa: E402 - after the environment is set
 import unet  # noqa: E402
 from nucleunet import batch, evaluation, hardware, inputs, models, outputs, pipeline, runs, tuning  # noqa: E402
 from nucleunet import config as configuration  # noqa: E402
+from nucleunet.calibration import check_pixel_size  # noqa: E402
 from nucleunet.errors import UserError  # noqa: E402
 from nucleunet.postprocessing import MAX_SCALE, MAX_TILE, MIN_SCALE, MIN_TILE, TILE_MULTIPLE  # noqa: E402
 
@@ -124,6 +126,23 @@ def _zoom(text: str) -> float:
     if value == 1:
         raise argparse.ArgumentTypeError("expected a zoom other than 1 (the zoom of --scale itself)")
     return value
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _pixel_size(text: str) -> float:
+    try:
+        return check_pixel_size(_positive(text), what="the pixel size")
+    except UserError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _pixels(text: str) -> int:
@@ -306,6 +325,13 @@ def build_arg_parser() -> argparse.ArgumentParser:
     group.add_argument("--stack", choices=inputs.STACK_MODES, default="planes",
                        help="a z-stack or time series: segment every plane, or their maximum projection "
                             "(default: planes)")
+    group.add_argument("--pixel-size", type=_pixel_size, metavar="UM",
+                       help="micrometres per pixel of every image, in place of what its file says (TIFF resolution, "
+                            "ImageJ or OME metadata); measurements get micrometre columns and label TIFFs the "
+                            "calibration")
+    group.add_argument("--diameter", type=_positive, metavar="D",
+                       help="the typical nucleus diameter (micrometres where the pixel size is known, else pixels): "
+                            "each image is zoomed to bring it to the model's training nuclei, in place of --scale")
     group.add_argument("--max-pixels", type=_pixels, metavar="N", default=inputs.MAX_PIXELS,
                        help=f"skip files of more pixels than this (all planes), judged from their header before "
                             f"anything is decoded (default: {inputs.MAX_PIXELS:.0e})")
@@ -410,10 +436,13 @@ def run(args: argparse.Namespace) -> tuple[Path | None, int]:
         models.refuse_ready_model_folder(args.out, "--out")
     if args.command == "predict":
         model, images = model_and_inputs(args.inputs)
+        overrides = postprocessing_overrides(args)
+        if args.diameter is not None and "scale" in overrides:
+            raise UserError("give --diameter or --scale, not both: the diameter sets each image's zoom")
         done = batch.segment_files(images, model, formats=[name for name in args.formats.split(",") if name],
                                    channel=args.channel, stack=args.stack, recursive=args.recursive,
-                                   max_pixels=args.max_pixels, out=args.out, progress=progress,
-                                   **postprocessing_overrides(args))
+                                   pixel_size=args.pixel_size, diameter=args.diameter, max_pixels=args.max_pixels,
+                                   out=args.out, progress=progress, **overrides)
         report_segmented(done)
         return done.run_dir, SOME_SKIPPED if done.skipped else 0
     return _run_command(args, progress, cache_dir), 0

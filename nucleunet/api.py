@@ -23,9 +23,10 @@ import numpy as np
 import pandas as pd
 
 from nucleunet import imaging, inputs, outputs, prediction
+from nucleunet.calibration import UNKNOWN, Calibration, check_pixel_size, plausibility, zoom_for_diameter
 from nucleunet.errors import UserError
 from nucleunet.models import DEFAULT_MODEL, TrainedModel, find_model
-from nucleunet.postprocessing import Postprocessing
+from nucleunet.postprocessing import MAX_SCALE, MIN_SCALE, Postprocessing
 from nucleunet.tiling import MIN_OVERLAP, TILE_SIZE
 
 log = logging.getLogger("nucleunet")
@@ -53,6 +54,8 @@ class Segmentation:
         Whether the background was flattened, and the image smoothed, before prediction.
     nonfinite_pixels : int
         NaN or infinite pixels replaced by the median of the others.
+    calibration : Calibration
+        The pixel size (micrometres) and where it comes from; unknown unless given or read from the file.
     image : ndarray, shape (H, W) or (H, W, C)
         The image the intensities are measured in: the input, or its ``channel``.
     """
@@ -66,6 +69,7 @@ class Segmentation:
     flattened: bool
     smoothed: bool
     nonfinite_pixels: int
+    calibration: Calibration
     image: np.ndarray = dataclasses.field(repr=False)
 
     @property
@@ -77,8 +81,9 @@ class Segmentation:
     def measurements(self) -> pd.DataFrame:
         """One row per nucleus, in label order: label, centroid, area, perimeter, equivalent diameter,
         eccentricity, solidity, mean and max intensity in ``image`` (per channel for colour), and its
-        ``score`` where the model has a nucleus score (``outputs.measure``)."""
-        table = outputs.measure(self.labels, self.image)
+        ``score`` where the model has a nucleus score (``outputs.measure``); with a known pixel size also
+        ``area_um2``, ``perimeter_um``, ``equivalent_diameter_um`` and ``pixel_size_um``."""
+        table = outputs.measure(self.labels, self.image, pixel_size=self.calibration.pixel_size)
         if self.scores is not None:
             table["score"] = np.round(np.asarray(self.scores)[table["label"].to_numpy() - 1], 3)
         return table
@@ -214,7 +219,8 @@ class Model:
                         "(channel=N in Python; 0 red, 1 green, 2 blue)", name, " and ".join(composite))
         return plane, imaging.preprocess(plane, self.normalization), nonfinite
 
-    def segment(self, image, *, channel: int | None = None, probability: bool = False, preprocessed: bool = False,
+    def segment(self, image, *, channel: int | None = None, pixel_size: float | Calibration | None = None,
+                diameter: float | None = None, probability: bool = False, preprocessed: bool = False,
                 name: str = "image", max_pixels: int = inputs.MAX_PIXELS, progress=None, total=None,
                 **settings) -> Segmentation:
         """Find the nuclei of one image.
@@ -226,6 +232,12 @@ class Model:
             returns it (the DSB loader's ``ImageRecord.image``).
         channel : int, optional
             The nuclear channel (0-based) of a multichannel image.
+        pixel_size : float or Calibration, optional
+            Micrometres per pixel: the measurements get micrometre columns, and ``diameter`` is read in micrometres.
+        diameter : float, optional
+            The typical diameter of the image's nuclei (micrometres with a pixel size, else pixels): the image is
+            zoomed to bring it to the model's training nuclei (``calibration.zoom_for_diameter``) instead of the
+            model's own zoom (the automatic one, for the ready model).
         probability : bool
             Also return the nucleus probability map.
         name : str
@@ -243,10 +255,15 @@ class Model:
         -------
         Segmentation
         """
+        calibration = pixel_size if isinstance(pixel_size, Calibration) else (
+            UNKNOWN if pixel_size is None else Calibration(check_pixel_size(pixel_size, what="pixel_size"), "option"))
+        if diameter is not None:
+            settings = {**settings, "scale": self._zoom_for(diameter, calibration)}
         if settings:
-            return self.with_settings(**settings).segment(image, channel=channel, probability=probability,
-                                                          preprocessed=preprocessed, name=name, max_pixels=max_pixels,
-                                                          progress=progress, total=total)
+            return self.with_settings(**settings).segment(image, channel=channel, pixel_size=calibration,
+                                                          probability=probability, preprocessed=preprocessed,
+                                                          name=name, max_pixels=max_pixels, progress=progress,
+                                                          total=total)
         if preprocessed:
             plane = np.asarray(image)
             if plane.ndim != 2:
@@ -258,11 +275,29 @@ class Model:
         found = prediction.segment_image(predict_tiles, model_input, self.postprocessing, tile_size=tile_size,
                                          min_overlap=min_overlap, probability=probability, progress=progress,
                                          total=total)
-        return Segmentation(labels=found.labels, mask=found.mask,
+        result = Segmentation(labels=found.labels, mask=found.mask,
                             probability=None if found.probability is None else found.probability.astype(np.float32),
                             scores=found.scores, scale=found.scale, unevenness=found.unevenness,
                             flattened=found.flattened, smoothed=found.smoothed, nonfinite_pixels=nonfinite,
-                            image=plane)
+                            calibration=calibration, image=plane)
+        if warning := plausibility(_median_diameter(found.labels), calibration, name):
+            log.warning(warning)
+        return result
+
+    def _zoom_for(self, diameter: float, calibration: Calibration) -> float:
+        zoom = zoom_for_diameter(diameter, calibration, self.postprocessing.nucleus_area)
+        if not MIN_SCALE <= zoom <= MAX_SCALE:
+            unit = "µm" if calibration.known else "pixels"
+            raise UserError(f"a nucleus diameter of {diameter:g} {unit} asks for a zoom of {zoom:.3g}, outside "
+                            f"{MIN_SCALE}-{MAX_SCALE}: is the diameter (or the pixel size) right?")
+        return zoom
+
+
+def _median_diameter(labels: np.ndarray) -> float:
+    """The median equivalent diameter (pixels) of the nuclei of ``labels``; 0 without nuclei."""
+    areas = np.bincount(labels.ravel())[1:]
+    areas = areas[areas > 0]
+    return float(np.median(2 * np.sqrt(areas / np.pi))) if len(areas) else 0.0
 
 
 def load_model(name_or_path: str | Path | None = None) -> Model:

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from nucleunet import inputs, outputs, runs
 from nucleunet.api import Model, Segmentation, load_model
+from nucleunet.calibration import Calibration, check_pixel_size
 from nucleunet.errors import UserError
 
 log = logging.getLogger("nucleunet.batch")
@@ -36,8 +37,9 @@ class Batch(NamedTuple):
 
 def segment_files(input_paths: list, model: Model | str | Path | None = None, *,
                   out: str | Path = runs.DEFAULT_RUNS_DIR, formats=outputs.DEFAULT_FORMATS, channel: int | None = None,
-                  stack: str = "planes", recursive: bool = False, max_pixels: int = inputs.MAX_PIXELS,
-                  progress: bool = True, **settings) -> Batch:
+                  stack: str = "planes", recursive: bool = False, pixel_size: float | None = None,
+                  diameter: float | None = None, max_pixels: int = inputs.MAX_PIXELS, progress: bool = True,
+                  **settings) -> Batch:
     """Segment image files into a new run folder ``out/<timestamp>-predict/``.
 
     Per image the ``formats`` of ``outputs.write_outputs``; for all of them ``counts.csv``, ``measurements.csv``
@@ -56,6 +58,11 @@ def segment_files(input_paths: list, model: Model | str | Path | None = None, *,
         A z-stack or time series is segmented plane by plane, or as its maximum projection.
     recursive : bool
         Also the images in subfolders.
+    pixel_size : float, optional
+        Micrometres per pixel of every image, in place of what their files state (``calibration.from_tiff``).
+    diameter : float, optional
+        The typical nucleus diameter, in micrometres where the pixel size is known, else in pixels: each image is
+        zoomed by it (``Model.segment``) instead of by the model's own zoom.
     max_pixels : int
         Files of more pixels than this are not read (``inputs.read_input``).
     **settings
@@ -75,13 +82,16 @@ def segment_files(input_paths: list, model: Model | str | Path | None = None, *,
     runs.write_json(run_dir / "config.json", {
         "model": str(model.path), "inputs": [str(item) for item in input_paths], "recursive": recursive,
         "channel": channel, "stack": stack, "formats": list(formats), "max_pixels": max_pixels,
+        "pixel_size": pixel_size, "diameter": diameter,
         "postprocessing": dataclasses.asdict(model.postprocessing)})
     done, keys, finished = _Done(run_dir, len(items)), inputs.KeyRegister(), False
     try:
         for item in tqdm(items, desc="segment images", unit="file", disable=not progress):
             try:
-                raw, axes = inputs.read_input(item, max_pixels=max_pixels)
+                raw, axes, calibration = inputs.read_input(item, max_pixels=max_pixels)
                 images = inputs.planes(raw, axes, channel=channel, stack=stack, name=item.where)
+                if pixel_size is not None:
+                    calibration = Calibration(check_pixel_size(pixel_size), "option")
             except Exception as error:  # noqa: BLE001 - one bad file must not cost the others: skip it, say why
                 skipped[item.where] = _reason(error)
                 continue
@@ -92,8 +102,9 @@ def segment_files(input_paths: list, model: Model | str | Path | None = None, *,
                     skipped[where] = f"its outputs would be named {key!r}, as those of {other}; rename one"
                     continue
                 try:
-                    done.add(key, _segment_and_write(model, run_dir, key, where, plane, formats, max_pixels,
-                                                     progress))
+                    done.add(key, _segment_and_write(model, run_dir, key, where, plane, formats, progress,
+                                                     pixel_size=calibration, diameter=diameter,
+                                                     max_pixels=max_pixels))
                 except Exception as error:  # noqa: BLE001 - as above: the next image is segmented all the same
                     skipped[where] = _reason(error)
             done.status(skipped)
@@ -114,20 +125,21 @@ def _reason(error: Exception) -> str:
     return f"failed: {type(error).__name__}: {' '.join(str(error).split())}"
 
 
-def _segment_and_write(model: Model, run_dir: Path, key: str, where: str, plane: np.ndarray, formats,
-                       max_pixels: int, progress: bool) -> tuple[dict, pd.DataFrame | None, list]:
-    """Segment one plane and write its outputs: its ``counts.csv`` row, measurements and submission rows."""
+def _segment_and_write(model: Model, run_dir: Path, key: str, where: str, plane: np.ndarray, formats, progress: bool,
+                       **options) -> tuple[dict, pd.DataFrame | None, list]:
+    """Segment one plane (``Model.segment`` with ``options``) and write its outputs: its ``counts.csv`` row,
+    measurements and submission rows."""
     with tqdm(desc=f"  tiles of {key}", unit="tile", leave=False,
               disable=not progress or plane.shape[0] * plane.shape[1] < 4_000_000) as bar:
         def set_total(tiles):  # known once the automatic zoom is chosen
             bar.total = tiles
             bar.refresh()
 
-        found = model.segment(plane, name=where, probability="probability" in formats, max_pixels=max_pixels,
-                              progress=bar.update, total=set_total)
+        found = model.segment(plane, name=where, probability="probability" in formats, progress=bar.update,
+                              total=set_total, **options)
     table = outputs.write_outputs(run_dir, key, found.image, found.labels, found.mask, found.probability, formats,
                                   measurements=found.measurements if {"measurements", "geojson"} & set(formats)
-                                  else None)
+                                  else None, pixel_size=found.calibration.pixel_size)
     return count_row(key, found), table, outputs.submission_rows(key, found.labels)
 
 
@@ -175,4 +187,5 @@ def count_row(key: str, found: Segmentation) -> dict:
             "median_area": float(np.median(areas)) if len(areas) else 0.0,
             "foreground_fraction": float(found.mask.mean()), "scale": round(found.scale, 3),
             "background_unevenness": round(found.unevenness, 3), "flattened": found.flattened,
-            "smoothed": found.smoothed, "nonfinite_pixels": found.nonfinite_pixels}
+            "smoothed": found.smoothed, "nonfinite_pixels": found.nonfinite_pixels,
+            "pixel_size_um": found.calibration.pixel_size, "pixel_size_source": found.calibration.source}

@@ -2,8 +2,9 @@
 
     items, skipped = list_inputs(["my_images/", "plate.zip", "scans/*.tif"], recursive=True)
     for item in items:
-        for suffix, raw in planes(*read_input(item), channel=None, stack="planes", name=item.where):
-            ...  # raw: (H, W) or (H, W, 3|4), as stored; item.key + suffix names the outputs
+        raw, axes, calibration = read_input(item)
+        for suffix, plane in planes(raw, axes, channel=None, stack="planes", name=item.where):
+            ...  # plane: (H, W) or (H, W, 3|4), as stored; item.key + suffix names the outputs
 
 Every image gets a key, its path relative to the folder, zip or glob it was found in, without its
 suffix: outputs keep the inputs' relative paths, so ``a/b/img.tif`` gives ``labels/a/b/img.tif``. A key never
@@ -23,12 +24,14 @@ import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import NamedTuple
 
 import numpy as np
 import PIL.Image
 import tifffile
 
 from nucleunet import layouts
+from nucleunet.calibration import UNKNOWN, Calibration, from_tiff
 from nucleunet.errors import MissingPathError, UserError
 from nucleunet.imaging import IMAGE_SUFFIXES, decode_image
 
@@ -267,8 +270,16 @@ def _read_bytes(item: InputImage) -> bytes:
     return data
 
 
-def read_input(item: InputImage, *, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, str]:
-    """The image as stored, and the names of its axes.
+class Read(NamedTuple):
+    """What ``read_input`` returns: the image as stored, the names of its axes, and its pixel size."""
+
+    raw: np.ndarray
+    axes: str
+    calibration: Calibration
+
+
+def read_input(item: InputImage, *, max_pixels: int = MAX_PIXELS) -> Read:
+    """The image as stored, the names of its axes, and the pixel size its file states (``calibration.from_tiff``).
 
     TIFFs are read with tifffile, which knows their axes (``'YX'``, ``'YXS'`` for RGB, ``'CYX'`` for
     channel planes, ``'ZYX'`` for a z-stack, ...); other files get ``'YX'`` or ``'YXS'``. A TIFF whose planes tifffile
@@ -277,8 +288,7 @@ def read_input(item: InputImage, *, max_pixels: int = MAX_PIXELS) -> tuple[np.nd
 
     Returns
     -------
-    raw : ndarray, any dtype
-    axes : str, one letter per axis of ``raw``
+    Read: raw, ndarray, any dtype; axes, str, one letter per axis of ``raw``; calibration, ``Calibration``
 
     Raises
     ------
@@ -298,11 +308,12 @@ def read_input(item: InputImage, *, max_pixels: int = MAX_PIXELS) -> tuple[np.nd
                 shape, axes = tuple(series.shape), series.axes
                 _check_pixels(shape, axes, item.where, max_pixels)
                 raw = series.asarray()
+                pixels = from_tiff(tiff, item.where)
         except UserError:
             raise
         except Exception as error:  # noqa: BLE001 - tifffile raises many types for a broken file
             raise UserError(f"cannot read {item.where}: not a readable TIFF ({error})") from error
-        return raw, _channels_axis(raw, axes, item.where)
+        return Read(raw, _channels_axis(raw, axes, item.where), pixels)
     try:
         with PIL.Image.open(io.BytesIO(data)) as header:
             _check_pixels((header.height, header.width), "YX", item.where, max_pixels)
@@ -312,7 +323,7 @@ def read_input(item: InputImage, *, max_pixels: int = MAX_PIXELS) -> tuple[np.nd
         pass
     with _pil_limit(max_pixels):
         raw = decode_image(data, item.where)
-    return raw, "YX" if raw.ndim == 2 else "YXS"
+    return Read(raw, "YX" if raw.ndim == 2 else "YXS", UNKNOWN)
 
 
 def _channels_axis(raw: np.ndarray, axes: str, where: str) -> str:

@@ -3,7 +3,8 @@
 NumPy, scikit-image, tifffile and roifile only. Every writer takes a label image (0 = background,
 1..n = nuclei) and writes one file atomically (``runs.atomic_path``):
 
-- ``write_label_tiff``: the labels as a compressed TIFF, 16-bit (32-bit above 65,535 nuclei);
+- ``write_label_tiff``: the labels as a compressed TIFF, 16-bit (32-bit above 65,535 nuclei), calibrated where the
+  pixel size is known;
 - ``write_roi_zip``: an ImageJ / Fiji ROI set, one polygon ROI per nucleus, named by its label;
 - ``write_geojson``: a QuPath FeatureCollection of detection polygons with their measurements;
 - ``measure``: the per-nucleus table (``skimage.measure.regionprops_table``);
@@ -33,6 +34,9 @@ import tifffile
 from nucleunet import runs
 from nucleunet.errors import UserError
 
+# The TIFF Software tag of the images this package writes.
+SOFTWARE = "nucleunet"
+
 FORMATS = ("labels", "tiff", "mask", "overlay", "roi", "geojson", "measurements", "probability")
 DEFAULT_FORMATS = ("labels", "tiff", "mask", "overlay", "roi", "geojson", "measurements")
 
@@ -54,10 +58,23 @@ def label_dtype(labels: np.ndarray) -> type:
     return np.uint16 if int(labels.max(initial=0)) <= np.iinfo(np.uint16).max else np.uint32
 
 
-def write_label_tiff(path: str | os.PathLike, labels: np.ndarray) -> None:
-    """The labels as a zlib-compressed TIFF (16-bit, or 32-bit above 65,535 nuclei), as ImageJ reads it."""
+def write_tiff(path: str | os.PathLike, image: np.ndarray, pixel_size: float | None = None) -> None:
+    """An image as a zlib-compressed TIFF that names this package as its software (``SOFTWARE``: how the napari
+    reader knows its label images); with ``pixel_size`` (micrometres), calibrated as Fiji, napari and QuPath read it:
+    ImageJ's unit and resolution where ImageJ can hold the data type (8, 16-bit, float32), else the TIFF resolution
+    tags in centimetres."""
+    options = {}
+    if pixel_size is not None and image.dtype in (np.uint8, np.uint16, np.float32):
+        options = dict(imagej=True, resolution=(1 / pixel_size, 1 / pixel_size), metadata={"unit": "um"})
+    elif pixel_size is not None:
+        options = dict(resolution=(1e4 / pixel_size, 1e4 / pixel_size), resolutionunit="CENTIMETER")
     with runs.atomic_path(path) as temporary:
-        tifffile.imwrite(temporary, labels.astype(label_dtype(labels)), compression="zlib", imagej=False)
+        tifffile.imwrite(temporary, image, compression="zlib", software=SOFTWARE, **options)
+
+
+def write_label_tiff(path: str | os.PathLike, labels: np.ndarray, pixel_size: float | None = None) -> None:
+    """The labels as a compressed TIFF (16-bit, or 32-bit above 65,535 nuclei), calibrated with ``pixel_size``."""
+    write_tiff(path, labels.astype(label_dtype(labels)), pixel_size)
 
 
 def outlines(labels: np.ndarray) -> dict[int, np.ndarray]:
@@ -125,9 +142,12 @@ def write_geojson(path: str | os.PathLike, labels: np.ndarray, table: pd.DataFra
     return len(features)
 
 
-def measure(labels: np.ndarray, intensity: np.ndarray | None = None) -> pd.DataFrame:
+def measure(labels: np.ndarray, intensity: np.ndarray | None = None, *,
+            pixel_size: float | None = None) -> pd.DataFrame:
     """Per-nucleus measurements: label, centroid, area, perimeter, equivalent diameter, eccentricity,
-    solidity, and the mean and max intensity of ``intensity`` (the original image, in its own units).
+    solidity, and the mean and max intensity of ``intensity`` (the original image, in its own units); with
+    ``pixel_size`` (micrometres), also ``area_um2``, ``perimeter_um``, ``equivalent_diameter_um`` and
+    ``pixel_size_um`` (the pixel columns stay in pixels).
 
     Parameters
     ----------
@@ -148,7 +168,13 @@ def measure(labels: np.ndarray, intensity: np.ndarray | None = None) -> pd.DataF
         if column.startswith("intensity_"):
             kind, _, channel = column.removeprefix("intensity_").partition("-")
             renamed[column] = f"{kind}_intensity" + (f"_{channel}" if channel else "")
-    return table.rename(columns=renamed)
+    table = table.rename(columns=renamed)
+    if pixel_size is not None:
+        table["area_um2"] = table["area"] * pixel_size**2
+        table["perimeter_um"] = table["perimeter"] * pixel_size
+        table["equivalent_diameter_um"] = table["equivalent_diameter"] * pixel_size
+        table["pixel_size_um"] = pixel_size
+    return table
 
 
 def display_image(raw: np.ndarray) -> np.ndarray:
@@ -211,8 +237,8 @@ def check_formats(formats) -> tuple[str, ...]:
 
 
 def write_outputs(run_dir: Path, key: str, raw: np.ndarray, labels: np.ndarray, mask: np.ndarray,
-                  probability: np.ndarray | None, formats, *,
-                  measurements: pd.DataFrame | None = None) -> pd.DataFrame | None:
+                  probability: np.ndarray | None, formats, *, measurements: pd.DataFrame | None = None,
+                  pixel_size: float | None = None) -> pd.DataFrame | None:
     """Every output of one image that ``formats`` asks for, named by ``key`` (see ``FORMATS``):
 
     ``labels/<key>.png`` (16-bit; left out above 65,535 nuclei, which PNG cannot hold: use the TIFF),
@@ -221,26 +247,25 @@ def write_outputs(run_dir: Path, key: str, raw: np.ndarray, labels: np.ndarray, 
     ``probabilities/<key>.tif`` (float32 nucleus probability).
 
     ``measurements``: the per-nucleus table (``api.Segmentation.measurements``) where the caller has it; else
-    ``measure(labels, raw)`` is made where ``formats`` need it.
+    ``measure(labels, raw)`` is made where ``formats`` need it. ``pixel_size`` (micrometres) calibrates the TIFFs.
 
     Returns the measurements table (with ``measurements`` in ``formats``, else None).
     """
     formats = check_formats(formats)
     table = measurements
     if table is None and {"measurements", "geojson"} & set(formats):
-        table = measure(labels, raw)
+        table = measure(labels, raw, pixel_size=pixel_size)
     polygons = outlines(labels) if {"roi", "geojson"} & set(formats) else None
     if "labels" in formats and label_dtype(labels) == np.uint16:
         _write_png(output_path(run_dir, "labels", key, ".png"), labels.astype(np.uint16))
     if "tiff" in formats:
-        write_label_tiff(output_path(run_dir, "labels", key, ".tif"), labels)
+        write_label_tiff(output_path(run_dir, "labels", key, ".tif"), labels, pixel_size)
     if "mask" in formats:
         _write_png(output_path(run_dir, "masks", key, ".png"), mask.astype(np.uint8) * 255)
     if "overlay" in formats:
         _write_png(output_path(run_dir, "overlays", key, ".png"), overlay_on(raw, labels))
     if "probability" in formats:
-        with runs.atomic_path(output_path(run_dir, "probabilities", key, ".tif")) as temporary:
-            tifffile.imwrite(temporary, probability.astype(np.float32), compression="zlib")
+        write_tiff(output_path(run_dir, "probabilities", key, ".tif"), probability.astype(np.float32), pixel_size)
     if "roi" in formats:
         write_roi_zip(output_path(run_dir, "rois", key, ".zip"), labels, polygons)
     if "geojson" in formats:
