@@ -346,14 +346,17 @@ def build_arg_parser() -> argparse.ArgumentParser:
                                             "probabilities (batch, H, W, C): nuclei [, contacts]; to share, a "
                                             "float32 .keras file of any input size with its run's settings",
                       ["export runs/RUN/model.keras", "export runs/RUN/model.keras --format keras",
+                       "export unet_dsb2018 --format bioimageio",
                        "export runs/RUN1/model.keras runs/RUN2/model.keras --format keras"])
     export.add_argument("model", type=Path, nargs="+", metavar="MODEL",
                         help=MODEL_HELP + "; several (trained on one split, e.g. with "
                              "different --seed): one model that predicts their average, to tune on CV afterwards")
-    export.add_argument("--format", choices=sorted([*unet.EXPORT_FORMATS, "keras"]), default="savedmodel",
+    export.add_argument("--format", choices=sorted([*unet.EXPORT_FORMATS, "keras", "bioimageio"]),
+                        default="savedmodel",
                         help="export format (default: savedmodel; the run folder's '1/' is the version folder "
                              "TF Serving expects. keras: model.keras for every backend, with config.json, "
-                             "postprocessing.json, clusters.json and split.csv)")
+                             "postprocessing.json, clusters.json and split.csv. bioimageio: a bioimage.io model "
+                             "package (for deepImageJ in Fiji, QuPath, ilastik), validated and tested)")
     _add_output_options(export)  # --quiet too, so that a script can pass it to every command
     return parser
 

@@ -112,7 +112,9 @@ def segment_files(input_paths: list, model: Model | str | Path | None = None, *,
     finally:
         table = done.write_tables(skipped, complete=finished)
     if table.empty:
-        raise UserError(f"none of the {len(skipped)} input image(s) could be segmented; the reasons are in "
+        first = next(iter(skipped.items()), None)
+        example = f" ({first[0]}: {first[1]})" if first else ""
+        raise UserError(f"none of the {len(skipped)} input image(s) could be segmented{example}; the reasons are in "
                         f"{run_dir / 'skipped.json'}")
     return Batch(run_dir, table, skipped)
 

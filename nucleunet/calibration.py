@@ -153,8 +153,8 @@ def zoom_for_diameter(diameter: float, calibration: Calibration, nucleus_area: f
     Examples
     --------
     >>> round(zoom_for_diameter(7.0, Calibration(0.325, "option"), 365.0), 3)  # 7 um at 0.325 um: 21.5 pixels
-    1.002
-    >>> round(zoom_for_diameter(10.8, UNKNOWN, 365.0), 3)                       # 10.8 pixels: zoom 2
+    1.001
+    >>> round(zoom_for_diameter(10.8, UNKNOWN, 365.0), 2)                       # 10.8 pixels: zoom 2
     2.0
     """
     if not (isinstance(diameter, (int, float)) and math.isfinite(diameter) and diameter > 0):

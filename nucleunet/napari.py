@@ -1,15 +1,15 @@
 """The napari plugin (``napari.yaml``): a dock widget that segments an image layer, and a reader for our label TIFFs.
 
 The widget segments the selected image layer (the plane on screen, for a stack) with the ready model or a ``.keras``
-file of your choice, through the package's API (``Model.segment``: the same nuclei as ``predict``), in a worker thread
-so the viewer stays responsive, and adds a Labels layer whose features are the measurements. The reader opens the
+file of your choice, through the package's API (``Model.segment``: the same nuclei as ``predict``), and adds a Labels
+layer whose features are the measurements. The model runs in a process of its own (``remote.RemoteSegmenter``:
+TensorFlow and the viewer's OpenGL can crash together in one process), followed by a worker thread, so the viewer
+stays responsive and shows the progress. The reader opens the
 label TIFFs that ``predict`` writes (``labels/<name>.tif``) as Labels layers, at their pixel size. Needs the optional
 ``napari`` extra (``pip install "nucleunet[napari]"``).
 """
 
 import logging
-import queue
-import threading
 from pathlib import Path
 
 import napari.viewer
@@ -19,9 +19,10 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, Pro
 from napari.qt.threading import thread_worker
 
 from nucleunet import outputs
-from nucleunet.api import Model, Segmentation, load_model
 from nucleunet.calibration import UNKNOWN, Calibration, from_tiff
 from nucleunet.errors import UserError
+from nucleunet.models import find_model
+from nucleunet.remote import RemoteSegmenter
 
 log = logging.getLogger("nucleunet.napari")
 
@@ -45,19 +46,16 @@ class SegmentWidget(Container):
         self.run_button.changed.connect(self.run)
         napari_viewer.layers.events.inserted.connect(self.layer.reset_choices)
         napari_viewer.layers.events.removed.connect(self.layer.reset_choices)
-        self._models: dict[str, Model] = {}
+        self.segmenter: RemoteSegmenter | None = None
         self.worker = None
 
     def _image_layers(self, _widget=None) -> list:
         return [layer for layer in self.viewer.layers if layer.__class__.__name__ == "Image"]
 
-    def model(self) -> Model:
-        """The chosen model, loaded once."""
+    def model_path(self) -> str | None:
+        """The chosen model's ``.keras`` file (None: the ready model), checked to exist."""
         path = str(self.model_file.value or "")
-        key = path if path not in ("", ".") else READY
-        if key not in self._models:
-            self._models[key] = load_model(None if key == READY else path)
-        return self._models[key]
+        return None if path in ("", ".") else str(find_model(path))
 
     def image(self) -> tuple[np.ndarray, str]:
         """The selected layer's image as the API takes it (the plane on screen, for a stack), and its name."""
@@ -72,19 +70,22 @@ class SegmentWidget(Container):
         return data, layer.name
 
     def run(self) -> None:
-        """Segment the selected image in a worker thread; the result becomes a Labels layer."""
+        """Segment the selected image in the model's process, waited on by a worker thread; the result becomes a
+        Labels layer."""
         try:
             image, name = self.image()
-            model = self.model()
+            model_path = self.model_path()
         except UserError as error:
             self.status.value = f"error: {error}"
             return
         layer = self.layer.value
-        pixel_size = _layer_pixel_size(layer)
+        if self.segmenter is None:
+            self.segmenter = RemoteSegmenter()
         self.run_button.enabled, self.progress.visible, self.status.value = False, True, f"segmenting {name}"
-        self.worker = _segment_in_thread(model, image, name, pixel_size, tta=bool(self.tta.value))
+        self.worker = _follow(self.segmenter.segment(model_path, image, name=name,
+                                                     pixel_size=_layer_pixel_size(layer), tta=bool(self.tta.value)))
         self.worker.yielded.connect(self._on_progress)
-        self.worker.returned.connect(lambda found: self._add_labels(found, name, layer))
+        self.worker.returned.connect(lambda result: self._add_labels(result, name, layer))
         self.worker.errored.connect(self._on_error)
         self.worker.finished.connect(lambda: setattr(self.run_button, "enabled", True))
         self.worker.start()
@@ -100,37 +101,21 @@ class SegmentWidget(Container):
         self.progress.visible = False
         self.status.value = f"error: {error}"
 
-    def _add_labels(self, found: Segmentation, name: str, layer) -> None:
+    def _add_labels(self, result: dict, name: str, layer) -> None:
         self.progress.visible = False
-        self.status.value = f"{found.count} nuclei in {name}"
-        features = found.measurements
-        self.viewer.add_labels(found.labels, name=f"{name} nuclei", features=features,
+        self.status.value = f"{result['count']} nuclei in {name}"
+        self.viewer.add_labels(result["labels"], name=f"{name} nuclei", features=result["measurements"],
                                scale=tuple(layer.scale)[-2:], translate=tuple(layer.translate)[-2:])
 
 
 @thread_worker
-def _segment_in_thread(model: Model, image: np.ndarray, name: str, pixel_size: Calibration, *, tta: bool):
-    """``Model.segment`` of one image in a thread of its own, yielding ('total', tiles) and ('tiles', done) as it
-    goes (for the progress bar), and returning its ``Segmentation``."""
-    updates: queue.Queue = queue.Queue()
-    result: dict = {}
-
-    def work():
-        try:
-            result["found"] = model.segment(image, name=name, pixel_size=pixel_size, tta=tta,
-                                            progress=lambda tiles: updates.put(("tiles", tiles)),
-                                            total=lambda tiles: updates.put(("total", tiles)))
-        except Exception as error:  # noqa: BLE001 - raised again in the worker, which reports it
-            result["error"] = error
-        finally:
-            updates.put(None)
-
-    threading.Thread(target=work, daemon=True).start()
-    while (update := updates.get()) is not None:
-        yield update
-    if "error" in result:
-        raise result["error"]
-    return result["found"]
+def _follow(messages):
+    """Yield the model process's progress as it comes, and return its result."""
+    for kind, value in messages:
+        if kind == "result":
+            return value
+        yield kind, value
+    raise RuntimeError("the model's process gave no result")
 
 
 def _layer_pixel_size(layer) -> Calibration:

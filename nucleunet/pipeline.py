@@ -187,6 +187,9 @@ SHAREABLE_FILES = ("config.json", "postprocessing.json", "clusters.json", "split
 def export_run(model_path: Path | list[Path], *, export_format: str = "savedmodel", out: Path) -> Path:
     """Export a model, or the average of several, into a new run folder.
 
+    'bioimageio': ``<run>/<name>.zip`` is a bioimage.io model package (``zoo.export_package``), validated and tested
+    by the zoo's own tools before it is kept.
+
     'savedmodel': ``<run>/1/`` is a TensorFlow SavedModel (``1``: the version folder TF Serving expects;
     serve the run folder as the model's base path). 'keras': ``<run>/model.keras`` is a copy to share or to
     ship (``unet.portable``: float32, any image size, no optimizer state: loads on every backend), with its
@@ -206,8 +209,18 @@ def export_run(model_path: Path | list[Path], *, export_format: str = "savedmode
             raise MissingPathError(f"model file not found: {path}")
     if len(paths) > 1:
         _same_split(paths)
+    if export_format == "bioimageio" and len(paths) > 1:
+        raise UserError("a bioimage.io package holds one model: export the average as keras first, then package it")
     run_dir = runs.new_run_dir(out, "export")
     try:
+        if export_format == "bioimageio":
+            from nucleunet import zoo
+
+            package = zoo.export_package(paths[0], run_dir)
+            zoo.test_package(package)
+            runs.write_json(run_dir / "export.json", {"model": str(paths[0]), "format": export_format,
+                                                      "package": package.name, "tested": True})
+            return run_dir
         model = (unet.load_model(paths[0]) if len(paths) == 1
                  else unet.average_models([unet.load_model(path) for path in paths]))
         if export_format == "keras":
