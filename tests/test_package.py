@@ -55,7 +55,8 @@ def test_the_wheel_holds_the_package_the_card_modules_the_ready_model_and_the_co
     for name in ("nucleunet/__init__.py", "nucleunet/api.py", "dsb.py", "unet.py", "train_and_predicted_masks.py",
                  "nucleunet/ready_models/unet_dsb2018/model.keras",
                  "nucleunet/ready_models/unet_dsb2018/postprocessing.json",
-                 "nucleunet/ready_models/unet_dsb2018/config.json", "nucleunet/ready_models/README.md"):
+                 "nucleunet/ready_models/unet_dsb2018/config.json", "nucleunet/ready_models/README.md",
+                 "nucleunet/napari.yaml"):
         assert name in names, name
     assert not [name for name in names if name.split("/")[0] in ("tests", "bench", "experiments", "datasets", "docs")]
     (entry_points,) = [name for name in names if name.endswith("entry_points.txt")]
