@@ -89,15 +89,7 @@ def train_run(config: TrainConfig, out: Path, *, cache_dir: Path | None, progres
     config.save(run_dir / "config.json")
     runs.write_csv(split, run_dir / "split.csv")
     runs.write_json(run_dir / "clusters.json", stratify.fit_cluster_model(stats, split))
-    # Only the tiles and the test images are needed from here on: the other decoded images go before
-    # training starts (images loaded from the cache are views of one array, hence the copies).
-    test_records = [dataclasses.replace(record, image=record.image.copy())
-                    for record in stratify.subset_records(records, split, "test")]
-    tiles = training.prepare_training_data(records, split, config)
-    nucleus_area = training_nucleus_area(records, split)
-    del records
-    return _train_and_evaluate(config, run_dir, tiles, split, test_records, distribution, progress=progress,
-                               nucleus_area=nucleus_area)
+    return _train_and_evaluate(config, run_dir, records, split, distribution, progress=progress)
 
 
 def training_nucleus_area(records: list, split: pd.DataFrame) -> float | None:
@@ -121,13 +113,7 @@ def resume_run(run_dir: Path, *, data: Path | None, cache_dir: Path | None, prog
     distribution = distribute.start_distribution(config)
     log.info("resuming run folder: %s", run_dir)
     records, split, _ = load_data(config, cache_dir=cache_dir, progress=progress)
-    test_records = [dataclasses.replace(record, image=record.image.copy())
-                    for record in stratify.subset_records(records, split, "test")]
-    tiles = training.prepare_training_data(records, split, config)
-    nucleus_area = training_nucleus_area(records, split)
-    del records
-    return _train_and_evaluate(config, run_dir, tiles, split, test_records, distribution, progress=progress,
-                               resume=True, nucleus_area=nucleus_area)
+    return _train_and_evaluate(config, run_dir, records, split, distribution, progress=progress, resume=True)
 
 
 def check_resumable(run_dir: Path) -> None:
@@ -144,8 +130,15 @@ def check_resumable(run_dir: Path) -> None:
                         f"model with train --init {run_dir / 'model.keras'}")
 
 
-def _train_and_evaluate(config, run_dir, tiles, split, test_records, distribution, *, progress, resume=False,
-                        nucleus_area=None):
+def _train_and_evaluate(config, run_dir, records, split, distribution, *, progress, resume=False):
+    # Only the tiles and the test images are needed from here on: the other decoded images go before
+    # training starts (images loaded from the cache are views of one array, hence the copies).
+    test_records = [dataclasses.replace(record, image=record.image.copy())
+                    for record in stratify.subset_records(records, split, "test")]
+    tiles = training.prepare_training_data(records, split, config)
+    nucleus_area = training_nucleus_area(records, split)
+    records.clear()  # the caller's list: the decoded images go with it
+    del records
     with distribution.scope():
         checkpoint = training.train(config, run_dir, tiles, progress=progress, resume=resume,
                                     replicas=distribution.replicas)
