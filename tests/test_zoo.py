@@ -11,13 +11,15 @@ import train_and_predicted_masks as cli
 from nucleunet import zoo
 
 
-def test_the_ready_model_exports_as_a_valid_tested_bioimageio_package(tmp_path):
+def test_the_ready_model_exports_as_a_valid_tested_bioimageio_package(tmp_path, monkeypatch):
     from bioimageio.spec import load_model_description
 
+    monkeypatch.chdir(tmp_path)  # the export leaves nothing in the folder it runs in
     assert cli.main(["export", "unet_dsb2018", "--format", "bioimageio", "--out", str(tmp_path / "runs")]) == 0
     (run_dir,) = (tmp_path / "runs").iterdir()
     record = json.loads((run_dir / "export.json").read_text())
     assert record["tested"] is True and record["format"] == "bioimageio"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["runs"]
     package = run_dir / record["package"]
     names = set(zipfile.ZipFile(package).namelist())
     assert {"rdf.yaml", "weights.keras", "weights_savedmodel.zip", "test_input.npy", "test_output.npy", "cover.png",
