@@ -361,7 +361,7 @@ def test_outputs_that_would_collide_after_planes_are_expanded_or_by_case_are_ski
 def test_a_two_channel_array_saved_by_tifffile_is_one_image_with_channels(stand_in_model, tmp_path, caplog):
     two = np.stack([np.zeros((90, 120), np.uint8), _cells()], axis=-1)  # nuclei in the second channel
     tifffile.imwrite(tmp_path / "two.tif", two)
-    raw, axes = inputs.read_input(inputs.InputImage("two", tmp_path / "two.tif"))
+    raw, axes, _ = inputs.read_input(inputs.InputImage("two", tmp_path / "two.tif"))
     assert axes == "YXC" and raw.shape == (90, 120, 2) and "--channel" in caplog.text
     code, run_dir = _predict(stand_in_model, [tmp_path / "two.tif"], tmp_path, "--channel", "1")
     assert code == 0 and pd.read_csv(run_dir / "counts.csv")[["image", "nuclei"]].values.tolist() == [["two", 5]]
