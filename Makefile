@@ -1,7 +1,7 @@
 # make venv   : .venv with the pinned requirements and the package (editable: `nucleunet` command, `import nucleunet`)
 # make train  : venv + data + train (preset picked by the hardware) + evaluate + figures
 # make test   : the whole test suite (what CI runs)
-# make bench  : data, training, inference and memory benchmarks (tables + bench/results/*.json)
+# make bench  : data, training, inference, memory, large-image and engine benchmarks (tables + bench/results/*.json)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -48,4 +48,5 @@ bench: venv data
 	$(PY) bench/bench_memory.py $(if $(BENCH_MINUTES),--minutes $(BENCH_MINUTES))
 	$(PY) bench/bench_large.py
 	$(PY) bench/bench_flatfield.py
+	$(PY) bench/bench_engines.py
 	$(PY) bench/report.py

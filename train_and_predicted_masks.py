@@ -33,6 +33,7 @@ import dsb  # noqa: E402 - after the environment is set
 import unet  # noqa: E402
 from nucleunet import batch, evaluation, hardware, inputs, models, outputs, pipeline, runs, tuning  # noqa: E402
 from nucleunet import config as configuration  # noqa: E402
+from nucleunet.api import load_model  # noqa: E402
 from nucleunet.calibration import check_pixel_size  # noqa: E402
 from nucleunet.errors import UserError  # noqa: E402
 from nucleunet.postprocessing import MAX_SCALE, MAX_TILE, MIN_SCALE, MIN_TILE, TILE_MULTIPLE  # noqa: E402
@@ -332,6 +333,10 @@ def build_arg_parser() -> argparse.ArgumentParser:
     group.add_argument("--diameter", type=_positive, metavar="D",
                        help="the typical nucleus diameter (micrometres where the pixel size is known, else pixels): "
                             "each image is zoomed to bring it to the model's training nuclei, in place of --scale")
+    group.add_argument("--engine", choices=models.ENGINES, default="auto",
+                       help="what the network runs on: 'onnx' (ONNX Runtime, faster on CPUs), 'keras', or 'auto': "
+                            "ONNX Runtime where the model has an ONNX copy (model.onnx) and onnxruntime is installed "
+                            "(default: auto)")
     group.add_argument("--max-pixels", type=_pixels, metavar="N", default=inputs.MAX_PIXELS,
                        help=f"skip files of more pixels than this (all planes), judged from their header before "
                             f"anything is decoded (default: {inputs.MAX_PIXELS:.0e})")
@@ -439,6 +444,7 @@ def run(args: argparse.Namespace) -> tuple[Path | None, int]:
         models.refuse_ready_model_folder(args.out, "--out")
     if args.command == "predict":
         model, images = model_and_inputs(args.inputs)
+        model = load_model(model, engine=args.engine)
         overrides = postprocessing_overrides(args)
         if args.diameter is not None and "scale" in overrides:
             raise UserError("give --diameter or --scale, not both: the diameter sets each image's zoom")

@@ -290,6 +290,24 @@ def export_model(model: keras.Model | str | os.PathLike, out: str | os.PathLike,
     return out
 
 
+def export_onnx(model: keras.Model, path: str | os.PathLike) -> Path:
+    """The network as an ONNX file (float32, any image size), for ONNX Runtime (``nucleunet.models``: the faster
+    engine where it is installed): tiles (batch, H, W, 1) float32 in [0, 1] to probabilities (batch, H, W, C).
+    Needs TensorFlow and tf2onnx; written atomically."""
+    if not tensorflow_available():
+        raise UserError("an ONNX export needs TensorFlow (tf2onnx converts the TensorFlow graph)")
+    try:
+        import tensorflow as tf
+        import tf2onnx
+    except ImportError as error:
+        raise UserError(f"an ONNX export needs tf2onnx installed ({error})") from None
+    network = portable(model, dtype="float32")
+    signature = (tf.TensorSpec((None, None, None, 1), tf.float32, name="tiles"),)
+    with runs.atomic_path(path) as temporary:
+        tf2onnx.convert.from_keras(network, input_signature=signature, opset=17, output_path=str(temporary))
+    return Path(path)
+
+
 def tensorflow_available() -> bool:
     """Whether TensorFlow can be imported (the JAX and PyTorch backends run without it)."""
     try:

@@ -125,8 +125,8 @@ def main(argv=None) -> int:
     # Each way its own model instance, as the floor has: a Keras model that has seen several input shapes
     # traces a shape-generic function, which can be slower than one for a single shape.
     trained = models.TrainedModel.open(model_path)
-    predict_tiles, trained_on, min_overlap = trained.predictor()
-    predict_auto, _, _ = trained.predictor()
+    predict_tiles, trained_on, min_overlap = trained.predictor("keras")  # against the Keras floor below
+    predict_auto, _, _ = trained.predictor("keras")
     model = unet.portable(unet.load_model(model_path), dtype=None)
     sizes = (256, 512) if args.quick else (500, 1000, 2000)
     rows, speed = [], {}

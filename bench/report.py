@@ -4,8 +4,9 @@
     python bench/report.py --results DIR      # JSON files written elsewhere (``--json DIR/<name>.json``)
 
 ``memory_full.json`` (``bench_memory.py --json bench/results/memory_full.json``: the whole preset, not
-shortened) is shown beside ``memory.json`` when present; ``large.json`` (``bench_large.py``) and
-``finetune_few.json`` (``finetune_few.py``) when present.
+shortened) is shown beside ``memory.json`` when present; ``large.json`` (``bench_large.py``),
+``finetune_few.json`` (``finetune_few.py``), ``engines.json`` (``bench_engines.py``) and ``price.json``
+(``bench_price.py``) when present.
 """
 
 from __future__ import annotations
@@ -35,9 +36,10 @@ def main(argv=None) -> int:
                         help="folder of the benchmarks' JSON files (default: bench/results)")
     folder = parser.parse_args(argv).results
     out = []
-    data, train, infer, memory, memory_full, large, finetune = (
-        load(folder, name) for name in ("data", "train", "infer", "memory", "memory_full", "large", "finetune_few"))
-    if not any((data, train, infer, memory, memory_full, large, finetune)):
+    data, train, infer, memory, memory_full, large, finetune, engines, price = (
+        load(folder, name) for name in ("data", "train", "infer", "memory", "memory_full", "large", "finetune_few",
+                                        "engines", "price"))
+    if not any((data, train, infer, memory, memory_full, large, finetune, engines, price)):
         raise SystemExit(f"no benchmark results in {folder}: run make bench first")
     if data:
         floor = data["floor_decode"]["seconds"]
@@ -104,6 +106,34 @@ def main(argv=None) -> int:
                       [("starting model", 0, 0, before["mean_dice"], before["mean_map"])]
                       + [("fine-tuned", int(count), run["training_minutes"], run["test"]["mean_dice"],
                           run["test"]["mean_map"]) for count, run in finetune["runs"].items()]), ""]
+    if engines:
+        rows = []
+        for subset, value in engines["subsets"].items():
+            label = (f"{value['images']} images" if subset == "small"
+                     else f"one image of {value['megapixels']:.1f} MP")
+            rows += [(f"{label}, {name}", value[name]["seconds"], value[name]["megapixels_per_second"],
+                      value["keras"]["seconds"] / value[name]["seconds"]) for name in ("keras", "onnx")]
+        load_s, diff = engines["load_seconds"], engines["differences"]
+        out += [f"### 7. Engines (the {engines['model']} model, Keras on TensorFlow against ONNX Runtime; "
+                f"{engines['machine']['cpu']}, {engines['machine']['cores']} cores)", "",
+                table(("measurement", "median s", "MP/s", "x keras"), rows), "",
+                f"Loading: Keras {load_s['keras']:.2f} s, ONNX Runtime {load_s['onnx']:.2f} s. The two engines' "
+                f"nucleus maps differ by at most {max(d['max_abs'] for d in diff.values()):.1e}; "
+                f"{max(d['flipped_fraction'] for d in diff.values()):.2g} of pixels fall on the other side of 0.5.",
+                ""]
+    if price:
+        rows = []
+        for subset, entry in price["subsets"].items():
+            floor = entry["floor"]["seconds"]
+            rows.append((f"{subset}: floor, one forward pass", entry["floor"]["seconds_per_megapixel"], "-", "-", 1.0))
+            rows += [(f"{subset}: {name}", value["seconds_per_megapixel"], value["map"],
+                      value["x_plain"] if value["x_plain"] is not None else "-", value["seconds"] / floor)
+                     for name, value in entry["settings"].items()]
+        sizes = ", ".join(f"{subset} {entry['images']} images ({entry['megapixels']:.1f} MP)"
+                          for subset, entry in price["subsets"].items())
+        out += [f"### 8. The price of each default ({price['model']} model on {price['engine']}; {sizes}; "
+                f"{price['machine']['cpu']}, {price['machine']['cores']} cores)", "",
+                table(("setting", "s/MP", "mAP", "x plain", "x floor"), rows), ""]
     print("\n".join(out))
     return 0
 

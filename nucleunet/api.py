@@ -102,12 +102,17 @@ class Model:
         The settings ``segment`` uses: the model's ``postprocessing.json``.
     normalization : (float, float)
         The percentiles of each image's intensities stretched to 0 and 1, as in training.
+    engine : str
+        What the network runs on: 'onnx' (ONNX Runtime, where the model has an ONNX copy and onnxruntime is
+        installed) or 'keras'; both give the same labels (``tests/test_onnx.py``).
     """
 
-    def __init__(self, trained: TrainedModel, name: str | None = None):
+    def __init__(self, trained: TrainedModel, name: str | None = None, engine: str = "auto"):
         self.trained = trained
         self.name = name or str(trained.path)
-        self._load = functools.cache(trained.predictor)  # one network for this model and its with_settings copies
+        self.engine = trained.engine(engine)  # what the network runs on: 'onnx' or 'keras'
+        # one network for this model and its with_settings copies
+        self._load = functools.cache(functools.partial(trained.predictor, self.engine))
 
     def __repr__(self) -> str:
         return f"Model({self.name!r})"
@@ -141,7 +146,7 @@ class Model:
         if unknown:
             raise UserError(f"unknown setting(s) {', '.join(unknown)}: the settings are {', '.join(sorted(fields))}")
         changed = Model(dataclasses.replace(self.trained, postprocessing=self.postprocessing.replace(**overrides)),
-                        self.name)
+                        self.name, self.engine)
         changed._load = self._load
         return changed
 
@@ -153,7 +158,7 @@ class Model:
         config = self.trained.config
         tile_size = config.tile_size if config else TILE_SIZE
         min_overlap = config.min_overlap if config else MIN_OVERLAP
-        served = Model(self.trained, self.name)
+        served = Model(self.trained, self.name, "keras")
         served._load = lambda: (predict_tiles, tile_size, min_overlap)
         return served
 
@@ -300,7 +305,7 @@ def _median_diameter(labels: np.ndarray) -> float:
     return float(np.median(2 * np.sqrt(areas / np.pi))) if len(areas) else 0.0
 
 
-def load_model(name_or_path: str | Path | None = None) -> Model:
+def load_model(name_or_path: str | Path | None = None, *, engine: str = "auto") -> Model:
     """A model to segment with.
 
     Parameters
@@ -308,6 +313,8 @@ def load_model(name_or_path: str | Path | None = None) -> Model:
     name_or_path : str or Path, optional
         None: the ready model (``models/README.md``); the name of a ready model (``READY_MODELS``); a ``.keras``
         file; or a folder that holds ``model.keras`` (a training run or an export), with its run files.
+    engine : 'auto', 'onnx' or 'keras'
+        What the network runs on (``Model.engine``): 'auto' takes ONNX Runtime where it can.
 
     Raises
     ------
@@ -322,4 +329,4 @@ def load_model(name_or_path: str | Path | None = None) -> Model:
     'unet_dsb2018'
     """
     return Model(TrainedModel.open(find_model(name_or_path)),
-                 name=DEFAULT_MODEL if name_or_path is None else str(name_or_path))
+                 name=DEFAULT_MODEL if name_or_path is None else str(name_or_path), engine=engine)

@@ -82,7 +82,7 @@ def segment_files(input_paths: list, model: Model | str | Path | None = None, *,
     runs.write_json(run_dir / "config.json", {
         "model": str(model.path), "inputs": [str(item) for item in input_paths], "recursive": recursive,
         "channel": channel, "stack": stack, "formats": list(formats), "max_pixels": max_pixels,
-        "pixel_size": pixel_size, "diameter": diameter,
+        "pixel_size": pixel_size, "diameter": diameter, "engine": model.engine,
         "postprocessing": dataclasses.asdict(model.postprocessing)})
     done, keys, finished = _Done(run_dir, len(items)), inputs.KeyRegister(), False
     try:

@@ -8,9 +8,13 @@ of the project (``models/``).
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from nucleunet import imaging, runs, stratify
@@ -20,12 +24,18 @@ from nucleunet.postprocessing import Postprocessing
 from nucleunet.prediction import PredictTiles, make_predictor
 from nucleunet.tiling import MIN_OVERLAP, TILE_SIZE
 
+log = logging.getLogger("nucleunet.models")
+
 # The ready models by name, each a folder with model.keras and its run files (models/<name>/README: its card).
 READY_MODELS = {
     "unet_dsb2018": "U-Net trained on the DSB2018 stage 1 training set (664 images of fluorescence, brightfield and "
                     "stained tissue); its card is models/README.md",
 }
 DEFAULT_MODEL = "unet_dsb2018"
+# The engines a network can run on: 'auto' takes ONNX Runtime where a model has an ONNX copy and onnxruntime is
+# installed (1.7x faster on a 2-core AVX2 CPU, same nucleus maps to 5e-6: bench/RESULTS.md, table 7), else Keras.
+ENGINES = ("auto", "keras", "onnx")
+ONNX_FILE, ONNX_RECORD = "model.onnx", "onnx.json"
 
 
 def ready_model_folders() -> list[Path]:
@@ -124,9 +134,39 @@ class TrainedModel:
                    else None,
                    postprocessing=postprocessing)
 
-    def predictor(self) -> tuple[PredictTiles, int, int]:
-        """The model loaded as ``prediction.PredictTiles`` (taking tiles of any size), with the tile size it was
-        trained on and the tile overlap to predict with."""
+    def onnx_path(self) -> Path | None:
+        """``model.onnx`` beside the model where ``onnx.json`` says it was made from this very ``.keras`` file (the
+        same SHA-256), else None (none there, or one of another model: a warning)."""
+        onnx, record = self.path.with_name(ONNX_FILE), self.path.with_name(ONNX_RECORD)
+        if not onnx.is_file() or not record.is_file():
+            return None
+        if runs.read_json(record).get("keras_sha256") != file_sha256(self.path):
+            log.warning("%s was not made from %s (onnx.json): it is ignored", onnx, self.path.name)
+            return None
+        return onnx
+
+    def engine(self, requested: str = "auto") -> str:
+        """The engine ``predictor`` runs the network on: 'onnx' (ONNX Runtime, faster on CPUs) where ``onnx_path``
+        has a file and onnxruntime is installed and ``requested`` allows it, else 'keras'; ``requested`` 'onnx'
+        without either is a ``UserError``."""
+        if requested not in ENGINES:
+            raise UserError(f"engine must be one of {', '.join(ENGINES)}, got {requested!r}")
+        if requested == "keras":
+            return "keras"
+        available = self.onnx_path() is not None and importlib.util.find_spec("onnxruntime") is not None
+        if requested == "onnx" and not available:
+            raise UserError(f"the ONNX engine needs onnxruntime installed and an ONNX copy of {self.path} beside it "
+                            f"({ONNX_FILE}, made by 'export --format keras')")
+        return "onnx" if available else "keras"
+
+    def predictor(self, engine: str = "auto") -> tuple[PredictTiles, int, int]:
+        """The network as ``prediction.PredictTiles`` (taking tiles of any size) on ``engine`` (``engine``), with
+        the tile size it was trained on and the tile overlap to predict with."""
+        batch_size = max(self.config.batch_size, 8) if self.config else 8
+        min_overlap = self.config.min_overlap if self.config else MIN_OVERLAP
+        if self.engine(engine) == "onnx":
+            trained_on = self.config.tile_size if self.config else TILE_SIZE
+            return make_predictor(OnnxNetwork(self.onnx_path()), batch_size), trained_on, min_overlap
         import unet
         from nucleunet import hardware
 
@@ -135,8 +175,6 @@ class TrainedModel:
         # Any tile size (the U-Net is fully convolutional); bfloat16 only where the hardware computes it.
         fast_bfloat16 = hardware.choose_precision("auto") == "mixed_bfloat16"
         model = unet.portable(model, dtype=None if fast_bfloat16 else "float32")
-        batch_size = max(self.config.batch_size, 8) if self.config else 8
-        min_overlap = self.config.min_overlap if self.config else MIN_OVERLAP
         return make_predictor(model, batch_size), trained_on, min_overlap
 
     @property
@@ -155,6 +193,42 @@ class TrainedModel:
             assigned = stratify.assign_clusters(unknown, self.cluster_model)
             clusters.update(zip(unknown.index, (int(c) for c in assigned)))
         return clusters
+
+
+class OnnxNetwork:
+    """The network of a ``model.onnx`` on ONNX Runtime, with Keras' ``predict_on_batch`` (for
+    ``prediction.make_predictor``)."""
+
+    def __init__(self, path: Path):
+        import onnxruntime
+
+        self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def predict_on_batch(self, tiles: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(tiles, dtype=np.float32)})[0]
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_onnx_copy(keras_path: Path) -> Path | None:
+    """``model.onnx`` and ``onnx.json`` (the SHA-256 of the ``.keras`` it was made from) beside ``keras_path``, where
+    TensorFlow and tf2onnx are installed; else None, with a note in the log."""
+    import unet
+
+    if importlib.util.find_spec("tf2onnx") is None or not unet.tensorflow_available():
+        log.info("no ONNX copy of %s: it needs TensorFlow and tf2onnx installed", keras_path)
+        return None
+    onnx = unet.export_onnx(unet.load_model(keras_path), keras_path.with_name(ONNX_FILE))
+    runs.write_json(keras_path.with_name(ONNX_RECORD), {"source": keras_path.name,
+                                                        "keras_sha256": file_sha256(keras_path)})
+    return onnx
 
 
 def starting_postprocessing(config: TrainConfig) -> Postprocessing:

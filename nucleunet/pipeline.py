@@ -185,7 +185,8 @@ def export_run(model_path: Path | list[Path], *, export_format: str = "savedmode
 
     'savedmodel': ``<run>/1/`` is a TensorFlow SavedModel (``1``: the version folder TF Serving expects;
     serve the run folder as the model's base path). 'keras': ``<run>/model.keras`` is a copy to share or to
-    ship (``unet.portable``: float32, any image size, no optimizer state: loads on every backend), with its
+    ship (``unet.portable``: float32, any image size, no optimizer state: loads on every backend), with its ONNX copy
+    where tf2onnx is installed (``models.write_onnx_copy``: the faster engine for ``predict``), with its
     training run's ``config.json``, ``postprocessing.json``, ``clusters.json`` and ``split.csv``, so that
     ``evaluate`` and ``predict`` use it as they use the original.
 
@@ -218,6 +219,7 @@ def export_run(model_path: Path | list[Path], *, export_format: str = "savedmode
                  else unet.average_models([unet.load_model(path) for path in paths]))
         if export_format == "keras":
             unet.portable(model, dtype="float32").save(run_dir / "model.keras")
+            models.write_onnx_copy(run_dir / "model.keras")
             for name in SHAREABLE_FILES:
                 if (paths[0].parent / name).is_file():
                     shutil.copy(paths[0].parent / name, run_dir / name)

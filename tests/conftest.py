@@ -191,7 +191,7 @@ def stand_in_model(tmp_path, monkeypatch):
     unet.build_unet((None, None, 1), depth=2, base_filters=2, output_channels=2).save(path)
     postprocessing.Postprocessing(threshold=0.5, min_size=5).save(path.parent / "postprocessing.json")
 
-    def predictor(self):
+    def predictor(self, engine="auto"):
         return (lambda tiles: np.concatenate([tiles, np.zeros_like(tiles)], axis=-1)), 64, 16
 
     monkeypatch.setattr(models.TrainedModel, "predictor", predictor)

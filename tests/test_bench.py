@@ -117,3 +117,30 @@ def test_bench_flatfield_quick(tmp_path):
     assert [row["side"] for row in sizes] == [256, 512] and all(row["flattened"] for row in sizes)
     # one full-size copy (and the stretch's percentile): well under three times the image
     assert all(0 < row["flatten_peak_mib"] < 3 * row["image_mib"] for row in sizes)
+
+
+def test_bench_engines_quick(tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("tf2onnx")
+    results = run_quick(tmp_path, "bench_engines.py")
+    assert set(results["subsets"]) == {"small", "large"}
+    assert_positive(results, "subsets.small.keras.megapixels_per_second", "subsets.small.onnx.megapixels_per_second",
+                    "subsets.large.speedup", "load_seconds.onnx")
+    # the two engines run the same network: their maps agree to float rounding (an untrained network's values sit
+    # near 0.5, so a rounding difference may move the odd pixel across it)
+    assert all(d["max_abs"] < 1e-4 and d["flipped_fraction"] < 0.01 for d in results["differences"].values())
+    finished = subprocess.run([sys.executable, str(BENCH_DIR / "report.py"), "--results", str(tmp_path)],
+                              capture_output=True, text=True, timeout=60)
+    assert finished.returncode == 0 and "### 7. Engines" in finished.stdout, finished.stderr[-2000:]
+
+
+def test_bench_price_quick(tmp_path):
+    results = run_quick(tmp_path, "bench_price.py")
+    for subset in ("cv", "test"):
+        entry = results["subsets"][subset]
+        assert set(entry["settings"]) >= {"defaults", "plain", "no TTA"}
+        assert_positive(entry, "floor.seconds_per_megapixel", "settings.defaults.seconds_per_megapixel",
+                        "settings.plain.x_plain")
+        assert all(0 <= value["map"] <= 1 and len(value["per_image"]) == entry["images"]
+                   for value in entry["settings"].values())
+    assert results["subsets"]["cv"]["settings"]["no TTA"]["overrides"] == {"tta": False}

@@ -76,7 +76,9 @@ def test_keras_export_is_a_float32_any_size_copy_with_the_runs_settings(exported
     (model_path.parent / "postprocessing.json").write_text(json.dumps({"threshold": 0.55}))
     assert cli.main(["export", str(model_path), "--format", "keras", "--out", str(tmp_path)]) == 0
     (export_dir,) = tmp_path.iterdir()
-    assert sorted(path.name for path in export_dir.iterdir()) == ["export.json", "model.keras", "postprocessing.json"]
+    # model.onnx and onnx.json: its ONNX copy (tests/test_onnx.py)
+    assert sorted(path.name for path in export_dir.iterdir()) == ["export.json", "model.keras", "model.onnx",
+                                                                  "onnx.json", "postprocessing.json"]
     assert json.loads((export_dir / "postprocessing.json").read_text()) == {"threshold": 0.55}
     original, copy = unet.load_model(model_path), unet.load_model(export_dir / "model.keras")
     assert copy.input_shape[1:3] == (None, None) and all(weight.dtype == "float32" for weight in copy.weights)
@@ -130,8 +132,8 @@ def test_keras_export_of_several_models_is_their_average_with_the_first_runs_fil
     out = tmp_path / "exports"
     assert cli.main(["export", *map(str, paths), "--format", "keras", "--out", str(out)]) == 0
     (export_dir,) = out.iterdir()
-    assert sorted(path.name for path in export_dir.iterdir()) == ["export.json", "model.keras", "postprocessing.json",
-                                                                  "split.csv"]
+    assert sorted(path.name for path in export_dir.iterdir()) == ["export.json", "model.keras", "model.onnx",
+                                                                  "onnx.json", "postprocessing.json", "split.csv"]
     assert json.loads((export_dir / "export.json").read_text()) == {
         "average_of": list(map(str, paths)), "format": "keras",
         "members": [{"training": {"minutes": 10.0}}, {"training": {"minutes": 20.0}}]}  # each member's recipe

@@ -53,7 +53,8 @@ def test_the_wheel_holds_the_package_the_card_modules_the_ready_model_and_the_co
     wheel = build_wheel(tmp_path)
     names = set(zipfile.ZipFile(wheel).namelist())
     for name in ("nucleunet/__init__.py", "nucleunet/api.py", "dsb.py", "unet.py", "train_and_predicted_masks.py",
-                 "nucleunet/ready_models/unet_dsb2018/model.keras",
+                 "nucleunet/ready_models/unet_dsb2018/model.keras", "nucleunet/ready_models/unet_dsb2018/model.onnx",
+                 "nucleunet/ready_models/unet_dsb2018/onnx.json",
                  "nucleunet/ready_models/unet_dsb2018/postprocessing.json",
                  "nucleunet/ready_models/unet_dsb2018/config.json", "nucleunet/ready_models/README.md",
                  "nucleunet/napari.yaml"):
