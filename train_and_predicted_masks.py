@@ -36,7 +36,14 @@ from nucleunet import config as configuration  # noqa: E402
 from nucleunet.api import load_model  # noqa: E402
 from nucleunet.calibration import check_pixel_size  # noqa: E402
 from nucleunet.errors import UserError  # noqa: E402
-from nucleunet.postprocessing import MAX_SCALE, MAX_TILE, MIN_SCALE, MIN_TILE, TILE_MULTIPLE  # noqa: E402
+from nucleunet.postprocessing import (  # noqa: E402
+    MAX_SCALE,
+    MAX_TILE,
+    MIN_SCALE,
+    MIN_TILE,
+    TILE_MULTIPLE,
+    TTA_VIEW_COUNTS,
+)
 
 SCRIPT = "train_and_predicted_masks.py"
 # Exit codes besides 0 (all done): a mistake the user can fix, nothing done; predict skipped some of its images.
@@ -53,8 +60,8 @@ TRAINING_OPTIONS = ("epochs", "steps_per_epoch", "batch_size", "learning_rate", 
 SCALE_HELP = ("zoom images by this factor (0.05-4) before the model sees them (2 for nuclei half the size of the "
               "training set's); 'auto': each image by 0.35-2.83x, to bring its nuclei, measured in a first pass, to "
               "the training images' typical size")
-POSTPROCESSING_OPTIONS = ("threshold", "min_size", "marker_height", "contact_threshold", "tta", "scale", "tile_size",
-                          "min_score", "extra_zooms", "flat_field", "denoise")
+POSTPROCESSING_OPTIONS = ("threshold", "min_size", "marker_height", "contact_threshold", "tta", "tta_views", "scale",
+                          "tile_size", "min_score", "extra_zooms", "flat_field", "denoise")
 MODEL_HELP = ("a saved model: a .keras file (e.g. runs/RUN/model.keras), its run folder, or a ready model's name "
               "(unet_dsb2018)")
 EXTRA_ZOOMS_HELP = ("also predict each image at these zooms relative to --scale's and average the maps (1.41: zoomed "
@@ -169,8 +176,13 @@ def _add_postprocessing_options(parser: argparse.ArgumentParser, default_text: s
     group.add_argument("--contact-threshold", type=float, metavar="P",
                        help="with a contact channel: pixels of higher contact probability seed no nucleus")
     group.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                       help="test-time augmentation: average the 8 flips/rotations (8x the model's work)")
+                       help="test-time augmentation: average the maps of flipped and turned views of each image "
+                            "(--tta-views of them: that many times the model's work)")
     if scale:
+        group.add_argument("--tta-views", type=int, choices=TTA_VIEW_COUNTS, metavar="N",
+                           help="with --tta, how many views: 2 (the image and its mirror image), 4 (its four "
+                                "mirrorings) or 8 (and their quarter turns) (default: the model's "
+                                "postprocessing.json)")
         group.add_argument("--scale", type=_scale, metavar="FACTOR|auto", help=SCALE_HELP)
         group.add_argument("--extra-zooms", type=_zoom, nargs="*", metavar="F", help=EXTRA_ZOOMS_HELP)
         group.add_argument("--flat-field", action=argparse.BooleanOptionalAction, default=None,

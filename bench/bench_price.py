@@ -28,7 +28,11 @@ import common
 SETTINGS = {
     "defaults": ("the ready model's defaults (postprocessing.json)", {}),
     "no second zoom": ("without the extra zoom at 1.41x", {"extra_zooms": ()}),
+    "TTA 4 views": ("4 views (the mirrorings) in place of 8", {"tta_views": 4}),
+    "TTA 2 views": ("2 views (the image and its mirror image) in place of 8", {"tta_views": 2}),
     "no TTA": ("without the 8 flips and turns", {"tta": False}),
+    "TTA 4 views, no second zoom": ("4 views at the automatic zoom alone", {"tta_views": 4, "extra_zooms": ()}),
+    "TTA 2 views, no second zoom": ("2 views at the automatic zoom alone", {"tta_views": 2, "extra_zooms": ()}),
     "no TTA, no second zoom": ("one pass at the automatic zoom", {"tta": False, "extra_zooms": ()}),
     "no flat field": ("the defaults without flattening uneven backgrounds", {"flat_field": False}),
     "plain": ("one pass at scale 1: no TTA, no zoom", {"tta": False, "extra_zooms": (), "scale": 1.0}),

@@ -94,8 +94,8 @@ def denoises(settings: Postprocessing, image: np.ndarray) -> bool:
 
 def resolve(settings: Postprocessing, image: np.ndarray, first_pass: FirstPass, *,
             most: int = 2048) -> tuple[Postprocessing, np.ndarray | None]:
-    """``settings`` with the zoom it gives ``image`` as ``scale``, and the maps already predicted if they are
-    the image's (else None).
+    """``settings`` with the zoom it gives ``image`` as ``scale``, and the first pass's maps where they cover the
+    whole image (else None): the image's maps at 1x without test-time augmentation, which the prediction reuses.
 
     ``image`` as the model is to see it (``prepare``). A number stays as it is. 'auto' becomes the zoom of
     ``AUTO_SCALES`` that brings the image's typical nucleus area (``typical_area`` of the labels of
@@ -103,8 +103,7 @@ def resolve(settings: Postprocessing, image: np.ndarray, first_pass: FirstPass, 
     ``postprocessing.probability_to_labels``, and so do those under ``min_score``) closest to ``nucleus_area``
     (``choose_scale``); but no zoom above 1x where those pixels' edges are softer than ``MIN_ZOOM_IN_SHARPNESS``
     (``imaging.edge_sharpness``: a blurred image): 1x rather than a zoom in, and none of ``extra_zooms`` that would
-    take it above 1x. That first pass is returned when it covers the whole image, the zoom is 1 and ``tta`` is
-    off: it is then the prediction.
+    take it above 1x.
     """
     if settings.scale != "auto":
         return settings, None
@@ -120,8 +119,7 @@ def resolve(settings: Postprocessing, image: np.ndarray, first_pass: FirstPass, 
         extra_zooms = tuple(zoom for zoom in extra_zooms if scale * zoom <= ZOOM_ROUNDING)
     resolved = settings.replace(scale=scale, extra_zooms=extra_zooms)
     log.debug("typical nucleus area at 1x: %.0f pixels; zoom %.2f", area, resolved.scale)
-    done = part.shape == image.shape and resolved.zooms == (1.0,) and not settings.tta
-    return resolved, (maps if done else None)
+    return resolved, (maps if part.shape == image.shape else None)
 
 
 def choose_scale(area: float, reference: float, scales: tuple[float, ...] = AUTO_SCALES) -> float:

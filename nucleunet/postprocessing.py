@@ -40,6 +40,8 @@ MIN_TILE, MAX_TILE, TILE_MULTIPLE = 32, 4096, 16
 MAX_MIN_SIZE = 10**6
 MAX_MARKER_HEIGHT = 1000.0
 MAX_NUCLEUS_AREA = 10**7
+# The numbers of views test-time augmentation may take (``Postprocessing.tta_views``; ``prediction.TTA_VIEWS``).
+TTA_VIEW_COUNTS = (2, 4, 8)
 
 # Fields that earlier versions wrote into postprocessing.json and that their decision rules rejected
 # (docs/results.md), with the value that meant "off": a file that has them still loads.
@@ -71,7 +73,11 @@ class Postprocessing:
     contact_threshold : float in (0, 1)
         With a contact channel: pixels of higher contact probability seed no nucleus.
     tta : bool
-        Test-time augmentation (the 8 flips/rotations averaged) when predicting the maps.
+        Test-time augmentation when predicting the maps: the model's maps of ``tta_views`` flipped or turned views
+        of the image, averaged.
+    tta_views : int, 2, 4 or 8
+        With ``tta``, how many views (``prediction.TTA_VIEWS``): 2, the image and its mirror image; 4, its four
+        mirrorings; 8, those and their quarter turns. The model's work grows with the number.
     scale : float or 'auto'
         The images are zoomed by it before the model sees them (``prediction.predict_maps``); ``min_size`` stays
         in the image's own pixels. 'auto': each image by its own zoom, the one of ``AUTO_SCALES`` that
@@ -109,6 +115,7 @@ class Postprocessing:
     marker_height: float | None = None
     contact_threshold: float = 0.2
     tta: bool = False
+    tta_views: int = 8
     scale: float | str = 1.0
     tile_size: int | str | None = None
     nucleus_area: float | None = None
@@ -144,6 +151,9 @@ class Postprocessing:
         for name in ("tta", "flat_field", "denoise"):
             if not isinstance(getattr(self, name), bool):
                 raise UserError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if isinstance(self.tta_views, bool) or self.tta_views not in TTA_VIEW_COUNTS:
+            raise UserError(f"tta_views must be one of {', '.join(map(str, TTA_VIEW_COUNTS))}, got {self.tta_views!r}")
+        object.__setattr__(self, "tta_views", int(self.tta_views))
         if self.tile_size not in (None, "auto") and not (
                 isinstance(self.tile_size, int) and not isinstance(self.tile_size, bool)
                 and MIN_TILE <= self.tile_size <= MAX_TILE and self.tile_size % TILE_MULTIPLE == 0):
@@ -231,6 +241,11 @@ class Postprocessing:
         if self.scale == "auto":
             raise ValueError("scale 'auto' has no zooms before it is resolved for an image (adaptation.resolve)")
         return (self.scale, *(self.scale * zoom for zoom in self.extra_zooms if within_zoom_range(self.scale * zoom)))
+
+    @property
+    def views(self) -> int:
+        """How many views of an image the model predicts at each zoom: ``tta_views`` with ``tta``, else 1."""
+        return self.tta_views if self.tta else 1
 
     def mask(self, maps: np.ndarray) -> np.ndarray:
         """The thresholded nucleus channel: ndarray (H, W), bool (what the pixel Dice scores)."""

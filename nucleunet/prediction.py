@@ -35,6 +35,16 @@ AUTO_TILE_MAX = 2048
 # pixels (about 0.4 GiB per megapixel for the ready model on the CPU), so large tiles go one by one.
 MAX_BATCH_PIXELS = 2**21
 
+# The views of test-time augmentation by how many are asked for (``Postprocessing.tta_views``), as
+# ``dihedral_tiles``' numbers: 2, the image and its mirror; 4, the four mirrorings (no transposition); 8, all the
+# flips and quarter turns.
+TTA_VIEWS = {1: (0,), 2: (0, 4), 4: (0, 2, 4, 6), 8: tuple(range(8))}
+
+# The most tile pixels sent to the model together, all views of an image's tiles at once where they fit: a small
+# image's one or two tiles then fill batches instead of going one by one, while a large image's views still go in
+# turn (about 0.1 GiB of tiles and maps at this size).
+MAX_VIEW_PIXELS = 2**23
+
 PredictTiles = Callable[[np.ndarray], np.ndarray]
 """Maps tiles, shape (N, T, T, 1) float32 in [0, 1], to probabilities (N, T, T, C): nuclei [, contacts]."""
 
@@ -60,8 +70,9 @@ def predict_maps(
     *,
     tile_size=TILE_SIZE,
     min_overlap: int = MIN_OVERLAP,
-    tta: bool = False,
+    tta: bool | int = False,
     scale: float = 1.0,
+    identity: np.ndarray | None = None,
 ) -> np.ndarray:
     """Every output channel of the model over a whole image of any size, from overlapping tiles.
 
@@ -76,11 +87,15 @@ def predict_maps(
     tile_size : int, (rows, cols), or 'auto'
         The tiles the model sees; 'auto': ``tiling.inference_tile_size`` of the image with tiles of
         at most ``AUTO_TILE_MAX`` pixels (a model that takes any size is needed).
-    tta : bool
-        Test-time augmentation: average the predictions of the 8 flips/rotations (8x the time).
+    tta : bool or int
+        Test-time augmentation: average the predictions of this many flipped or turned views of the image
+        (``TTA_VIEWS``: 1, 2, 4 or 8; True is 8, False 1), at that many times the model's work.
     scale : float
         Zoom the image by this factor before predicting (2: nuclei twice as large as in the image, for
         nuclei smaller than the training set's), and the maps back to the image's size afterwards.
+    identity : ndarray, shape (H, W, C), optional
+        The maps of the image as it is (no view turned, at scale 1 and these tiles), already predicted (the
+        automatic zoom's first pass): they are reused, not predicted again.
 
     Returns
     -------
@@ -94,6 +109,11 @@ def predict_maps(
         log.warning("%d pixel values are NaN or infinite; replaced by the median of the others", count)
     if scale <= 0:
         raise UserError(f"scale must be positive, got {scale}")
+    views = tta_views(tta)
+    if identity is not None and scale != 1.0:
+        raise ValueError("identity: the maps of the image as it is, at scale 1")
+    if identity is not None and views == (0,):
+        return identity
     if scale != 1.0:
         shape = image.shape
         zoomed = skimage.transform.resize(image, [max(int(round(side * scale)), 1) for side in shape], order=1,
@@ -104,16 +124,39 @@ def predict_maps(
         tile_size = inference_tile_size(image.shape, AUTO_TILE_MAX, min_overlap)
     tiles, corners = make_tiles(image.astype(np.float32), tile_size, min_overlap)
     tiles = tiles[..., None]
-    transforms = range(8) if tta else (0,)
+    todo = views[1:] if identity is not None else views
     total = None
-    for k in transforms:
-        turned = np.ascontiguousarray(dihedral_tiles(tiles, k))  # rectangular tiles turn into (N, W, H, 1)
+    for group in _view_groups(tiles.shape, todo):
+        turned = np.concatenate([dihedral_tiles(tiles, k) for k in group])  # rectangular tiles turn into (N, W, H, 1)
         predicted = np.asarray(predict_tiles(turned))
         if predicted.ndim != 4 or predicted.shape[:3] != turned.shape[:3] or predicted.shape[3] < 1:
             raise ValueError(f"the model returned shape {predicted.shape} for tiles of shape {turned.shape}")
-        restored = dihedral_tiles(predicted.astype(np.float32, copy=False), k, inverse=True)
-        total = restored if total is None else total + restored
-    return stitch_tiles(total / len(transforms) if len(transforms) > 1 else total, corners, image.shape, tile_size)
+        for k, part in zip(group, np.split(predicted.astype(np.float32, copy=False), len(group))):
+            restored = dihedral_tiles(part, k, inverse=True)
+            total = restored if total is None else total + restored
+    maps = stitch_tiles(total / len(todo) if len(todo) > 1 else total, corners, image.shape, tile_size)
+    # the stitching is a weighted mean of the tiles, so the views' stitched maps average as their tiles do
+    return maps if identity is None else (identity + maps * len(todo)) / len(views)
+
+
+def tta_views(tta: bool | int) -> tuple[int, ...]:
+    """The ``dihedral_tiles`` numbers of the views ``tta`` asks for (``TTA_VIEWS``): True is all 8, False none but
+    the image itself; a number, that many."""
+    count = (8 if tta else 1) if isinstance(tta, (bool, np.bool_)) else tta
+    if count not in TTA_VIEWS:
+        raise UserError(f"test-time augmentation takes {', '.join(map(str, TTA_VIEWS))} views, got {tta!r}")
+    return TTA_VIEWS[count]
+
+
+def _view_groups(shape: tuple[int, ...], views: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """``views`` in groups sent to the model together: views whose turned tiles share a shape (a quarter turn
+    transposes rectangular tiles), as many as hold at most ``MAX_VIEW_PIXELS`` (at least one)."""
+    per_view = max(int(np.prod(shape[:3])), 1)
+    most = max(MAX_VIEW_PIXELS // per_view, 1)
+    same_shape = [tuple(k for k in views if (k % 2 == 1) == odd) for odd in (False, True)]
+    if shape[1] == shape[2]:
+        same_shape = [views]
+    return [group[start:start + most] for group in same_shape if group for start in range(0, len(group), most)]
 
 
 def dihedral_tiles(tiles: np.ndarray, k: int, *, inverse: bool = False) -> np.ndarray:
@@ -154,20 +197,21 @@ def image_maps(predict_tiles: PredictTiles, image: np.ndarray, settings: Postpro
     ndarray, shape (H, W, C), float32 in [0, 1]: nuclei [, contacts]
     """
     prepared = adaptation.prepare(image, settings)
-    settings, done = adaptation.resolve(prepared.settings, prepared.image, first_pass(
+    settings, first = adaptation.resolve(prepared.settings, prepared.image, first_pass(
         predict_tiles, prepared.settings, tile_size=tile_size, min_overlap=min_overlap), most=AUTO_TILE_MAX)
-    if done is not None:
-        return done
-    return _zoomed_maps(predict_tiles, prepared.image, settings, tile_size=tile_size, min_overlap=min_overlap)
+    return _zoomed_maps(predict_tiles, prepared.image, settings, tile_size=tile_size, min_overlap=min_overlap,
+                        first=first)
 
 
 def _zoomed_maps(predict_tiles: PredictTiles, image: np.ndarray, settings: Postprocessing, *, tile_size,
-                 min_overlap: int) -> np.ndarray:
-    """The mean of the maps of ``image`` (prepared) at each of ``settings.zooms`` (resolved)."""
+                 min_overlap: int, first: np.ndarray | None = None) -> np.ndarray:
+    """The mean of the maps of ``image`` (prepared) at each of ``settings.zooms`` (resolved); ``first``, the
+    automatic zoom's first pass over the whole image (``adaptation.resolve``), is reused as the 1x view at 1x."""
     total = None
     for zoom in settings.zooms:
         maps = predict_maps(predict_tiles, image, tile_size=settings.tile_size or tile_size,
-                            min_overlap=min_overlap, tta=settings.tta, scale=zoom)
+                            min_overlap=min_overlap, tta=settings.views, scale=zoom,
+                            identity=first if zoom == 1.0 else None)
         total = maps if total is None else total + maps
     return total / len(settings.zooms) if len(settings.zooms) > 1 else total
 
@@ -221,21 +265,21 @@ def segment_image(predict_tiles: PredictTiles, image: np.ndarray, settings: Post
     """
     prepared = adaptation.prepare(image, settings)
     image = prepared.image
-    settings, done = adaptation.resolve(prepared.settings, image, first_pass(
+    settings, first = adaptation.resolve(prepared.settings, image, first_pass(
         predict_tiles, prepared.settings, tile_size=tile_size, min_overlap=min_overlap), most=block_size)
     facts = (prepared.unevenness, prepared.flattened, prepared.smoothed)
-    if total is not None or (progress is not None and done is not None):
-        tiles = tile_count(image.shape, settings, tile_size, min_overlap, block_size, margin)
-        if total is not None:
-            total(tiles)
-        if progress is not None and done is not None:  # the first pass was the whole prediction
-            progress(tiles)
+    views = settings.views
+    if total is not None:
+        total(tile_count(image.shape, settings, tile_size, min_overlap, block_size, margin))
+    if progress is not None and first is not None and 1.0 in settings.zooms:  # the first pass is one 1x view
+        progress(tile_count(image.shape, settings.replace(scale=1.0, extra_zooms=()), tile_size, min_overlap,
+                            block_size, margin) / views)
     if progress is not None:
-        predict_tiles = _counting(predict_tiles, progress, 8 if settings.tta else 1)
+        predict_tiles = _counting(predict_tiles, progress, views)
     height, width = image.shape
     if height <= block_size and width <= block_size:
-        maps = done if done is not None else _zoomed_maps(predict_tiles, image, settings, tile_size=tile_size,
-                                                          min_overlap=min_overlap)
+        maps = _zoomed_maps(predict_tiles, image, settings, tile_size=tile_size, min_overlap=min_overlap,
+                            first=first)
         labels, scores = settings.labels_and_scores(maps)
         return Segmented(labels, settings.mask(maps), maps[..., 0].astype(np.float16) if probability else None,
                          settings.scale, scores, *facts)

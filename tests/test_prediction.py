@@ -137,3 +137,119 @@ def test_extra_zooms_average_the_maps_predicted_at_each_zoom():
     assert not np.allclose(maps, alone, atol=1e-3)
     with pytest.raises(ValueError, match="resolved"):
         _ = settings.replace(scale="auto", nucleus_area=100.0).zooms
+
+
+def _position_model(tiles):
+    """A model whose output depends on where a pixel lies in its tile and on the tile's content: each view of
+    test-time augmentation then gives other maps, so averaging the wrong views shows."""
+    rows = np.linspace(0.0, 1.0, tiles.shape[1], dtype=np.float32)[None, :, None, None]
+    cols = np.linspace(0.0, 0.5, tiles.shape[2], dtype=np.float32)[None, None, :, None]
+    return np.concatenate([0.5 * tiles + 0.3 * rows + 0.2 * cols, tiles * cols], axis=-1)
+
+
+def _views_one_by_one(image, views, **options):
+    """The reference: each view's tiles through the model alone, restored and averaged, then stitched."""
+    tiles, corners = tiling.make_tiles(image, options["tile_size"], options["min_overlap"])
+    restored = [prediction.dihedral_tiles(_position_model(np.ascontiguousarray(
+        prediction.dihedral_tiles(tiles[..., None], k))), k, inverse=True) for k in views]
+    return tiling.stitch_tiles(np.mean(restored, axis=0), corners, image.shape, options["tile_size"])
+
+
+@pytest.mark.parametrize("count", [2, 4, 8])
+def test_tta_with_fewer_views_averages_exactly_those_views(count):
+    image = np.random.default_rng(count).random((150, 210)).astype(np.float32)
+    options = {"tile_size": 64, "min_overlap": 8}
+    maps = prediction.predict_maps(_position_model, image, tta=count, **options)
+    expected = _views_one_by_one(image, prediction.TTA_VIEWS[count], **options)
+    np.testing.assert_allclose(maps, expected, atol=1e-5)
+    assert prediction.TTA_VIEWS[count][0] == 0 and len(set(prediction.TTA_VIEWS[count])) == count
+    # each number of views gives other maps (the model is not symmetric), and True is 8
+    assert not np.allclose(maps, prediction.predict_maps(_position_model, image, tta=False, **options), atol=1e-3)
+    if count == 8:
+        np.testing.assert_array_equal(maps, prediction.predict_maps(_position_model, image, tta=True, **options))
+    with pytest.raises(prediction.UserError, match="views"):
+        prediction.predict_maps(_position_model, image, tta=3, **options)
+
+
+def test_the_views_of_a_small_image_reach_the_model_together_and_a_large_images_in_turn(monkeypatch):
+    seen = []
+
+    def model(tiles):
+        seen.append(tiles.shape)
+        return _position_model(tiles)
+
+    small = np.random.default_rng(0).random((100, 120)).astype(np.float32)
+    prediction.predict_maps(model, small, tile_size=64, min_overlap=8, tta=8)
+    assert seen == [(8 * 4, 64, 64, 1)]  # 4 tiles, 8 views: one call, so the model's batches are full
+    seen.clear()
+    monkeypatch.setattr(prediction, "MAX_VIEW_PIXELS", 3 * 4 * 64 * 64)  # room for 3 views' tiles at a time
+    prediction.predict_maps(model, small, tile_size=64, min_overlap=8, tta=8)
+    assert seen == [(12, 64, 64, 1), (12, 64, 64, 1), (8, 64, 64, 1)]
+    # rectangular tiles: a quarter turn transposes them, so those views go apart; the maps are still the average
+    monkeypatch.undo()
+    seen.clear()
+    image = np.random.default_rng(1).random((90, 200)).astype(np.float32)
+    maps = prediction.predict_maps(model, image, tile_size=(64, 128), min_overlap=8, tta=4)
+    tiles = len(tiling.tile_grid(image.shape, (64, 128), 8))
+    assert seen == [(4 * tiles, 64, 128, 1)]  # the 4 mirrorings keep the tile's shape
+    seen.clear()
+    turned = prediction.predict_maps(model, image, tile_size=(64, 128), min_overlap=8, tta=8)
+    assert seen == [(4 * tiles, 64, 128, 1), (4 * tiles, 128, 64, 1)]
+    np.testing.assert_allclose(turned, _views_one_by_one(image, range(8), tile_size=(64, 128), min_overlap=8),
+                               atol=1e-5)
+    assert maps.shape == (90, 200, 2)
+
+
+def test_known_maps_of_the_image_as_it_is_are_reused_not_predicted_again():
+    image = np.random.default_rng(5).random((150, 210)).astype(np.float32)
+    options = {"tile_size": 64, "min_overlap": 8}
+    calls = []
+
+    def model(tiles):
+        calls.append(len(tiles))
+        return _position_model(tiles)
+
+    first = prediction.predict_maps(model, image, **options)
+    calls.clear()
+    for count in (2, 4, 8):
+        reused = prediction.predict_maps(model, image, tta=count, identity=first, **options)
+        np.testing.assert_allclose(reused, prediction.predict_maps(_position_model, image, tta=count, **options),
+                                   atol=1e-5)
+    assert sum(calls) == (1 + 3 + 7) * len(tiling.tile_grid(image.shape, 64, 8))  # all views but the image itself
+    assert prediction.predict_maps(model, image, tta=False, identity=first, **options) is first
+    with pytest.raises(ValueError, match="scale 1"):
+        prediction.predict_maps(model, image, tta=8, identity=first, scale=2.0, **options)
+
+
+def test_the_automatic_zooms_first_pass_is_the_1x_view_of_the_prediction():
+    # nuclei of the training size: the automatic zoom stays at 1x and its first pass is reused as the 1x view
+    image = np.zeros((160, 200), np.float32)
+    rows, cols = np.mgrid[:160, :200]
+    for row, col in ((40, 50), (100, 140), (120, 40)):
+        image[(rows - row) ** 2 + (cols - col) ** 2 < 100] = 0.9
+    settings = postprocessing.Postprocessing(scale="auto", nucleus_area=314.0, tta=True, tta_views=4,
+                                             flat_field=False)
+    options = {"tile_size": 64, "min_overlap": 8}
+    calls = []
+
+    def model(tiles):
+        calls.append(len(tiles))
+        return np.clip(_position_model(tiles), 0, 1)
+
+    maps = prediction.image_maps(model, image, settings, **options)
+    tiles = len(tiling.tile_grid(image.shape, 64, 8))
+    assert sum(calls) == 4 * tiles  # the first pass (1 view) and 3 more views, not 1 + 4
+    expected = prediction.predict_maps(lambda t: np.clip(_position_model(t), 0, 1), image, tta=4, **options)
+    np.testing.assert_allclose(maps, expected, atol=1e-5)
+    progress = []
+    prediction.segment_image(model, image, settings, progress=progress.append, **options)
+    assert sum(progress) == tiles  # the progress bar still counts every tile once
+
+
+def test_tta_views_is_a_setting_with_bounds():
+    assert postprocessing.Postprocessing().tta_views == 8
+    assert postprocessing.Postprocessing(tta=True, tta_views=2).views == 2
+    assert postprocessing.Postprocessing(tta=False, tta_views=2).views == 1
+    for bad in (3, 1, 16, True, "4"):
+        with pytest.raises(postprocessing.UserError, match="tta_views"):
+            postprocessing.Postprocessing(tta_views=bad)
