@@ -11,11 +11,19 @@ Same data as ours: the images of our saved split (``--split``), preprocessed by 
 (gray, dark-on-light inverted, stretched), trained on the train images only within ``--minutes`` of
 training, its probability and NMS thresholds chosen on CV by StarDist's own ``optimize_thresholds``,
 then scored on the test split and on every shift of ``robustness.SHIFTS`` with ``metrics.score_image``.
-Writes ``bench/results/peer_stardist.json``.
+The trained model is kept in ``--model-dir`` (with its thresholds). Writes ``bench/results/peer_stardist.json``.
+
+Its speed beside ours (``bench/bench_price.py``): ``--speed`` loads the kept model and times
+``predict_instances`` (the network and StarDist's own non-maximum suppression, whole images, default settings)
+on every CV and test image, after one warm-up image, and scores them; writes
+``bench/results/peer_stardist_speed.json``:
+
+    TF_USE_LEGACY_KERAS=1 .venv-stardist/bin/python bench/peer_stardist.py --speed --split docs/results/split.csv
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -71,12 +79,39 @@ def score(model, images_and_labels, thresholds) -> dict:
     return {key: float(np.mean([row[key] for row in rows])) for key in ("dice", "map", "ap50")} | {"images": len(rows)}
 
 
+def speed(model, subsets: dict, thresholds: dict) -> dict:
+    """Seconds per megapixel of ``predict_instances`` over each subset's images (a warm-up image first), and the
+    mAP of what it found."""
+    first = next(iter(subsets.values()))[0]
+    model.predict_instances(first.image, **thresholds, show_tile_progress=False)
+    timed = {}
+    for name, records in subsets.items():
+        seconds, maps = 0.0, []
+        for record in records:
+            start = time.perf_counter()
+            predicted, _ = model.predict_instances(record.image, **thresholds, show_tile_progress=False)
+            seconds += time.perf_counter() - start
+            maps.append(metrics.score_image(record.labels, predicted).map)
+        megapixels = sum(record.image.size for record in records) / 1e6
+        timed[name] = {"images": len(records), "megapixels": megapixels, "seconds": seconds,
+                       "seconds_per_megapixel": seconds / megapixels, "map": float(np.mean(maps))}
+        print(f"{name}: {len(records)} images, {megapixels:.2f} MP, {seconds:.1f} s "
+              f"({seconds / megapixels:.2f} s/MP), mAP {timed[name]['map']:.3f}", flush=True)
+    return timed
+
+
 def main(argv=None) -> int:
-    parser = common.base_parser("peer_stardist", __doc__.splitlines()[0])
+    speed_only = "--speed" in (sys.argv[1:] if argv is None else argv)
+    parser = common.base_parser("peer_stardist_speed" if speed_only else "peer_stardist", __doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, help="dataset folder or zip (default: dsb.find_dataset())")
     parser.add_argument("--split", type=Path, default=dsb.DEFAULT_SPLIT_PATH, help="the saved split to use")
     parser.add_argument("--minutes", type=float, default=15.0, help="training time budget")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model-dir", type=Path,
+                        help="where the trained model is kept, with --speed read from (default: runs/peer_stardist; "
+                             "with --quick, a temporary folder)")
+    parser.add_argument("--speed", action="store_true",
+                        help="time the kept model's predict_instances on the CV and test images (no training)")
     args = parser.parse_args(argv)
 
     from stardist.models import Config2D, StarDist2D
@@ -88,6 +123,18 @@ def main(argv=None) -> int:
     subsets = {name: stratify.subset_records(records, split, name) for name in ("train", "cv", "test")}
     if args.quick:
         subsets = {name: chosen[:4] for name, chosen in subsets.items()}
+    model_dir = args.model_dir or (Path(os.environ.get("TMPDIR", "/tmp")) / f"stardist-peer-{os.getpid()}"
+                                   if args.quick else Path("runs") / "peer_stardist")
+    if args.speed:
+        if not (model_dir / "peer_thresholds.json").is_file():
+            parser.error(f"no model trained by this script in {model_dir}: train one first (without --speed)")
+        model = StarDist2D(None, name=model_dir.name, basedir=str(model_dir.parent))
+        thresholds = json.loads((model_dir / "peer_thresholds.json").read_text())
+        results = {"benchmark": "peer_stardist_speed", "quick": args.quick, "machine": common.machine(),
+                   "thresholds": thresholds, "threads": "TensorFlow's default (every core)",
+                   "subsets": speed(model, {name: subsets[name] for name in ("cv", "test")}, thresholds)}
+        common.write_json(args.json, results)
+        return 0
     x_train = [record.image for record in subsets["train"]]
     y_train = [record.labels for record in subsets["train"]]
     x_cv = [record.image for record in subsets["cv"]]
@@ -95,8 +142,7 @@ def main(argv=None) -> int:
 
     config = Config2D(n_rays=32, grid=(2, 2), n_channel_in=1, train_patch_size=(128, 128) if args.quick else (256, 256),
                       train_batch_size=4, train_tensorboard=False, use_gpu=False)
-    scratch = Path(os.environ.get("TMPDIR", "/tmp")) / f"stardist-peer-{os.getpid()}"
-    model = StarDist2D(config, name="peer", basedir=str(scratch))
+    model = StarDist2D(config, name=model_dir.name, basedir=str(model_dir.parent))
     model.prepare_for_training()
     model.callbacks.append(time_budget_callback(0.2 if args.quick else args.minutes))
     started = time.monotonic()
@@ -105,7 +151,8 @@ def main(argv=None) -> int:
                 steps_per_epoch=steps)
     trained_minutes = (time.monotonic() - started) / 60
     model.optimize_thresholds(x_cv, y_cv)
-    thresholds = {"prob_thresh": model.thresholds.prob, "nms_thresh": model.thresholds.nms}
+    thresholds = {"prob_thresh": float(model.thresholds.prob), "nms_thresh": float(model.thresholds.nms)}
+    (model_dir / "peer_thresholds.json").write_text(json.dumps(thresholds))
 
     test_ids = [record.image_id for record in subsets["test"]]
     test = [(record.image, record.labels) for record in subsets["test"]]

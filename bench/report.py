@@ -6,7 +6,8 @@
 ``memory_full.json`` (``bench_memory.py --json bench/results/memory_full.json``: the whole preset, not
 shortened) is shown beside ``memory.json`` when present; ``large.json`` (``bench_large.py``),
 ``finetune_few.json`` (``finetune_few.py``), ``engines.json`` (``bench_engines.py``) and ``price.json``
-(``bench_price.py``) when present.
+(``bench_price.py``) when present; ``peer_stardist_speed.json`` (``peer_stardist.py --speed``) joins the price
+table, StarDist's time on the same images beside ours.
 """
 
 from __future__ import annotations
@@ -36,9 +37,9 @@ def main(argv=None) -> int:
                         help="folder of the benchmarks' JSON files (default: bench/results)")
     folder = parser.parse_args(argv).results
     out = []
-    data, train, infer, memory, memory_full, large, finetune, engines, price = (
+    data, train, infer, memory, memory_full, large, finetune, engines, price, stardist = (
         load(folder, name) for name in ("data", "train", "infer", "memory", "memory_full", "large", "finetune_few",
-                                        "engines", "price"))
+                                        "engines", "price", "peer_stardist_speed"))
     if not any((data, train, infer, memory, memory_full, large, finetune, engines, price)):
         raise SystemExit(f"no benchmark results in {folder}: run make bench first")
     if data:
@@ -129,11 +130,20 @@ def main(argv=None) -> int:
             rows += [(f"{subset}: {name}", value["seconds_per_megapixel"], value["map"],
                       value["x_plain"] if value["x_plain"] is not None else "-", value["seconds"] / floor)
                      for name, value in entry["settings"].items()]
+            peer = (stardist or {}).get("subsets", {}).get(subset)
+            if peer and peer["images"] == entry["images"]:
+                plain = entry["settings"].get("plain")
+                rows.append((f"{subset}: StarDist predict_instances", peer["seconds_per_megapixel"], peer["map"],
+                             peer["seconds"] / plain["seconds"] if plain else "-", peer["seconds"] / floor))
         sizes = ", ".join(f"{subset} {entry['images']} images ({entry['megapixels']:.1f} MP)"
                           for subset, entry in price["subsets"].items())
         out += [f"### 8. The price of each default ({price['model']} model on {price['engine']}; {sizes}; "
                 f"{price['machine']['cpu']}, {price['machine']['cores']} cores)", "",
                 table(("setting", "s/MP", "mAP", "x plain", "x floor"), rows), ""]
+        if stardist:
+            out += [f"StarDist: its peer model (`bench/peer_stardist.py`, {stardist['machine']['cpu']}, "
+                    f"{stardist['machine']['cores']} cores, measured {stardist['machine']['date']}), the network "
+                    "and its non-maximum suppression on the same images.", ""]
     print("\n".join(out))
     return 0
 

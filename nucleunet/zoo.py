@@ -35,9 +35,9 @@ percentiles and clipped to [0, 1], with nuclei brighter than the background, and
 nucleus, and where two nuclei touch. The project's own pipeline (`nucleunet`, `predict`) does more, and only there:
 colour images converted to gray and images with dark nuclei inverted, a flat field for unevenly lit images, the
 automatic zoom (each image zoomed to bring its nuclei to the size of the training images', and a second zoom
-averaged in), test-time augmentation (8 flips and rotations), the split of the probabilities into nuclei (a watershed
-seeded by the contact probability) and the score under which a nucleus is dropped. Its scores in the model card are
-those of the full pipeline.
+averaged in), test-time augmentation (flipped views of the image averaged), the split of the probabilities into
+nuclei (a watershed seeded by the contact probability) and the score under which a nucleus is dropped. Its scores in
+the model card are those of the full pipeline.
 """
 
 CITATIONS = (

@@ -144,3 +144,27 @@ def test_bench_price_quick(tmp_path):
         assert all(0 <= value["map"] <= 1 and len(value["per_image"]) == entry["images"]
                    for value in entry["settings"].values())
     assert results["subsets"]["cv"]["settings"]["no TTA"]["overrides"] == {"tta": False}
+
+
+def test_price_table_puts_stardist_beside_ours_on_the_same_images(tmp_path):
+    results = run_quick(tmp_path, "bench_price.py", "--settings", "defaults", "plain")
+    cv = results["subsets"]["cv"]
+    peer = {"benchmark": "peer_stardist_speed", "machine": results["machine"],
+            "subsets": {"cv": {"images": cv["images"], "megapixels": cv["megapixels"],
+                               "seconds": 2 * cv["settings"]["plain"]["seconds"], "seconds_per_megapixel": 1.0,
+                               "map": 0.25},
+                        "test": {"images": cv["images"] + 1, "megapixels": 1.0, "seconds": 1.0,
+                                 "seconds_per_megapixel": 1.0, "map": 0.25}}}
+    (tmp_path / "peer_stardist_speed.json").write_text(json.dumps(peer))
+    finished = subprocess.run([sys.executable, str(BENCH_DIR / "report.py"), "--results", str(tmp_path)],
+                              capture_output=True, text=True, timeout=60)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    rows = [line for line in finished.stdout.splitlines() if "StarDist predict_instances" in line]
+    # only where the images are the same: the test row's count differs, so it is left out
+    assert len(rows) == 1 and rows[0].startswith("| cv: StarDist") and "| 2 |" in rows[0]
+
+
+def test_bench_large_at_the_defaults_quick(tmp_path):
+    results = run_quick(tmp_path, "bench_large.py", "--defaults")
+    assert results["defaults"] and "--no-tta" not in results["large"]["command"] and "speed" not in results
+    assert_positive(results, "large.seconds", "large.peak_rss_gib")
