@@ -104,7 +104,7 @@ def main(argv=None) -> int:
         return {**chosen, "seconds": common.median(run["seconds"] for run in runs[mode]),
                 "all_seconds": [run["seconds"] for run in runs[mode]]}
 
-    results = {"benchmark": "data", "quick": args.quick, "source": str(source), "machine": common.machine(),
+    results = {"benchmark": "data", "quick": args.quick, "source": Path(source).name, "machine": common.machine(),
                **{mode.replace("-", "_"): summary(mode) for mode in runs}}
     floor = results["floor_decode"]["seconds"]
     results["targets"] = {"cold_seconds": 30.0, "warm_seconds": 3.0}

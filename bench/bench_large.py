@@ -93,7 +93,8 @@ def main(argv=None) -> int:
         low, high = np.percentile(image[::7, ::7], (1, 99))
         ramp = np.linspace(0, 0.5 * (high - low), side, dtype=np.float32)
         image = np.clip(image + ramp, 0, 255).astype(np.uint8)
-    results = {"benchmark": "large", "quick": args.quick, "machine": common.machine(), "model": str(model_path),
+    results = {"benchmark": "large", "quick": args.quick, "machine": common.machine(),
+               "model": common.portable(str(model_path)),
                "side": side, "ramp": args.ramp, "defaults": args.defaults, "targets": {"peak_rss_gib": TARGET_GIB, "ratio": TARGET_RATIO}}
 
     # 1. the whole predict command on the large image
@@ -115,7 +116,8 @@ def main(argv=None) -> int:
         flattened = bool(counts["flattened"].iloc[0])
     peak_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
     megapixels_per_second = side**2 / 1e6 / seconds
-    results["large"] = {"command": " ".join(command[1:]), "seconds": seconds, "peak_rss_gib": peak_gib,
+    results["large"] = {"command": common.portable(" ".join(command[1:]), scratch=scratch), "seconds": seconds,
+                        "peak_rss_gib": peak_gib,
                         "megapixels_per_second": megapixels_per_second, "nuclei": nuclei, "flattened": flattened}
     what = (" with a background ramp" if args.ramp else "") + (" at the model's defaults" if args.defaults else "")
     common.print_table(f"predict on a {side} x {side} image{what}",

@@ -55,7 +55,7 @@ def main(argv=None) -> int:
         log = finished.stderr + finished.stdout
     tiles = next((line for line in log.splitlines() if "tiles " in line and "train" in line), "")
     results = {
-        "benchmark": "memory", "quick": args.quick, "machine": common.machine(), "command": " ".join(command),
+        "benchmark": "memory", "quick": args.quick, "machine": common.machine(), "command": common.portable(" ".join(command), scratch=scratch),
         "preset": config["preset"], "minutes_budget": config["minutes"], "shortened": args.minutes is not None,
         "wall_seconds": seconds, "training_minutes": training["minutes"], "peak_rss_mib": peak_mib,
         "peak_rss_gib": peak_mib / 1024, "test_mean_dice": summary["mean_dice"], "tiles_log_line": tiles.strip(),

@@ -24,15 +24,21 @@ import numpy as np
 import common
 
 # name: (what it is, the fields of Postprocessing it changes from the model's own). Each row switches off or
-# cheapens one step of the defaults; 'plain' all of them: one pass at the image's own size.
+# cheapens one step of the defaults, or sets the number of test-time views; 'plain' switches off all of them: one
+# pass at the image's own size. (The run of 2026-12-06 in bench/results/price.json was made when the defaults had 8
+# views: its rows 'defaults' and 'no second zoom' are 8 views; each row's "overrides" says what it changed.)
 SETTINGS = {
     "defaults": ("the ready model's defaults (postprocessing.json)", {}),
-    "no second zoom": ("without the extra zoom at 1.41x", {"extra_zooms": ()}),
-    "TTA 4 views": ("4 views (the mirrorings) in place of 8", {"tta_views": 4}),
-    "TTA 2 views": ("2 views (the image and its mirror image) in place of 8", {"tta_views": 2}),
-    "no TTA": ("without the 8 flips and turns", {"tta": False}),
-    "TTA 4 views, no second zoom": ("4 views at the automatic zoom alone", {"tta_views": 4, "extra_zooms": ()}),
-    "TTA 2 views, no second zoom": ("2 views at the automatic zoom alone", {"tta_views": 2, "extra_zooms": ()}),
+    "TTA 8 views": ("8 views (all flips and quarter turns)", {"tta": True, "tta_views": 8}),
+    "TTA 4 views": ("4 views (the mirrorings)", {"tta": True, "tta_views": 4}),
+    "TTA 2 views": ("2 views (the image and its mirror image)", {"tta": True, "tta_views": 2}),
+    "no TTA": ("without test-time augmentation", {"tta": False}),
+    "TTA 8 views, no second zoom": ("8 views at the automatic zoom alone",
+                                    {"tta": True, "tta_views": 8, "extra_zooms": ()}),
+    "TTA 4 views, no second zoom": ("4 views at the automatic zoom alone",
+                                    {"tta": True, "tta_views": 4, "extra_zooms": ()}),
+    "TTA 2 views, no second zoom": ("2 views at the automatic zoom alone",
+                                    {"tta": True, "tta_views": 2, "extra_zooms": ()}),
     "no TTA, no second zoom": ("one pass at the automatic zoom", {"tta": False, "extra_zooms": ()}),
     "no flat field": ("the defaults without flattening uneven backgrounds", {"flat_field": False}),
     "plain": ("one pass at scale 1: no TTA, no zoom", {"tta": False, "extra_zooms": (), "scale": 1.0}),

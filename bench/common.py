@@ -119,6 +119,14 @@ def format_value(value) -> str:
     return str(value)
 
 
+def portable(text: str, *, scratch: Path | None = None) -> str:
+    """``text`` (a path or a command) without this machine's folders: the project's folder left out (paths relative
+    to it) and ``scratch`` written as SCRATCH, so that committed results name no machine's paths."""
+    if scratch is not None:
+        text = text.replace(str(scratch), "SCRATCH")
+    return text.replace(str(PROJECT_DIR) + "/", "").replace(sys.executable, "python")
+
+
 def write_json(path: Path, results: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
