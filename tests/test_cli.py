@@ -19,6 +19,7 @@ import dsb
 import train_and_predicted_masks as cli
 import unet
 from nucleunet import evaluation, models, nucleus_score, outputs, pipeline, postprocessing, robustness, stratify, tuning
+from nucleunet.api import load_model
 from nucleunet.config import TrainConfig
 from nucleunet.errors import UserError
 
@@ -343,6 +344,21 @@ def test_extra_zooms_from_the_command_line_and_none_for_one_zoom():
     for bad in ("1", "0", "two"):
         with pytest.raises(SystemExit):
             parser.parse_args(["predict", "x.png", "--extra-zooms", bad])
+
+
+
+def test_tta_views_from_the_command_line_for_predict_and_evaluate_only():
+    parser = cli.build_arg_parser()
+    assert cli.postprocessing_overrides(parser.parse_args(["predict", "x.png", "--tta-views", "8"])) == {"tta_views": 8}
+    assert cli.postprocessing_overrides(parser.parse_args(["evaluate", "m.keras", "--tta", "--tta-views", "4"])) == {
+        "tta": True, "tta_views": 4}
+    assert "tta_views" not in cli.postprocessing_overrides(parser.parse_args(["predict", "x.png"]))  # the model's
+    for bad in (["predict", "x.png", "--tta-views", "3"], ["train", "--tta-views", "2"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(bad)
+    # the ready model's own number of views, chosen by price (docs/results.md), and the option that overrides it
+    ready = load_model()
+    assert ready.postprocessing.views == 2 and ready.with_settings(tta_views=8).postprocessing.views == 8
 
 
 # ---- the command line itself ---------------------------------------------------------------
