@@ -30,8 +30,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import dsb  # noqa: E402 - after the environment is set
-import unet  # noqa: E402
-from nucleunet import batch, evaluation, hardware, inputs, models, outputs, pipeline, runs, tuning  # noqa: E402
+from nucleunet import batch, evaluation, inputs, models, outputs, runs, tuning  # noqa: E402
 from nucleunet import config as configuration  # noqa: E402
 from nucleunet.api import load_model  # noqa: E402
 from nucleunet.calibration import check_pixel_size  # noqa: E402
@@ -368,7 +367,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
     export.add_argument("model", type=Path, nargs="+", metavar="MODEL",
                         help=MODEL_HELP + "; several (trained on one split, e.g. with "
                              "different --seed): one model that predicts their average, to tune on CV afterwards")
-    export.add_argument("--format", choices=sorted([*unet.EXPORT_FORMATS, "keras", "bioimageio"]),
+    export.add_argument("--format", choices=sorted([*configuration.EXPORT_FORMATS, "keras", "bioimageio"]),
                         default="savedmodel",
                         help="export format (default: savedmodel; the run folder's '1/' is the version folder "
                              "TF Serving expects. keras: model.keras for every backend, with config.json, "
@@ -395,6 +394,8 @@ def postprocessing_overrides(args: argparse.Namespace) -> dict:
 def config_from_args(args: argparse.Namespace) -> configuration.TrainConfig:
     """The one place where training options become a ``TrainConfig``: the preset (with ``--init``, the
     'finetune' preset and the starting model's own network and post-processing), then the options given."""
+    from nucleunet import hardware  # Keras: training needs it, predicting on ONNX Runtime does not
+
     base = {}
     if args.init is not None:
         preset = args.preset or "finetune"
@@ -470,6 +471,8 @@ def run(args: argparse.Namespace) -> tuple[Path | None, int]:
 
 
 def _run_command(args: argparse.Namespace, progress: bool, cache_dir: Path | None) -> Path | None:
+    if args.command in ("train", "resume", "export"):
+        from nucleunet import pipeline  # Keras: only these commands load it at once
     if args.command == "train":
         return pipeline.train_run(config_from_args(args), args.out, cache_dir=cache_dir, progress=progress)
     if args.command == "resume":
@@ -499,6 +502,12 @@ def main(argv: list[str] | None = None) -> int:
         run_dir, code = run(args)
     except UserError as error:  # what the user can fix: one line, no traceback
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        return USER_ERROR
+    except ModuleNotFoundError as error:
+        if (error.name or "").split(".")[0] not in ("keras", "tensorflow"):
+            raise
+        print(f"error: {args.command} needs Keras and TensorFlow, which this Python does not have (predict with a "
+              f"model that has its ONNX copy needs neither): pip install \"nucleunet[tensorflow]\"", file=sys.stderr)
         return USER_ERROR
     if run_dir is None:
         print("This worker's part of the training is done; the chief wrote the run folder.")

@@ -13,6 +13,7 @@ import keras
 from keras import layers, ops
 
 from nucleunet import runs
+from nucleunet.config import EXPORT_FORMATS
 from nucleunet.errors import MissingPathError, UserError
 
 
@@ -264,7 +265,6 @@ def average_models(members: list[keras.Model], *, name: str = "average") -> kera
     return keras.Model(inputs, layers.Average(name="mask", dtype="float32")(outputs), name=name)
 
 
-EXPORT_FORMATS = {"savedmodel": "tf_saved_model"}  # our name -> Keras' model.export format
 
 
 def export_model(model: keras.Model | str | os.PathLike, out: str | os.PathLike,

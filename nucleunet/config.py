@@ -232,6 +232,9 @@ class TrainConfig:
 
 
 # The post-processing fields a run starts with (postprocessing.Postprocessing's of the same names).
+# The formats ``unet.export_model`` writes besides .keras: our name -> Keras' model.export format.
+EXPORT_FORMATS = {"savedmodel": "tf_saved_model"}
+
 POSTPROCESSING_FIELDS = ("threshold", "min_size", "marker_height", "contact_threshold", "tta")
 
 # The fields that describe the network and what it sees: a fine-tuning run takes them from the model it starts from.

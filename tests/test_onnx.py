@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 import skimage.io
 
@@ -92,3 +93,27 @@ def test_segmenting_from_python_on_onnx_runtime_loads_neither_tensorflow_nor_ker
                               cwd=tmp_path)
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert finished.stdout.split("\n")[-2] == "1 []"
+
+
+def test_predict_from_the_shell_runs_where_keras_and_tensorflow_are_not_installed(tmp_path):
+    # As in a prediction-only install (pip install "nucleunet[onnx]" without the tensorflow extra): importing either
+    # fails. predict segments on ONNX Runtime; a command that needs them says what to install, in one line.
+    image = np.zeros((128, 160), np.uint8)
+    for top, left in ((20, 20), (20, 100), (80, 60)):
+        image[top:top + 22, left:left + 22] = 200
+    skimage.io.imsave(tmp_path / "cells.png", image, check_contrast=False)
+    script = ("import sys\n"
+              "for name in ('keras', 'tensorflow', 'tf2onnx'): sys.modules[name] = None  # not installed\n"
+              f"sys.path.insert(0, {str(cli.__file__.rsplit('/', 1)[0])!r})\n"
+              "import train_and_predicted_masks as cli\n"
+              "codes = [cli.main(argv) for argv in (['predict', 'cells.png', '--out', 'runs', '--quiet'],\n"
+              "                                     ['predict', 'cells.png', '--engine', 'keras', '--quiet'],\n"
+              "                                     ['export', 'unet_dsb2018', '--out', 'exports'])]\n"
+              "print('CODES', codes, sorted(m for m in ('tensorflow', 'keras') if sys.modules.get(m)))\n")
+    finished = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                              cwd=tmp_path)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert "CODES [0, 2, 2] []" in finished.stdout, finished.stdout[-2000:]
+    assert finished.stderr.count('pip install "nucleunet[tensorflow]"') == 2, finished.stderr[-2000:]
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert pd.read_csv(run_dir / "counts.csv")["nuclei"].tolist() == [3]

@@ -65,6 +65,19 @@ def test_the_wheel_holds_the_package_the_card_modules_the_ready_model_and_the_co
     assert wheel.stat().st_size < 30 * 2**20
 
 
+
+def test_the_base_install_needs_no_tensorflow_and_the_tensorflow_extra_brings_it(tmp_path):
+    # pip install nucleunet: segmenting with the ready model on ONNX Runtime (tests/test_onnx.py runs predict with
+    # Keras and TensorFlow unimportable); pip install "nucleunet[tensorflow]": training, export, the Keras engine.
+    wheel = zipfile.ZipFile(build_wheel(tmp_path))
+    (metadata,) = [name for name in wheel.namelist() if name.endswith(".dist-info/METADATA")]
+    requires = [line.split(":", 1)[1].strip() for line in wheel.read(metadata).decode().splitlines()
+                if line.startswith("Requires-Dist:")]
+    base = {re.split(r"[<>=!;\[ ]", line)[0].lower() for line in requires if "extra ==" not in line}
+    tensorflow_extra = {re.split(r"[<>=!;\[ ]", line)[0].lower() for line in requires if "extra == 'tensorflow'" in line}
+    assert "onnxruntime" in base and not base & {"tensorflow", "keras", "jax", "torch", "tf2onnx"}, base
+    assert {"tensorflow", "keras", "tf2onnx"} <= tensorflow_extra, tensorflow_extra
+
 def test_the_readme_snippet_segments_an_image_after_pip_install_from_another_folder(tmp_path):
     python = fresh_environment(tmp_path / "env", build_wheel(tmp_path / "dist"))
     elsewhere = tmp_path / "elsewhere"
