@@ -83,20 +83,24 @@ def test_a_stale_onnx_copy_is_ignored_and_the_onnx_engine_then_refused(tmp_path,
         trained.engine("tensorrt")
 
 
+def fresh_python(script: str, cwd) -> subprocess.CompletedProcess:
+    """``script`` run by a new interpreter of this environment in ``cwd``; it must succeed."""
+    finished = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=cwd)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    return finished
+
+
 def test_segmenting_from_python_on_onnx_runtime_loads_neither_tensorflow_nor_keras(tmp_path):
     # In a fresh interpreter (this one has loaded both): a user who segments on ONNX Runtime pays for no backend.
     script = ("import sys, numpy as np, nucleunet\n"
               "image = np.zeros((128, 128), np.uint8); image[40:62, 40:62] = 200\n"
               "result = nucleunet.load_model(engine='onnx').segment(image, tta=False)\n"
               "print(result.count, sorted(m for m in ('tensorflow', 'keras', 'jax', 'torch') if m in sys.modules))\n")
-    finished = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                              cwd=tmp_path)
-    assert finished.returncode == 0, finished.stderr[-2000:]
-    assert finished.stdout.split("\n")[-2] == "1 []"
+    assert fresh_python(script, tmp_path).stdout.split("\n")[-2] == "1 []"
 
 
 def test_predict_from_the_shell_runs_where_keras_and_tensorflow_are_not_installed(tmp_path):
-    # As in a prediction-only install (pip install "nucleunet[onnx]" without the tensorflow extra): importing either
+    # As in a prediction-only install (pip install nucleunet, without the tensorflow extra): importing either
     # fails. predict segments on ONNX Runtime; a command that needs them says what to install, in one line.
     image = np.zeros((128, 160), np.uint8)
     for top, left in ((20, 20), (20, 100), (80, 60)):
@@ -110,9 +114,7 @@ def test_predict_from_the_shell_runs_where_keras_and_tensorflow_are_not_installe
               "                                     ['predict', 'cells.png', '--engine', 'keras', '--quiet'],\n"
               "                                     ['export', 'unet_dsb2018', '--out', 'exports'])]\n"
               "print('CODES', codes, sorted(m for m in ('tensorflow', 'keras') if sys.modules.get(m)))\n")
-    finished = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                              cwd=tmp_path)
-    assert finished.returncode == 0, finished.stderr[-3000:]
+    finished = fresh_python(script, tmp_path)
     assert "CODES [0, 2, 2] []" in finished.stdout, finished.stdout[-2000:]
     assert finished.stderr.count('pip install "nucleunet[tensorflow]"') == 2, finished.stderr[-2000:]
     (run_dir,) = (tmp_path / "runs").iterdir()
