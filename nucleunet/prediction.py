@@ -153,9 +153,8 @@ def _view_groups(shape: tuple[int, ...], views: tuple[int, ...]) -> list[tuple[i
     transposes rectangular tiles), as many as hold at most ``MAX_VIEW_PIXELS`` (at least one)."""
     per_view = max(int(np.prod(shape[:3])), 1)
     most = max(MAX_VIEW_PIXELS // per_view, 1)
-    same_shape = [tuple(k for k in views if (k % 2 == 1) == odd) for odd in (False, True)]
-    if shape[1] == shape[2]:
-        same_shape = [views]
+    same_shape = ([views] if shape[1] == shape[2]
+                  else [tuple(k for k in views if (k % 2 == 1) == odd) for odd in (False, True)])
     return [group[start:start + most] for group in same_shape if group for start in range(0, len(group), most)]
 
 

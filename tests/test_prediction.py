@@ -248,6 +248,8 @@ def test_the_automatic_zooms_first_pass_is_the_1x_view_of_the_prediction():
 
 def test_tta_views_is_a_setting_with_bounds():
     assert postprocessing.Postprocessing().tta_views == 8
+    # the setting's numbers are the views prediction knows (1: none but the image itself)
+    assert set(postprocessing.TTA_VIEW_COUNTS) | {1} == set(prediction.TTA_VIEWS)
     assert postprocessing.Postprocessing(tta=True, tta_views=2).views == 2
     assert postprocessing.Postprocessing(tta=False, tta_views=2).views == 1
     for bad in (3, 1, 16, True, "4"):
