@@ -23,6 +23,19 @@ from bench.common import base_parser as bench_parser  # noqa: E402
 from bench.common import machine, median, print_table, timed, write_json  # noqa: E402,F401 - for the experiments
 
 
+def run_cli(arguments: list[str]) -> str:
+    """``train_and_predicted_masks.py ARGUMENTS --quiet`` in a fresh interpreter: its output, or on failure the end of
+    its output and ``SystemExit``."""
+    import subprocess
+
+    finished = subprocess.run([sys.executable, str(PROJECT_DIR / "train_and_predicted_masks.py"), *arguments,
+                               "--quiet"], capture_output=True, text=True, check=False)
+    if finished.returncode:
+        print(finished.stdout[-3000:], finished.stderr[-3000:], sep="\n", file=sys.stderr)
+        raise SystemExit(f"{' '.join(arguments[:2])} failed with exit status {finished.returncode}")
+    return finished.stdout
+
+
 def base_parser(name: str, description: str) -> argparse.ArgumentParser:
     """The options every experiment has: ``--quick`` and ``--json`` (default ``experiments/results/<name>.json``)."""
     return bench_parser(name, description, RESULTS_DIR)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -31,21 +30,11 @@ import pandas as pd
 
 import common
 
-SCRIPT = common.PROJECT_DIR / "train_and_predicted_masks.py"
 SMALL_FILES = ("config.json", "history.csv", "training.json", "postprocessing.json", "metrics.json")
 
 
-def run(arguments: list[str]) -> str:
-    finished = subprocess.run([sys.executable, str(SCRIPT), *arguments, "--quiet"], capture_output=True, text=True,
-                              check=False)
-    if finished.returncode:
-        print(finished.stdout[-3000:], finished.stderr[-3000:], sep="\n", file=sys.stderr)
-        raise SystemExit(f"{' '.join(arguments[:2])} failed with exit status {finished.returncode}")
-    return finished.stdout
-
-
 def evaluate(model: Path, data: Path, out: Path) -> dict:
-    run(["evaluate", str(model), "--subset", "all", "--data", str(data), "--no-cache", "--out", str(out)])
+    common.run_cli(["evaluate", str(model), "--subset", "all", "--data", str(data), "--no-cache", "--out", str(out)])
     (folder,) = out.iterdir()
     return json.loads((folder / "metrics.json").read_text())["summary"]
 
@@ -109,8 +98,8 @@ def main(argv=None) -> int:
             pd.DataFrame({"image_id": chosen + cv_ids, "cluster": args.cluster,
                           "subset": ["train"] * len(chosen) + ["cv"] * len(cv_ids)}).to_csv(split_path, index=False)
             options = ["--epochs", "1", "--steps-per-epoch", "2"] if args.quick else []
-            run(["train", "--init", str(args.model), "--data", str(data), "--split", str(split_path), "--no-cache",
-                 "--seed", str(args.seed), "--out", str(scratch / f"runs{count}"), *options])
+            common.run_cli(["train", "--init", str(args.model), "--data", str(data), "--split", str(split_path),
+                            "--no-cache", "--seed", str(args.seed), "--out", str(scratch / f"runs{count}"), *options])
             (run_dir,) = (scratch / f"runs{count}").iterdir()
             after = evaluate(run_dir / "model.keras", test_zip, scratch / f"after{count}")
             training = json.loads((run_dir / "training.json").read_text())

@@ -68,6 +68,10 @@ class TrainConfig:
         ``tile_size`` tiles all the same).
     scale_range, gamma_range, contrast_range, noise, blur
         With ``sampling='crop'``: how much the crops vary (``augment.Augmentation``).
+    colour_variants : int
+        With ``sampling='crop'``: other grayscale versions made of each colour training image (stains jittered in
+        HED space, channels mixed with random weights: ``augment.colour_variants``); a crop of such an image is cut
+        from it or one of them at random. 0: none.
     warmup_steps : int
         Steps over which the learning rate rises linearly from 0 to ``learning_rate`` (cosine schedule only).
     precision : str
@@ -123,6 +127,7 @@ class TrainConfig:
     contrast_range: tuple[float, float] = (1.0, 1.0)
     noise: float = 0.0
     blur: float = 0.0
+    colour_variants: int = 0
     warmup_steps: int = 0
     precision: str = "float32"
     jit_compile: bool | str = False
@@ -169,6 +174,10 @@ class TrainConfig:
             raise UserError(f"normalization must be two percentiles 0 <= low < high <= 100, got {self.normalization}")
         if self.warmup_steps < 0:
             raise UserError(f"warmup_steps must be non-negative, got {self.warmup_steps}")
+        if self.colour_variants < 0:
+            raise UserError(f"colour_variants must be non-negative, got {self.colour_variants}")
+        if self.colour_variants and self.sampling != "crop":
+            raise UserError("colour_variants needs sampling='crop' (the variants are of whole images)")
         self.augmentation  # noqa: B018 - checks the ranges (augment.Augmentation raises ValueError)
         if self.figures_per_cluster < 0:
             raise UserError(f"figures_per_cluster must be non-negative, got {self.figures_per_cluster}")

@@ -80,3 +80,11 @@ def test_the_config_module_is_a_leaf_that_neither_segments_nor_imports_keras():
                                "('keras', 'tensorflow', 'nucleunet.postprocessing', 'nucleunet.prediction', 'dsb') "
                                "if m in sys.modules))"], capture_output=True, text=True, check=True)
     assert finished.stdout.strip() == "[]"
+
+
+def test_colour_variants_need_whole_images_and_a_count():
+    with pytest.raises(UserError, match="colour_variants must be non-negative"):
+        TrainConfig.from_preset("cpu", colour_variants=-1)
+    with pytest.raises(UserError, match="needs sampling='crop'"):
+        TrainConfig.from_preset("seed", colour_variants=2)
+    assert TrainConfig.from_preset("cpu", colour_variants=2).colour_variants == 2

@@ -229,3 +229,11 @@ def test_denoise_quick(tmp_path):
     assert results["mean_map"]["none"]["smoothed"] == 0 and results["mean_map"]["low light"]["smoothed"] == 3
     assert all(0 <= row["off"] <= 1 and 0 <= row["on"] <= 1 for row in results["mean_map"].values())
     assert (tmp_path / "denoise.csv").is_file()
+
+
+def test_leave_cluster_out_quick(tmp_path):
+    results = run_quick(tmp_path, "leave_cluster_out.py")
+    assert set(results["per_cluster"]) == {"0", "1"} and results["quick"]
+    assert all(values["images"] == 6 for values in results["per_cluster"].values())
+    assert 0 <= results["mean_over_clusters"] <= 1 and set(results["own_split_test_map_per_fold"]) == {"0", "1"}
+    assert "stage1_train" in results["options"] and not any(option.startswith("/") for option in results["options"])

@@ -1,0 +1,199 @@
+"""How does a training recipe do on kinds of images it has never seen? Leave one cluster out, eight times.
+
+For each of the split's 8 clusters: a split that marks all of that cluster's images ``test`` (nothing of it reaches
+training, the choice of checkpoint or the post-processing), a training run of the recipe on the other clusters'
+train images (``train_and_predicted_masks.py train``, which then scores every ``test`` image with the run's own
+post-processing), and from that run's ``metrics.json``: the held-out cluster's images, and the other clusters' test
+images (the own-split score of the same run). Reported per held-out cluster, by kind (fluorescence: clusters 0-3;
+stained tissue and brightfield: 4-7), and by how crowded the image is (true nuclei per image in bins, with the share
+of true nuclei found: matched at IoU 0.5).
+
+    nice python experiments/leave_cluster_out.py --recipe today
+
+Runs go to ``runs/leave-cluster-out/<recipe>/cluster<k>/``: a finished one is reused, an unfinished one resumed, so
+the command can be run again after an interruption. Each run's small files are kept under ``--keep`` (default
+``docs/results/leave-cluster-out/<recipe>/``), the table in ``experiments/results/leave_cluster_out_<recipe>.json``.
+The training is the recipe shortened (``--epochs`` x ``--steps-per-epoch``, no time budget, so the result does not
+depend on the machine's speed or on what else runs on it); test-time augmentation is off when scoring.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench import common as common_bench
+from bench.common import portable
+
+import common
+
+SCRATCH_DIR = Path(tempfile.gettempdir())
+
+SPLIT = common.PROJECT_DIR / "docs" / "results" / "split.csv"
+SMALL_FILES = ("config.json", "history.csv", "training.json", "postprocessing.json", "metrics.json")
+
+# Training options on top of the cpu preset. A recipe is added here when it is tried, and removed from the code it
+# switches (not from this record) when its rule rejects it: docs/results.md keeps the decision.
+RECIPES: dict[str, list[str]] = {
+    "today": [],
+    # Four grayscale versions of each colour training image: stains jittered in HED space, channels mixed at random
+    # (augment.colour_variants). Rule: docs/results/leave-cluster-out/decision_rule.txt.
+    "colour": ["--colour-variants", "4"],
+}
+# What the clusters of docs/results/split.csv hold (docs/results.md, "Where it fails").
+KINDS = {0: "fluorescence", 1: "fluorescence", 2: "fluorescence", 3: "fluorescence",
+         4: "stained", 5: "stained", 6: "stained", 7: "brightfield"}
+CROWDING_BINS = (0, 20, 60, 150, np.inf)
+
+
+def held_out_split(split: pd.DataFrame, cluster: int) -> pd.DataFrame:
+    """``split`` with every image of ``cluster`` marked test."""
+    held = split.copy()
+    held.loc[held["cluster"] == cluster, "subset"] = "test"
+    return held
+
+
+def matched_true(row: dict) -> int:
+    """True nuclei matched at IoU 0.5, from the F1 at 0.5 (2 matches / (true + predicted))."""
+    return int(round(row["f1_50"] * (row["true_nuclei"] + row["predicted_nuclei"]) / 2))
+
+
+def summarize(folds: dict[int, list[dict]]) -> dict:
+    """The tables of the benchmark from each held-out cluster's per-image rows (``metrics.json``'s ``per_image``,
+    each with its ``cluster``): held-out images per cluster, by kind and by crowding, and the own-split score."""
+    held, own = [], []
+    for cluster, rows in folds.items():
+        for row in rows:
+            entry = {**row, "fold": int(cluster), "matched": matched_true(row)}
+            (held if int(row["cluster"]) == int(cluster) else own).append(entry)
+    held, own = pd.DataFrame(held), pd.DataFrame(own)
+
+    def scores(frame: pd.DataFrame) -> dict:
+        true = int(frame["true_nuclei"].sum())
+        return {"images": int(len(frame)), "map": round(float(frame["map"].mean()), 4),
+                "dice": round(float(frame["dice"].mean()), 4),
+                "found": round(float(frame["matched"].sum() / true), 4) if true else None}
+
+    per_cluster = {str(cluster): scores(group) for cluster, group in held.groupby("cluster")}
+    cluster_maps = {int(cluster): values["map"] for cluster, values in per_cluster.items()}
+    kinds = {}
+    for kind in ("fluorescence", "stained or brightfield"):
+        members = [c for c in cluster_maps if (KINDS.get(c) == "fluorescence") == (kind == "fluorescence")]
+        kinds[kind] = round(float(np.mean([cluster_maps[c] for c in members])), 4) if members else None
+    bins = pd.cut(held["true_nuclei"], CROWDING_BINS, right=True, include_lowest=True)
+    crowding = {}
+    for interval, group in held.groupby(bins, observed=True):
+        low, high = interval.left, interval.right
+        name = f"over {int(low)}" if np.isinf(high) else f"{max(int(low), 0)}-{int(high)}"
+        crowding[name] = {**scores(group), "fluorescence_images": int(group["cluster"].map(KINDS).eq(
+            "fluorescence").sum())}
+    own_per_fold = {str(fold): round(float(group["map"].mean()), 4) for fold, group in own.groupby("fold")} \
+        if len(own) else {}
+    return {
+        "mean_over_clusters": round(float(np.mean(list(cluster_maps.values()))), 4),
+        "by_kind_mean_over_clusters": kinds,
+        "all_held_out_images": scores(held),
+        "per_cluster": per_cluster,
+        "crowding": crowding,
+        "own_split_test_map": round(float(np.mean(list(own_per_fold.values()))), 4) if own_per_fold else None,
+        "own_split_test_map_per_fold": own_per_fold,
+    }
+
+
+def fold_run(folder: Path, split_path: Path, options: list[str]) -> Path:
+    """The finished run in ``folder``: reused, resumed, or trained."""
+    existing = sorted(path for path in folder.glob("*") if (path / "state.json").is_file())
+    for path in existing:
+        state = json.loads((path / "state.json").read_text())
+        if state.get("finished") is not False and (path / "metrics.json").is_file():
+            return path
+    if existing:
+        common.run_cli(["resume", str(existing[-1])])
+        return existing[-1]
+    common.run_cli(["train", "--split", str(split_path), "--out", str(folder), *options])
+    (path,) = [path for path in folder.glob("*") if (path / "state.json").is_file()]
+    return path
+
+
+def keep_files(run_dir: Path, target: Path, data: Path) -> None:
+    """A run's small files copied to ``target``, naming the data by its file name and the project's files relative to
+    it (committed records name no machine's paths)."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name in SMALL_FILES:
+        if (run_dir / name).is_file():
+            text = (run_dir / name).read_text().replace(str(data), data.name)
+            (target / name).write_text(portable(text, scratch=SCRATCH_DIR))
+
+
+def quick_inputs(folder: Path) -> tuple[Path, pd.DataFrame]:
+    """``--quick``: a tiny synthetic dataset and a split of it in two clusters."""
+    data = common_bench.write_tiny_dataset(folder)
+    ids = sorted(path.name for path in data.iterdir())
+    subsets = ["train", "train", "train", "cv", "test", "train"] * (len(ids) // 6 + 1)
+    return data, pd.DataFrame({"image_id": ids, "cluster": [(index // 2) % 2 for index in range(len(ids))],
+                               "subset": subsets[: len(ids)]})
+
+
+def main() -> None:
+    parser = common.base_parser("leave_cluster_out", __doc__.split("\n\n")[0])
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default="today")
+    parser.add_argument("--clusters", type=int, nargs="+", help="the clusters to hold out (default: all)")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--steps-per-epoch", type=int, default=100)
+    parser.add_argument("--data", type=Path, help="the DSB training set (default: dsb.find_dataset())")
+    parser.add_argument("--split", type=Path, default=SPLIT, help="the split whose clusters are held out")
+    parser.add_argument("--runs", type=Path, default=common.PROJECT_DIR / "runs" / "leave-cluster-out")
+    parser.add_argument("--keep", type=Path, help="where each run's small files are kept (default: "
+                        "docs/results/leave-cluster-out/<recipe>)")
+    args = parser.parse_args()
+    if args.json is None:
+        args.json = common.RESULTS_DIR / f"leave_cluster_out_{args.recipe}{'_quick' if args.quick else ''}.json"
+    import dsb
+    from nucleunet import stratify
+
+    if args.quick:  # a tiny dataset, the smoke preset, everything under a scratch folder
+        scratch = Path(tempfile.mkdtemp(prefix="leave-cluster-out-"))
+        data, split = quick_inputs(scratch / "data")
+        args.runs, keep = scratch / "runs", args.keep or scratch / "keep"
+        base = ["--preset", "smoke", "--no-cache"]
+    else:
+        data, split = dsb.find_dataset(args.data), stratify.read_split(args.split)
+        keep = args.keep or common.PROJECT_DIR / "docs" / "results" / "leave-cluster-out" / args.recipe
+        base = ["--preset", "cpu", "--epochs", str(args.epochs), "--steps-per-epoch", str(args.steps_per_epoch),
+                "--minutes", "0"]
+    clusters = args.clusters if args.clusters is not None else sorted(int(c) for c in split["cluster"].unique())
+    options = [*base, "--data", str(data), "--seed", "0", "--no-tta", "--figures-per-cluster", "0",
+               *RECIPES[args.recipe]]
+    recipe_dir = args.runs / args.recipe
+    folds, seconds = {}, {}
+    for cluster in clusters:
+        folder = recipe_dir / f"cluster{cluster}"
+        folder.mkdir(parents=True, exist_ok=True)
+        split_path = folder / "split.csv"
+        if not split_path.exists():
+            held_out_split(split, cluster).to_csv(split_path, index=False)
+        start = time.perf_counter()
+        run_dir = fold_run(folder, split_path, options)
+        seconds[str(cluster)] = round(time.perf_counter() - start, 1)
+        folds[cluster] = json.loads((run_dir / "metrics.json").read_text())["per_image"]
+        keep_files(run_dir, keep / f"cluster{cluster}", data)
+        held = [row["map"] for row in folds[cluster] if row["cluster"] == cluster]
+        print(f"cluster {cluster}: {len(held)} held-out images, mAP {np.mean(held):.3f} "
+              f"({seconds[str(cluster)]:.0f} s)", flush=True)
+    table = summarize(folds)
+    print(json.dumps({key: table[key] for key in ("mean_over_clusters", "by_kind_mean_over_clusters",
+                                                  "own_split_test_map")}, indent=1))
+    common.write_json(args.json, {
+        "experiment": "leave_cluster_out", "recipe": args.recipe, "quick": args.quick,
+        "options": [portable(option) if option != str(data) else data.name for option in options],
+        "split": portable(str(args.split)), "run_files": portable(str(keep)), "seconds_per_fold": seconds,
+        **table, "machine": common.machine()})
+
+
+if __name__ == "__main__":
+    main()

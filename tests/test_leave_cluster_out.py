@@ -1,0 +1,60 @@
+"""experiments/leave_cluster_out.py: the held-out split and the tables made from each run's per-image scores (the
+runs themselves are the slow part; tests/test_experiments.py runs the script on tiny data)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+EXPERIMENTS_DIR = Path(__file__).resolve().parents[1] / "experiments"
+
+
+@pytest.fixture(scope="module")
+def loco():
+    sys.path.insert(0, str(EXPERIMENTS_DIR))
+    sys.modules.pop("common", None)  # the experiments' own, not the benchmarks'
+    try:
+        yield importlib.import_module("leave_cluster_out")
+    finally:
+        sys.path.remove(str(EXPERIMENTS_DIR))
+        sys.modules.pop("common", None)
+
+
+def _row(cluster, score, true, predicted, matched):
+    return {"image_id": f"{cluster}-{score}-{true}", "cluster": cluster, "map": score, "dice": 0.8,
+            "f1_50": 2 * matched / (true + predicted), "true_nuclei": true, "predicted_nuclei": predicted}
+
+
+def test_the_held_out_cluster_goes_to_test_and_nothing_else_moves(loco):
+    split = pd.DataFrame({"image_id": list("abcdef"), "cluster": [0, 0, 1, 1, 4, 4],
+                          "subset": ["train", "cv", "train", "test", "train", "cv"]})
+    held = loco.held_out_split(split, 4)
+    assert list(held["subset"]) == ["train", "cv", "train", "test", "test", "test"]
+    assert list(split["subset"]) == ["train", "cv", "train", "test", "train", "cv"]  # the original is untouched
+
+
+def test_tables_score_the_held_out_images_and_the_own_split_apart(loco):
+    folds = {
+        # cluster 0 held out: its two images, and one test image of cluster 4 (the own split)
+        0: [_row(0, 0.8, 10, 10, 9), _row(0, 0.6, 100, 80, 70), _row(4, 0.9, 5, 5, 5)],
+        4: [_row(4, 0.2, 200, 100, 50), _row(0, 0.7, 10, 10, 10)],
+    }
+    table = loco.summarize(folds)
+    assert table["per_cluster"]["0"] == {"images": 2, "map": 0.7, "dice": 0.8, "found": round(79 / 110, 4)}
+    assert table["per_cluster"]["4"]["found"] == 0.25
+    assert table["mean_over_clusters"] == pytest.approx(0.45)
+    assert table["by_kind_mean_over_clusters"] == {"fluorescence": 0.7, "stained or brightfield": 0.2}
+    assert table["own_split_test_map_per_fold"] == {"0": 0.9, "4": 0.7} and table["own_split_test_map"] == 0.8
+    crowding = table["crowding"]
+    assert list(crowding) == ["0-20", "60-150", "over 150"]
+    assert crowding["0-20"]["images"] == 1 and crowding["60-150"]["found"] == 0.7
+    assert crowding["over 150"] == {"images": 1, "map": 0.2, "dice": 0.8, "found": 0.25, "fluorescence_images": 0}
+
+
+def test_matches_come_back_from_the_f1(loco):
+    assert loco.matched_true(_row(0, 0.5, 37, 41, 29)) == 29
+    assert loco.matched_true({"f1_50": 1.0, "true_nuclei": 0, "predicted_nuclei": 0}) == 0  # an empty image
