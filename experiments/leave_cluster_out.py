@@ -44,6 +44,8 @@ RECIPES: dict[str, list[str]] = {
     # Four grayscale versions of each colour training image: stains jittered in HED space, channels mixed at random
     # (augment.colour_variants). Rule: docs/results/leave-cluster-out/decision_rule.txt.
     "colour": ["--colour-variants", "4"],
+    # The cross-entropy of the pixels where nuclei touch (the contact band) counted 5 times (unet.ContactWeightedLoss).
+    "contact-weight": ["--contact-weight", "5"],
 }
 # What the clusters of docs/results/split.csv hold (docs/results.md, "Where it fails").
 KINDS = {0: "fluorescence", 1: "fluorescence", 2: "fluorescence", 3: "fluorescence",

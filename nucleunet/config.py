@@ -56,6 +56,9 @@ class TrainConfig:
         The U-Net (see ``unet.build_unet``).
     loss : str
         'bce' (binary cross-entropy, as the reference) or 'bce_dice'.
+    contact_weight : float
+        With ``loss='bce_dice'`` and ``contacts``: the cross-entropy of the pixels where nuclei touch (the contact
+        target) counts this many times (``unet.ContactWeightedLoss``); 1: as every other pixel.
     lr_schedule : str
         'constant' (the reference) or 'cosine': the learning rate decays from ``learning_rate`` to 0 over
         ``epochs * steps_per_epoch`` steps (a function of the step, not of the clock, so runs reproduce).
@@ -119,6 +122,7 @@ class TrainConfig:
     batch_norm: bool = False
     dropout: float = 0.0
     loss: str = "bce"
+    contact_weight: float = 1.0
     lr_schedule: str = "constant"
     sampling: str = "tile"
     crop_size: int = TILE_SIZE
@@ -174,6 +178,10 @@ class TrainConfig:
             raise UserError(f"normalization must be two percentiles 0 <= low < high <= 100, got {self.normalization}")
         if self.warmup_steps < 0:
             raise UserError(f"warmup_steps must be non-negative, got {self.warmup_steps}")
+        if not self.contact_weight >= 1.0:
+            raise UserError(f"contact_weight must be at least 1, got {self.contact_weight}")
+        if self.contact_weight != 1.0 and not (self.contacts and self.loss == "bce_dice"):
+            raise UserError("contact_weight weighs the contact channel's pixels: it needs contacts and loss='bce_dice'")
         if self.colour_variants < 0:
             raise UserError(f"colour_variants must be non-negative, got {self.colour_variants}")
         if self.colour_variants and self.sampling != "crop":
@@ -240,15 +248,15 @@ class TrainConfig:
             raise UserError(str(error)) from None
 
 
-# The post-processing fields a run starts with (postprocessing.Postprocessing's of the same names).
 # The formats ``unet.export_model`` writes besides .keras: our name -> Keras' model.export format.
 EXPORT_FORMATS = {"savedmodel": "tf_saved_model"}
 
+# The post-processing fields a run starts with (postprocessing.Postprocessing's of the same names).
 POSTPROCESSING_FIELDS = ("threshold", "min_size", "marker_height", "contact_threshold", "tta")
 
 # The fields that describe the network and what it sees: a fine-tuning run takes them from the model it starts from.
 ARCHITECTURE = ("depth", "base_filters", "batch_norm", "dropout", "contacts", "contact_radius", "tile_size",
-                "min_overlap", "normalization", "loss", "threshold", "min_size", "marker_height", "contact_threshold",
+                "min_overlap", "normalization", "loss", "contact_weight", "threshold", "min_size", "marker_height", "contact_threshold",
                 "tta")
 
 PRESETS: dict[str, dict] = {

@@ -88,3 +88,13 @@ def test_colour_variants_need_whole_images_and_a_count():
     with pytest.raises(UserError, match="needs sampling='crop'"):
         TrainConfig.from_preset("seed", colour_variants=2)
     assert TrainConfig.from_preset("cpu", colour_variants=2).colour_variants == 2
+
+
+def test_contact_weight_needs_the_contact_channel():
+    with pytest.raises(UserError, match="at least 1"):
+        TrainConfig.from_preset("cpu", contact_weight=0.5)
+    with pytest.raises(UserError, match="needs contacts"):
+        TrainConfig.from_preset("cpu", contact_weight=5.0, contacts=False)
+    with pytest.raises(UserError, match="needs contacts"):
+        TrainConfig.from_preset("seed", contact_weight=5.0)  # plain BCE, one channel
+    assert TrainConfig.from_preset("cpu", contact_weight=5.0).contact_weight == 5.0

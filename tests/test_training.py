@@ -369,3 +369,14 @@ def test_colour_variants_are_made_of_the_colour_training_images_only(synthetic_f
     raw[..., 0], raw[..., 2] = 200, (colour.image * 255).astype(np.uint8)
     data = training.prepare_training_data([colour, *others], split, config, {colour.image_id: raw})
     assert set(data.variants) == {colour.image_id} and len(data.variants[colour.image_id]) == 2
+
+
+def test_a_contact_weighted_loss_trains_and_its_model_loads(synthetic_folder, tmp_path):
+    records, split = _records_and_split(synthetic_folder)
+    config = _config(contacts=True, contact_weight=5.0)
+    model = training.build_model(config)
+    assert isinstance(model.loss, unet.ContactWeightedLoss) and model.loss.weight == 5.0
+    checkpoint = training.train(config, tmp_path, training.prepare_training_data(records, split, config),
+                                progress=False)
+    assert unet.load_model(checkpoint).output_shape[-1] == 2
+    assert np.isfinite(pd.read_csv(tmp_path / "history.csv")["loss"]).all()
