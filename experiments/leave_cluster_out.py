@@ -9,6 +9,7 @@ stained tissue and brightfield: 4-7), and by how crowded the image is (true nucl
 of true nuclei found: matched at IoU 0.5).
 
     nice python experiments/leave_cluster_out.py --recipe today
+    python experiments/leave_cluster_out.py --report today colour     # the tables of finished recipes, side by side
 
 Runs go to ``runs/leave-cluster-out/<recipe>/cluster<k>/``: a finished one is reused, an unfinished one resumed, so
 the command can be run again after an interruption. Each run's small files are kept under ``--keep`` (default
@@ -107,6 +108,44 @@ def summarize(folds: dict[int, list[dict]]) -> dict:
     }
 
 
+def report(results: dict[str, dict]) -> str:
+    """Markdown tables of recipes side by side (recipe name -> its results JSON): per held-out cluster, the means,
+    by crowding, and the own split's test images."""
+    names = list(results)
+    first = results[names[0]]
+
+    def cell(values: dict | None, key: str = "map") -> str:
+        return "-" if values is None or values.get(key) is None else f"{values[key]:.3f}"
+
+    header = "| held out | images | " + " | ".join(f"{name}: mAP | found" for name in names) + " |"
+    lines = [header, "|" + "---|" * (2 + 2 * len(names))]
+    for cluster, values in first["per_cluster"].items():
+        row = [f"cluster {cluster} ({KINDS.get(int(cluster), '?')})", str(values["images"])]
+        for name in names:
+            mine = results[name]["per_cluster"].get(cluster)
+            row += [cell(mine), cell(mine, "found")]
+        lines.append("| " + " | ".join(row) + " |")
+    for label, pick in (("mean over the 8 clusters", lambda r: r["mean_over_clusters"]),
+                        ("mean, fluorescence (0-3)", lambda r: r["by_kind_mean_over_clusters"]["fluorescence"]),
+                        ("mean, stained and brightfield (4-7)",
+                         lambda r: r["by_kind_mean_over_clusters"]["stained or brightfield"])):
+        lines.append(f"| **{label}** | | " + " | ".join(f"**{pick(results[name]):.3f}** | " for name in names) + " |")
+    lines.append(f"| all held-out images | {first['all_held_out_images']['images']} | " + " | ".join(
+        f"{cell(results[name]['all_held_out_images'])} | {cell(results[name]['all_held_out_images'], 'found')}"
+        for name in names) + " |")
+    lines += ["", "| true nuclei per image | images | " + " | ".join(f"{name}: mAP | found" for name in names) + " |",
+              "|" + "---|" * (2 + 2 * len(names))]
+    for bin_name, values in first["crowding"].items():
+        row = [bin_name, str(values["images"])]
+        for name in names:
+            mine = results[name]["crowding"].get(bin_name)
+            row += [cell(mine), cell(mine, "found")]
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "| own split, test images of the other clusters (mean of the 8 runs) | " + " | ".join(
+        f"{name}: {results[name]['own_split_test_map']:.3f}" for name in names) + " |", "|---|" + "---|" * len(names)]
+    return "\n".join(lines)
+
+
 def fold_run(folder: Path, split_path: Path, options: list[str]) -> Path:
     """The finished run in ``folder``: reused, resumed, or trained."""
     existing = sorted(path for path in folder.glob("*") if (path / "state.json").is_file())
@@ -152,7 +191,14 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=common.PROJECT_DIR / "runs" / "leave-cluster-out")
     parser.add_argument("--keep", type=Path, help="where each run's small files are kept (default: "
                         "docs/results/leave-cluster-out/<recipe>)")
+    parser.add_argument("--report", nargs="+", metavar="RECIPE",
+                        help="print the tables of these recipes' results (their JSON files), side by side; no runs")
     args = parser.parse_args()
+    if args.report:
+        results = {name: json.loads((common.RESULTS_DIR / f"leave_cluster_out_{name}.json").read_text())
+                   for name in args.report}
+        print(report(results))
+        return
     if args.json is None:
         args.json = common.RESULTS_DIR / f"leave_cluster_out_{args.recipe}{'_quick' if args.quick else ''}.json"
     import dsb

@@ -58,3 +58,15 @@ def test_tables_score_the_held_out_images_and_the_own_split_apart(loco):
 def test_matches_come_back_from_the_f1(loco):
     assert loco.matched_true(_row(0, 0.5, 37, 41, 29)) == 29
     assert loco.matched_true({"f1_50": 1.0, "true_nuclei": 0, "predicted_nuclei": 0}) == 0  # an empty image
+
+
+def test_the_report_puts_recipes_side_by_side(loco):
+    cluster0 = [_row(0, 0.8, 10, 10, 9), _row(4, 0.9, 5, 5, 5)]
+    base = {0: cluster0, 4: [_row(4, 0.2, 200, 100, 50), _row(0, 0.7, 10, 10, 10)]}
+    better = {0: cluster0, 4: [_row(4, 0.4, 200, 150, 120), _row(0, 0.7, 10, 10, 10)]}
+    text = loco.report({"today": loco.summarize(base), "new": loco.summarize(better)})
+    lines = text.splitlines()
+    assert lines[0] == "| held out | images | today: mAP | found | new: mAP | found |"
+    assert "| cluster 4 (stained) | 1 | 0.200 | 0.250 | 0.400 | 0.600 |" in lines
+    assert "| **mean over the 8 clusters** | | **0.500** |  | **0.600** |  |" in lines
+    assert "| over 150 | 1 | 0.200 | 0.250 | 0.400 | 0.600 |" in lines
