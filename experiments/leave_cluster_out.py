@@ -47,6 +47,9 @@ RECIPES: dict[str, list[str]] = {
     "colour": ["--colour-variants", "4"],
     # The cross-entropy of the pixels where nuclei touch (the contact band) counted 5 times (unet.ContactWeightedLoss).
     "contact-weight": ["--contact-weight", "5"],
+    # Each fault of acquisition (bright specks, saturation, low light, JPEG) in 15 % of the crops
+    # (augment.acquisition_faults).
+    "acquisition": ["--acquisition", "0.15"],
 }
 # What the clusters of docs/results/split.csv hold (docs/results.md, "Where it fails").
 KINDS = {0: "fluorescence", 1: "fluorescence", 2: "fluorescence", 3: "fluorescence",

@@ -69,8 +69,9 @@ class TrainConfig:
     crop_size : int
         Side of the training crops with ``sampling='crop'`` (the U-Net is fully convolutional: it predicts
         ``tile_size`` tiles all the same).
-    scale_range, gamma_range, contrast_range, noise, blur
-        With ``sampling='crop'``: how much the crops vary (``augment.Augmentation``).
+    scale_range, gamma_range, contrast_range, noise, blur, acquisition
+        With ``sampling='crop'``: how much the crops vary (``augment.Augmentation``; ``acquisition`` is the chance
+        of each fault of acquisition: specks, saturation, low light, JPEG).
     colour_variants : int
         With ``sampling='crop'``: other grayscale versions made of each colour training image (stains jittered in
         HED space, channels mixed with random weights: ``augment.colour_variants``); a crop of such an image is cut
@@ -131,6 +132,7 @@ class TrainConfig:
     contrast_range: tuple[float, float] = (1.0, 1.0)
     noise: float = 0.0
     blur: float = 0.0
+    acquisition: float = 0.0
     colour_variants: int = 0
     warmup_steps: int = 0
     precision: str = "float32"
@@ -243,7 +245,7 @@ class TrainConfig:
         """How the training crops vary (with ``sampling='crop'``)."""
         try:
             return augment.Augmentation(scale=self.scale_range, gamma=self.gamma_range, contrast=self.contrast_range,
-                                        noise=self.noise, blur=self.blur)
+                                        noise=self.noise, blur=self.blur, acquisition=self.acquisition)
         except ValueError as error:
             raise UserError(str(error)) from None
 
