@@ -211,8 +211,8 @@ class CropBatches(keras.utils.PyDataset):
     ``config.crop_size`` crop of it zoomed by a log-uniform ``config.scale_range`` factor, turned by one
     of the 8 flips/rotations and changed in intensity (``augment``); the targets are made from the
     crop's labels after zooming. A colour image with grayscale versions (``variants``: image id -> list,
-    ``augment.colour_variants``) gives its crop from itself or one of them, at random. Batch ``i`` of epoch ``e`` depends only on ``(seed, e, i)``, as for
-    ``TileBatches``.
+    ``augment.colour_variants``) gives its crop from itself or one of them, at random. Batch ``i`` of
+    epoch ``e`` depends only on ``(seed, e, i)``, as for ``TileBatches``.
     """
 
     def __init__(self, whole: list, config: TrainConfig, variants: dict | None = None):
