@@ -20,6 +20,7 @@ depend on the machine's speed or on what else runs on it); test-time augmentatio
 
 from __future__ import annotations
 
+import argparse
 import json
 import tempfile
 import time
@@ -184,7 +185,10 @@ def quick_inputs(folder: Path) -> tuple[Path, pd.DataFrame]:
 
 
 def main() -> None:
-    parser = common.base_parser("leave_cluster_out", __doc__.split("\n\n")[0])
+    recipe = argparse.ArgumentParser(add_help=False)
+    recipe.add_argument("--recipe", default="today")  # names the default JSON: leave_cluster_out_<recipe>.json
+    parser = common.base_parser(f"leave_cluster_out_{recipe.parse_known_args()[0].recipe}",
+                                __doc__.split("\n\n")[0])
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="today")
     parser.add_argument("--clusters", type=int, nargs="+", help="the clusters to hold out (default: all)")
     parser.add_argument("--epochs", type=int, default=3)
@@ -202,8 +206,6 @@ def main() -> None:
                    for name in args.report}
         print(report(results))
         return
-    if args.json is None:
-        args.json = common.RESULTS_DIR / f"leave_cluster_out_{args.recipe}{'_quick' if args.quick else ''}.json"
     import dsb
     from nucleunet import stratify
 
