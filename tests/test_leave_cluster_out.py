@@ -70,3 +70,8 @@ def test_the_report_puts_recipes_side_by_side(loco):
     assert "| cluster 4 (stained) | 1 | 0.200 | 0.250 | 0.400 | 0.600 |" in lines
     assert "| **mean over the 8 clusters** | | **0.500** |  | **0.600** |  |" in lines
     assert "| over 150 | 1 | 0.200 | 0.250 | 0.400 | 0.600 |" in lines
+
+
+def test_another_training_length_names_its_runs_apart(loco):
+    assert loco.run_name("today", loco.EPOCHS, loco.STEPS) == "today"
+    assert loco.run_name("today", 8, 100) == "today-8x100"
