@@ -60,10 +60,11 @@ CROWDING_BINS = (0, 20, 60, 150, np.inf)
 EPOCHS, STEPS = 3, 100
 
 
-def run_name(recipe: str, epochs: int, steps: int) -> str:
-    """What a recipe's runs and results are called: the recipe, with the training length where it is not the
-    default."""
-    return recipe if (epochs, steps) == (EPOCHS, STEPS) else f"{recipe}-{epochs}x{steps}"
+def run_name(recipe: str, epochs: int, steps: int, seed: int = 0) -> str:
+    """What a recipe's runs and results are called: the recipe, with the training length and the seed where they
+    are not the defaults."""
+    length = "" if (epochs, steps) == (EPOCHS, STEPS) else f"-{epochs}x{steps}"
+    return f"{recipe}{length}{f'-seed{seed}' if seed else ''}"
 
 
 def held_out_split(split: pd.DataFrame, cluster: int) -> pd.DataFrame:
@@ -197,14 +198,17 @@ def main() -> None:
     first.add_argument("--recipe", default="today")
     first.add_argument("--epochs", type=int, default=EPOCHS)
     first.add_argument("--steps-per-epoch", type=int, default=STEPS)
+    first.add_argument("--seed", type=int, default=0)
     known = first.parse_known_args()[0]
-    name = run_name(known.recipe, known.epochs, known.steps_per_epoch)
+    name = run_name(known.recipe, known.epochs, known.steps_per_epoch, known.seed)
     parser = common.base_parser(f"leave_cluster_out_{name}", __doc__.split("\n\n")[0])
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="today")
     parser.add_argument("--clusters", type=int, nargs="+", help="the clusters to hold out (default: all)")
     parser.add_argument("--epochs", type=int, default=EPOCHS, help=f"default {EPOCHS}")
     parser.add_argument("--steps-per-epoch", type=int, default=STEPS, help=f"default {STEPS}; another length than "
                         f"{EPOCHS} x {STEPS} names its runs and results <recipe>-<epochs>x<steps>")
+    parser.add_argument("--seed", type=int, default=0, help="the runs' seed (weights, crops; default 0; another "
+                        "names its runs and results <recipe>-seed<N>): the spread between seeds is the noise")
     parser.add_argument("--data", type=Path, help="the DSB training set (default: dsb.find_dataset())")
     parser.add_argument("--split", type=Path, default=SPLIT, help="the split whose clusters are held out")
     parser.add_argument("--runs", type=Path, default=common.PROJECT_DIR / "runs" / "leave-cluster-out")
@@ -232,7 +236,7 @@ def main() -> None:
         base = ["--preset", "cpu", "--epochs", str(args.epochs), "--steps-per-epoch", str(args.steps_per_epoch),
                 "--minutes", "0"]
     clusters = args.clusters if args.clusters is not None else sorted(int(c) for c in split["cluster"].unique())
-    options = [*base, "--data", str(data), "--seed", "0", "--no-tta", "--figures-per-cluster", "0",
+    options = [*base, "--data", str(data), "--seed", str(args.seed), "--no-tta", "--figures-per-cluster", "0",
                *RECIPES[args.recipe]]
     recipe_dir = args.runs / name
     folds, seconds = {}, {}

@@ -75,3 +75,4 @@ def test_the_report_puts_recipes_side_by_side(loco):
 def test_another_training_length_names_its_runs_apart(loco):
     assert loco.run_name("today", loco.EPOCHS, loco.STEPS) == "today"
     assert loco.run_name("today", 8, 100) == "today-8x100"
+    assert loco.run_name("colour", loco.EPOCHS, loco.STEPS, seed=1) == "colour-seed1"
