@@ -51,6 +51,8 @@ RECIPES: dict[str, list[str]] = {
     # Each fault of acquisition (bright specks, saturation, low light, JPEG) in 15 % of the crops
     # (augment.acquisition_faults).
     "acquisition": ["--acquisition", "0.15"],
+    # Half the training crops centred where two nuclei touch (CropBatches, augment.touching_places).
+    "touch-crops": ["--touch-crops", "0.5"],
 }
 # What the clusters of docs/results/split.csv hold (docs/results.md, "Where it fails").
 KINDS = {0: "fluorescence", 1: "fluorescence", 2: "fluorescence", 3: "fluorescence",

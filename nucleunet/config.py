@@ -72,6 +72,10 @@ class TrainConfig:
     scale_range, gamma_range, contrast_range, noise, blur, acquisition
         With ``sampling='crop'``: how much the crops vary (``augment.Augmentation``; ``acquisition`` is the chance
         of each fault of acquisition: specks, saturation, low light, JPEG).
+    touch_crops : float
+        With ``sampling='crop'``: the share of training crops centred where two nuclei touch (a pixel of the contact
+        band, ``tiling.contact_map``), so that the few places that decide whether touching nuclei come out apart
+        are seen more often. 0: crops at random places only.
     colour_variants : int
         With ``sampling='crop'``: other grayscale versions made of each colour training image (stains jittered in
         HED space, channels mixed with random weights: ``augment.colour_variants``); a crop of such an image is cut
@@ -133,6 +137,7 @@ class TrainConfig:
     noise: float = 0.0
     blur: float = 0.0
     acquisition: float = 0.0
+    touch_crops: float = 0.0
     colour_variants: int = 0
     warmup_steps: int = 0
     precision: str = "float32"
@@ -184,6 +189,10 @@ class TrainConfig:
             raise UserError(f"contact_weight must be at least 1, got {self.contact_weight}")
         if self.contact_weight != 1.0 and not (self.contacts and self.loss == "bce_dice"):
             raise UserError("contact_weight weighs the contact channel's pixels: it needs contacts and loss='bce_dice'")
+        if not 0.0 <= self.touch_crops <= 1.0:
+            raise UserError(f"touch_crops must be a share in [0, 1], got {self.touch_crops}")
+        if self.touch_crops and self.sampling != "crop":
+            raise UserError("touch_crops needs sampling='crop' (crops are placed in whole images)")
         if self.colour_variants < 0:
             raise UserError(f"colour_variants must be non-negative, got {self.colour_variants}")
         if self.colour_variants and self.sampling != "crop":

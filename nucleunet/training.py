@@ -211,8 +211,10 @@ class CropBatches(keras.utils.PyDataset):
     ``config.crop_size`` crop of it zoomed by a log-uniform ``config.scale_range`` factor, turned by one
     of the 8 flips/rotations and changed in intensity (``augment``); the targets are made from the
     crop's labels after zooming. A colour image with grayscale versions (``variants``: image id -> list,
-    ``augment.colour_variants``) gives its crop from itself or one of them, at random. Batch ``i`` of
-    epoch ``e`` depends only on ``(seed, e, i)``, as for ``TileBatches``.
+    ``augment.colour_variants``) gives its crop from itself or one of them, at random. With
+    ``config.touch_crops``, that share of the crops is centred where two nuclei touch (where the image has such
+    places: ``augment.touching_places``). Batch ``i`` of epoch ``e`` depends only on ``(seed, e, i)``, as for
+    ``TileBatches``.
     """
 
     def __init__(self, whole: list, config: TrainConfig, variants: dict | None = None):
@@ -226,6 +228,8 @@ class CropBatches(keras.utils.PyDataset):
         self.chances = areas / areas.sum()
         self.config, self.augmentation = config, config.augmentation
         self.log_scales = np.log(self.augmentation.scale)
+        self.touches = [augment.touching_places(labels, config.contact_radius, seed=index) if config.touch_crops else
+                        np.zeros((0, 2), np.int32) for index, labels in enumerate(self.labels)]
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -241,7 +245,10 @@ class CropBatches(keras.utils.PyDataset):
                 pick = int(rng.integers(0, len(versions) + 1))
                 image = versions[pick - 1] if pick else image
             scale = float(np.exp(rng.uniform(*self.log_scales)))
-            crop, labels = augment.random_crop(image, self.labels[which], size, scale, rng)
+            centre = None
+            if self.config.touch_crops and rng.random() < self.config.touch_crops and len(self.touches[which]):
+                centre = self.touches[which][rng.integers(len(self.touches[which]))]  # where two nuclei touch
+            crop, labels = augment.random_crop(image, self.labels[which], size, scale, rng, centre)
             turn = int(rng.integers(0, 8))
             crop, labels = dihedral(crop, turn), dihedral(labels, turn)
             images.append(augment.change_intensities(crop, self.augmentation, rng))

@@ -98,3 +98,10 @@ def test_contact_weight_needs_the_contact_channel():
     with pytest.raises(UserError, match="needs contacts"):
         TrainConfig.from_preset("seed", contact_weight=5.0)  # plain BCE, one channel
     assert TrainConfig.from_preset("cpu", contact_weight=5.0).contact_weight == 5.0
+
+
+def test_touch_crops_is_a_share_of_crops():
+    with pytest.raises(UserError, match="touch_crops must be a share"):
+        TrainConfig.from_preset("cpu", touch_crops=1.5)
+    with pytest.raises(UserError, match="needs sampling='crop'"):
+        TrainConfig.from_preset("seed", touch_crops=0.5)
