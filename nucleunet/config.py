@@ -76,6 +76,9 @@ class TrainConfig:
         With ``sampling='crop'``: the share of training crops centred where two nuclei touch (a pixel of the contact
         band, ``tiling.contact_map``), so that the few places that decide whether touching nuclei come out apart
         are seen more often. 0: crops at random places only.
+    cytoplasm : float
+        With ``sampling='crop'``: the share of training crops with a dimmer, textured cytoplasm painted around their
+        nuclei (``augment.add_cytoplasm``), as brightfield images of whole cells and stained sections show. 0: none.
     colour_variants : int
         With ``sampling='crop'``: other grayscale versions made of each colour training image (stains jittered in
         HED space, channels mixed with random weights: ``augment.colour_variants``); a crop of such an image is cut
@@ -138,6 +141,7 @@ class TrainConfig:
     blur: float = 0.0
     acquisition: float = 0.0
     touch_crops: float = 0.0
+    cytoplasm: float = 0.0
     colour_variants: int = 0
     warmup_steps: int = 0
     precision: str = "float32"
@@ -193,6 +197,10 @@ class TrainConfig:
             raise UserError(f"touch_crops must be a share in [0, 1], got {self.touch_crops}")
         if self.touch_crops and self.sampling != "crop":
             raise UserError("touch_crops needs sampling='crop' (crops are placed in whole images)")
+        if not 0.0 <= self.cytoplasm <= 1.0:
+            raise UserError(f"cytoplasm must be a share in [0, 1], got {self.cytoplasm}")
+        if self.cytoplasm and self.sampling != "crop":
+            raise UserError("cytoplasm needs sampling='crop' (it is painted on training crops)")
         if self.colour_variants < 0:
             raise UserError(f"colour_variants must be non-negative, got {self.colour_variants}")
         if self.colour_variants and self.sampling != "crop":

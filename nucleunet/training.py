@@ -213,7 +213,8 @@ class CropBatches(keras.utils.PyDataset):
     crop's labels after zooming. A colour image with grayscale versions (``variants``: image id -> list,
     ``augment.colour_variants``) gives its crop from itself or one of them, at random. With
     ``config.touch_crops``, that share of the crops is centred where two nuclei touch (where the image has such
-    places: ``augment.touching_places``). Batch ``i`` of epoch ``e`` depends only on ``(seed, e, i)``, as for
+    places: ``augment.touching_places``); with ``config.cytoplasm``, that share of the crops gets cells painted
+    around its nuclei (``augment.add_cytoplasm``). Batch ``i`` of epoch ``e`` depends only on ``(seed, e, i)``, as for
     ``TileBatches``.
     """
 
@@ -251,6 +252,8 @@ class CropBatches(keras.utils.PyDataset):
             crop, labels = augment.random_crop(image, self.labels[which], size, scale, rng, centre)
             turn = int(rng.integers(0, 8))
             crop, labels = dihedral(crop, turn), dihedral(labels, turn)
+            if self.config.cytoplasm and rng.random() < self.config.cytoplasm:
+                crop = augment.add_cytoplasm(crop, labels, rng)
             images.append(augment.change_intensities(crop, self.augmentation, rng))
             targets.append(augment.crop_targets(np.ascontiguousarray(labels), self.config.contacts,
                                                    self.config.contact_radius))

@@ -105,3 +105,7 @@ def test_touch_crops_is_a_share_of_crops():
         TrainConfig.from_preset("cpu", touch_crops=1.5)
     with pytest.raises(UserError, match="needs sampling='crop'"):
         TrainConfig.from_preset("seed", touch_crops=0.5)
+    with pytest.raises(UserError, match="cytoplasm must be a share"):
+        TrainConfig.from_preset("cpu", cytoplasm=-0.1)
+    with pytest.raises(UserError, match="cytoplasm needs sampling='crop'"):
+        TrainConfig.from_preset("seed", cytoplasm=0.3)
