@@ -43,9 +43,7 @@ SMALL_FILES = ("config.json", "history.csv", "training.json", "postprocessing.js
 # switches (not from this record) when its rule rejects it: docs/results.md keeps the decision.
 RECIPES: dict[str, list[str]] = {
     "today": [],
-    # Four grayscale versions of each colour training image: stains jittered in HED space, channels mixed at random
-    # (augment.colour_variants). Rule: docs/results/leave-cluster-out/decision_rule.txt.
-    "colour": ["--colour-variants", "4"],
+    # Tried and rejected (docs/results/leave-cluster-out/decision.txt): "colour", --colour-variants 4.
     # The cross-entropy of the pixels where nuclei touch (the contact band) counted 5 times (unet.ContactWeightedLoss).
     "contact-weight": ["--contact-weight", "5"],
     # Each fault of acquisition (bright specks, saturation, low light, JPEG) in 15 % of the crops

@@ -1,11 +1,10 @@
 """Training crops drawn from whole images, at random positions, sizes, turns and intensities.
 
 A nucleus image from another microscope differs from the training images in the size of its nuclei
-(magnification, binning), in its intensities (exposure, gamma, background, noise), in its sharpness and,
-for stained slides, in its colours; a model trained on crops whose scale and intensities vary sees more of
-those than the training set holds. ``Augmentation`` says how much they vary; ``random_crop`` cuts one
-training example out of an image and its labels, ``crop_targets`` makes its training targets, and
-``colour_variants`` gives a colour image other grayscale versions, as other stains and cameras would.
+(magnification, binning), in its intensities (exposure, gamma, background, noise, faults of acquisition)
+and in its sharpness; a model trained on crops whose scale and intensities vary sees more of those than the
+training set holds. ``Augmentation`` says how much they vary; ``random_crop`` cuts one training example out
+of an image and its labels, ``crop_targets`` makes its training targets.
 """
 
 from __future__ import annotations
@@ -14,9 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.ndimage as ndi
-import skimage.color
 
-from nucleunet import imaging
 from nucleunet.tiling import CONTACT_RADIUS, contact_map
 
 
@@ -263,37 +260,3 @@ def add_cytoplasm(crop: np.ndarray, labels: np.ndarray, rng: np.random.Generator
     texture = 1 + 0.3 * texture / max(float(texture.std()), 1e-6)
     painted = np.where(cytoplasm, np.maximum(out, level * texture), out)
     return np.clip(painted, 0, 1).astype(np.float32)
-
-
-# ``colour_variants``: each stain's amount (skimage's HED optical densities) is scaled by a factor in STAIN_SCALE and
-# shifted by up to STAIN_SHIFT; the channels are then weighted by a random point of the simplex (Dirichlet(1, 1, 1)).
-STAIN_SCALE = (0.5, 1.5)
-STAIN_SHIFT = 0.01
-
-
-def colour_variants(raw: np.ndarray, count: int, rng: np.random.Generator,
-                    percentiles: tuple[float, float] = imaging.DEFAULT_PERCENTILES) -> list[np.ndarray]:
-    """``count`` grayscale versions of a colour image as another stain batch and camera would give them.
-
-    Each: the stains jittered in HED space (``STAIN_SCALE``, ``STAIN_SHIFT``), the colours mixed to gray with random
-    channel weights (not the fixed luminance weights), then stretched by ``percentiles`` and inverted as
-    ``imaging.preprocess`` does the image itself (the polarity is the image's, decided once), so the nuclei stay
-    where its labels are, bright. A gray image (``imaging.is_colour`` false) has none: an empty list.
-
-    Returns
-    -------
-    list of ndarray, shape (H, W), float16 in [0, 1]
-    """
-    if count < 0:
-        raise ValueError(f"count must be non-negative, got {count}")
-    if count == 0 or not imaging.is_colour(raw):
-        return []
-    inverted = imaging.light_background(raw, percentiles=percentiles, colour=True)
-    stains = skimage.color.rgb2hed(imaging.colour_channels(raw))
-    variants = []
-    for _ in range(count):
-        jittered = stains * rng.uniform(*STAIN_SCALE, 3) + rng.uniform(-STAIN_SHIFT, STAIN_SHIFT, 3)
-        colour = np.clip(skimage.color.hed2rgb(jittered), 0, 1)
-        gray = imaging.stretch((colour @ rng.dirichlet(np.ones(3))).astype(np.float32), percentiles)
-        variants.append((1 - gray if inverted else gray).astype(np.float16))
-    return variants

@@ -29,7 +29,7 @@ DISTRIBUTE_MODES = ("none", "mirrored", "multiworker")
 DEFAULT_SPLIT = "datasets/split.csv"
 # Keys that earlier versions wrote into config.json and that their decision rules rejected (docs/results.md): a saved
 # config that has them still loads. Its value must be one that meant "off".
-REMOVED_KEYS = {"min_size_relative": None}
+REMOVED_KEYS = {"min_size_relative": None, "colour_variants": 0}
 
 
 @dataclass(frozen=True)
@@ -79,10 +79,6 @@ class TrainConfig:
     cytoplasm : float
         With ``sampling='crop'``: the share of training crops with a dimmer, textured cytoplasm painted around their
         nuclei (``augment.add_cytoplasm``), as brightfield images of whole cells and stained sections show. 0: none.
-    colour_variants : int
-        With ``sampling='crop'``: other grayscale versions made of each colour training image (stains jittered in
-        HED space, channels mixed with random weights: ``augment.colour_variants``); a crop of such an image is cut
-        from it or one of them at random. 0: none.
     warmup_steps : int
         Steps over which the learning rate rises linearly from 0 to ``learning_rate`` (cosine schedule only).
     precision : str
@@ -142,7 +138,6 @@ class TrainConfig:
     acquisition: float = 0.0
     touch_crops: float = 0.0
     cytoplasm: float = 0.0
-    colour_variants: int = 0
     warmup_steps: int = 0
     precision: str = "float32"
     jit_compile: bool | str = False
@@ -201,10 +196,6 @@ class TrainConfig:
             raise UserError(f"cytoplasm must be a share in [0, 1], got {self.cytoplasm}")
         if self.cytoplasm and self.sampling != "crop":
             raise UserError("cytoplasm needs sampling='crop' (it is painted on training crops)")
-        if self.colour_variants < 0:
-            raise UserError(f"colour_variants must be non-negative, got {self.colour_variants}")
-        if self.colour_variants and self.sampling != "crop":
-            raise UserError("colour_variants needs sampling='crop' (the variants are of whole images)")
         self.augmentation  # noqa: B018 - checks the ranges (augment.Augmentation raises ValueError)
         if self.figures_per_cluster < 0:
             raise UserError(f"figures_per_cluster must be non-negative, got {self.figures_per_cluster}")

@@ -97,7 +97,7 @@ def _check_layout(image: np.ndarray) -> None:
         raise UserError(f"empty image of shape {image.shape}")
 
 
-def colour_channels(image: np.ndarray) -> np.ndarray:
+def _colour_channels(image: np.ndarray) -> np.ndarray:
     """Any supported layout to shape (H, W, 3) float32 (alpha dropped, gray repeated)."""
     _check_layout(image)
     if image.ndim == 2:
@@ -494,7 +494,7 @@ def image_stats(image: np.ndarray) -> dict:
     features: fluorescence is gray with a dark median, brightfield gray with a light median,
     stained histology coloured (saturation and channel spread well above zero).
     """
-    rgb = colour_channels(np.asarray(image))
+    rgb = _colour_channels(np.asarray(image))
     gray = skimage.color.rgb2gray(rgb)
     # HSV saturation as skimage.color.rgb2hsv computes it (spread / max, 0 where the spread is 0),
     # without the hue and value planes it also builds: rgb2hsv was most of a cold dataset load.

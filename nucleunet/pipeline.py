@@ -130,21 +130,12 @@ def check_resumable(run_dir: Path) -> None:
                         f"model with train --init {run_dir / 'model.keras'}")
 
 
-def colour_raw(config: TrainConfig, records: list, split: pd.DataFrame) -> dict:
-    """The colour training images as their files hold them (image id -> array), where ``config.colour_variants``
-    makes grayscale versions of them (``training.colour_training_ids``); else empty."""
-    wanted = training.colour_training_ids(records, split, config)
-    if not wanted:
-        return {}
-    return {image_id: raw for image_id, raw, _ in dsb.read_raw_images(dsb.find_dataset(config.data), wanted)}
-
-
 def _train_and_evaluate(config, run_dir, records, split, distribution, *, progress, resume=False):
     # Only the tiles and the test images are needed from here on: the other decoded images go before
     # training starts (images loaded from the cache are views of one array, hence the copies).
     test_records = [dataclasses.replace(record, image=record.image.copy())
                     for record in stratify.subset_records(records, split, "test")]
-    tiles = training.prepare_training_data(records, split, config, colour_raw(config, records, split))
+    tiles = training.prepare_training_data(records, split, config)
     nucleus_area = training_nucleus_area(records, split)
     records.clear()  # the caller's list: the decoded images go with it
     del records
@@ -175,7 +166,7 @@ def _train_as_worker(config: TrainConfig, distribution, *, cache_dir: Path | Non
     scratch = Path(tempfile.mkdtemp(prefix="unet-worker-"))
     try:
         records, split, _ = load_data(config, cache_dir=cache_dir, progress=progress)
-        tiles = training.prepare_training_data(records, split, config, colour_raw(config, records, split))
+        tiles = training.prepare_training_data(records, split, config)
         del records
         with distribution.scope():
             training.train(config, scratch, tiles, progress=progress, replicas=distribution.replicas)

@@ -113,15 +113,11 @@ class TrainingData:
     cv_masks: np.ndarray
     cv_ids: np.ndarray
     whole: list = field(default_factory=list)
-    variants: dict = field(default_factory=dict)
 
 
-def prepare_training_data(records: list, split: pd.DataFrame, config: TrainConfig,
-                          raw: dict | None = None) -> TrainingData:
+def prepare_training_data(records: list, split: pd.DataFrame, config: TrainConfig) -> TrainingData:
     """Tiles of the train and CV images (``tiling.tiles_for_records``), or with ``sampling='crop'`` the
-    whole training images and the CV tiles; test images are never used here. With ``config.colour_variants``,
-    ``raw`` holds the colour training images as read (image id -> array: ``colour_training_ids`` says which) and
-    ``variants`` their grayscale versions."""
+    whole training images and the CV tiles; test images are never used here."""
     parts, whole = {}, []
     for subset in ("train", "cv"):
         chosen = stratify.subset_records(records, split, subset)
@@ -135,24 +131,7 @@ def prepare_training_data(records: list, split: pd.DataFrame, config: TrainConfi
         parts[subset] = (images, masks, np.array([chosen[index].image_id for index in owner], dtype=object))
     if (len(parts["train"][0]) == 0 and not whole) or len(parts["cv"][0]) == 0:
         raise UserError("the split has no training or no CV images; the dataset is too small")
-    variants = {}
-    if config.colour_variants and whole:
-        for index, (image_id, _, _) in enumerate(whole):
-            if image_id in (raw or {}):
-                rng = np.random.default_rng([config.seed, index])
-                variants[image_id] = augment.colour_variants(raw[image_id], config.colour_variants, rng,
-                                                             config.normalization)
-        log.info("%d colour training images, %d grayscale versions of each", len(variants), config.colour_variants)
-    return TrainingData(*parts["train"], *parts["cv"], whole=whole, variants=variants)
-
-
-def colour_training_ids(records: list, split: pd.DataFrame, config: TrainConfig) -> list[str]:
-    """The training images that ``config.colour_variants`` makes versions of: those in colour (their statistics'
-    channel spread above 0), none where the config makes none."""
-    if not config.colour_variants or config.sampling != "crop":
-        return []
-    return [record.image_id for record in stratify.subset_records(records, split, "train")
-            if record.stats.get("channel_spread", 0) > 0]
+    return TrainingData(*parts["train"], *parts["cv"], whole=whole)
 
 
 def _whole_images(records: list) -> list[tuple[str, np.ndarray, np.ndarray]]:
@@ -210,20 +189,17 @@ class CropBatches(keras.utils.PyDataset):
     An image is drawn with a chance proportional to its area (as drawing tiles uniformly does), then a
     ``config.crop_size`` crop of it zoomed by a log-uniform ``config.scale_range`` factor, turned by one
     of the 8 flips/rotations and changed in intensity (``augment``); the targets are made from the
-    crop's labels after zooming. A colour image with grayscale versions (``variants``: image id -> list,
-    ``augment.colour_variants``) gives its crop from itself or one of them, at random. With
-    ``config.touch_crops``, that share of the crops is centred where two nuclei touch (where the image has such
+    crop's labels after zooming. With ``config.touch_crops``, that share of the crops is centred where two nuclei touch (where the image has such
     places: ``augment.touching_places``); with ``config.cytoplasm``, that share of the crops gets cells painted
     around its nuclei (``augment.add_cytoplasm``). Batch ``i`` of epoch ``e`` depends only on ``(seed, e, i)``, as for
     ``TileBatches``.
     """
 
-    def __init__(self, whole: list, config: TrainConfig, variants: dict | None = None):
+    def __init__(self, whole: list, config: TrainConfig):
         super().__init__()
         if not whole:
             raise ValueError("CropBatches needs at least one training image")
         self.images = [image for _, image, _ in whole]
-        self.variants = [(variants or {}).get(image_id, []) for image_id, _, _ in whole]
         self.labels = [labels for _, _, labels in whole]
         areas = np.array([image.size for image in self.images], np.float64)
         self.chances = areas / areas.sum()
@@ -241,15 +217,11 @@ class CropBatches(keras.utils.PyDataset):
         size, images, targets = self.config.crop_size, [], []
         for _ in range(self.config.batch_size):
             which = rng.choice(len(self.images), p=self.chances)
-            image, versions = self.images[which], self.variants[which]
-            if versions:  # the image as it is, or one of its grayscale versions
-                pick = int(rng.integers(0, len(versions) + 1))
-                image = versions[pick - 1] if pick else image
             scale = float(np.exp(rng.uniform(*self.log_scales)))
             centre = None
             if self.config.touch_crops and rng.random() < self.config.touch_crops and len(self.touches[which]):
                 centre = self.touches[which][rng.integers(len(self.touches[which]))]  # where two nuclei touch
-            crop, labels = augment.random_crop(image, self.labels[which], size, scale, rng, centre)
+            crop, labels = augment.random_crop(self.images[which], self.labels[which], size, scale, rng, centre)
             turn = int(rng.integers(0, 8))
             crop, labels = dihedral(crop, turn), dihedral(labels, turn)
             if self.config.cytoplasm and rng.random() < self.config.cytoplasm:
@@ -263,7 +235,7 @@ class CropBatches(keras.utils.PyDataset):
 def training_batches(data: TrainingData, config: TrainConfig) -> TileBatches | CropBatches:
     """The training feed that ``config.sampling`` asks for."""
     if config.sampling == "crop":
-        return CropBatches(data.whole, config, data.variants)
+        return CropBatches(data.whole, config)
     return TileBatches(data.train_images, data.train_masks, config)
 
 

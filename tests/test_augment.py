@@ -89,42 +89,6 @@ def test_bad_ranges_are_rejected(field, value):
         augment.Augmentation(**{field: value})
 
 
-def _stained_slide(shape=(96, 128)):
-    """A synthetic stained slide: purple (hematoxylin-like) nuclei and pink stroma on white."""
-    rows, cols = np.indices(shape)
-    labels = np.zeros(shape, np.int32)
-    for index, (r, c) in enumerate([(30, 30), (60, 90), (70, 40)], start=1):
-        labels[(rows - r) ** 2 + (cols - c) ** 2 < 12**2] = index
-    rgb = np.ones(shape + (3,), np.float32)
-    stroma = (cols > 64) & (labels == 0)
-    rgb[stroma] = (0.95, 0.6, 0.75)
-    rgb[labels > 0] = (0.35, 0.2, 0.55)
-    return (rgb * 255).astype(np.uint8), labels
-
-
-def test_colour_variants_differ_and_keep_the_nuclei_bright():
-    raw, labels = _stained_slide()
-    variants = augment.colour_variants(raw, 6, np.random.default_rng(0))
-    assert len(variants) == 6
-    for gray in variants:
-        assert gray.shape == labels.shape and gray.dtype == np.float16
-        assert 0 <= gray.min() and gray.max() <= 1
-        # Inverted as the image itself is (a light background): the nuclei are the brightest part in every version.
-        assert gray[labels > 0].mean() > gray[labels == 0].mean() + 0.2
-    stroma = (np.indices(labels.shape)[1] > 64) & (labels == 0)
-    assert np.ptp([float(gray[stroma].mean()) for gray in variants]) > 0.05  # the stroma's shade varies
-    again = augment.colour_variants(raw, 6, np.random.default_rng(0))
-    assert all(np.array_equal(a, b) for a, b in zip(variants, again))
-
-
-def test_a_gray_image_has_no_colour_variants():
-    gray = np.repeat(_disk_image()[0][..., None], 3, axis=-1)  # gray stored as RGB
-    assert augment.colour_variants((gray * 255).astype(np.uint8), 4, np.random.default_rng(0)) == []
-    assert augment.colour_variants(_stained_slide()[0], 0, np.random.default_rng(0)) == []
-    with pytest.raises(ValueError):
-        augment.colour_variants(_stained_slide()[0], -1, np.random.default_rng(0))
-
-
 def test_acquisition_faults_stay_in_range_and_each_shows():
     crop = np.random.default_rng(1).uniform(0.1, 0.5, (64, 64)).astype(np.float32)
     faulty = [augment.acquisition_faults(crop, 1.0, np.random.default_rng(seed)) for seed in range(4)]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 
@@ -339,36 +338,6 @@ def test_a_preset_length_follows_the_precision_chosen_for_this_machine(monkeypat
     monkeypatch.setattr(hardware, "cpu_flags", lambda: {"avx2", "fma"})
     assert hardware.for_this_machine(preset) == {"precision": "float32", "jit_compile": True, "epochs": 5,
                                                  "steps_per_epoch": 60}
-
-
-def test_crop_batches_draw_from_an_images_colour_variants():
-    labels = np.zeros((64, 64), np.uint16)
-    whole = [("a", np.full((64, 64), 0.5, np.float16), labels), ("b", np.full((64, 64), 0.5, np.float16), labels)]
-    config = TrainConfig.from_dict(dict(preset="smoke", sampling="crop", crop_size=32, depth=2, batch_size=16,
-                                        colour_variants=1))
-    variants = {"a": [np.full((64, 64), 0.25, np.float16)]}
-    values = {float(crop.mean()) for crop in training.CropBatches(whole, config, variants)[0][0]}
-    assert values == {0.5, 0.25}  # image a as it is or its version; image b (none) as it is
-    assert np.all(training.CropBatches(whole, config)[0][0] == 0.5)
-
-
-def test_colour_variants_are_made_of_the_colour_training_images_only(synthetic_folder):
-    records, split = _records_and_split(synthetic_folder)
-    config = _config(sampling="crop", crop_size=32, colour_variants=2)
-    train_ids = list(split.loc[split["subset"] == "train", "image_id"])
-    for record in records:
-        record.stats["channel_spread"] = 0.0  # all gray, but the two marked below
-    colour = dataclasses.replace(next(r for r in records if r.image_id == train_ids[0]), stats={})
-    colour.stats["channel_spread"] = 0.2  # as a stained slide's statistics say
-    others = [r for r in records if r.image_id != colour.image_id]
-    cv_colour = next(r for r in others if r.image_id in set(split.loc[split["subset"] == "cv", "image_id"]))
-    cv_colour.stats["channel_spread"] = 0.2  # a CV image: never a training crop
-    assert training.colour_training_ids([colour, *others], split, config) == [colour.image_id]
-    assert training.colour_training_ids([colour, *others], split, _config(sampling="crop", crop_size=32)) == []
-    raw = np.zeros(colour.image.shape + (3,), np.uint8)
-    raw[..., 0], raw[..., 2] = 200, (colour.image * 255).astype(np.uint8)
-    data = training.prepare_training_data([colour, *others], split, config, {colour.image_id: raw})
-    assert set(data.variants) == {colour.image_id} and len(data.variants[colour.image_id]) == 2
 
 
 def test_a_contact_weighted_loss_trains_and_its_model_loads(synthetic_folder, tmp_path):
