@@ -123,7 +123,7 @@ def random_crop(image: np.ndarray, labels: np.ndarray, size: int, scale: float,
 def touching_places(labels: np.ndarray, radius: int = CONTACT_RADIUS, most: int = 4096,
                     seed: int = 0) -> np.ndarray:
     """Where nuclei touch in ``labels`` (``tiling.contact_map``): (row, column) of at most ``most`` of those pixels,
-    an even sample, int32 of shape (N, 2); none in an image whose nuclei do not touch."""
+    a random sample (seeded by ``seed``), int32 of shape (N, 2); none in an image whose nuclei do not touch."""
     places = np.argwhere(contact_map(labels, radius)).astype(np.int32)
     if len(places) > most:
         places = places[np.sort(np.random.default_rng(seed).choice(len(places), most, replace=False))]
@@ -238,9 +238,9 @@ def add_cytoplasm(crop: np.ndarray, labels: np.ndarray, rng: np.random.Generator
     brightfield image of whole cells or a stained section shows once inverted, and a fluorescence image lacks.
 
     Each nucleus's cell is its label grown by a few nucleus radii (``skimage.segmentation.expand_labels``, so that
-    neighbouring cells meet and do not overlap); the cells are raised to a level drawn in ``CYTOPLASM_LEVEL`` of the
-    nuclei's median intensity, with a smooth texture, and never above the crop's own intensity inside the nuclei.
-    The labels are unchanged: the cytoplasm is not nucleus.
+    neighbouring cells meet and do not overlap); its pixels outside the nuclei are raised to a level drawn in
+    ``CYTOPLASM_LEVEL`` of the nuclei's median intensity, times a smooth texture (about 1 +- 0.3); the nuclei keep
+    their pixels. The labels are unchanged: the cytoplasm is not nucleus.
 
     Returns
     -------
