@@ -44,8 +44,7 @@ SMALL_FILES = ("config.json", "history.csv", "training.json", "postprocessing.js
 RECIPES: dict[str, list[str]] = {
     "today": [],
     # Tried and rejected (docs/results/leave-cluster-out/decision.txt): "colour", --colour-variants 4.
-    # The cross-entropy of the pixels where nuclei touch (the contact band) counted 5 times (unet.ContactWeightedLoss).
-    "contact-weight": ["--contact-weight", "5"],
+    # Tried and rejected (decision.txt): "contact-weight", --contact-weight 5.
     # Each fault of acquisition (bright specks, saturation, low light, JPEG) in 15 % of the crops
     # (augment.acquisition_faults).
     "acquisition": ["--acquisition", "0.15"],
