@@ -187,10 +187,10 @@ class CropBatches(keras.utils.PyDataset):
     An image is drawn with a chance proportional to its area (as drawing tiles uniformly does), then a
     ``config.crop_size`` crop of it zoomed by a log-uniform ``config.scale_range`` factor, turned by one
     of the 8 flips/rotations and changed in intensity (``augment``); the targets are made from the
-    crop's labels after zooming. With ``config.touch_crops``, that share of the crops is centred where two nuclei touch (where the image has such
-    places: ``augment.touching_places``); with ``config.cytoplasm``, that share of the crops gets cells painted
-    around its nuclei (``augment.add_cytoplasm``). Batch ``i`` of epoch ``e`` depends only on ``(seed, e, i)``, as for
-    ``TileBatches``.
+    crop's labels after zooming. With ``config.touch_crops``, that share of the crops is centred where two
+    nuclei touch (where the image has such places: ``augment.touching_places``); with ``config.cytoplasm``,
+    that share of the crops gets cells painted around its nuclei (``augment.add_cytoplasm``). Batch ``i`` of
+    epoch ``e`` depends only on ``(seed, e, i)``, as for ``TileBatches``.
     """
 
     def __init__(self, whole: list, config: TrainConfig):
