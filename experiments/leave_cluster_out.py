@@ -53,6 +53,9 @@ RECIPES: dict[str, list[str]] = {
     # A cytoplasm painted around the nuclei of 30 % of the training crops (augment.add_cytoplasm), as brightfield
     # images of whole cells show.
     "cytoplasm": ["--cytoplasm", "0.3"],
+    # A third output channel learns the core of each nucleus; post-processing seeds one nucleus per core
+    # (tiling.core_map, postprocessing.probability_to_labels).
+    "cores": ["--cores"],
     # A wider network: 24 filters at the first level instead of 16 (about twice the work per step).
     "wide24": ["--base-filters", "24"],
 }
@@ -185,6 +188,11 @@ def keep_files(run_dir: Path, target: Path, data: Path) -> None:
     for name in SMALL_FILES:
         if (run_dir / name).is_file():
             text = (run_dir / name).read_text().replace(str(data), data.name)
+            if name == "config.json":  # the data as the run was given it, which may be another spelling of ``data``
+                config = json.loads(text)
+                if config.get("data"):
+                    config["data"] = Path(config["data"]).name
+                text = json.dumps(config, indent=2) + "\n"
             (target / name).write_text(portable(text, scratch=SCRATCH_DIR))
 
 

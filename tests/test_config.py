@@ -86,6 +86,13 @@ def test_the_config_module_is_a_leaf_that_neither_segments_nor_imports_keras():
     assert finished.stdout.strip() == "[]"
 
 
+def test_cores_need_the_contact_channel():
+    with pytest.raises(UserError, match="cores needs contacts"):
+        TrainConfig.from_preset("smoke", contacts=False, cores=True)
+    assert TrainConfig.from_preset("smoke", cores=True).output_channels == 3
+    assert TrainConfig.from_preset("seed").output_channels == 1
+
+
 def test_touch_crops_is_a_share_of_crops():
     with pytest.raises(UserError, match="touch_crops must be a share"):
         TrainConfig.from_preset("cpu", touch_crops=1.5)

@@ -76,3 +76,15 @@ def test_another_training_length_names_its_runs_apart(loco):
     assert loco.run_name("today", loco.EPOCHS, loco.STEPS) == "today"
     assert loco.run_name("today", 8, 100) == "today-8x100"
     assert loco.run_name("colour", loco.EPOCHS, loco.STEPS, seed=1) == "colour-seed1"
+
+
+def test_kept_files_name_the_data_by_its_file_name_however_the_run_spelt_it(loco, tmp_path):
+    run, kept = tmp_path / "run", tmp_path / "kept"
+    run.mkdir()
+    data = tmp_path / "datasets" / "stage1_train.zip"
+    (run / "config.json").write_text('{\n  "preset": "cpu",\n  "data": "../datasets/stage1_train.zip"\n}\n')
+    (run / "metrics.json").write_text(f'{{"data": "{data}"}}\n')
+    loco.keep_files(run, kept, data)
+    assert (kept / "config.json").read_text() == '{\n  "preset": "cpu",\n  "data": "stage1_train.zip"\n}\n'
+    assert (kept / "metrics.json").read_text() == '{"data": "stage1_train.zip"}\n'
+    assert not (kept / "history.csv").exists()
