@@ -9,6 +9,15 @@ post-processing. Settings run in turn, each over all images, on the engine ``pre
     python bench/bench_price.py                        # CV and test split, every setting
     python bench/bench_price.py --subsets cv --settings defaults plain
     python bench/bench_price.py --quick                # seconds, a tiny untrained model (numbers mean nothing)
+    python bench/bench_price.py --leave-cluster-out today --per-cluster 25
+
+With ``--leave-cluster-out RECIPE``: the same settings on kinds of images each model has never seen, mAP only. For
+each of the 8 clusters of docs/results/split.csv, the network that ``experiments/leave_cluster_out.py --recipe
+RECIPE`` trained without that cluster segments (at most ``--per-cluster`` of) its images, with that run's own
+thresholds and the ready model's prediction settings (``LOCO_DEFAULTS``: what the ready model's defaults do to the
+image) as its defaults. Reported: the mean mAP over the clusters, by kind, per cluster. Its seconds are kept in the
+JSON but are not a price: these networks run on Keras (they have no ONNX copy), and the command may share the
+cores with training.
 """
 
 from __future__ import annotations
@@ -43,6 +52,114 @@ SETTINGS = {
     "no flat field": ("the defaults without flattening uneven backgrounds", {"flat_field": False}),
     "plain": ("one pass at scale 1: no TTA, no zoom", {"tta": False, "extra_zooms": (), "scale": 1.0}),
 }
+
+
+# What the ready model's defaults do to an image, given to the networks of the leave-one-cluster-out runs (which were
+# scored at 1x, one pass): 2 views of test-time augmentation, the automatic zoom and a second zoom 1.41x larger, the
+# flat field (models/unet_dsb2018/postprocessing.json). Their thresholds and nucleus area stay their own.
+LOCO_DEFAULTS = {"tta": True, "tta_views": 2, "scale": "auto", "extra_zooms": (2 ** 0.5,), "flat_field": True}
+LOCO_SPLIT = common.PROJECT_DIR / "docs" / "results" / "split.csv"
+LOCO_RUNS = common.PROJECT_DIR / "runs" / "leave-cluster-out"
+# Which clusters hold which kind (experiments/leave_cluster_out.py's KINDS).
+FLUORESCENCE_CLUSTERS = (0, 1, 2, 3)
+
+
+def loco_setup(recipe: str, per_cluster: int | None, runs: Path = LOCO_RUNS, split_path: Path = LOCO_SPLIT,
+               seed: int = 0, *, cache: bool = True) -> list[tuple[int, object, list]]:
+    """(cluster, model with ``LOCO_DEFAULTS``, its held-out images) for every cluster that ``recipe``'s
+    leave-one-cluster-out runs hold a finished model for; at most ``per_cluster`` images of each, drawn with
+    ``seed``."""
+    import dsb
+    import nucleunet
+    from nucleunet import stratify
+
+    split = stratify.read_split(split_path)
+    folds, every = [], None
+    for folder in sorted((runs / recipe).glob("cluster*"), key=lambda path: int(path.name[len("cluster"):])):
+        found = sorted(folder.glob("*/model.keras"))
+        if not found:
+            continue
+        model = nucleunet.load_model(found[-1].parent, engine="keras").with_settings(**LOCO_DEFAULTS)
+        if every is None:  # one reading of the data: every run was trained with the preset's normalization
+            every = {record.image_id: record for record in dsb.load_dataset(
+                dsb.find_dataset(model.trained.config.data if model.trained.config else None),
+                cache_dir=dsb.DEFAULT_CACHE_DIR if cache else None, percentiles=model.normalization,
+                progress=False)}
+        cluster = int(folder.name[len("cluster"):])
+        ids = sorted(split.loc[split["cluster"] == cluster, "image_id"])
+        if per_cluster is not None and len(ids) > per_cluster:
+            ids = sorted(np.random.default_rng([seed, cluster]).choice(ids, per_cluster, replace=False))
+        folds.append((cluster, model, [(i, every[i].image, every[i].labels) for i in ids]))
+    if not folds:
+        raise SystemExit(f"no finished leave-one-cluster-out runs of {recipe!r} under {runs}")
+    return folds
+
+
+def loco_quick_setup(folder: Path, recipe: str) -> tuple[Path, Path]:
+    """``--quick --leave-cluster-out``: a tiny dataset in two clusters, and the tiny untrained model of
+    ``quick_setup`` as both clusters' run (runs folder, split file)."""
+    import pandas as pd
+
+    from nucleunet.config import TrainConfig
+    from nucleunet.postprocessing import Postprocessing
+
+    data = common.write_tiny_dataset(folder / "data", images=6)
+    ids = sorted(path.name for path in data.iterdir())
+    split_path = folder / "split.csv"
+    pd.DataFrame({"image_id": ids, "cluster": [index % 2 for index in range(len(ids))],
+                  "subset": "train"}).to_csv(split_path, index=False)
+    for cluster in (0, 1):
+        run = folder / "runs" / recipe / f"cluster{cluster}" / "run"
+        run.mkdir(parents=True)
+        quick_setup(run)
+        dataclasses.replace(TrainConfig.load(run / "config.json"), data=str(data)).save(run / "config.json")
+        Postprocessing(nucleus_area=150.0).save(run / "postprocessing.json")  # the tiny disks' area, roughly
+    return folder / "runs", split_path
+
+
+def loco_main(args) -> int:
+    """``--leave-cluster-out``: each setting's mAP on the held-out clusters (see the module's docstring)."""
+    with tempfile.TemporaryDirectory(prefix="bench-price-") as scratch:
+        if args.quick:
+            runs, split_path = loco_quick_setup(Path(scratch), args.leave_cluster_out)
+            folds = loco_setup(args.leave_cluster_out, args.per_cluster, runs, split_path, cache=False)
+        else:
+            folds = loco_setup(args.leave_cluster_out, args.per_cluster)
+        return _loco_table(args, folds)
+
+
+def _loco_table(args, folds) -> int:
+    results = {"benchmark": "price", "leave_cluster_out": args.leave_cluster_out, "per_cluster": args.per_cluster,
+               "quick": args.quick, "machine": common.machine(), "engine": "keras", "defaults": {
+                   key: list(value) if isinstance(value, tuple) else value for key, value in LOCO_DEFAULTS.items()},
+               "settings": {}}
+    table = []
+    for name in args.settings:
+        what, overrides = SETTINGS[name]
+        clusters, rows_all, seconds = {}, [], 0.0
+        for cluster, model, images in folds:
+            spent, rows = run_setting(model.with_settings(**overrides), images)
+            seconds += spent
+            clusters[str(cluster)] = {"images": len(rows), "map": float(np.mean([row["map"] for row in rows])),
+                                      "per_image": rows}
+            rows_all += rows
+        maps = {int(c): v["map"] for c, v in clusters.items()}
+        fluorescence = [m for c, m in maps.items() if c in FLUORESCENCE_CLUSTERS]
+        other = [m for c, m in maps.items() if c not in FLUORESCENCE_CLUSTERS]
+        entry = {"what": what, "overrides": {key: list(value) if isinstance(value, tuple) else value
+                                             for key, value in overrides.items()},
+                 "mean_over_clusters": float(np.mean(list(maps.values()))),
+                 "fluorescence": float(np.mean(fluorescence)) if fluorescence else None,
+                 "stained_or_brightfield": float(np.mean(other)) if other else None,
+                 "seconds": seconds, "clusters": clusters}
+        results["settings"][name] = entry
+        table.append((name, entry["mean_over_clusters"], entry["fluorescence"], entry["stained_or_brightfield"]))
+        print(f"{name}: mean over clusters {entry['mean_over_clusters']:.3f} "
+              + " ".join(f"c{c} {m:.3f}" for c, m in sorted(maps.items())), flush=True)
+    common.print_table(f"Settings on held-out clusters, recipe {args.leave_cluster_out}", table,
+                       ("setting", "mean mAP", "fluorescence", "stained/brightfield"))
+    common.write_json(args.json, results)
+    return 0
 
 
 def quick_setup(folder: Path):
@@ -110,7 +227,16 @@ def main(argv=None) -> int:
     parser.add_argument("--subsets", nargs="+", choices=("cv", "test"), default=["cv", "test"])
     parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
     parser.add_argument("--engine", choices=("auto", "keras", "onnx"), default="auto")
+    parser.add_argument("--leave-cluster-out", metavar="RECIPE",
+                        help="mAP of each setting on the held-out clusters, with the networks that "
+                             "experiments/leave_cluster_out.py trained for RECIPE (no timing)")
+    parser.add_argument("--per-cluster", type=int, metavar="N",
+                        help="with --leave-cluster-out: at most N images of each cluster (default: all)")
     args = parser.parse_args(argv)
+    if args.leave_cluster_out:
+        if args.json == common.RESULTS_DIR / f"price{'_quick' if args.quick else ''}.json":  # the split's default
+            args.json = common.RESULTS_DIR / f"price_leave_cluster_out_{args.leave_cluster_out}.json"
+        return loco_main(args)
 
     import nucleunet
     from nucleunet import models

@@ -146,6 +146,17 @@ def test_bench_price_quick(tmp_path):
     assert results["subsets"]["cv"]["settings"]["no TTA"]["overrides"] == {"tta": False}
 
 
+def test_bench_price_on_held_out_clusters_quick(tmp_path):
+    results = run_quick(tmp_path, "bench_price.py", "--leave-cluster-out", "today", "--per-cluster", "2",
+                        "--settings", "defaults", "plain")
+    assert results["leave_cluster_out"] == "today" and results["defaults"]["tta_views"] == 2
+    for entry in results["settings"].values():
+        assert set(entry["clusters"]) == {"0", "1"}
+        assert all(value["images"] == 2 for value in entry["clusters"].values())
+        assert 0 <= entry["mean_over_clusters"] <= 1 and entry["stained_or_brightfield"] is None
+    assert results["settings"]["plain"]["overrides"]["scale"] == 1.0
+
+
 def test_price_table_puts_stardist_beside_ours_on_the_same_images(tmp_path):
     results = run_quick(tmp_path, "bench_price.py", "--settings", "defaults", "plain")
     cv = results["subsets"]["cv"]
