@@ -55,7 +55,7 @@ TRAINING_OPTIONS = ("epochs", "steps_per_epoch", "batch_size", "learning_rate", 
                     "normalization", "batch_norm", "dropout", "loss", "lr_schedule", "warmup_steps",
                     "sampling", "crop_size", "scale_range", "gamma_range", "contrast_range", "noise", "blur",
                     "acquisition", "touch_crops", "cytoplasm", "precision", "jit_compile", "contacts",
-                    "contact_radius", "cores", "distribute", "figures_per_cluster")
+                    "contact_radius", "distribute", "figures_per_cluster")
 SCALE_HELP = ("zoom images by this factor (0.05-4) before the model sees them (2 for nuclei half the size of the "
               "training set's); 'auto': each image by 0.35-2.83x, to bring its nuclei, measured in a first pass, to "
               "the training images' typical size")
@@ -284,9 +284,6 @@ def build_arg_parser() -> argparse.ArgumentParser:
                        help="a second output channel learns where nuclei touch, to split them")
     group.add_argument("--contact-radius", type=int, metavar="PIXELS",
                        help="the contact channel's target: pixels within this distance of two nuclei (default 2)")
-    group.add_argument("--cores", action=argparse.BooleanOptionalAction, default=None,
-                       help="with --contacts: a third output channel learns the core of each nucleus, and "
-                            "post-processing seeds one nucleus per predicted core")
     group.add_argument("--distribute", choices=configuration.DISTRIBUTE_MODES,
                        help="'mirrored': every GPU of this machine (tf.distribute.MirroredStrategy; "
                             "keras.distribution.DataParallel on JAX); 'multiworker': the machines in TF_CONFIG "
@@ -371,8 +368,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
 
     export = _command(subparsers, "export", "export a saved model: for serving, a TensorFlow SavedModel whose "
                                             "'serve' endpoint maps tiles (batch, H, W, 1) float32 in [0, 1] to "
-                                            "probabilities (batch, H, W, C): nuclei [, contacts [, cores]]; to "
-                                            "share, a float32 .keras file of any input size with its run's settings",
+                                            "probabilities (batch, H, W, C): nuclei [, contacts]; to share, a "
+                                            "float32 .keras file of any input size with its run's settings",
                       ["export runs/RUN/model.keras", "export runs/RUN/model.keras --format keras",
                        "export unet_dsb2018 --format bioimageio",
                        "export runs/RUN1/model.keras runs/RUN2/model.keras --format keras"])

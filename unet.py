@@ -44,7 +44,7 @@ def build_unet(
     dropout : float in [0, 1)
         Dropout rate at the two deepest levels (0: none).
     output_channels : int
-        Sigmoid channels of the output: nucleus probability [, contact [, core]] (1, 2 or 3).
+        Sigmoid channels of the output (1: nucleus probability).
     synchronized_batch_norm : bool
         Batch statistics over the global batch of all replicas of a ``tf.distribute`` strategy, not
         each replica's share (``SynchronizedBatchNormalization``).
@@ -197,7 +197,7 @@ def load_model(path: str | os.PathLike, *, compile: bool = False) -> keras.Model
     ------
     UserError
         The file is missing, is not a Keras model, or does not map one-channel images to one
-        (nuclei), two (nuclei, contacts) or three (nuclei, contacts, cores) probability channels.
+        (nuclei) or two (nuclei, contacts) probability channels.
     """
     if not Path(path).is_file():
         raise MissingPathError(f"model file not found: {path}")
@@ -206,10 +206,9 @@ def load_model(path: str | os.PathLike, *, compile: bool = False) -> keras.Model
     except Exception as error:  # noqa: BLE001 - Keras raises many types for a file that is not a model
         raise UserError(f"{path} is not a readable Keras model: {error}") from error
     shape = tuple(model.input_shape)
-    if len(shape) != 4 or shape[-1] != 1 or tuple(model.output_shape)[-1] not in (1, 2, 3):
-        raise UserError(f"{path}: expected a model from (batch, H, W, 1) to (batch, H, W, 1) (nuclei), "
-                        f"(batch, H, W, 2) (nuclei, contacts) or (batch, H, W, 3) (nuclei, contacts, cores), got "
-                        f"{shape} -> {model.output_shape}")
+    if len(shape) != 4 or shape[-1] != 1 or tuple(model.output_shape)[-1] not in (1, 2):
+        raise UserError(f"{path}: expected a model from (batch, H, W, 1) to (batch, H, W, 1) (nuclei) or "
+                        f"(batch, H, W, 2) (nuclei, contacts), got {shape} -> {model.output_shape}")
     return model
 
 

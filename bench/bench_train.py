@@ -200,8 +200,7 @@ def main(argv=None) -> int:
         chosen = rng.permutation(len(images))[: args.steps * batch_size] % len(images)
         count = args.steps * batch_size
         chosen = np.resize(chosen, count)
-        targets = training.target_channels(masks[chosen], config.contacts, config.cores)
-        return images[chosen].astype(np.float32)[..., None], targets
+        return images[chosen].astype(np.float32)[..., None], training.target_channels(masks[chosen], config.contacts)
 
     x, y = plain_arrays(config.batch_size)
     floor_rounds, ours_rounds = [], []

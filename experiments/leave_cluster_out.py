@@ -45,6 +45,7 @@ RECIPES: dict[str, list[str]] = {
     "today": [],
     # Tried and rejected (docs/results/leave-cluster-out/decision.txt): "colour", --colour-variants 4.
     # Tried and rejected (decision.txt): "contact-weight", --contact-weight 5.
+    # Tried and rejected (decision.txt): "cores", --cores (a third output channel, the core of each nucleus, as seeds).
     # Each fault of acquisition (bright specks, saturation, low light, JPEG) in 15 % of the crops
     # (augment.acquisition_faults).
     "acquisition": ["--acquisition", "0.15"],
@@ -53,9 +54,6 @@ RECIPES: dict[str, list[str]] = {
     # A cytoplasm painted around the nuclei of 30 % of the training crops (augment.add_cytoplasm), as brightfield
     # images of whole cells show.
     "cytoplasm": ["--cytoplasm", "0.3"],
-    # A third output channel learns the core of each nucleus; post-processing seeds one nucleus per core
-    # (tiling.core_map, postprocessing.probability_to_labels).
-    "cores": ["--cores"],
     # A wider network: 24 filters at the first level instead of 16 (about twice the work per step).
     "wide24": ["--base-filters", "24"],
 }

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.ndimage as ndi
 
-from nucleunet.tiling import CONTACT_RADIUS, contact_map, core_map
+from nucleunet.tiling import CONTACT_RADIUS, contact_map
 
 
 @dataclass(frozen=True)
@@ -212,21 +212,17 @@ def jpeg(image: np.ndarray, quality: int) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(buffer.getvalue())), np.float32) / 255
 
 
-def crop_targets(labels: np.ndarray, contacts: bool, contact_radius: int = CONTACT_RADIUS, *,
-                 cores: bool = False) -> np.ndarray:
+def crop_targets(labels: np.ndarray, contacts: bool, contact_radius: int = CONTACT_RADIUS) -> np.ndarray:
     """The training targets of a crop, made after zooming so that the contact band keeps its width
-    (``contact_radius`` pixels of the crop: ``tiling.contact_map``); with ``cores``, the cores of the crop's
-    nuclei (``tiling.core_map``).
+    (``contact_radius`` pixels of the crop: ``tiling.contact_map``).
 
     Returns
     -------
-    ndarray, shape (size, size, C), float32: nucleus [, contact [, core]]
+    ndarray, shape (size, size, C), float32: nucleus [, contact]
     """
     channels = [labels > 0]
     if contacts:
         channels.append(contact_map(labels, contact_radius))
-    if cores:
-        channels.append(core_map(labels))
     return np.stack(channels, axis=-1).astype(np.float32)
 
 

@@ -29,7 +29,7 @@ DISTRIBUTE_MODES = ("none", "mirrored", "multiworker")
 DEFAULT_SPLIT = "datasets/split.csv"
 # Keys that earlier versions wrote into config.json and that their decision rules rejected (docs/results.md): a saved
 # config that has them still loads. Its value must be one that meant "off".
-REMOVED_KEYS = {"min_size_relative": None, "colour_variants": 0, "contact_weight": 1.0}
+REMOVED_KEYS = {"min_size_relative": None, "colour_variants": 0, "contact_weight": 1.0, "cores": False}
 
 
 @dataclass(frozen=True)
@@ -90,10 +90,6 @@ class TrainConfig:
         seeds one nucleus per contact-free part of the foreground (see ``postprocessing.probability_to_labels``).
     contact_radius : int
         The contact target: pixels within this many pixels (chessboard distance) of two nuclei.
-    cores : bool
-        With ``contacts``: a third output channel learns the core of each nucleus (``tiling.core_map``: its pixels
-        at least half its largest distance from its edge); post-processing then seeds one nucleus per predicted
-        core instead of per contact-free part of the foreground.
     tile_size, min_overlap : int
         Tiles cut from the images for training and for full-image prediction.
     normalization : (float, float)
@@ -143,7 +139,6 @@ class TrainConfig:
     jit_compile: bool | str = False
     contacts: bool = False
     contact_radius: int = CONTACT_RADIUS
-    cores: bool = False
     tile_size: int = TILE_SIZE
     min_overlap: int = MIN_OVERLAP
     normalization: tuple[float, float] = DEFAULT_PERCENTILES
@@ -189,8 +184,6 @@ class TrainConfig:
             raise UserError(f"touch_crops must be a share in [0, 1], got {self.touch_crops}")
         if self.touch_crops and self.sampling != "crop":
             raise UserError("touch_crops needs sampling='crop' (crops are placed in whole images)")
-        if self.cores and not self.contacts:
-            raise UserError("cores needs contacts (the core channel comes after the contact channel)")
         if not 0.0 <= self.cytoplasm <= 1.0:
             raise UserError(f"cytoplasm must be a share in [0, 1], got {self.cytoplasm}")
         if self.cytoplasm and self.sampling != "crop":
@@ -248,11 +241,6 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @property
-    def output_channels(self) -> int:
-        """How many probability channels the network outputs: nuclei [, contacts [, cores]]."""
-        return 1 + int(self.contacts) + int(self.cores)
-
-    @property
     def augmentation(self) -> augment.Augmentation:
         """How the training crops vary (with ``sampling='crop'``)."""
         try:
@@ -269,7 +257,7 @@ EXPORT_FORMATS = {"savedmodel": "tf_saved_model"}
 POSTPROCESSING_FIELDS = ("threshold", "min_size", "marker_height", "contact_threshold", "tta")
 
 # The fields that describe the network and what it sees: a fine-tuning run takes them from the model it starts from.
-ARCHITECTURE = ("depth", "base_filters", "batch_norm", "dropout", "contacts", "contact_radius", "cores", "tile_size",
+ARCHITECTURE = ("depth", "base_filters", "batch_norm", "dropout", "contacts", "contact_radius", "tile_size",
                 "min_overlap", "normalization", "loss", "threshold", "min_size", "marker_height", "contact_threshold",
                 "tta")
 

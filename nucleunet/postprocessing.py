@@ -30,8 +30,6 @@ log = logging.getLogger("nucleunet.postprocessing")
 # docs/results.md, "Automatic scale").
 AUTO_SCALES = tuple(float(2 ** (step / 2)) for step in range(-3, 4))  # 0.35, 0.5, 0.71, 1, 1.41, 2, 2.83
 MAX_SPECK_FRACTION = 0.25
-# A pixel seeds a nucleus where the core channel of a core-aware model says more likely core than not.
-CORE_THRESHOLD = 0.5
 # Zooms are products of sqrt(2)'s powers: one that is this close above a bound (1.001 times it) counts as on it.
 ZOOM_ROUNDING = 1.001
 
@@ -207,8 +205,8 @@ class Postprocessing:
     def labels(self, maps: np.ndarray) -> np.ndarray:
         """Instances from ``prediction.predict_maps``: ndarray (H, W), int32, 0 = background, nuclei 1..n.
 
-        Split by the contact channel (and the core channel, where the model has one) if there is one and no marker
-        height is set, else as ``probability_to_labels`` without contacts; then, with ``min_score``, the nuclei scoring under it dropped.
+        Split by the contact channel if there is one and no marker height is set, else as
+        ``probability_to_labels`` without contacts; then, with ``min_score``, the nuclei scoring under it dropped.
         """
         if self.min_score is None:  # no cut: the scores are not needed
             return self._split(maps)
@@ -227,10 +225,9 @@ class Postprocessing:
 
     def _split(self, maps: np.ndarray) -> np.ndarray:
         contact = maps[..., 1] if maps.shape[-1] > 1 and self.marker_height is None else None
-        core = maps[..., 2] if maps.shape[-1] > 2 and self.marker_height is None else None
         return probability_to_labels(maps[..., 0], threshold=self.threshold, min_size=self.min_size,
                                      marker_height=self.marker_height, contact=contact,
-                                     contact_threshold=self.contact_threshold, core=core)
+                                     contact_threshold=self.contact_threshold)
 
     @property
     def scorer(self) -> nucleus_score.ScoreModel | None:
@@ -282,15 +279,12 @@ def probability_to_labels(
     marker_height: float | None = None,
     contact: np.ndarray | None = None,
     contact_threshold: float = 0.2,
-    core: np.ndarray | None = None,
 ) -> np.ndarray:
     """Split the predicted foreground into nuclei.
 
     With a ``contact`` map (the second output of a contact-aware U-Net), the foreground minus the
     predicted contacts gives one seed per nucleus, and a watershed on the contact map grows the
     seeds back over the whole foreground, so touching nuclei meet where their contact is most likely.
-    With a ``core`` map as well (the third output of a core-aware U-Net), the seeds are the predicted cores
-    instead (``core > CORE_THRESHOLD`` within the foreground), grown over the foreground the same way.
 
     Threshold, then a watershed on the distance transform: every maximum of the distance to the
     background that stands at least ``marker_height`` pixels above its surroundings seeds one
@@ -311,9 +305,7 @@ def probability_to_labels(
     contact : ndarray, shape (H, W), float in [0, 1], optional
         Probability that a pixel lies where two nuclei touch.
     contact_threshold : float
-        Seeds are foreground pixels with ``contact <= contact_threshold`` (without ``core``).
-    core : ndarray, shape (H, W), float in [0, 1], optional
-        Probability that a pixel lies in the core of a nucleus (``tiling.core_map``). Only with ``contact``.
+        Seeds are foreground pixels with ``contact <= contact_threshold``.
 
     Returns
     -------
@@ -323,22 +315,13 @@ def probability_to_labels(
     if probability.ndim != 2:
         raise ValueError(f"expected a probability map of shape (H, W), got shape {probability.shape}")
     foreground = probability > threshold
-    if core is not None and contact is None:
-        raise ValueError("a core map needs a contact map")
     if contact is not None:
         contact = np.asarray(contact)
         if contact.shape != probability.shape:
             raise ValueError(f"contact map of shape {contact.shape} for a probability map of shape {probability.shape}")
         if marker_height is not None:
             raise ValueError("give either a contact map or a marker height, not both")
-        if core is None:
-            seeds = foreground & (contact <= contact_threshold)
-        else:
-            core = np.asarray(core)
-            if core.shape != probability.shape:
-                raise ValueError(f"core map of shape {core.shape} for a probability map of shape {probability.shape}")
-            seeds = foreground & (core > CORE_THRESHOLD)
-        markers = skimage.measure.label(seeds, connectivity=1)
+        markers = skimage.measure.label(foreground & (contact <= contact_threshold), connectivity=1)
         labels = skimage.segmentation.watershed(contact, markers, mask=foreground)
     elif marker_height is None:
         labels = skimage.measure.label(foreground, connectivity=1)

@@ -19,8 +19,6 @@ log = logging.getLogger("tiling")
 TILE_SIZE = 256
 MIN_OVERLAP = 32  # pixels shared by neighbouring tiles, in training and in prediction
 CONTACT_RADIUS = 2  # pixels: the width of the contact target on each side of where nuclei touch
-# The core target of a nucleus (``core_map``): its pixels at least this share of its largest distance from its edge.
-CORE_FRACTION = 0.5
 
 
 def tile_starts(length: int, tile_size: int = TILE_SIZE, min_overlap: int = MIN_OVERLAP) -> np.ndarray:
@@ -217,56 +215,8 @@ def contact_map(labels: np.ndarray, radius: int = CONTACT_RADIUS) -> np.ndarray:
     return (smallest != background) & (largest > smallest)
 
 
-def core_map(labels: np.ndarray, fraction: float = CORE_FRACTION) -> np.ndarray:
-    """The core of each nucleus: its pixels whose distance to its own edge (the background or another nucleus) is
-    at least ``fraction`` of the largest such distance in it. Cores never touch, even where their nuclei do.
-
-    The third training target of a core-aware U-Net: post-processing seeds one nucleus per predicted core (see
-    ``postprocessing.probability_to_labels``).
-
-    Parameters
-    ----------
-    labels : ndarray, shape (H, W), int, 0 = background
-    fraction : float in (0, 1]
-
-    Returns
-    -------
-    ndarray, shape (H, W), bool: every nucleus wider than two pixels has a core of at least one pixel. The
-    image's border is not an edge: a nucleus cut by it keeps its core there.
-
-    Examples
-    --------
-    >>> core_map(np.array([[0, 1, 1, 1, 1, 1, 2, 2, 2, 0]])).astype(int).tolist()
-    [[0, 0, 1, 1, 1, 0, 0, 1, 0, 0]]
-    """
-    labels = np.asarray(labels)
-    if labels.ndim != 2:
-        raise ValueError(f"expected labels of shape (H, W), got shape {labels.shape}")
-    if not 0 < fraction <= 1:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-    nuclei = labels > 0
-    if not nuclei.any():
-        return np.zeros(labels.shape, bool)
-    # A nucleus's edge: its pixels next (4-connected) to a pixel of another value, the background included.
-    edge = np.zeros(labels.shape, bool)
-    for axis in (0, 1):
-        differs = np.diff(labels, axis=axis) != 0
-        before = [slice(None)] * 2
-        after = [slice(None)] * 2
-        before[axis], after[axis] = slice(None, -1), slice(1, None)
-        edge[tuple(before)] |= differs
-        edge[tuple(after)] |= differs
-    distance = ndi.distance_transform_edt(nuclei & ~edge)
-    ids, dense = np.unique(labels, return_inverse=True)
-    dense = dense.reshape(labels.shape)
-    largest = ndi.maximum(distance, dense, index=np.arange(len(ids)))
-    return nuclei & (distance > 0) & (distance >= fraction * np.asarray(largest)[dense])
-
-
-def training_target(labels: np.ndarray, contacts: bool = False, radius: int = CONTACT_RADIUS, *,
-                    cores: bool = False) -> np.ndarray:
-    """The training target of one image: bit 0 = nucleus, bit 1 = where nuclei touch (with ``contacts``), bit 2 =
-    the core of a nucleus (with ``cores``: ``core_map``).
+def training_target(labels: np.ndarray, contacts: bool = False, radius: int = CONTACT_RADIUS) -> np.ndarray:
+    """The training target of one image: bit 0 = nucleus, bit 1 = where nuclei touch (with ``contacts``).
 
     Parameters
     ----------
@@ -274,11 +224,10 @@ def training_target(labels: np.ndarray, contacts: bool = False, radius: int = CO
     contacts : bool
     radius : int
         Of the contact band (``contact_map``).
-    cores : bool
 
     Returns
     -------
-    ndarray, shape (H, W), uint8 in 0..7
+    ndarray, shape (H, W), uint8 in {0, 1, 2, 3}
 
     Examples
     --------
@@ -288,8 +237,6 @@ def training_target(labels: np.ndarray, contacts: bool = False, radius: int = CO
     target = (np.asarray(labels) > 0).astype(np.uint8)
     if contacts:
         target |= contact_map(labels, radius).astype(np.uint8) << 1
-    if cores:
-        target |= core_map(labels).astype(np.uint8) << 2
     return target
 
 
@@ -309,7 +256,7 @@ def finite_image(record) -> np.ndarray | None:
 
 def tiles_for_records(
     records: list, tile_size: int = TILE_SIZE, min_overlap: int = MIN_OVERLAP, *, contacts: bool = False,
-    contact_radius: int = CONTACT_RADIUS, cores: bool = False,
+    contact_radius: int = CONTACT_RADIUS,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Training tiles of many ``dsb.ImageRecord`` s, stored compactly.
 
@@ -317,8 +264,7 @@ def tiles_for_records(
     -------
     images : ndarray, shape (N, tile_size, tile_size), float16 in [0, 1]
     masks : ndarray, shape (N, tile_size, tile_size), uint8: 0 or 1 (nucleus); with ``contacts``,
-        plus 2 where nuclei touch (``training_target``, a band of ``contact_radius``); with ``cores``, plus 4 in
-        the core of a nucleus
+        plus 2 where nuclei touch (``training_target``, a band of ``contact_radius``)
     owner : ndarray, shape (N,), int, index into ``records`` of each tile's image
 
     Records that were not loaded by ``dsb.load_dataset`` may hold NaN or infinite pixels: those are
@@ -331,8 +277,8 @@ def tiles_for_records(
         if image is None:
             continue
         image_tiles, _ = make_tiles(image.astype(np.float16), tile_size, min_overlap)
-        mask_tiles, _ = make_tiles(training_target(record.labels, contacts, contact_radius, cores=cores),
-                                   tile_size, min_overlap)
+        mask_tiles, _ = make_tiles(training_target(record.labels, contacts, contact_radius), tile_size,
+                                   min_overlap)
         images.append(image_tiles)
         masks.append(mask_tiles)
         owner.extend([index] * len(image_tiles))

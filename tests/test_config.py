@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -71,9 +72,12 @@ def test_a_saved_config_with_a_removed_key_still_loads(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({**config.to_dict(), "min_size_relative": None}))
     assert TrainConfig.load(tmp_path / "config.json") == config
     # Options rejected on the leave-one-cluster-out measure: the committed run files that used them load.
-    removed = {"colour_variants": 4, "contact_weight": 5.0}
+    removed = {"colour_variants": 4, "contact_weight": 5.0, "cores": True}
     (tmp_path / "config.json").write_text(json.dumps({**config.to_dict(), **removed}))
     assert TrainConfig.load(tmp_path / "config.json") == config
+    kept = Path(__file__).resolve().parents[1] / "docs" / "results" / "leave-cluster-out"
+    for path in sorted(kept.glob("*/cluster*/config.json")):
+        assert TrainConfig.load(path).preset == "cpu"
     with pytest.raises(UserError, match="unknown configuration keys: colour"):
         TrainConfig.from_dict({**config.to_dict(), "colour": True})
 
@@ -84,13 +88,6 @@ def test_the_config_module_is_a_leaf_that_neither_segments_nor_imports_keras():
                                "('keras', 'tensorflow', 'nucleunet.postprocessing', 'nucleunet.prediction', 'dsb') "
                                "if m in sys.modules))"], capture_output=True, text=True, check=True)
     assert finished.stdout.strip() == "[]"
-
-
-def test_cores_need_the_contact_channel():
-    with pytest.raises(UserError, match="cores needs contacts"):
-        TrainConfig.from_preset("smoke", contacts=False, cores=True)
-    assert TrainConfig.from_preset("smoke", cores=True).output_channels == 3
-    assert TrainConfig.from_preset("seed").output_channels == 1
 
 
 def test_touch_crops_is_a_share_of_crops():

@@ -95,28 +95,6 @@ def test_contact_map_must_fit_and_excludes_a_marker_height():
         postprocessing.probability_to_labels(probability, contact=np.zeros((10, 10)), marker_height=2.0)
 
 
-def test_cores_split_touching_nuclei_whose_contact_is_missed():
-    rows, cols = np.ogrid[:48, :80]
-    truth = np.zeros((48, 80), np.int32)
-    truth[(rows - 24) ** 2 + (cols - 24) ** 2 <= 15 ** 2] = 1
-    truth[((rows - 24) ** 2 + (cols - 52) ** 2 <= 15 ** 2) & (truth == 0)] = 2
-    probability = (truth > 0).astype(np.float32)
-    missed = np.zeros_like(probability)  # the contact channel saw nothing: one seed, one nucleus
-    assert postprocessing.probability_to_labels(probability, contact=missed, min_size=0).max() == 1
-    core = tiling.core_map(truth).astype(np.float32)
-    labels = postprocessing.probability_to_labels(probability, contact=missed, core=core, min_size=0)
-    assert labels.max() == 2 and metrics.average_precision(truth, labels) > 0.7
-    np.testing.assert_array_equal(labels > 0, truth > 0)  # grown back over the whole foreground
-    # Through the settings: a third channel is the core channel, unless a marker height is set.
-    maps = np.stack([probability, missed, core], axis=-1)
-    assert postprocessing.Postprocessing(min_size=0).labels(maps).max() == 2
-    assert postprocessing.Postprocessing(min_size=0).labels(maps[..., :2]).max() == 1
-    with pytest.raises(ValueError, match="core map needs a contact map"):
-        postprocessing.probability_to_labels(probability, core=core)
-    with pytest.raises(ValueError, match="core map of shape"):
-        postprocessing.probability_to_labels(probability, contact=missed, core=core[:10])
-
-
 def test_postprocessing_splits_by_contacts_unless_a_marker_height_is_set():
     truth = np.zeros((40, 60), np.int32)
     truth[10:30, 5:30], truth[10:30, 30:55] = 1, 2

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import skimage.measure
 
 import dsb
 from nucleunet import tiling
@@ -104,40 +103,6 @@ def test_contact_tiles_store_nuclei_and_contacts_as_bits():
     _, wide, _ = tiling.tiles_for_records([record], 64, 8, contacts=True, contact_radius=4)
     np.testing.assert_array_equal((wide[0] >> 1) & 1, tiling.contact_map(labels, 4))
     assert ((wide[0] >> 1) & 1).sum() > ((both[0] >> 1) & 1).sum()
-
-
-def _two_touching_disks() -> np.ndarray:
-    labels = np.zeros((48, 80), np.int32)
-    rows, cols = np.ogrid[:48, :80]
-    labels[(rows - 24) ** 2 + (cols - 24) ** 2 <= 15 ** 2] = 1
-    labels[((rows - 24) ** 2 + (cols - 52) ** 2 <= 15 ** 2) & (labels == 0)] = 2  # overlaps cut: they touch
-    return labels
-
-
-def test_core_map_gives_each_nucleus_one_core_and_cores_never_touch():
-    labels = _two_touching_disks()
-    labels[2:5, 70:73] = 3  # a nucleus of 3 x 3 pixels: its centre is its core
-    core = tiling.core_map(labels)
-    assert not core[labels == 0].any()
-    for nucleus in (1, 2, 3):
-        assert skimage.measure.label(core & (labels == nucleus)).max() == 1
-    assert skimage.measure.label(core).max() == 3  # the two disks' cores do not meet
-    assert core[3, 71] and core.sum() < (labels > 0).sum() / 2
-    # Half the largest distance from the edge: a larger fraction, a smaller core.
-    assert tiling.core_map(labels, fraction=0.8).sum() < core.sum()
-    assert not tiling.core_map(np.zeros((5, 5), int)).any()
-    with pytest.raises(ValueError, match="fraction"):
-        tiling.core_map(labels, fraction=0.0)
-
-
-def test_core_tiles_store_the_cores_as_the_third_bit():
-    labels = _two_touching_disks()
-    record = dsb.ImageRecord("a", np.zeros(labels.shape, np.float32), labels)
-    _, contacts, _ = tiling.tiles_for_records([record], 64, 8, contacts=True)
-    _, cores, _ = tiling.tiles_for_records([record], 64, 8, contacts=True, cores=True)
-    np.testing.assert_array_equal(cores & 3, contacts)
-    whole = tiling.training_target(labels, contacts=True, cores=True)
-    np.testing.assert_array_equal((whole >> 2) & 1, tiling.core_map(labels))
 
 
 def test_rectangular_tiles_round_trip():

@@ -65,8 +65,6 @@ def test_target_channels_unpack_the_stored_bits():
     both = training.target_channels(stored, contacts=True)
     assert both.shape == (1, 4, 2) and both.dtype == np.float32
     assert both[..., 0].tolist() == [[0, 1, 0, 1]] and both[..., 1].tolist() == [[0, 0, 1, 1]]
-    three = training.target_channels(np.array([[0, 1, 5, 7]], np.uint8), contacts=True, cores=True)
-    assert three.shape == (1, 4, 3) and three[..., 2].tolist() == [[0, 0, 1, 1]]
 
 
 def test_validation_batches_cover_every_cv_tile_once_in_order():
@@ -340,19 +338,6 @@ def test_a_preset_length_follows_the_precision_chosen_for_this_machine(monkeypat
     monkeypatch.setattr(hardware, "cpu_flags", lambda: {"avx2", "fma"})
     assert hardware.for_this_machine(preset) == {"precision": "float32", "jit_compile": True, "epochs": 5,
                                                  "steps_per_epoch": 60}
-
-
-def test_cores_add_a_third_target_and_output_channel():
-    labels = np.zeros((96, 96), np.uint16)
-    labels[30:60, 20:50], labels[30:60, 50:80] = 1, 2
-    image = (labels > 0).astype(np.float16)
-    config = TrainConfig.from_dict(dict(preset="smoke", sampling="crop", crop_size=32, depth=2, batch_size=4,
-                                        contacts=True, cores=True, scale_range=(1.0, 1.0)))
-    assert config.output_channels == 3
-    _, targets = training.CropBatches([("a", image, labels)], config)[0]
-    assert targets.shape == (4, 32, 32, 3)
-    assert not (targets[..., 2] > targets[..., 0]).any()  # a core lies within its nucleus
-    assert training.build_model(config).output_shape[-1] == 3
 
 
 def test_touch_crops_centre_crops_where_nuclei_touch():

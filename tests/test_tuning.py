@@ -15,7 +15,6 @@ def test_tuning_grid_sizes_and_the_prediction_fields_it_keeps():
     plain = postprocessing.Postprocessing()
     assert len(tuning.tuning_grid(True, plain)) == n * (len(tuning.TUNE_CONTACT_THRESHOLDS) + heights)
     assert len(tuning.tuning_grid(False, plain)) == n * (1 + heights)
-    assert len(tuning.tuning_grid(True, plain, has_cores=True)) == n * (1 + heights)  # cores seed: no contact cut
     predicted = postprocessing.Postprocessing(tta=True, scale="auto", nucleus_area=300.0, extra_zooms=(2 ** 0.5,),
                                               tile_size="auto", flat_field=False, denoise=True)
     grid = tuning.tuning_grid(False, predicted)

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 import unet
-from nucleunet.errors import UserError
 
 
 @pytest.mark.parametrize("size", [(64, 64), (96, 128), (256, 256)])
@@ -119,14 +118,3 @@ def test_model_with_custom_objects_saves_and_loads(tmp_path):
     loaded = keras.models.load_model(path)
     x = np.random.default_rng(0).random((1, 32, 32, 1)).astype(np.float32)
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
-
-
-def test_load_model_takes_one_to_three_output_channels(tmp_path):
-    for channels in (1, 2, 3):
-        path = tmp_path / f"out{channels}.keras"
-        unet.build_unet((None, None, 1), depth=2, base_filters=2, output_channels=channels).save(path)
-        assert unet.load_model(path).output_shape[-1] == channels
-    path = tmp_path / "out4.keras"
-    unet.build_unet((None, None, 1), depth=2, base_filters=2, output_channels=4).save(path)
-    with pytest.raises(UserError, match="nuclei, contacts, cores"):
-        unet.load_model(path)
