@@ -52,7 +52,7 @@ COMMAND = "nucleunet"  # the same command line, installed by pip (pyproject.toml
 
 # Options that override a preset's value of the same name (argparse dest = TrainConfig field).
 TRAINING_OPTIONS = ("epochs", "steps_per_epoch", "batch_size", "learning_rate", "depth", "base_filters",
-                    "normalization", "batch_norm", "dropout", "loss", "lr_schedule", "warmup_steps",
+                    "normalization", "batch_norm", "dropout", "loss", "contact_weight", "lr_schedule", "warmup_steps",
                     "sampling", "crop_size", "scale_range", "gamma_range", "contrast_range", "noise", "blur",
                     "acquisition", "touch_crops", "cytoplasm", "precision", "jit_compile", "contacts",
                     "contact_radius", "distribute", "figures_per_cluster")
@@ -248,6 +248,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
                        help="batch normalization after each convolution")
     group.add_argument("--dropout", type=float, metavar="RATE", help="dropout at the two deepest levels")
     group.add_argument("--loss", choices=configuration.LOSSES, help="training loss")
+    group.add_argument("--contact-weight", type=float, metavar="W",
+                       help="with contacts and --loss bce_dice: the cross-entropy of the pixels where nuclei touch "
+                            "counts W times (default 1)")
     group.add_argument("--lr-schedule", choices=configuration.LR_SCHEDULES,
                        help="'constant', or 'cosine' decay to 0 over epochs x steps-per-epoch")
     group.add_argument("--warmup-steps", type=int, metavar="N",

@@ -44,7 +44,10 @@ SMALL_FILES = ("config.json", "history.csv", "training.json", "postprocessing.js
 RECIPES: dict[str, list[str]] = {
     "today": [],
     # Tried and rejected (docs/results/leave-cluster-out/decision.txt): "colour", --colour-variants 4.
-    # Tried and rejected (decision.txt): "contact-weight", --contact-weight 5.
+    # Tried and rejected (decision.txt): "contact-weight", --contact-weight 5; tried again with two seeds (its second
+    # rule in decision_rule.txt): the cross-entropy of the pixels where nuclei touch counted 5 times
+    # (unet.ContactWeightedLoss).
+    "contact-weight": ["--contact-weight", "5"],
     # Tried and rejected (decision.txt): "cores", --cores (a third output channel, the core of each nucleus, as seeds).
     # Each fault of acquisition (bright specks, saturation, low light, JPEG) in 15 % of the crops
     # (augment.acquisition_faults).

@@ -29,7 +29,7 @@ DISTRIBUTE_MODES = ("none", "mirrored", "multiworker")
 DEFAULT_SPLIT = "datasets/split.csv"
 # Keys that earlier versions wrote into config.json and that their decision rules rejected (docs/results.md): a saved
 # config that has them still loads. Its value must be one that meant "off".
-REMOVED_KEYS = {"min_size_relative": None, "colour_variants": 0, "contact_weight": 1.0, "cores": False}
+REMOVED_KEYS = {"min_size_relative": None, "colour_variants": 0, "cores": False}
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,9 @@ class TrainConfig:
         The U-Net (see ``unet.build_unet``).
     loss : str
         'bce' (binary cross-entropy, as the reference) or 'bce_dice'.
+    contact_weight : float
+        With ``loss='bce_dice'`` and ``contacts``: the cross-entropy of the pixels where nuclei touch (the contact
+        target) counts this many times (``unet.ContactWeightedLoss``); 1: as every other pixel.
     lr_schedule : str
         'constant' (the reference) or 'cosine': the learning rate decays from ``learning_rate`` to 0 over
         ``epochs * steps_per_epoch`` steps (a function of the step, not of the clock, so runs reproduce).
@@ -123,6 +126,7 @@ class TrainConfig:
     batch_norm: bool = False
     dropout: float = 0.0
     loss: str = "bce"
+    contact_weight: float = 1.0
     lr_schedule: str = "constant"
     sampling: str = "tile"
     crop_size: int = TILE_SIZE
@@ -180,6 +184,10 @@ class TrainConfig:
             raise UserError(f"normalization must be two percentiles 0 <= low < high <= 100, got {self.normalization}")
         if self.warmup_steps < 0:
             raise UserError(f"warmup_steps must be non-negative, got {self.warmup_steps}")
+        if not self.contact_weight >= 1.0:
+            raise UserError(f"contact_weight must be at least 1, got {self.contact_weight}")
+        if self.contact_weight != 1.0 and not (self.contacts and self.loss == "bce_dice"):
+            raise UserError("contact_weight weighs the contact channel's pixels: it needs contacts and loss='bce_dice'")
         if not 0.0 <= self.touch_crops <= 1.0:
             raise UserError(f"touch_crops must be a share in [0, 1], got {self.touch_crops}")
         if self.touch_crops and self.sampling != "crop":
@@ -258,8 +266,8 @@ POSTPROCESSING_FIELDS = ("threshold", "min_size", "marker_height", "contact_thre
 
 # The fields that describe the network and what it sees: a fine-tuning run takes them from the model it starts from.
 ARCHITECTURE = ("depth", "base_filters", "batch_norm", "dropout", "contacts", "contact_radius", "tile_size",
-                "min_overlap", "normalization", "loss", "threshold", "min_size", "marker_height", "contact_threshold",
-                "tta")
+                "min_overlap", "normalization", "loss", "contact_weight", "threshold", "min_size", "marker_height",
+                "contact_threshold", "tta")
 
 PRESETS: dict[str, dict] = {
     # The reference write-up: a 64..1024 U-Net, BCE, batch 20, 3 x 3500 steps. A GPU job.

@@ -52,6 +52,8 @@ def build_model(config: TrainConfig) -> keras.Model:
     """
     model = _new_model(config) if config.init is None else _initial_model(config)
     loss = unet.bce_dice_loss if config.loss == "bce_dice" else keras.losses.BinaryCrossentropy()
+    if config.contact_weight != 1.0:
+        loss = unet.ContactWeightedLoss(config.contact_weight)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate_schedule(config)), loss=loss,
                   metrics=[unet.DiceCoefficient()], jit_compile=effective_jit_compile(config))
     return model

@@ -72,7 +72,7 @@ def test_a_saved_config_with_a_removed_key_still_loads(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({**config.to_dict(), "min_size_relative": None}))
     assert TrainConfig.load(tmp_path / "config.json") == config
     # Options rejected on the leave-one-cluster-out measure: the committed run files that used them load.
-    removed = {"colour_variants": 4, "contact_weight": 5.0, "cores": True}
+    removed = {"colour_variants": 4, "cores": True}
     (tmp_path / "config.json").write_text(json.dumps({**config.to_dict(), **removed}))
     assert TrainConfig.load(tmp_path / "config.json") == config
     kept = Path(__file__).resolve().parents[1] / "docs" / "results" / "leave-cluster-out"
@@ -88,6 +88,16 @@ def test_the_config_module_is_a_leaf_that_neither_segments_nor_imports_keras():
                                "('keras', 'tensorflow', 'nucleunet.postprocessing', 'nucleunet.prediction', 'dsb') "
                                "if m in sys.modules))"], capture_output=True, text=True, check=True)
     assert finished.stdout.strip() == "[]"
+
+
+def test_contact_weight_needs_the_contact_channel():
+    with pytest.raises(UserError, match="at least 1"):
+        TrainConfig.from_preset("cpu", contact_weight=0.5)
+    with pytest.raises(UserError, match="needs contacts"):
+        TrainConfig.from_preset("cpu", contact_weight=5.0, contacts=False)
+    with pytest.raises(UserError, match="needs contacts"):
+        TrainConfig.from_preset("seed", contact_weight=5.0)  # plain BCE, one channel
+    assert TrainConfig.from_preset("cpu", contact_weight=5.0).contact_weight == 5.0
 
 
 def test_touch_crops_is_a_share_of_crops():

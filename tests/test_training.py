@@ -340,6 +340,17 @@ def test_a_preset_length_follows_the_precision_chosen_for_this_machine(monkeypat
                                                  "steps_per_epoch": 60}
 
 
+def test_a_contact_weighted_loss_trains_and_its_model_loads(synthetic_folder, tmp_path):
+    records, split = _records_and_split(synthetic_folder)
+    config = _config(contacts=True, contact_weight=5.0)
+    model = training.build_model(config)
+    assert isinstance(model.loss, unet.ContactWeightedLoss) and model.loss.weight == 5.0
+    checkpoint = training.train(config, tmp_path, training.prepare_training_data(records, split, config),
+                                progress=False)
+    assert unet.load_model(checkpoint).output_shape[-1] == 2
+    assert np.isfinite(pd.read_csv(tmp_path / "history.csv")["loss"]).all()
+
+
 def test_touch_crops_centre_crops_where_nuclei_touch():
     labels = np.zeros((200, 200), np.uint16)
     labels[90:110, 60:100], labels[90:110, 100:140] = 1, 2  # two nuclei touching at column 100, far from the edges

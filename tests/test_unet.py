@@ -118,3 +118,27 @@ def test_model_with_custom_objects_saves_and_loads(tmp_path):
     loaded = keras.models.load_model(path)
     x = np.random.default_rng(0).random((1, 32, 32, 1)).astype(np.float32)
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+
+
+def test_contact_weighted_loss_weighs_the_pixels_where_nuclei_touch():
+    rng = np.random.default_rng(0)
+    truth = np.zeros((2, 8, 8, 2), np.float32)
+    truth[:, 2:6, 1:7, 0] = 1
+    truth[:, 2:6, 3:5, 1] = 1  # the contact band between two nuclei
+    predicted = rng.uniform(0.05, 0.95, truth.shape).astype(np.float32)
+    plain = np.asarray(unet.bce_dice_loss(truth, predicted))
+    same = unet.ContactWeightedLoss(1.0)
+    np.testing.assert_allclose(float(same(truth, predicted)), plain.mean(), rtol=1e-5)
+    # An error in the band costs more with the weight; the same error elsewhere costs the same.
+    wrong_in_band, wrong_elsewhere = predicted.copy(), predicted.copy()
+    wrong_in_band[:, 3, 3, 0], wrong_elsewhere[:, 7, 7, 0] = 0.01, 0.99
+    weighted = unet.ContactWeightedLoss(5.0)
+    band_cost = float(weighted(truth, wrong_in_band)) - float(weighted(truth, predicted))
+    plain_band_cost = float(same(truth, wrong_in_band)) - float(same(truth, predicted))
+    assert band_cost > 3 * plain_band_cost > 0
+    elsewhere_cost = float(weighted(truth, wrong_elsewhere)) - float(weighted(truth, predicted))
+    plain_elsewhere_cost = float(same(truth, wrong_elsewhere)) - float(same(truth, predicted))
+    np.testing.assert_allclose(elsewhere_cost, plain_elsewhere_cost, rtol=1e-3)
+    assert unet.ContactWeightedLoss.from_config(weighted.get_config()).weight == 5.0
+    with pytest.raises(ValueError, match="contact channel"):
+        weighted(truth[..., :1], predicted[..., :1])
