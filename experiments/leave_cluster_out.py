@@ -48,15 +48,13 @@ RECIPES: dict[str, list[str]] = {
     # rule in decision_rule.txt): the cross-entropy of the pixels where nuclei touch counted 5 times
     # (unet.ContactWeightedLoss).
     "contact-weight": ["--contact-weight", "5"],
+    # Tried and rejected (decision.txt): "cytoplasm", --cytoplasm 0.3 (a cytoplasm painted around the nuclei).
     # Tried and rejected (decision.txt): "cores", --cores (a third output channel, the core of each nucleus, as seeds).
     # Each fault of acquisition (bright specks, saturation, low light, JPEG) in 15 % of the crops
     # (augment.acquisition_faults).
     "acquisition": ["--acquisition", "0.15"],
     # Half the training crops centred where two nuclei touch (CropBatches, augment.touching_places).
     "touch-crops": ["--touch-crops", "0.5"],
-    # A cytoplasm painted around the nuclei of 30 % of the training crops (augment.add_cytoplasm), as brightfield
-    # images of whole cells show.
-    "cytoplasm": ["--cytoplasm", "0.3"],
     # A wider network: 24 filters at the first level instead of 16 (about twice the work per step).
     "wide24": ["--base-filters", "24"],
 }

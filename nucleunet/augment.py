@@ -225,38 +225,3 @@ def crop_targets(labels: np.ndarray, contacts: bool, contact_radius: int = CONTA
         channels.append(contact_map(labels, contact_radius))
     return np.stack(channels, axis=-1).astype(np.float32)
 
-
-# ``add_cytoplasm``: how far the cells reach beyond their nuclei (in nucleus radii), how bright their cytoplasm is
-# (a share of the crop's nucleus level) and how coarse its texture (pixels).
-CYTOPLASM_REACH = (1.0, 4.0)
-CYTOPLASM_LEVEL = (0.25, 0.75)
-CYTOPLASM_TEXTURE = 4.0
-
-
-def add_cytoplasm(crop: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """``crop`` with a cytoplasm painted around each nucleus, dimmer than the nuclei and textured: what a
-    brightfield image of whole cells or a stained section shows once inverted, and a fluorescence image lacks.
-
-    Each nucleus's cell is its label grown by a few nucleus radii (``skimage.segmentation.expand_labels``, so that
-    neighbouring cells meet and do not overlap); its pixels outside the nuclei are raised to a level drawn in
-    ``CYTOPLASM_LEVEL`` of the nuclei's median intensity, times a smooth texture (about 1 +- 0.3); the nuclei keep
-    their pixels. The labels are unchanged: the cytoplasm is not nucleus.
-
-    Returns
-    -------
-    ndarray, shape (H, W), float32 in [0, 1]
-    """
-    import skimage.segmentation
-
-    out = np.asarray(crop, np.float32)
-    nuclei = labels > 0
-    if not nuclei.any():
-        return out.copy()
-    radius = np.sqrt(nuclei.sum() / max(len(np.unique(labels[nuclei])), 1) / np.pi)
-    cells = skimage.segmentation.expand_labels(labels, distance=radius * rng.uniform(*CYTOPLASM_REACH))
-    cytoplasm = (cells > 0) & ~nuclei
-    level = float(np.median(out[nuclei])) * rng.uniform(*CYTOPLASM_LEVEL)
-    texture = ndi.gaussian_filter(rng.normal(0, 1, out.shape), CYTOPLASM_TEXTURE)
-    texture = 1 + 0.3 * texture / max(float(texture.std()), 1e-6)
-    painted = np.where(cytoplasm, np.maximum(out, level * texture), out)
-    return np.clip(painted, 0, 1).astype(np.float32)

@@ -29,7 +29,7 @@ DISTRIBUTE_MODES = ("none", "mirrored", "multiworker")
 DEFAULT_SPLIT = "datasets/split.csv"
 # Keys that earlier versions wrote into config.json and that their decision rules rejected (docs/results.md): a saved
 # config that has them still loads. Its value must be one that meant "off".
-REMOVED_KEYS = {"min_size_relative": None, "colour_variants": 0, "cores": False}
+REMOVED_KEYS = {"min_size_relative": None, "colour_variants": 0, "cores": False, "cytoplasm": 0.0}
 
 
 @dataclass(frozen=True)
@@ -76,9 +76,6 @@ class TrainConfig:
         With ``sampling='crop'``: the share of training crops centred where two nuclei touch (a pixel of the contact
         band, ``tiling.contact_map``), so that the few places that decide whether touching nuclei come out apart
         are seen more often. 0: crops at random places only.
-    cytoplasm : float
-        With ``sampling='crop'``: the share of training crops with a dimmer, textured cytoplasm painted around their
-        nuclei (``augment.add_cytoplasm``), as brightfield images of whole cells and stained sections show. 0: none.
     warmup_steps : int
         Steps over which the learning rate rises linearly from 0 to ``learning_rate`` (cosine schedule only).
     precision : str
@@ -137,7 +134,6 @@ class TrainConfig:
     blur: float = 0.0
     acquisition: float = 0.0
     touch_crops: float = 0.0
-    cytoplasm: float = 0.0
     warmup_steps: int = 0
     precision: str = "float32"
     jit_compile: bool | str = False
@@ -192,10 +188,6 @@ class TrainConfig:
             raise UserError(f"touch_crops must be a share in [0, 1], got {self.touch_crops}")
         if self.touch_crops and self.sampling != "crop":
             raise UserError("touch_crops needs sampling='crop' (crops are placed in whole images)")
-        if not 0.0 <= self.cytoplasm <= 1.0:
-            raise UserError(f"cytoplasm must be a share in [0, 1], got {self.cytoplasm}")
-        if self.cytoplasm and self.sampling != "crop":
-            raise UserError("cytoplasm needs sampling='crop' (it is painted on training crops)")
         self.augmentation  # noqa: B018 - checks the ranges (augment.Augmentation raises ValueError)
         if self.figures_per_cluster < 0:
             raise UserError(f"figures_per_cluster must be non-negative, got {self.figures_per_cluster}")

@@ -190,9 +190,8 @@ class CropBatches(keras.utils.PyDataset):
     ``config.crop_size`` crop of it zoomed by a log-uniform ``config.scale_range`` factor, turned by one
     of the 8 flips/rotations and changed in intensity (``augment``); the targets are made from the
     crop's labels after zooming. With ``config.touch_crops``, that share of the crops is centred where two
-    nuclei touch (where the image has such places: ``augment.touching_places``); with ``config.cytoplasm``,
-    that share of the crops gets cells painted around its nuclei (``augment.add_cytoplasm``). Batch ``i`` of
-    epoch ``e`` depends only on ``(seed, e, i)``, as for ``TileBatches``.
+    nuclei touch (where the image has such places: ``augment.touching_places``). Batch ``i`` of epoch ``e``
+    depends only on ``(seed, e, i)``, as for ``TileBatches``.
     """
 
     def __init__(self, whole: list, config: TrainConfig):
@@ -224,8 +223,6 @@ class CropBatches(keras.utils.PyDataset):
             crop, labels = augment.random_crop(self.images[which], self.labels[which], size, scale, rng, centre)
             turn = int(rng.integers(0, 8))
             crop, labels = dihedral(crop, turn), dihedral(labels, turn)
-            if self.config.cytoplasm and rng.random() < self.config.cytoplasm:
-                crop = augment.add_cytoplasm(crop, labels, rng)
             images.append(augment.change_intensities(crop, self.augmentation, rng))
             targets.append(augment.crop_targets(np.ascontiguousarray(labels), self.config.contacts,
                                                    self.config.contact_radius))
