@@ -136,13 +136,12 @@ def _loco_table(args, folds) -> int:
     table = []
     for name in args.settings:
         what, overrides = SETTINGS[name]
-        clusters, rows_all, seconds = {}, [], 0.0
+        clusters, seconds = {}, 0.0
         for cluster, model, images in folds:
             spent, rows = run_setting(model.with_settings(**overrides), images)
             seconds += spent
             clusters[str(cluster)] = {"images": len(rows), "map": float(np.mean([row["map"] for row in rows])),
                                       "per_image": rows}
-            rows_all += rows
         maps = {int(c): v["map"] for c, v in clusters.items()}
         fluorescence = [m for c, m in maps.items() if c in FLUORESCENCE_CLUSTERS]
         other = [m for c, m in maps.items() if c not in FLUORESCENCE_CLUSTERS]
