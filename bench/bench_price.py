@@ -64,6 +64,11 @@ LOCO_RUNS = common.PROJECT_DIR / "runs" / "leave-cluster-out"
 FLUORESCENCE_CLUSTERS = (0, 1, 2, 3)
 
 
+def _as_json(settings: dict) -> dict:
+    """Settings as JSON writes them: tuples as lists."""
+    return {key: list(value) if isinstance(value, tuple) else value for key, value in settings.items()}
+
+
 def loco_setup(recipe: str, per_cluster: int | None, runs: Path = LOCO_RUNS, split_path: Path = LOCO_SPLIT,
                seed: int = 0, *, cache: bool = True) -> list[tuple[int, object, list]]:
     """(cluster, model with ``LOCO_DEFAULTS``, its held-out images) for every cluster that ``recipe``'s
@@ -130,8 +135,7 @@ def loco_main(args) -> int:
 
 def _loco_table(args, folds) -> int:
     results = {"benchmark": "price", "leave_cluster_out": args.leave_cluster_out, "per_cluster": args.per_cluster,
-               "quick": args.quick, "machine": common.machine(), "engine": "keras", "defaults": {
-                   key: list(value) if isinstance(value, tuple) else value for key, value in LOCO_DEFAULTS.items()},
+               "quick": args.quick, "machine": common.machine(), "engine": "keras", "defaults": _as_json(LOCO_DEFAULTS),
                "settings": {}}
     table = []
     for name in args.settings:
@@ -145,8 +149,7 @@ def _loco_table(args, folds) -> int:
         maps = {int(c): v["map"] for c, v in clusters.items()}
         fluorescence = [m for c, m in maps.items() if c in FLUORESCENCE_CLUSTERS]
         other = [m for c, m in maps.items() if c not in FLUORESCENCE_CLUSTERS]
-        entry = {"what": what, "overrides": {key: list(value) if isinstance(value, tuple) else value
-                                             for key, value in overrides.items()},
+        entry = {"what": what, "overrides": _as_json(overrides),
                  "mean_over_clusters": float(np.mean(list(maps.values()))),
                  "fluorescence": float(np.mean(fluorescence)) if fluorescence else None,
                  "stained_or_brightfield": float(np.mean(other)) if other else None,
@@ -265,8 +268,7 @@ def main(argv=None) -> int:
                 seconds, rows = run_setting(model.with_settings(**overrides), images)
                 mean_map = float(np.mean([row["map"] for row in rows]))
                 entry["settings"][name] = {
-                    "what": what, "overrides": {key: list(value) if isinstance(value, tuple) else value
-                                                for key, value in overrides.items()},
+                    "what": what, "overrides": _as_json(overrides),
                     "seconds": seconds, "seconds_per_megapixel": seconds / megapixels, "map": mean_map,
                     "dice": float(np.mean([row["dice"] for row in rows])), "per_image": rows}
                 table.append((f"{subset}: {name}", seconds / megapixels, mean_map, seconds / floor))
