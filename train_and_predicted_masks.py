@@ -59,8 +59,8 @@ TRAINING_OPTIONS = ("epochs", "steps_per_epoch", "batch_size", "learning_rate", 
 SCALE_HELP = ("zoom images by this factor (0.05-4) before the model sees them (2 for nuclei half the size of the "
               "training set's); 'auto': each image by 0.35-2.83x, to bring its nuclei, measured in a first pass, to "
               "the training images' typical size")
-POSTPROCESSING_OPTIONS = ("threshold", "min_size", "marker_height", "contact_threshold", "tta", "tta_views", "scale",
-                          "tile_size", "min_score", "extra_zooms", "flat_field", "denoise")
+POSTPROCESSING_OPTIONS = ("threshold", "min_size", "marker_height", "contact_threshold", "tta", "tta_views",
+                          "tta_extra_zooms", "scale", "tile_size", "min_score", "extra_zooms", "flat_field", "denoise")
 MODEL_HELP = ("a saved model: a .keras file (e.g. runs/RUN/model.keras), its run folder, or a ready model's name "
               "(unet_dsb2018)")
 EXTRA_ZOOMS_HELP = ("also predict each image at these zooms relative to --scale's and average the maps (1.41: zoomed "
@@ -182,6 +182,10 @@ def _add_postprocessing_options(parser: argparse.ArgumentParser, default_text: s
                            help="with --tta, how many views: 2 (the image and its mirror image), 4 (its four "
                                 "mirrorings) or 8 (and their quarter turns) (default: the model's "
                                 "postprocessing.json)")
+        group.add_argument("--tta-extra-zooms", action=argparse.BooleanOptionalAction, default=None,
+                           help="with --tta and --extra-zooms: predict the extra zooms with the same views too "
+                                "(--no-tta-extra-zooms: the image alone there, the views at the first zoom only) "
+                                "(default: the model's postprocessing.json)")
         group.add_argument("--scale", type=_scale, metavar="FACTOR|auto", help=SCALE_HELP)
         group.add_argument("--extra-zooms", type=_zoom, nargs="*", metavar="F", help=EXTRA_ZOOMS_HELP)
         group.add_argument("--flat-field", action=argparse.BooleanOptionalAction, default=None,

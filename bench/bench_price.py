@@ -33,14 +33,20 @@ import numpy as np
 import common
 
 # name: (what it is, the fields of Postprocessing it changes from the model's own). Each row switches off or
-# cheapens one step of the defaults, or sets the number of test-time views; 'plain' switches off all of them: one
-# pass at the image's own size. (The run of 2026-12-06 in bench/results/price.json was made when the defaults had 8
+# cheapens one step of the defaults, or sets the number of test-time views (at both zooms, or at the first alone);
+# 'plain' switches off all of them: one pass at the image's own size. (The run of 2026-12-06 in bench/results/price.json was made when the defaults had 8
 # views: its rows 'defaults' and 'no second zoom' are 8 views; each row's "overrides" says what it changed.)
 SETTINGS = {
     "defaults": ("the ready model's defaults (postprocessing.json)", {}),
-    "TTA 8 views": ("8 views (all flips and quarter turns)", {"tta": True, "tta_views": 8}),
-    "TTA 4 views": ("4 views (the mirrorings)", {"tta": True, "tta_views": 4}),
-    "TTA 2 views": ("2 views (the image and its mirror image)", {"tta": True, "tta_views": 2}),
+    "TTA 8 views": ("8 views (all flips and quarter turns)", {"tta": True, "tta_views": 8, "tta_extra_zooms": True}),
+    "TTA 4 views": ("4 views (the mirrorings)", {"tta": True, "tta_views": 4, "tta_extra_zooms": True}),
+    "TTA 2 views": ("2 views (the image and its mirror image)", {"tta": True, "tta_views": 2, "tta_extra_zooms": True}),
+    "TTA 8 views, second zoom 1 view": ("8 views at the automatic zoom, the image alone at the second zoom",
+                                        {"tta": True, "tta_views": 8, "tta_extra_zooms": False}),
+    "TTA 4 views, second zoom 1 view": ("4 views at the automatic zoom, the image alone at the second zoom",
+                                        {"tta": True, "tta_views": 4, "tta_extra_zooms": False}),
+    "TTA 2 views, second zoom 1 view": ("2 views at the automatic zoom, the image alone at the second zoom",
+                                        {"tta": True, "tta_views": 2, "tta_extra_zooms": False}),
     "no TTA": ("without test-time augmentation", {"tta": False}),
     "TTA 8 views, no second zoom": ("8 views at the automatic zoom alone",
                                     {"tta": True, "tta_views": 8, "extra_zooms": ()}),
@@ -57,7 +63,8 @@ SETTINGS = {
 # What the ready model's defaults do to an image, given to the networks of the leave-one-cluster-out runs (which were
 # scored at 1x, one pass): 2 views of test-time augmentation, the automatic zoom and a second zoom 1.41x larger, the
 # flat field (models/unet_dsb2018/postprocessing.json). Their thresholds and nucleus area stay their own.
-LOCO_DEFAULTS = {"tta": True, "tta_views": 2, "scale": "auto", "extra_zooms": (2 ** 0.5,), "flat_field": True}
+LOCO_DEFAULTS = {"tta": True, "tta_views": 2, "tta_extra_zooms": True, "scale": "auto", "extra_zooms": (2 ** 0.5,),
+                 "flat_field": True}
 LOCO_SPLIT = common.PROJECT_DIR / "docs" / "results" / "split.csv"
 LOCO_RUNS = common.PROJECT_DIR / "runs" / "leave-cluster-out"
 # Which clusters hold which kind (experiments/leave_cluster_out.py's KINDS).

@@ -78,6 +78,10 @@ class Postprocessing:
     tta_views : int, 2, 4 or 8
         With ``tta``, how many views (``prediction.TTA_VIEWS``): 2, the image and its mirror image; 4, its four
         mirrorings; 8, those and their quarter turns. The model's work grows with the number.
+    tta_extra_zooms : bool
+        With ``tta`` and ``extra_zooms``: the extra zooms are predicted with the same views (True), or the image
+        alone (False: the views at ``scale`` only; an extra zoom of 1.41 holds twice the pixels, so its views
+        cost the most).
     scale : float or 'auto'
         The images are zoomed by it before the model sees them (``prediction.predict_maps``); ``min_size`` stays
         in the image's own pixels. 'auto': each image by its own zoom, the one of ``AUTO_SCALES`` that
@@ -116,6 +120,7 @@ class Postprocessing:
     contact_threshold: float = 0.2
     tta: bool = False
     tta_views: int = 8
+    tta_extra_zooms: bool = True
     scale: float | str = 1.0
     tile_size: int | str | None = None
     nucleus_area: float | None = None
@@ -148,7 +153,7 @@ class Postprocessing:
             raise UserError("scale 'auto' needs the typical nucleus area of the model's training images "
                             "(nucleus_area in its postprocessing.json), which this model's files do not give: "
                             "run 'tune' on the model once to add it, or give a --scale factor")
-        for name in ("tta", "flat_field", "denoise"):
+        for name in ("tta", "tta_extra_zooms", "flat_field", "denoise"):
             if not isinstance(getattr(self, name), bool):
                 raise UserError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if isinstance(self.tta_views, bool) or self.tta_views not in TTA_VIEW_COUNTS:
@@ -244,8 +249,15 @@ class Postprocessing:
 
     @property
     def views(self) -> int:
-        """How many views of an image the model predicts at each zoom: ``tta_views`` with ``tta``, else 1."""
+        """How many views of an image the model predicts at ``scale``: ``tta_views`` with ``tta``, else 1."""
         return self.tta_views if self.tta else 1
+
+    @property
+    def zoom_views(self) -> tuple[int, ...]:
+        """How many views the model predicts at each of ``zooms``: ``views`` at ``scale``, and at the extra zooms
+        too unless ``tta_extra_zooms`` is off (then one)."""
+        extra = self.views if self.tta_extra_zooms else 1
+        return (self.views,) + (extra,) * (len(self.zooms) - 1)
 
     def mask(self, maps: np.ndarray) -> np.ndarray:
         """The thresholded nucleus channel: ndarray (H, W), bool (what the pixel Dice scores)."""

@@ -204,12 +204,13 @@ def image_maps(predict_tiles: PredictTiles, image: np.ndarray, settings: Postpro
 
 def _zoomed_maps(predict_tiles: PredictTiles, image: np.ndarray, settings: Postprocessing, *, tile_size,
                  min_overlap: int, first: np.ndarray | None = None) -> np.ndarray:
-    """The mean of the maps of ``image`` (prepared) at each of ``settings.zooms`` (resolved); ``first``, the
+    """The mean of the maps of ``image`` (prepared) at each of ``settings.zooms`` (resolved), each from its
+    ``settings.zoom_views`` views; ``first``, the
     automatic zoom's first pass over the whole image (``adaptation.resolve``), is reused as the 1x view at 1x."""
     total = None
-    for zoom in settings.zooms:
+    for zoom, views in zip(settings.zooms, settings.zoom_views):
         maps = predict_maps(predict_tiles, image, tile_size=settings.tile_size or tile_size,
-                            min_overlap=min_overlap, tta=settings.views, scale=zoom,
+                            min_overlap=min_overlap, tta=views, scale=zoom,
                             identity=first if zoom == 1.0 else None)
         total = maps if total is None else total + maps
     return total / len(settings.zooms) if len(settings.zooms) > 1 else total
@@ -246,10 +247,11 @@ def segment_image(predict_tiles: PredictTiles, image: np.ndarray, settings: Post
     probability : bool
         Also return the nucleus probability (2 bytes a pixel: leave it out of a large image unless needed).
     progress : callable, optional
-        Called with the number of tiles each model call predicted (e.g. a tqdm bar's ``update``).
+        Called with the number of tiles each model call predicted, each view of a tile counted (e.g. a tqdm bar's
+        ``update``).
     total : callable, optional
         Called once, when the zoom is known, with the number of tiles ``progress`` will count in all (``tile_count``;
-        the automatic zoom's first pass is not counted, unless it is the whole prediction).
+        the automatic zoom's first pass is not counted, unless it is one of the views predicted).
 
     Returns
     -------
@@ -267,14 +269,13 @@ def segment_image(predict_tiles: PredictTiles, image: np.ndarray, settings: Post
     settings, first = adaptation.resolve(prepared.settings, image, first_pass(
         predict_tiles, prepared.settings, tile_size=tile_size, min_overlap=min_overlap), most=block_size)
     facts = (prepared.unevenness, prepared.flattened, prepared.smoothed)
-    views = settings.views
     if total is not None:
         total(tile_count(image.shape, settings, tile_size, min_overlap, block_size, margin))
     if progress is not None and first is not None and 1.0 in settings.zooms:  # the first pass is one 1x view
-        progress(tile_count(image.shape, settings.replace(scale=1.0, extra_zooms=()), tile_size, min_overlap,
-                            block_size, margin) / views)
+        progress(tile_count(image.shape, settings.replace(scale=1.0, extra_zooms=(), tta=False), tile_size,
+                            min_overlap, block_size, margin))
     if progress is not None:
-        predict_tiles = _counting(predict_tiles, progress, views)
+        predict_tiles = _counting(predict_tiles, progress)
     height, width = image.shape
     if height <= block_size and width <= block_size:
         maps = _zoomed_maps(predict_tiles, image, settings, tile_size=tile_size, min_overlap=min_overlap,
@@ -314,18 +315,18 @@ def segment_image(predict_tiles: PredictTiles, image: np.ndarray, settings: Post
 
 def tile_count(shape: tuple[int, int], settings: Postprocessing, tile_size=TILE_SIZE,
                min_overlap: int = MIN_OVERLAP, block_size: int = 2048, margin: int = 128) -> int:
-    """How many tiles ``segment_image`` predicts for an image of ``shape``, at each of its zooms (for a progress bar;
-    scale 'auto' counts as 1x, and its first pass is not counted: ``segment_image`` reports the count at the zoom it
-    chose)."""
-    zooms = (settings.replace(scale=1.0) if settings.scale == "auto" else settings).zooms
+    """How many tiles ``segment_image`` predicts for an image of ``shape``, each view of a tile at each zoom counted
+    (for a progress bar; scale 'auto' counts as 1x, and its first pass is not counted: ``segment_image`` reports the
+    count at the zoom it chose)."""
+    resolved = settings.replace(scale=1.0) if settings.scale == "auto" else settings
 
     def tiles_of(size):
         count = 0
-        for zoom in zooms:
+        for zoom, views in zip(resolved.zooms, resolved.zoom_views):
             zoomed = tuple(max(int(round(side * zoom)), 1) for side in size)
             side = settings.tile_size or tile_size
             side = inference_tile_size(zoomed, AUTO_TILE_MAX, min_overlap) if side == "auto" else side
-            count += len(tiling.tile_grid(zoomed, side, min_overlap))
+            count += len(tiling.tile_grid(zoomed, side, min_overlap)) * views
         return count
 
     height, width = shape
@@ -336,11 +337,11 @@ def tile_count(shape: tuple[int, int], settings: Postprocessing, tile_size=TILE_
                for top in range(0, height, block_size) for left in range(0, width, block_size))
 
 
-def _counting(predict_tiles: PredictTiles, progress, calls_per_tile: int) -> PredictTiles:
-    """``predict_tiles`` that also reports how many image tiles it predicted (each seen ``calls_per_tile`` times)."""
+def _counting(predict_tiles: PredictTiles, progress) -> PredictTiles:
+    """``predict_tiles`` that also reports how many tiles it predicted."""
     def counted(tiles: np.ndarray) -> np.ndarray:
         predicted = predict_tiles(tiles)
-        progress(len(tiles) / calls_per_tile)
+        progress(len(tiles))
         return predicted
 
     return counted

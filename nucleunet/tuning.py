@@ -39,7 +39,7 @@ def tuning_grid(has_contacts: bool, prediction_settings: Postprocessing) -> list
     """The settings ``tune_postprocessing`` tries: every threshold and speck size with every way of splitting (by
     the contact channel at each contact threshold if the model has one, else not at all; or by a distance
     watershed of each marker height). The fields that say how the maps were predicted (``tta``, ``tta_views``,
-    ``scale``, ``tile_size``, ``nucleus_area``, ``extra_zooms``, ``flat_field``, ``denoise``) are those of
+    ``tta_extra_zooms``, ``scale``, ``tile_size``, ``nucleus_area``, ``extra_zooms``, ``flat_field``, ``denoise``) are those of
     ``prediction_settings`` in every setting, and so are the nucleus score's (tried on top of the best:
     ``tune_run``)."""
     splits = ([(None, c) for c in TUNE_CONTACT_THRESHOLDS] if has_contacts else [(None, 0.2)])

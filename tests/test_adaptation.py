@@ -132,14 +132,15 @@ def test_auto_scale_of_a_large_image_is_one_zoom_for_all_its_blocks():
     assert found.labels.max() == 16 and found.scale == 2.0
 
 
-@pytest.mark.parametrize("tta, extra", [(False, ()), (True, ()), (False, (2 ** 0.5,))])
+@pytest.mark.parametrize("tta, extra, tta_extra", [(False, (), True), (True, (), True), (False, (2 ** 0.5,), True),
+                                                  (True, (2 ** 0.5,), True), (True, (2 ** 0.5,), False)])
 @pytest.mark.parametrize("zoom_area", [1.0, 4.0])  # 4x the nuclei's area: zoomed 2x
-def test_segment_image_reports_the_tiles_it_will_predict_at_the_zoom_it_chose(tta, extra, zoom_area):
+def test_segment_image_reports_the_tiles_it_will_predict_at_the_zoom_it_chose(tta, extra, tta_extra, zoom_area):
     image = np.tile(_disks(), (2, 2))  # 240 x 320
     area = postprocessing.typical_area(postprocessing.probability_to_labels(image, min_size=0))
     for block_size in (100, 2048):  # in blocks, and in one piece
         auto = postprocessing.Postprocessing(scale="auto", nucleus_area=zoom_area * area, min_size=5, tta=tta,
-                                      extra_zooms=extra)
+                                             extra_zooms=extra, tta_extra_zooms=tta_extra)
         totals, counted = [], []
         scale = prediction.segment_image(lambda tiles: tiles, image, auto, tile_size=64, min_overlap=8,
                                          block_size=block_size, margin=20, progress=counted.append,

@@ -356,6 +356,9 @@ def test_tta_views_from_the_command_line_for_predict_and_evaluate_only():
     for bad in (["predict", "x.png", "--tta-views", "3"], ["train", "--tta-views", "2"]):
         with pytest.raises(SystemExit):
             parser.parse_args(bad)
+    assert cli.postprocessing_overrides(parser.parse_args(["predict", "x.png", "--no-tta-extra-zooms"])) == {
+        "tta_extra_zooms": False}
+    assert "tta_extra_zooms" not in cli.postprocessing_overrides(parser.parse_args(["predict", "x.png"]))
     # the ready model's own number of views, chosen by price (docs/results.md), and the option that overrides it
     ready = load_model()
     assert ready.postprocessing.views == 2 and ready.with_settings(tta_views=8).postprocessing.views == 8

@@ -108,7 +108,7 @@ def test_postprocessing_splits_by_contacts_unless_a_marker_height_is_set():
 
 def test_postprocessing_round_trips_through_its_file(tmp_path):
     settings = postprocessing.Postprocessing(threshold=0.6, min_size=15, marker_height=2.0, contact_threshold=0.3,
-                                             tta=True)
+                                             tta=True, tta_extra_zooms=False)
     settings.save(tmp_path / "postprocessing.json")
     assert postprocessing.Postprocessing.load(tmp_path / "postprocessing.json") == settings
     assert json.loads((tmp_path / "postprocessing.json").read_text())["threshold"] == 0.6

@@ -243,7 +243,37 @@ def test_the_automatic_zooms_first_pass_is_the_1x_view_of_the_prediction():
     np.testing.assert_allclose(maps, expected, atol=1e-5)
     progress = []
     prediction.segment_image(model, image, settings, progress=progress.append, **options)
-    assert sum(progress) == tiles  # the progress bar still counts every tile once
+    assert sum(progress) == 4 * tiles  # the progress bar counts every view of every tile, the first pass as one
+
+
+def test_the_extra_zooms_take_the_views_or_the_image_alone():
+    image = np.zeros((160, 200), np.float32)
+    rows, cols = np.mgrid[:160, :200]
+    for row, col in ((40, 50), (100, 140), (120, 40)):
+        image[(rows - row) ** 2 + (cols - col) ** 2 < 100] = 0.9
+    options = {"tile_size": 64, "min_overlap": 8}
+    both = postprocessing.Postprocessing(tta=True, tta_views=4, extra_zooms=(2.0,), flat_field=False)
+    first_only = both.replace(tta_extra_zooms=False)
+    assert both.zoom_views == (4, 4) and first_only.zoom_views == (4, 1)
+    assert both.replace(tta=False).zoom_views == (1, 1) and first_only.replace(extra_zooms=()).zoom_views == (4,)
+
+    def model(tiles):
+        calls.append(len(tiles))
+        return np.clip(_position_model(tiles), 0, 1)
+
+    at_1x = len(tiling.tile_grid(image.shape, 64, 8))
+    at_2x = len(tiling.tile_grid((320, 400), 64, 8))
+    for settings, views_at_2x in ((both, 4), (first_only, 1)):
+        calls = []
+        maps = prediction.image_maps(model, image, settings, **options)
+        assert sum(calls) == 4 * at_1x + views_at_2x * at_2x
+        clipped = lambda t: np.clip(_position_model(t), 0, 1)  # noqa: E731
+        expected = (prediction.predict_maps(clipped, image, tta=4, **options)
+                    + prediction.predict_maps(clipped, image, tta=views_at_2x, scale=2.0, **options)) / 2
+        np.testing.assert_allclose(maps, expected, atol=1e-5)
+        assert prediction.tile_count(image.shape, settings, **options) == 4 * at_1x + views_at_2x * at_2x
+    with pytest.raises(postprocessing.UserError, match="tta_extra_zooms"):
+        postprocessing.Postprocessing(tta_extra_zooms="no")
 
 
 def test_tta_views_is_a_setting_with_bounds():
