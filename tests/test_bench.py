@@ -149,7 +149,14 @@ def test_bench_price_quick(tmp_path):
 def test_bench_price_on_held_out_clusters_quick(tmp_path):
     results = run_quick(tmp_path, "bench_price.py", "--leave-cluster-out", "today", "--per-cluster", "2",
                         "--settings", "defaults", "plain")
-    assert results["leave_cluster_out"] == "today" and results["defaults"]["tta_views"] == 2
+    # the held-out networks get what the ready model's defaults do to an image
+    from nucleunet import models
+    from nucleunet.postprocessing import Postprocessing
+
+    ready = Postprocessing.load(models.ready_model_path().parent / "postprocessing.json")
+    assert results["leave_cluster_out"] == "today"
+    for field, value in results["defaults"].items():
+        assert getattr(ready, field) == (tuple(value) if isinstance(value, list) else value), field
     for entry in results["settings"].values():
         assert set(entry["clusters"]) == {"0", "1"}
         assert all(value["images"] == 2 for value in entry["clusters"].values())
