@@ -148,13 +148,19 @@ def stitch_tiles(tiles: np.ndarray, corners, shape: tuple[int, int], tile_size=T
         return tiles[0, : shape[0], : shape[1]].astype(np.float32)
     height, width = max(shape[0], tile_rows), max(shape[1], tile_cols)
     extra = tiles.shape[3:]
-    weights = tile_weights(tile_size, ramp).astype(np.float64).reshape((tile_rows, tile_cols) + (1,) * len(extra))
-    total = np.zeros((height, width) + extra, np.float64)
-    weight_sum = np.zeros((height, width) + (1,) * len(extra), np.float64)
+    # float32 throughout, in place: float64 sums of a large image cost 4-17x the time (bench: a 4096 x 4096 image
+    # of 361 tiles, 2 channels), for differences of about 1e-7
+    flat = tile_weights(tile_size, ramp)
+    weights = flat.reshape((tile_rows, tile_cols) + (1,) * len(extra))
+    total = np.zeros((height, width) + extra, np.float32)
+    weight_sum = np.zeros((height, width), np.float32)
+    weighted = np.empty((tile_rows, tile_cols) + extra, np.float32)
     for tile, (row, col) in zip(tiles, corners):
-        total[row:row + tile_rows, col:col + tile_cols] += tile * weights
-        weight_sum[row:row + tile_rows, col:col + tile_cols] += weights
-    return (total / weight_sum)[: shape[0], : shape[1]].astype(np.float32)
+        np.multiply(tile, weights, out=weighted, casting="unsafe")
+        total[row:row + tile_rows, col:col + tile_cols] += weighted
+        weight_sum[row:row + tile_rows, col:col + tile_cols] += flat
+    total /= weight_sum.reshape(weight_sum.shape + (1,) * len(extra))
+    return np.ascontiguousarray(total[: shape[0], : shape[1]])
 
 
 def inference_tile_size(shape: tuple[int, int], max_side: int, min_overlap: int = MIN_OVERLAP,
