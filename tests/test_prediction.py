@@ -285,3 +285,20 @@ def test_tta_views_is_a_setting_with_bounds():
     for bad in (3, 1, 16, True, "4"):
         with pytest.raises(postprocessing.UserError, match="tta_views"):
             postprocessing.Postprocessing(tta_views=bad)
+
+
+def test_zoomed_maps_come_back_to_the_image_size_as_skimage_resizes_them():
+    import skimage.transform
+
+    image = np.random.default_rng(3).random((100, 120)).astype(np.float32)
+
+    def model(tiles):
+        return np.concatenate([tiles, 1 - tiles ** 2], axis=-1)
+
+    options = {"tile_size": 64, "min_overlap": 8}
+    maps = prediction.predict_maps(model, image, scale=1.5, **options)
+    zoomed = skimage.transform.resize(image, (150, 180), order=1, preserve_range=True).astype(np.float32)
+    at_zoom = prediction.predict_maps(model, zoomed, **options)
+    expected = skimage.transform.resize(at_zoom, (100, 120, 2), order=1, preserve_range=True)
+    assert maps.shape == (100, 120, 2) and maps.dtype == np.float32
+    np.testing.assert_allclose(maps, expected, atol=1e-6)
