@@ -104,7 +104,8 @@ class Model:
         The percentiles of each image's intensities stretched to 0 and 1, as in training.
     engine : str
         What the network runs on: 'onnx' (ONNX Runtime, where the model has an ONNX copy and onnxruntime is
-        installed) or 'keras'; both give the same labels (``tests/test_onnx.py``).
+        installed) or 'keras', both giving the same labels (``tests/test_onnx.py``); or, asked for by name, 'int8'
+        (the model's 8-bit copy on ONNX Runtime: faster, labels close to float32's, ``tests/test_int8.py``).
     """
 
     def __init__(self, trained: TrainedModel, name: str | None = None, engine: str = "auto"):
@@ -313,8 +314,8 @@ def load_model(name_or_path: str | Path | None = None, *, engine: str = "auto") 
     name_or_path : str or Path, optional
         None: the ready model (``models/README.md``); the name of a ready model (``READY_MODELS``); a ``.keras``
         file; or a folder that holds ``model.keras`` (a training run or an export), with its run files.
-    engine : 'auto', 'onnx' or 'keras'
-        What the network runs on (``Model.engine``): 'auto' takes ONNX Runtime where it can.
+    engine : 'auto', 'onnx', 'keras' or 'int8'
+        What the network runs on (``Model.engine``): 'auto' takes ONNX Runtime where it can (float32, never 'int8').
 
     Raises
     ------

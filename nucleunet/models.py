@@ -34,8 +34,13 @@ READY_MODELS = {
 DEFAULT_MODEL = "unet_dsb2018"
 # The engines a network can run on: 'auto' takes ONNX Runtime where a model has an ONNX copy and onnxruntime is
 # installed (1.7x faster on a 2-core AVX2 CPU, same nucleus maps to 5e-6: bench/RESULTS.md, table 7), else Keras.
-ENGINES = ("auto", "keras", "onnx")
+# 'int8': the ONNX copy quantized to 8-bit integers (write_int8_copy), faster, with labels close to but not the same
+# as float32's (docs/results.md, "8-bit integers"); never chosen by 'auto'.
+ENGINES = ("auto", "keras", "onnx", "int8")
 ONNX_FILE, ONNX_RECORD = "model.onnx", "onnx.json"
+INT8_FILE, INT8_RECORD = "model.int8.onnx", "int8.json"
+# Calibration of the 8-bit copy: this many crops of this side from the model's training images.
+INT8_CALIBRATION_CROPS, INT8_CALIBRATION_SIDE = 48, 256
 
 
 def ready_model_folders() -> list[Path]:
@@ -137,22 +142,35 @@ class TrainedModel:
     def onnx_path(self) -> Path | None:
         """``model.onnx`` beside the model where ``onnx.json`` says it was made from this very ``.keras`` file (the
         same SHA-256), else None (none there, or one of another model: a warning)."""
-        onnx, record = self.path.with_name(ONNX_FILE), self.path.with_name(ONNX_RECORD)
-        if not onnx.is_file() or not record.is_file():
+        return self._copy_of_this_model(ONNX_FILE, ONNX_RECORD)
+
+    def int8_path(self) -> Path | None:
+        """``model.int8.onnx`` beside the model where ``int8.json`` says it was quantized from this very ``.keras``
+        file's network (the same SHA-256), else None (none there, or one of another model: a warning)."""
+        return self._copy_of_this_model(INT8_FILE, INT8_RECORD)
+
+    def _copy_of_this_model(self, name: str, record_name: str) -> Path | None:
+        copy, record = self.path.with_name(name), self.path.with_name(record_name)
+        if not copy.is_file() or not record.is_file():
             return None
         if runs.read_json(record).get("keras_sha256") != file_sha256(self.path):
-            log.warning("%s was not made from %s (onnx.json): it is ignored", onnx, self.path.name)
+            log.warning("%s was not made from %s (%s): it is ignored", copy, self.path.name, record_name)
             return None
-        return onnx
+        return copy
 
     def engine(self, requested: str = "auto") -> str:
         """The engine ``predictor`` runs the network on: 'onnx' (ONNX Runtime, faster on CPUs) where ``onnx_path``
         has a file and onnxruntime is installed and ``requested`` allows it, else 'keras'; ``requested`` 'onnx'
-        without either is a ``UserError``."""
+        without either is a ``UserError``, and so is 'int8' (asked for by name only) without ``int8_path``."""
         if requested not in ENGINES:
             raise UserError(f"engine must be one of {', '.join(ENGINES)}, got {requested!r}")
         if requested == "keras":
             return "keras"
+        if requested == "int8":
+            if self.int8_path() is None or importlib.util.find_spec("onnxruntime") is None:
+                raise UserError(f"the int8 engine needs onnxruntime installed and an 8-bit copy of {self.path} "
+                                f"beside it ({INT8_FILE}, made by nucleunet.models.write_int8_copy)")
+            return "int8"
         available = self.onnx_path() is not None and importlib.util.find_spec("onnxruntime") is not None
         if requested == "onnx" and not available:
             raise UserError(f"the ONNX engine needs onnxruntime installed and an ONNX copy of {self.path} beside it "
@@ -164,9 +182,11 @@ class TrainedModel:
         the tile size it was trained on and the tile overlap to predict with."""
         batch_size = max(self.config.batch_size, 8) if self.config else 8
         min_overlap = self.config.min_overlap if self.config else MIN_OVERLAP
-        if self.engine(engine) == "onnx":
+        chosen = self.engine(engine)
+        if chosen in ("onnx", "int8"):
             trained_on = self.config.tile_size if self.config else TILE_SIZE
-            return make_predictor(OnnxNetwork(self.onnx_path()), batch_size), trained_on, min_overlap
+            path = self.onnx_path() if chosen == "onnx" else self.int8_path()
+            return make_predictor(OnnxNetwork(path), batch_size), trained_on, min_overlap
         import unet
         from nucleunet import hardware
 
@@ -229,6 +249,71 @@ def write_onnx_copy(keras_path: Path) -> Path | None:
     runs.write_json(keras_path.with_name(ONNX_RECORD), {"source": keras_path.name,
                                                         "keras_sha256": file_sha256(keras_path)})
     return onnx
+
+
+def calibration_tiles(images, count: int = INT8_CALIBRATION_CROPS, side: int = INT8_CALIBRATION_SIDE,
+                      seed: int = 0) -> np.ndarray:
+    """``count`` crops of ``side`` pixels, each from one of ``images`` (preprocessed, (H, W) float in [0, 1]: a model's
+    training images) drawn at random without repeats where there are enough, at a random place (images smaller
+    than ``side`` are reflected to it), as (count, side, side, 1) float32: what ``write_int8_copy`` calibrates on."""
+    images = list(images)
+    if not images:
+        raise UserError("calibrating an 8-bit copy needs images")
+    rng = np.random.default_rng(seed)
+    chosen = rng.permutation(len(images))[:count] if len(images) >= count else rng.integers(0, len(images), count)
+    crops = []
+    for index in chosen:
+        image = np.asarray(images[index], np.float32)
+        image = np.pad(image, [(0, max(side - length, 0)) for length in image.shape], mode="reflect")
+        top, left = (int(rng.integers(0, length - side + 1)) for length in image.shape)
+        crops.append(image[top:top + side, left:left + side])
+    return np.stack(crops)[..., None]
+
+
+def write_int8_copy(keras_path: Path, tiles: np.ndarray, *, batch: int = 4) -> Path:
+    """``model.int8.onnx`` and ``int8.json`` beside ``keras_path``: its ONNX copy (``onnx_path``: made first where
+    missing, ``write_onnx_copy``) with weights and activations quantized to 8 bits by ONNX Runtime's static
+    quantization (per-channel signed weights, unsigned activations, in the QDQ format), the activations' ranges
+    calibrated on ``tiles`` (``calibration_tiles`` of its training images). The weights use 7 of their 8 bits
+    (``reduce_range``), as ONNX Runtime advises for CPUs without VNNI instructions, whose 8-bit products can
+    overflow: the same file then gives the same results on every x86 CPU. Needs the ``onnx`` package."""
+    import tempfile
+
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    keras_path = Path(keras_path)
+    trained = TrainedModel.open(keras_path)
+    source = trained.onnx_path() or write_onnx_copy(keras_path)
+    if source is None:
+        raise UserError(f"an 8-bit copy of {keras_path} needs its ONNX copy ({ONNX_FILE}), which needs TensorFlow "
+                        f"and tf2onnx to make")
+    tiles = np.asarray(tiles, np.float32)
+    if tiles.ndim != 4 or tiles.shape[-1] != 1 or not len(tiles):
+        raise ValueError(f"calibration tiles of shape (N, H, W, 1) expected, got {tiles.shape}")
+    import onnxruntime
+
+    input_name = onnxruntime.InferenceSession(str(source), providers=["CPUExecutionProvider"]).get_inputs()[0].name
+
+    class Tiles(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([tiles[start:start + batch] for start in range(0, len(tiles), batch)])
+
+        def get_next(self):
+            return next(({input_name: part} for part in self.batches), None)
+
+    target = keras_path.with_name(INT8_FILE)
+    with tempfile.TemporaryDirectory(prefix="int8-") as scratch:
+        prepared = Path(scratch) / "prepared.onnx"
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        quantize_static(str(prepared), str(target), Tiles(), quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+                        reduce_range=True)
+    runs.write_json(keras_path.with_name(INT8_RECORD), {
+        "source": source.name, "keras_sha256": file_sha256(keras_path),
+        "calibration": {"tiles": int(len(tiles)), "shape": list(tiles.shape[1:3])},
+        "quantization": "ONNX Runtime static, QDQ, per-channel int8 weights (reduce_range), uint8 activations"})
+    return target
 
 
 def starting_postprocessing(config: TrainConfig) -> Postprocessing:

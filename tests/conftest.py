@@ -123,6 +123,25 @@ def real_dataset_path() -> Path:
     pytest.skip(message)
 
 
+def ready_test_images(folder: Path, clusters=(0, 2, 4)) -> list[tuple[str, np.ndarray]]:
+    """The first test image (by id) of each of ``clusters`` in the ready model's split, as its file holds it (written
+    to ``folder`` and read back, as a user's file would be): (image id, image)."""
+    from nucleunet import models, stratify
+
+    split = stratify.read_split(models.ready_model_path().parent / "split.csv")
+    test = split[split["subset"] == "test"].sort_values("image_id")
+    chosen = [test.loc[test["cluster"] == cluster, "image_id"].iloc[0] for cluster in clusters]
+    source = real_dataset_path()
+    entries = {entry.image_id: entry for entry in layouts.scan_layout(layouts.list_files(source))[0]}
+    reader = layouts.DatasetReader(source)
+    images = []
+    for image_id in chosen:
+        path = folder / f"{image_id}.png"
+        path.write_bytes(reader.read_bytes(entries[image_id].image)[0])
+        images.append((image_id, skimage.io.imread(path)))
+    return images
+
+
 @pytest.fixture(scope="session")
 def real_subset_zip(tmp_path_factory) -> Path:
     """Every 28th image of the real training set (24 images of several kinds), as a zip."""

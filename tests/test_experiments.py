@@ -57,6 +57,15 @@ def test_finetune_few_refuses_to_score_on_images_the_model_trained_on(tmp_path):
     assert not (tmp_path / "out.json").exists()
 
 
+def test_int8_quick(tmp_path):
+    results = run_quick(tmp_path, "int8.py", "--keep", str(tmp_path / "kept"))
+    assert results["images"] == 3 and results["calibration_tiles"] == 8 and results["model"].endswith("model.keras")
+    assert 0 <= results["int8"]["map"] <= 1 and results["speed_up"] > 0
+    assert 0 <= results["int8_against_float32"]["lowest_foreground_agreement"] <= 1
+    kept = json.loads((tmp_path / "kept" / "int8.json").read_text())
+    assert (tmp_path / "kept" / "model.int8.onnx").is_file() and kept["calibration"]["tiles"] == 8
+
+
 def test_zoom_range_quick(tmp_path):
     results = run_quick(tmp_path, "zoom_range.py")
     assert results["images"] == 3 and results["reference_area"] > 0

@@ -17,10 +17,10 @@ import skimage.io
 import nucleunet
 import train_and_predicted_masks as cli
 import unet
-from nucleunet import layouts, models, stratify
+from nucleunet import models
 from nucleunet.errors import UserError
 
-from conftest import real_dataset_path
+from conftest import ready_test_images
 
 READY = models.ready_model_path()
 
@@ -31,17 +31,8 @@ def test_the_shipped_onnx_copy_is_the_ready_models_and_is_used_by_default():
 
 
 def test_onnx_runtime_and_keras_give_the_same_labels_on_real_images(tmp_path):
-    split = stratify.read_split(READY.parent / "split.csv")
-    test = split[split["subset"] == "test"].sort_values("image_id")
-    chosen = [test.loc[test["cluster"] == cluster, "image_id"].iloc[0] for cluster in (0, 2, 4)]
-    source = real_dataset_path()
-    entries = {entry.image_id: entry for entry in layouts.scan_layout(layouts.list_files(source))[0]}
-    reader = layouts.DatasetReader(source)
     onnx, keras = nucleunet.load_model(engine="onnx"), nucleunet.load_model(engine="keras")
-    for index, image_id in enumerate(chosen):
-        path = tmp_path / f"{image_id}.png"
-        path.write_bytes(reader.read_bytes(entries[image_id].image)[0])
-        image = skimage.io.imread(path)
+    for index, (image_id, image) in enumerate(ready_test_images(tmp_path)):
         settings = {} if index == 0 else {"tta": False}  # the first at the full defaults
         by_onnx = onnx.segment(image, probability=True, **settings)
         by_keras = keras.segment(image, probability=True, **settings)
