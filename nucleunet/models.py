@@ -276,7 +276,7 @@ def write_int8_copy(keras_path: Path, tiles: np.ndarray, *, batch: int = 4) -> P
     quantization (per-channel signed weights, unsigned activations, in the QDQ format), the activations' ranges
     calibrated on ``tiles`` (``calibration_tiles`` of its training images). The weights use 7 of their 8 bits
     (``reduce_range``), as ONNX Runtime advises for CPUs without VNNI instructions, whose 8-bit products can
-    overflow: the same file then gives the same results on every x86 CPU. Needs the ``onnx`` package."""
+    overflow, so that those compute it without overflow too. Needs the ``onnx`` package."""
     import tempfile
 
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
