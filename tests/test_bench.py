@@ -183,8 +183,9 @@ def test_price_table_puts_stardist_beside_ours_on_the_same_images(tmp_path):
 
 
 def test_bench_large_at_the_defaults_quick(tmp_path):
-    results = run_quick(tmp_path, "bench_large.py", "--defaults")
+    results = run_quick(tmp_path, "bench_large.py", "--defaults", "--engine", "keras")
     assert results["defaults"] and "--no-tta" not in results["large"]["command"] and "speed" not in results
+    assert results["engine"] == "keras" and "--engine keras" in results["large"]["command"]
     # committed results name no machine's folders: the command is relative to the project, the scratch folder SCRATCH
     assert str(BENCH_DIR.parent) not in results["large"]["command"] + results["model"]
     assert results["large"]["command"].startswith("train_and_predicted_masks.py predict") and "SCRATCH/" in \
