@@ -98,6 +98,12 @@ def test_contact_weight_needs_the_contact_channel():
     with pytest.raises(UserError, match="needs contacts"):
         TrainConfig.from_preset("seed", contact_weight=5.0)  # plain BCE, one channel
     assert TrainConfig.from_preset("cpu", contact_weight=5.0).contact_weight == 5.0
+    # the presets weigh contact pixels 5 times (adopted by the leave-one-cluster-out measure); a preset asked for
+    # without its contact channel, or with another loss, drops the weight with it instead of refusing
+    assert TrainConfig.from_preset("cpu").contact_weight == TrainConfig.from_preset("ready").contact_weight == 5.0
+    assert TrainConfig.from_preset("cpu", contacts=False).contact_weight == 1.0
+    assert TrainConfig.from_preset("cpu", loss="bce").contact_weight == 1.0
+    assert TrainConfig.from_preset("cpu", contact_weight=1.0).contact_weight == 1.0
 
 
 def test_touch_crops_is_a_share_of_crops():
