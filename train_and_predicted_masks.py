@@ -428,6 +428,7 @@ def config_from_args(args: argparse.Namespace) -> configuration.TrainConfig:
     # The preset's length follows its precision on this machine; options given override both.
     values = hardware.for_this_machine({**hardware.for_this_machine({**configuration.PRESETS[preset], **base}),
                                         **changes})
+    values = configuration.without_orphan_contact_weight(values, changes)
     return configuration.TrainConfig.from_dict({
         **values, "preset": preset, "seed": args.seed, "split": str(args.split or default_split(args.data)),
         "data": str(args.data) if args.data else None})

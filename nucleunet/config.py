@@ -209,9 +209,7 @@ class TrainConfig:
         if preset not in PRESETS:
             raise UserError(f"unknown preset {preset!r}: choose from {', '.join(sorted(PRESETS))}")
         given = {k: v for k, v in overrides.items() if v is not None}
-        values = {**PRESETS[preset], **given}
-        if "contact_weight" not in given and not (values.get("contacts") and values.get("loss") == "bce_dice"):
-            values.pop("contact_weight", None)  # the preset's weight of contact pixels goes with its contact channel
+        values = without_orphan_contact_weight({**PRESETS[preset], **given}, given)
         length = values.pop("length", None)  # by precision: hardware.for_this_machine chooses; here the float32 one
         if length is not None and "epochs" not in overrides:
             values["epochs"], values["steps_per_epoch"] = length["float32"]
@@ -260,6 +258,16 @@ EXPORT_FORMATS = {"savedmodel": "tf_saved_model"}
 POSTPROCESSING_FIELDS = ("threshold", "min_size", "marker_height", "contact_threshold", "tta")
 
 # The fields that describe the network and what it sees: a fine-tuning run takes them from the model it starts from.
+def without_orphan_contact_weight(values: dict, given: dict) -> dict:
+    """A preset's ``values`` merged with the options ``given``, without the preset's ``contact_weight`` where the
+    options switched off what it weighs (the contact channel, or the BCE + Dice loss) and did not give a weight of
+    their own: ``train --preset cpu --no-contacts`` trains without contacts instead of refusing. A weight given with
+    them is kept, and refused by ``TrainConfig``."""
+    if "contact_weight" in given or (values.get("contacts") and values.get("loss") == "bce_dice"):
+        return values
+    return {key: value for key, value in values.items() if key != "contact_weight"}
+
+
 ARCHITECTURE = ("depth", "base_filters", "batch_norm", "dropout", "contacts", "contact_radius", "tile_size",
                 "min_overlap", "normalization", "loss", "contact_weight", "threshold", "min_size", "marker_height",
                 "contact_threshold", "tta")

@@ -434,6 +434,13 @@ def test_command_line_overrides_the_preset():
     assert config.contact_radius == 2  # the default band; --contact-radius changes it
     wide = cli.config_from_args(cli.build_arg_parser().parse_args(["train", "--preset", "cpu", "--contact-radius", "3"]))
     assert wide.contact_radius == 3
+    # the preset weighs contact pixels 5 times; without its contact channel the weight goes too, unless given
+    assert config.contact_weight == 5.0
+    plain = cli.config_from_args(cli.build_arg_parser().parse_args(["train", "--preset", "cpu", "--no-contacts"]))
+    assert plain.contacts is False and plain.contact_weight == 1.0
+    with pytest.raises(UserError, match="contact_weight"):
+        cli.config_from_args(cli.build_arg_parser().parse_args(["train", "--preset", "cpu", "--no-contacts",
+                                                                "--contact-weight", "5"]))
 
 
 def test_every_help_ends_with_an_example(capsys):
