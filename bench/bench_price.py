@@ -34,9 +34,10 @@ import common
 
 # name: (what it is, the fields of Postprocessing it changes from the model's own). Each row switches off or
 # cheapens one step of the defaults, or sets the number of test-time views (at both zooms, or at the first alone);
-# 'plain' switches off all of them: one pass at the image's own size. (Each results file's 'defaults' row is the
-# defaults of its day: 8 views in bench/results/price.json, 2 views at both zooms in price_second_zoom_views.json;
-# each row's "overrides" says what it changed.)
+# 'plain' switches off all of them: one pass at the image's own size. (The rows that change no number of views,
+# 'defaults' and 'no second zoom' among them, have the views of the defaults of their day: 8 in
+# bench/results/price.json, 2 at both zooms in price_second_zoom_views.json; each row's "overrides" says what it
+# changed.)
 SETTINGS = {
     "defaults": ("the ready model's defaults (postprocessing.json)", {}),
     "TTA 8 views": ("8 views (all flips and quarter turns)", {"tta": True, "tta_views": 8, "tta_extra_zooms": True}),
