@@ -34,7 +34,8 @@ import common
 
 # name: (what it is, the fields of Postprocessing it changes from the model's own). Each row switches off or
 # cheapens one step of the defaults, or sets the number of test-time views (at both zooms, or at the first alone);
-# 'plain' switches off all of them: one pass at the image's own size. (The rows that change no number of views,
+# 'plain' switches off all of them: one pass at the image's own size; the 'whole-image tiles' rows predict with
+# tile_size 'auto' instead of the trained tiles. (The rows that change no number of views,
 # 'defaults' and 'no second zoom' among them, have the views of the defaults of their day: 8 in
 # bench/results/price.json, 2 at both zooms in price_second_zoom_views.json; each row's "overrides" says what it
 # changed.)
@@ -59,6 +60,13 @@ SETTINGS = {
     "no TTA, no second zoom": ("one pass at the automatic zoom", {"tta": False, "extra_zooms": ()}),
     "no flat field": ("the defaults without flattening uneven backgrounds", {"flat_field": False}),
     "plain": ("one pass at scale 1: no TTA, no zoom", {"tta": False, "extra_zooms": (), "scale": 1.0}),
+    "defaults, whole-image tiles": ("the defaults, the fewest tiles of up to 2048 px (tile_size 'auto')",
+                                    {"tile_size": "auto"}),
+    "TTA 4 views, second zoom 1 view, whole-image tiles": (
+        "4 views at the automatic zoom, the image alone at the second zoom, tile_size 'auto'",
+        {"tta": True, "tta_views": 4, "tta_extra_zooms": False, "tile_size": "auto"}),
+    "plain, whole-image tiles": ("one pass at scale 1, tile_size 'auto'",
+                                 {"tta": False, "extra_zooms": (), "scale": 1.0, "tile_size": "auto"}),
 }
 
 
