@@ -23,6 +23,7 @@ only (``bench/results/large_ramp.json``). ``--defaults`` runs part 1 at the mode
 
 from __future__ import annotations
 
+import json
 import resource
 import subprocess
 import sys
@@ -97,7 +98,12 @@ def main(argv=None) -> int:
         image = np.clip(image + ramp, 0, 255).astype(np.uint8)
     results = {"benchmark": "large", "quick": args.quick, "machine": common.machine(),
                "model": common.portable(str(model_path)),
-               "side": side, "ramp": args.ramp, "defaults": args.defaults, "engine": args.engine, "targets": {"peak_rss_gib": TARGET_GIB, "ratio": TARGET_RATIO}}
+               "side": side, "ramp": args.ramp, "defaults": args.defaults, "engine": args.engine,
+               "targets": {"peak_rss_gib": TARGET_GIB, "ratio": TARGET_RATIO},
+               # what predict ran with: the model's settings (with --defaults) and the tiles' and calls' limits
+               "postprocessing": (json.loads(settings.read_text()) if args.defaults and (
+                   settings := Path(model_path).with_name("postprocessing.json")).exists() else None),
+               "auto_tile_max": prediction.AUTO_TILE_MAX, "max_batch_pixels": prediction.MAX_BATCH_PIXELS}
 
     # 1. the whole predict command on the large image
     with tempfile.TemporaryDirectory(prefix="bench-large-") as scratch:

@@ -27,13 +27,19 @@ from nucleunet.tiling import MIN_OVERLAP, TILE_SIZE, inference_tile_size, make_t
 
 log = logging.getLogger("nucleunet.prediction")
 
-# The largest tile side with tile_size='auto': an image up to 2048 x 2048 is one tile, as fast as one call
-# on the whole image (bench/bench_large.py).
-AUTO_TILE_MAX = 2048
+# The largest tile side with tile_size='auto': an image up to 768 x 768 is one tile, about as fast as one call on
+# the whole image (bench/bench_large.py). One call on a larger tile keeps more activations than the whole
+# 10,000 x 10,000 image may (ONNX Runtime, ready model: 0.47 GiB at 768 x 768, 1.95 GiB at 1632 x 1632;
+# docs/results/price/decision_rule.txt).
+AUTO_TILE_MAX = 768
 
 # The most pixels one model call sees (``make_predictor``): what a call's activations take grows with its
-# pixels (about 0.4 GiB per megapixel for the ready model on the CPU), so large tiles go one by one.
-MAX_BATCH_PIXELS = 2**21
+# pixels (about 0.8 GiB per megapixel for the ready model on ONNX Runtime), so 8 trained tiles of 256 x 256 fill a
+# call and a larger tile goes alone.
+MAX_BATCH_PIXELS = 2**19
+
+# The most pixels of an image the automatic zoom's first pass looks at (its central part; ``adaptation.resolve``).
+FIRST_PASS_MAX = 2048
 
 # The views of test-time augmentation by how many are asked for (``Postprocessing.tta_views``), as
 # ``dihedral_tiles``' numbers: 2, the image and its mirror; 4, the four mirrorings (no transposition); 8, all the
@@ -200,7 +206,7 @@ def image_maps(predict_tiles: PredictTiles, image: np.ndarray, settings: Postpro
     """
     prepared = adaptation.prepare(image, settings)
     settings, first = adaptation.resolve(prepared.settings, prepared.image, first_pass(
-        predict_tiles, prepared.settings, tile_size=tile_size, min_overlap=min_overlap), most=AUTO_TILE_MAX)
+        predict_tiles, prepared.settings, tile_size=tile_size, min_overlap=min_overlap), most=FIRST_PASS_MAX)
     return _zoomed_maps(predict_tiles, prepared.image, settings, tile_size=tile_size, min_overlap=min_overlap,
                         first=first)
 
