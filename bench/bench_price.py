@@ -35,9 +35,10 @@ import common
 # name: (what it is, the fields of Postprocessing it changes from the model's own). Each row switches off or
 # cheapens one step of the defaults, or sets the number of test-time views (at both zooms, or at the first alone);
 # 'plain' switches off all of them: one pass at the image's own size; the 'whole-image tiles' rows predict with
-# tile_size 'auto' instead of the trained tiles. (The rows that change no number of views,
-# 'defaults' and 'no second zoom' among them, have the views of the defaults of their day: 8 in
-# bench/results/price.json, 2 at both zooms in price_second_zoom_views.json; each row's "overrides" says what it
+# tile_size 'auto', the 'trained tiles' row with the tiles the network was trained on. (The rows that change no
+# number of views, 'defaults' and 'no second zoom' among them, have the views of the defaults of their day: 8 in
+# bench/results/price.json, 2 at both zooms in price_second_zoom_views.json; likewise the rows that set no tiles have
+# the trained tiles until price_tiles_768.json and 'auto' tiles after it; each row's "overrides" says what it
 # changed.)
 SETTINGS = {
     "defaults": ("the ready model's defaults (postprocessing.json)", {}),
@@ -67,6 +68,9 @@ SETTINGS = {
         {"tta": True, "tta_views": 4, "tta_extra_zooms": False, "tile_size": "auto"}),
     "plain, whole-image tiles": ("one pass at scale 1, tile_size 'auto'",
                                  {"tta": False, "extra_zooms": (), "scale": 1.0, "tile_size": "auto"}),
+    "TTA 4 views, second zoom 1 view, trained tiles": (
+        "4 views at the automatic zoom, the image alone at the second zoom, the tiles the network was trained on",
+        {"tta": True, "tta_views": 4, "tta_extra_zooms": False, "tile_size": None}),
 }
 
 

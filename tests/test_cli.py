@@ -361,7 +361,8 @@ def test_tta_views_from_the_command_line_for_predict_and_evaluate_only():
     assert "tta_extra_zooms" not in cli.postprocessing_overrides(parser.parse_args(["predict", "x.png"]))
     # the ready model's own number of views, chosen by price (docs/results.md), and the option that overrides it
     ready = load_model()
-    assert ready.postprocessing.views == 2 and ready.with_settings(tta_views=8).postprocessing.views == 8
+    assert ready.postprocessing.views == 4 and ready.with_settings(tta_views=8).postprocessing.views == 8
+    assert ready.postprocessing.tile_size == "auto"  # the fewest tiles of up to prediction.AUTO_TILE_MAX, by price
 
 
 # ---- the command line itself ---------------------------------------------------------------

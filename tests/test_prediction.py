@@ -52,6 +52,32 @@ def test_make_predictor_batches_a_model():
     assert calls == [1, 1]
 
 
+def test_auto_tiles_and_model_calls_stay_within_their_memory_bounds():
+    # tile_size 'auto': the fewest tiles of at most AUTO_TILE_MAX a side, and at most MAX_BATCH_PIXELS a call (a
+    # larger tile alone); 8 trained tiles of 256 x 256 still fill one call. One call on a large tile keeps more
+    # activations than a 10,000 x 10,000 image may (docs/results/price/decision_rule.txt).
+    calls = []
+
+    class Model:
+        def predict_on_batch(self, tiles):
+            calls.append(tiles.shape)
+            return tiles
+
+    predictor = prediction.make_predictor(Model())
+    image = np.random.default_rng(0).random((1000, 1600)).astype(np.float32)
+    rebuilt = prediction.predict_maps(predictor, image, tile_size="auto", tta=4)[..., 0]
+    np.testing.assert_allclose(rebuilt, image, atol=1e-6)
+    assert {shape[1:3] for shape in calls} == {(544, 576)}  # 2 x 3 tiles, not one of 1000 x 1600
+    assert all(shape[0] * shape[1] * shape[2] <= prediction.MAX_BATCH_PIXELS or shape[0] == 1 for shape in calls)
+    assert max(side for shape in calls for side in shape[1:3]) <= prediction.AUTO_TILE_MAX
+    calls.clear()
+    prediction.predict_maps(predictor, np.zeros((500, 500), np.float32), tile_size="auto")
+    assert calls == [(1, 512, 512, 1)]  # an ordinary image: one tile, about its own size
+    calls.clear()
+    predictor(np.zeros((20, 256, 256, 1), np.float32))
+    assert [shape[0] for shape in calls] == [8, 8, 4]
+
+
 def test_predict_maps_keeps_every_channel():
     image = np.random.default_rng(0).random((100, 150)).astype(np.float32)
     maps = prediction.predict_maps(lambda tiles: np.concatenate([tiles, 1 - tiles], -1), image, tile_size=64,
