@@ -199,8 +199,9 @@ def _add_postprocessing_options(parser: argparse.ArgumentParser, default_text: s
                            help="drop nuclei whose score (how likely, learnt on training images, a predicted nucleus "
                                 "is a true one; 'tune --fit-score') is under P; 0 = keep every nucleus")
         group.add_argument("--tile-size", type=_tile_size, metavar="N|auto",
-                           help="side of the tiles the model sees ('auto': the fewest tiles of at most 2048 pixels "
-                                "that cover each image; default: the size it was trained on)")
+                           help="side of the tiles the model sees ('auto': the fewest tiles of at most 768 pixels "
+                                "that cover each image; default: the model's postprocessing.json, else the size it "
+                                "was trained on)")
 
 
 def _add_output_options(parser: argparse.ArgumentParser, *, out: bool = True, figures: bool = False) -> None:

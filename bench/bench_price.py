@@ -61,7 +61,8 @@ SETTINGS = {
     "no TTA, no second zoom": ("one pass at the automatic zoom", {"tta": False, "extra_zooms": ()}),
     "no flat field": ("the defaults without flattening uneven backgrounds", {"flat_field": False}),
     "plain": ("one pass at scale 1: no TTA, no zoom", {"tta": False, "extra_zooms": (), "scale": 1.0}),
-    "defaults, whole-image tiles": ("the defaults, the fewest tiles of up to 2048 px (tile_size 'auto')",
+    "defaults, whole-image tiles": ("the defaults, tile_size 'auto' (the fewest tiles of up to prediction.AUTO_TILE_MAX px: "
+                                    "2048 in price_tiles.json, 768 since)",
                                     {"tile_size": "auto"}),
     "TTA 4 views, second zoom 1 view, whole-image tiles": (
         "4 views at the automatic zoom, the image alone at the second zoom, tile_size 'auto'",
