@@ -76,11 +76,12 @@ SETTINGS = {
 
 
 # What the ready model's defaults do to an image, given to the networks of the leave-one-cluster-out runs (which were
-# scored at 1x, one pass): 2 views of test-time augmentation at the automatic zoom, a second zoom 1.41x larger from
-# the image alone, the flat field (models/unet_dsb2018/postprocessing.json). Their thresholds and nucleus area stay
-# their own. (bench/results/price_leave_cluster_out_today.json was made when the defaults had the views at both zooms.)
-LOCO_DEFAULTS = {"tta": True, "tta_views": 2, "tta_extra_zooms": False, "scale": "auto", "extra_zooms": (2 ** 0.5,),
-                 "flat_field": True}
+# scored at 1x, one pass): 4 views of test-time augmentation at the automatic zoom, a second zoom 1.41x larger from
+# the image alone, 'auto' tiles, the flat field (models/unet_dsb2018/postprocessing.json). Their thresholds and nucleus
+# area stay their own. (bench/results/price_leave_cluster_out_today.json was made when the defaults had 2 views at both
+# zooms on the trained tiles.)
+LOCO_DEFAULTS = {"tta": True, "tta_views": 4, "tta_extra_zooms": False, "scale": "auto", "extra_zooms": (2 ** 0.5,),
+                 "tile_size": "auto", "flat_field": True}
 LOCO_SPLIT = common.PROJECT_DIR / "docs" / "results" / "split.csv"
 LOCO_RUNS = common.PROJECT_DIR / "runs" / "leave-cluster-out"
 # Which clusters hold which kind (experiments/leave_cluster_out.py's KINDS).
