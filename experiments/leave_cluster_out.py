@@ -55,8 +55,7 @@ RECIPES: dict[str, list[str]] = {
     # Each fault of acquisition (bright specks, saturation, low light, JPEG) in 15 % of the crops
     # (augment.acquisition_faults).
     "acquisition": ["--acquisition", "0.15"],
-    # Half the training crops centred where two nuclei touch (CropBatches, augment.touching_places).
-    "touch-crops": ["--touch-crops", "0.5"],
+    # Tried and rejected (decision.txt): "touch-crops", --touch-crops 0.5 (half the crops centred where nuclei touch).
     # A wider network: 24 filters at the first level instead of 16 (about twice the work per step).
     "wide24": ["--base-filters", "24"],
 }

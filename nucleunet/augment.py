@@ -63,9 +63,8 @@ class Augmentation:
 
 
 def random_crop(image: np.ndarray, labels: np.ndarray, size: int, scale: float,
-                rng: np.random.Generator, centre: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """A ``size`` x ``size`` crop of ``image`` and ``labels`` at a random place, its content zoomed by ``scale``;
-    with ``centre`` (row, column of the image), the crop around it instead, as far as the image allows.
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A ``size`` x ``size`` crop of ``image`` and ``labels`` at a random place, its content zoomed by ``scale``.
 
     The crop covers ``size / scale`` source pixels; parts beyond the image are mirrored, as a tile at
     an image's border is padded. The image is interpolated linearly (smoothed first when shrunk, so
@@ -94,12 +93,8 @@ def random_crop(image: np.ndarray, labels: np.ndarray, size: int, scale: float,
         raise ValueError(f"scale must be positive, got {scale}")
     height, width = image.shape
     extent = size / scale  # source pixels covered by the crop
-    if centre is None:
-        top = rng.uniform(0, max(height - extent, 0))
-        left = rng.uniform(0, max(width - extent, 0))
-    else:
-        top = float(np.clip(centre[0] - extent / 2, 0, max(height - extent, 0)))
-        left = float(np.clip(centre[1] - extent / 2, 0, max(width - extent, 0)))
+    top = rng.uniform(0, max(height - extent, 0))
+    left = rng.uniform(0, max(width - extent, 0))
     if scale == 1.0:
         top, left = int(top), int(left)
         rows = _mirror(np.arange(top, top + size), height)
@@ -118,16 +113,6 @@ def random_crop(image: np.ndarray, labels: np.ndarray, size: int, scale: float,
     crop = ndi.map_coordinates(window, grid, order=1, mode="nearest").astype(np.float32)
     nearest = [_mirror(np.round(axis).astype(int), length) for axis, length in zip((rows, cols), (height, width))]
     return crop, labels[np.ix_(*nearest)]
-
-
-def touching_places(labels: np.ndarray, radius: int = CONTACT_RADIUS, most: int = 4096,
-                    seed: int = 0) -> np.ndarray:
-    """Where nuclei touch in ``labels`` (``tiling.contact_map``): (row, column) of at most ``most`` of those pixels,
-    a random sample (seeded by ``seed``), int32 of shape (N, 2); none in an image whose nuclei do not touch."""
-    places = np.argwhere(contact_map(labels, radius)).astype(np.int32)
-    if len(places) > most:
-        places = places[np.sort(np.random.default_rng(seed).choice(len(places), most, replace=False))]
-    return places
 
 
 def _mirror(index: np.ndarray, length: int) -> np.ndarray:

@@ -29,7 +29,7 @@ DISTRIBUTE_MODES = ("none", "mirrored", "multiworker")
 DEFAULT_SPLIT = "datasets/split.csv"
 # Keys that earlier versions wrote into config.json and that their decision rules rejected (docs/results.md): a saved
 # config that has them still loads. Its value must be one that meant "off".
-REMOVED_KEYS = {"min_size_relative": None, "colour_variants": 0, "cores": False, "cytoplasm": 0.0}
+REMOVED_KEYS = {"min_size_relative": None, "colour_variants": 0, "cores": False, "cytoplasm": 0.0, "touch_crops": 0.0}
 
 
 @dataclass(frozen=True)
@@ -72,10 +72,6 @@ class TrainConfig:
     scale_range, gamma_range, contrast_range, noise, blur, acquisition
         With ``sampling='crop'``: how much the crops vary (``augment.Augmentation``; ``acquisition`` is the chance
         of each fault of acquisition: specks, saturation, low light, JPEG).
-    touch_crops : float
-        With ``sampling='crop'``: the share of training crops centred where two nuclei touch (a pixel of the contact
-        band, ``tiling.contact_map``), so that the few places that decide whether touching nuclei come out apart
-        are seen more often. 0: crops at random places only.
     warmup_steps : int
         Steps over which the learning rate rises linearly from 0 to ``learning_rate`` (cosine schedule only).
     precision : str
@@ -133,7 +129,6 @@ class TrainConfig:
     noise: float = 0.0
     blur: float = 0.0
     acquisition: float = 0.0
-    touch_crops: float = 0.0
     warmup_steps: int = 0
     precision: str = "float32"
     jit_compile: bool | str = False
@@ -184,10 +179,6 @@ class TrainConfig:
             raise UserError(f"contact_weight must be at least 1, got {self.contact_weight}")
         if self.contact_weight != 1.0 and not (self.contacts and self.loss == "bce_dice"):
             raise UserError("contact_weight weighs the contact channel's pixels: it needs contacts and loss='bce_dice'")
-        if not 0.0 <= self.touch_crops <= 1.0:
-            raise UserError(f"touch_crops must be a share in [0, 1], got {self.touch_crops}")
-        if self.touch_crops and self.sampling != "crop":
-            raise UserError("touch_crops needs sampling='crop' (crops are placed in whole images)")
         self.augmentation  # noqa: B018 - checks the ranges (augment.Augmentation raises ValueError)
         if self.figures_per_cluster < 0:
             raise UserError(f"figures_per_cluster must be non-negative, got {self.figures_per_cluster}")

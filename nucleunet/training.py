@@ -189,9 +189,8 @@ class CropBatches(keras.utils.PyDataset):
     An image is drawn with a chance proportional to its area (as drawing tiles uniformly does), then a
     ``config.crop_size`` crop of it zoomed by a log-uniform ``config.scale_range`` factor, turned by one
     of the 8 flips/rotations and changed in intensity (``augment``); the targets are made from the
-    crop's labels after zooming. With ``config.touch_crops``, that share of the crops is centred where two
-    nuclei touch (where the image has such places: ``augment.touching_places``). Batch ``i`` of epoch ``e``
-    depends only on ``(seed, e, i)``, as for ``TileBatches``.
+    crop's labels after zooming. Batch ``i`` of epoch ``e`` depends only on ``(seed, e, i)``, as for
+    ``TileBatches``.
     """
 
     def __init__(self, whole: list, config: TrainConfig):
@@ -204,8 +203,6 @@ class CropBatches(keras.utils.PyDataset):
         self.chances = areas / areas.sum()
         self.config, self.augmentation = config, config.augmentation
         self.log_scales = np.log(self.augmentation.scale)
-        self.touches = [augment.touching_places(labels, config.contact_radius, seed=index) if config.touch_crops else
-                        np.zeros((0, 2), np.int32) for index, labels in enumerate(self.labels)]
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -217,10 +214,7 @@ class CropBatches(keras.utils.PyDataset):
         for _ in range(self.config.batch_size):
             which = rng.choice(len(self.images), p=self.chances)
             scale = float(np.exp(rng.uniform(*self.log_scales)))
-            centre = None
-            if self.config.touch_crops and rng.random() < self.config.touch_crops and len(self.touches[which]):
-                centre = self.touches[which][rng.integers(len(self.touches[which]))]  # where two nuclei touch
-            crop, labels = augment.random_crop(self.images[which], self.labels[which], size, scale, rng, centre)
+            crop, labels = augment.random_crop(self.images[which], self.labels[which], size, scale, rng)
             turn = int(rng.integers(0, 8))
             crop, labels = dihedral(crop, turn), dihedral(labels, turn)
             images.append(augment.change_intensities(crop, self.augmentation, rng))

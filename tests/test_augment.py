@@ -106,25 +106,3 @@ def test_acquisition_is_a_chance():
     with pytest.raises(ValueError, match="acquisition"):
         augment.Augmentation(acquisition=1.5)
     assert augment.Augmentation(acquisition=0.2).changes_intensities
-
-
-def test_a_crop_around_a_centre_holds_it_and_stays_inside():
-    image, labels = _disk_image()
-    for centre, scale in [((60, 80), 1.0), ((60, 80), 2.0), ((0, 0), 1.0), ((119, 159), 0.5)]:
-        crop, crop_labels = augment.random_crop(image, labels, 32, scale, np.random.default_rng(0), centre)
-        assert crop.shape == (32, 32)
-    crop, crop_labels = augment.random_crop(image, labels, 24, 1.0, np.random.default_rng(0), (60, 80))
-    assert crop_labels.all()  # around the centre of the disk (radius 20): all nucleus
-    corner, _ = augment.random_crop(image, labels, 32, 1.0, np.random.default_rng(0), (0, 0))
-    np.testing.assert_array_equal(corner, image[:32, :32])  # pushed back inside the image, not mirrored
-
-
-def test_touching_places_are_where_two_nuclei_meet():
-    labels = np.zeros((40, 60), np.int32)
-    labels[10:30, 5:20], labels[10:30, 20:35] = 1, 2  # touching along column 20
-    labels[10:30, 45:55] = 3  # alone
-    places = augment.touching_places(labels, radius=2)
-    assert len(places) and places.dtype == np.int32 and places.shape[1] == 2
-    assert set(np.unique(places[:, 1])) <= set(range(17, 23)) and places[:, 0].min() >= 8
-    assert len(augment.touching_places(labels, radius=2, most=10)) == 10
-    assert len(augment.touching_places(np.where(labels == 3, 3, 0), radius=2)) == 0

@@ -349,16 +349,3 @@ def test_a_contact_weighted_loss_trains_and_its_model_loads(synthetic_folder, tm
                                 progress=False)
     assert unet.load_model(checkpoint).output_shape[-1] == 2
     assert np.isfinite(pd.read_csv(tmp_path / "history.csv")["loss"]).all()
-
-
-def test_touch_crops_centre_crops_where_nuclei_touch():
-    labels = np.zeros((200, 200), np.uint16)
-    labels[90:110, 60:100], labels[90:110, 100:140] = 1, 2  # two nuclei touching at column 100, far from the edges
-    image = (labels > 0).astype(np.float16)
-    config = TrainConfig.from_dict(dict(preset="smoke", sampling="crop", crop_size=32, depth=2, batch_size=12,
-                                        contacts=True, touch_crops=1.0))
-    _, targets = training.CropBatches([("a", image, labels)], config)[0]
-    assert all(target[..., 1].any() for target in targets)  # every crop holds the contact band
-    random_places = TrainConfig.from_dict({**config.to_dict(), "touch_crops": 0.0})
-    _, targets = training.CropBatches([("a", image, labels)], random_places)[0]
-    assert sum(target[..., 1].any() for target in targets) < 12
