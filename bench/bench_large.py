@@ -96,13 +96,13 @@ def main(argv=None) -> int:
         low, high = np.percentile(image[::7, ::7], (1, 99))
         ramp = np.linspace(0, 0.5 * (high - low), side, dtype=np.float32)
         image = np.clip(image + ramp, 0, 255).astype(np.uint8)
+    settings = Path(model_path).with_name("postprocessing.json")
     results = {"benchmark": "large", "quick": args.quick, "machine": common.machine(),
                "model": common.portable(str(model_path)),
                "side": side, "ramp": args.ramp, "defaults": args.defaults, "engine": args.engine,
                "targets": {"peak_rss_gib": TARGET_GIB, "ratio": TARGET_RATIO},
                # what predict ran with: the model's settings (with --defaults) and the tiles' and calls' limits
-               "postprocessing": (json.loads(settings.read_text()) if args.defaults and (
-                   settings := Path(model_path).with_name("postprocessing.json")).exists() else None),
+               "postprocessing": json.loads(settings.read_text()) if args.defaults and settings.exists() else None,
                "auto_tile_max": prediction.AUTO_TILE_MAX, "max_batch_pixels": prediction.MAX_BATCH_PIXELS}
 
     # 1. the whole predict command on the large image
