@@ -186,6 +186,9 @@ def test_bench_large_at_the_defaults_quick(tmp_path):
     results = run_quick(tmp_path, "bench_large.py", "--defaults", "--engine", "keras")
     assert results["defaults"] and "--no-tta" not in results["large"]["command"] and "speed" not in results
     assert results["engine"] == "keras" and "--engine keras" in results["large"]["command"]
+    from nucleunet import prediction  # the limits predict ran with are recorded beside its numbers
+    assert (results["auto_tile_max"], results["max_batch_pixels"]) == (prediction.AUTO_TILE_MAX,
+                                                                      prediction.MAX_BATCH_PIXELS)
     # committed results name no machine's folders: the command is relative to the project, the scratch folder SCRATCH
     assert str(BENCH_DIR.parent) not in results["large"]["command"] + results["model"]
     assert results["large"]["command"].startswith("train_and_predicted_masks.py predict") and "SCRATCH/" in \
