@@ -64,6 +64,8 @@ def make_predictor(model, batch_size: int = 8, max_pixels: int = MAX_BATCH_PIXEL
     """
     def predict_tiles(tiles: np.ndarray) -> np.ndarray:
         step = max(min(batch_size, max_pixels // max(tiles.shape[1] * tiles.shape[2], 1)), 1)
+        if len(tiles) <= step:  # one call: its output as it is, not copied by a concatenation of one
+            return np.asarray(model.predict_on_batch(tiles))
         return np.concatenate([np.asarray(model.predict_on_batch(tiles[start:start + step]))
                                for start in range(0, len(tiles), step)])
 

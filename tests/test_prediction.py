@@ -50,6 +50,14 @@ def test_make_predictor_batches_a_model():
     calls.clear()
     prediction.make_predictor(Model(), batch_size=8, max_pixels=10)(tiles[:2])
     assert calls == [1, 1]
+    # one call's output is returned as the model gave it, not copied
+    given = np.zeros((3, 4, 4, 1), np.float32)
+
+    class Same:
+        def predict_on_batch(self, tiles):
+            return given
+
+    assert prediction.make_predictor(Same(), batch_size=8)(tiles[:3]) is given
 
 
 def test_auto_tiles_and_model_calls_stay_within_their_memory_bounds():
