@@ -52,9 +52,8 @@ RECIPES: dict[str, list[str]] = {
     "contact-weight": ["--contact-weight", "5"],
     # Tried and rejected (decision.txt): "cytoplasm", --cytoplasm 0.3 (a cytoplasm painted around the nuclei).
     # Tried and rejected (decision.txt): "cores", --cores (a third output channel, the core of each nucleus, as seeds).
-    # Each fault of acquisition (bright specks, saturation, low light, JPEG) in 15 % of the crops
-    # (augment.acquisition_faults).
-    "acquisition": ["--acquisition", "0.15"],
+    # Tried and rejected (decision.txt): "acquisition", --acquisition 0.15 (bright specks, saturation, low light and
+    # JPEG in 15 % of the crops each).
     # Tried and rejected (decision.txt): "touch-crops", --touch-crops 0.5 (half the crops centred where nuclei touch).
     # A wider network: 24 filters at the first level instead of 16 (about twice the work per step).
     "wide24": ["--base-filters", "24"],

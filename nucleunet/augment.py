@@ -1,7 +1,7 @@
 """Training crops drawn from whole images, at random positions, sizes, turns and intensities.
 
 A nucleus image from another microscope differs from the training images in the size of its nuclei
-(magnification, binning), in its intensities (exposure, gamma, background, noise, faults of acquisition)
+(magnification, binning), in its intensities (exposure, gamma, background, noise)
 and in its sharpness; a model trained on crops whose scale and intensities vary sees more of those than the
 training set holds. ``Augmentation`` says how much they vary; ``random_crop`` cuts one training example out
 of an image and its labels, ``crop_targets`` makes its training targets.
@@ -33,10 +33,6 @@ class Augmentation:
         Largest standard deviation of added Gaussian noise (intensity units); each crop draws one in [0, noise].
     blur : float
         Largest Gaussian blur sigma (pixels, after scaling); each crop draws one in [0, blur].
-    acquisition : float
-        The chance of each of four faults of acquisition, drawn apart for every crop (``acquisition_faults``):
-        bright specks that squash the nuclei's range, saturated (clipped) nuclei, low light (Poisson noise) and JPEG
-        compression. 0: none.
     """
 
     scale: tuple[float, float] = (1.0, 1.0)
@@ -44,7 +40,6 @@ class Augmentation:
     contrast: tuple[float, float] = (1.0, 1.0)
     noise: float = 0.0
     blur: float = 0.0
-    acquisition: float = 0.0
 
     def __post_init__(self):
         for name in ("scale", "gamma", "contrast"):
@@ -53,13 +48,10 @@ class Augmentation:
                 raise ValueError(f"{name} must be a range 0 < low <= high, got {(low, high)}")
         if self.noise < 0 or self.blur < 0:
             raise ValueError(f"noise and blur must be non-negative, got {self.noise}, {self.blur}")
-        if not 0 <= self.acquisition <= 1:
-            raise ValueError(f"acquisition must be a chance in [0, 1], got {self.acquisition}")
 
     @property
     def changes_intensities(self) -> bool:
-        return (self.gamma != (1.0, 1.0) or self.contrast != (1.0, 1.0) or self.noise > 0 or self.blur > 0
-                or self.acquisition > 0)
+        return self.gamma != (1.0, 1.0) or self.contrast != (1.0, 1.0) or self.noise > 0 or self.blur > 0
 
 
 def random_crop(image: np.ndarray, labels: np.ndarray, size: int, scale: float,
@@ -140,61 +132,7 @@ def change_intensities(crop: np.ndarray, augmentation: Augmentation, rng: np.ran
         out = ndi.gaussian_filter(out, sigma_blur)
     if sigma_noise > 0:
         out = out + rng.normal(0, sigma_noise, out.shape)
-    if augmentation.acquisition > 0:
-        out = acquisition_faults(np.clip(out, 0, 1), augmentation.acquisition, rng)
     return np.clip(out, 0, 1).astype(np.float32)
-
-
-# ``acquisition_faults``: how strong each fault may be.
-SPECK_DIMMING = (0.15, 0.6)   # the rest of the image scaled by this: the specks took the top of the stretch
-SPECK_RADIUS = (2.0, 6.0)
-SATURATION_GAIN = (1.5, 3.0)  # intensities multiplied, then clipped at 1: the brightest nuclei flat
-PHOTONS = (3.0, 100.0)        # photons at intensity 1 (log-uniform): fewer, noisier
-JPEG_QUALITY = (20, 70)
-
-
-def acquisition_faults(crop: np.ndarray, chance: float, rng: np.random.Generator) -> np.ndarray:
-    """Faults of acquisition that the robustness measures found costly, each applied with ``chance``, in the order a
-    camera meets them: bright specks (1 to 9 discs at full intensity, debris or a dead cell, the rest dimmed as the
-    image's stretch would dim it), saturation, low light (Poisson), JPEG compression. The labels stay as they are:
-    specks are not nuclei.
-
-    Parameters
-    ----------
-    crop : ndarray, shape (H, W), float in [0, 1]
-    chance : float in [0, 1]
-
-    Returns
-    -------
-    ndarray, shape (H, W), float32 in [0, 1]
-    """
-    out = np.asarray(crop, np.float32)
-    if rng.random() < chance:
-        out = out * rng.uniform(*SPECK_DIMMING)
-        rows, cols = np.indices(out.shape)
-        for _ in range(int(rng.integers(1, 10))):
-            row, col, radius = rng.uniform(0, out.shape[0]), rng.uniform(0, out.shape[1]), rng.uniform(*SPECK_RADIUS)
-            out[(rows - row) ** 2 + (cols - col) ** 2 <= radius**2] = 1.0
-    if rng.random() < chance:
-        out = np.minimum(out * rng.uniform(*SATURATION_GAIN), 1.0)
-    if rng.random() < chance:
-        photons = float(np.exp(rng.uniform(*np.log(PHOTONS))))
-        out = np.minimum(rng.poisson(out * photons) / photons, 1.0).astype(np.float32)
-    if rng.random() < chance:
-        out = jpeg(out, int(rng.integers(*JPEG_QUALITY)))
-    return out.astype(np.float32)
-
-
-def jpeg(image: np.ndarray, quality: int) -> np.ndarray:
-    """``image`` (float in [0, 1]) saved as an 8-bit JPEG of ``quality`` and read back: float32 in [0, 1]."""
-    import io
-
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)).save(buffer, format="JPEG",
-                                                                                 quality=quality)
-    return np.asarray(Image.open(io.BytesIO(buffer.getvalue())), np.float32) / 255
 
 
 def crop_targets(labels: np.ndarray, contacts: bool, contact_radius: int = CONTACT_RADIUS) -> np.ndarray:

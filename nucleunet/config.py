@@ -29,7 +29,8 @@ DISTRIBUTE_MODES = ("none", "mirrored", "multiworker")
 DEFAULT_SPLIT = "datasets/split.csv"
 # Keys that earlier versions wrote into config.json and that their decision rules rejected (docs/results.md): a saved
 # config that has them still loads. Its value must be one that meant "off".
-REMOVED_KEYS = {"min_size_relative": None, "colour_variants": 0, "cores": False, "cytoplasm": 0.0, "touch_crops": 0.0}
+REMOVED_KEYS = {"min_size_relative": None, "colour_variants": 0, "cores": False, "cytoplasm": 0.0, "touch_crops": 0.0,
+                "acquisition": 0.0}
 
 
 @dataclass(frozen=True)
@@ -69,9 +70,8 @@ class TrainConfig:
     crop_size : int
         Side of the training crops with ``sampling='crop'`` (the U-Net is fully convolutional: it predicts
         ``tile_size`` tiles all the same).
-    scale_range, gamma_range, contrast_range, noise, blur, acquisition
-        With ``sampling='crop'``: how much the crops vary (``augment.Augmentation``; ``acquisition`` is the chance
-        of each fault of acquisition: specks, saturation, low light, JPEG).
+    scale_range, gamma_range, contrast_range, noise, blur
+        With ``sampling='crop'``: how much the crops vary (``augment.Augmentation``).
     warmup_steps : int
         Steps over which the learning rate rises linearly from 0 to ``learning_rate`` (cosine schedule only).
     precision : str
@@ -128,7 +128,6 @@ class TrainConfig:
     contrast_range: tuple[float, float] = (1.0, 1.0)
     noise: float = 0.0
     blur: float = 0.0
-    acquisition: float = 0.0
     warmup_steps: int = 0
     precision: str = "float32"
     jit_compile: bool | str = False
@@ -237,7 +236,7 @@ class TrainConfig:
         """How the training crops vary (with ``sampling='crop'``)."""
         try:
             return augment.Augmentation(scale=self.scale_range, gamma=self.gamma_range, contrast=self.contrast_range,
-                                        noise=self.noise, blur=self.blur, acquisition=self.acquisition)
+                                        noise=self.noise, blur=self.blur)
         except ValueError as error:
             raise UserError(str(error)) from None
 

@@ -87,22 +87,3 @@ def test_the_contact_band_widens_with_its_radius():
 def test_bad_ranges_are_rejected(field, value):
     with pytest.raises(ValueError, match=field if field != "noise" else "noise"):
         augment.Augmentation(**{field: value})
-
-
-def test_acquisition_faults_stay_in_range_and_each_shows():
-    crop = np.random.default_rng(1).uniform(0.1, 0.5, (64, 64)).astype(np.float32)
-    faulty = [augment.acquisition_faults(crop, 1.0, np.random.default_rng(seed)) for seed in range(4)]
-    for out in faulty:
-        assert out.shape == crop.shape and out.dtype == np.float32 and 0 <= out.min() and out.max() <= 1
-        assert (out == 1.0).any()  # a speck, or a saturated pixel
-        assert not np.allclose(out, crop, atol=0.02)
-    assert augment.acquisition_faults(crop, 0.0, np.random.default_rng(0)) is not crop  # a copy, unchanged
-    np.testing.assert_array_equal(augment.acquisition_faults(crop, 0.0, np.random.default_rng(0)), crop)
-    # JPEG alone keeps the picture close, within 8-bit blocking errors
-    assert np.abs(augment.jpeg(crop, 60) - crop).mean() < 0.05
-
-
-def test_acquisition_is_a_chance():
-    with pytest.raises(ValueError, match="acquisition"):
-        augment.Augmentation(acquisition=1.5)
-    assert augment.Augmentation(acquisition=0.2).changes_intensities
