@@ -579,3 +579,12 @@ def test_predict_without_a_model_needs_the_ready_one_and_says_where_it_looked(tm
     assert str(tmp_path / "checkout" / "unet_dsb2018" / "model.keras") in error
     assert not (tmp_path / "runs").exists()
     assert cli.model_and_inputs(["m.keras", "a.png"]) == (Path("m.keras"), ["a.png"])
+
+
+def test_the_tile_size_help_names_the_auto_tiles_limit():
+    # the help writes the number out (the command line does not import prediction to parse); it must follow it
+    from nucleunet import prediction
+
+    predict = next(action for action in cli.build_arg_parser()._subparsers._group_actions[0].choices["predict"]._actions
+                   if "--tile-size" in action.option_strings)
+    assert f"at most {prediction.AUTO_TILE_MAX} pixels" in predict.help
