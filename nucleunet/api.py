@@ -71,6 +71,8 @@ class Segmentation:
     nonfinite_pixels: int
     calibration: Calibration
     image: np.ndarray = dataclasses.field(repr=False)
+    # each nucleus's solidity where the nucleus score measured it (NaN or None where not): ``measurements`` reuses it
+    solidity: np.ndarray | None = dataclasses.field(default=None, repr=False)
 
     @property
     def count(self) -> int:
@@ -83,7 +85,8 @@ class Segmentation:
         eccentricity, solidity, mean and max intensity in ``image`` (per channel for colour), and its
         ``score`` where the model has a nucleus score (``outputs.measure``); with a known pixel size also
         ``area_um2``, ``perimeter_um``, ``equivalent_diameter_um`` and ``pixel_size_um``."""
-        table = outputs.measure(self.labels, self.image, pixel_size=self.calibration.pixel_size)
+        table = outputs.measure(self.labels, self.image, pixel_size=self.calibration.pixel_size,
+                                solidity=self.solidity)
         if self.scores is not None:
             table["score"] = np.round(np.asarray(self.scores)[table["label"].to_numpy() - 1], 3)
         return table
@@ -285,7 +288,7 @@ class Model:
                             probability=None if found.probability is None else found.probability.astype(np.float32),
                             scores=found.scores, scale=found.scale, unevenness=found.unevenness,
                             flattened=found.flattened, smoothed=found.smoothed, nonfinite_pixels=nonfinite,
-                            calibration=calibration, image=plane)
+                            calibration=calibration, image=plane, solidity=found.solidity)
         if warning := plausibility(_median_diameter(found.labels), calibration, name):
             log.warning(warning)
         return result

@@ -7,7 +7,7 @@ NumPy, scikit-image, tifffile and roifile only. Every writer takes a label image
   pixel size is known;
 - ``write_roi_zip``: an ImageJ / Fiji ROI set, one polygon ROI per nucleus, named by its label;
 - ``write_geojson``: a QuPath FeatureCollection of detection polygons with their measurements;
-- ``measure``: the per-nucleus table (``skimage.measure.regionprops_table``);
+- ``measure``: the per-nucleus table (``skimage.measure.regionprops``' measures, for all nuclei at once);
 - ``overlay_on``: the original image with every nucleus outlined in its own colour;
 - ``write_submission``: the Kaggle submission CSV (run-length encoded nuclei), which
   ``read_labels_csv`` reads back, as it reads Kaggle's label files.
@@ -39,19 +39,6 @@ SOFTWARE = "nucleunet"
 
 FORMATS = ("labels", "tiff", "mask", "overlay", "roi", "geojson", "measurements", "probability")
 DEFAULT_FORMATS = ("labels", "tiff", "mask", "overlay", "roi", "geojson", "measurements")
-
-# regionprops_table's names -> the columns of the measurements table
-MEASUREMENTS = {
-    "label": "label",
-    "centroid-0": "centroid_row",
-    "centroid-1": "centroid_col",
-    "area": "area",
-    "perimeter": "perimeter",
-    "equivalent_diameter_area": "equivalent_diameter",
-    "eccentricity": "eccentricity",
-    "solidity": "solidity",
-}
-
 
 def label_dtype(labels: np.ndarray) -> type:
     """uint16 while the labels fit, else uint32."""
@@ -142,39 +129,146 @@ def write_geojson(path: str | os.PathLike, labels: np.ndarray, table: pd.DataFra
     return len(features)
 
 
-def measure(labels: np.ndarray, intensity: np.ndarray | None = None, *,
-            pixel_size: float | None = None) -> pd.DataFrame:
+# The per-nucleus columns of regionprops, computed for all nuclei at once
+# (regionprops measures one region at a time: about 0.3 ms a nucleus and property, 24 s for the 30,000 nuclei
+# of a 10,000 x 10,000 image). Same definitions as scikit-image's: centroid (mean pixel position), area (pixels),
+# perimeter (skimage.measure.perimeter with 4-connectivity), equivalent diameter, eccentricity (of the ellipse
+# with the same second central moments) and solidity (its own convex hull, per nucleus).
+_BAND = 512  # rows per band: bounds the extra memory to a few arrays of 512 x width
+
+
+def _perimeter_weights() -> np.ndarray:
+    weights = np.zeros(50)
+    weights[[5, 7, 15, 17, 25, 27]] = 1
+    weights[[21, 33]] = np.sqrt(2)
+    weights[[13, 23]] = (1 + np.sqrt(2)) / 2
+    return weights
+
+
+def _sums(labels: np.ndarray, intensity: np.ndarray | None, count: int) -> dict[str, np.ndarray]:
+    """Per label 0..count: its bounding box's top and left (``top``, ``left``), pixel count, sums of row, col,
+    row^2, col^2, row*col (rows and cols counted from the box's corner, so the sums are exact integers), perimeter
+    (skimage's weights), and per intensity channel its sum and max; band by band."""
+    height, width = labels.shape
+    boxes = ndi.find_objects(labels, max_label=count)
+    origin_row = np.array([0] + [box[0].start if box else 0 for box in boxes])
+    origin_col = np.array([0] + [box[1].start if box else 0 for box in boxes])
+    channels = 0 if intensity is None else (1 if intensity.ndim == 2 else intensity.shape[-1])
+    sums = {name: np.zeros(count + 1) for name in ("n", "r", "c", "rr", "cc", "rc", "perimeter")}
+    sums["sum"] = np.zeros((channels, count + 1))
+    sums["max"] = np.full((channels, count + 1), -np.inf)
+    weights = _perimeter_weights()
+    for top in range(0, height, _BAND):
+        bottom = min(top + _BAND, height)
+        r0, r1 = max(top - 2, 0), min(bottom + 2, height)
+        padded = np.pad(labels[r0:r1], 1)  # outside the image counts as background
+        centre = padded[1:-1, 1:-1]
+        interior = ((padded[:-2, 1:-1] == centre) & (padded[2:, 1:-1] == centre)
+                    & (padded[1:-1, :-2] == centre) & (padded[1:-1, 2:] == centre))
+        border = np.pad(np.where(interior, 0, centre), 1)  # each pixel on its nucleus's edge, as its label
+        code = np.ones(centre.shape, np.uint8)  # at most 1 + 4 x 2 + 4 x 10
+        for dr, dc, weight in ((0, 1, 2), (2, 1, 2), (1, 0, 2), (1, 2, 2), (0, 0, 10), (0, 2, 10), (2, 0, 10),
+                               (2, 2, 10)):
+            code += np.uint8(weight) * (border[dr:dr + centre.shape[0], dc:dc + centre.shape[1]] == centre)
+        rows = slice(top - r0, bottom - r0)
+        inner, on_edge = centre[rows], (border[1:-1, 1:-1] != 0)[rows]
+        found = np.flatnonzero(inner)
+        ids = inner.ravel()[found]
+        r = (found // width + top - origin_row[ids]).astype(np.float64)
+        c = (found % width - origin_col[ids]).astype(np.float64)
+        sums["n"] += np.bincount(ids, minlength=count + 1)
+        for name, values in (("r", r), ("c", c), ("rr", r * r), ("cc", c * c), ("rc", r * c)):
+            sums[name] += np.bincount(ids, values, minlength=count + 1)
+        edge = on_edge.ravel()[found]
+        sums["perimeter"] += np.bincount(ids[edge], weights[code[rows].ravel()[found][edge]], minlength=count + 1)
+        if channels:
+            band = intensity[top:bottom].reshape(-1, channels)[found].astype(np.float64)
+            for channel in range(channels):
+                sums["sum"][channel] += np.bincount(ids, band[:, channel], minlength=count + 1)
+                with np.errstate(invalid="ignore"):  # a NaN pixel makes its nucleus's max NaN, as in regionprops
+                    np.maximum.at(sums["max"][channel], ids, band[:, channel])
+    sums["top"], sums["left"] = origin_row, origin_col
+    return sums
+
+
+def measure(labels: np.ndarray, intensity: np.ndarray | None = None, *, pixel_size: float | None = None,
+            solidity: np.ndarray | None = None) -> pd.DataFrame:
     """Per-nucleus measurements: label, centroid, area, perimeter, equivalent diameter, eccentricity,
     solidity, and the mean and max intensity of ``intensity`` (the original image, in its own units); with
     ``pixel_size`` (micrometres), also ``area_um2``, ``perimeter_um``, ``equivalent_diameter_um`` and
     ``pixel_size_um`` (the pixel columns stay in pixels).
+
+    The values of ``skimage.measure.regionprops`` (``centroid``, ``area``, ``perimeter``,
+    ``equivalent_diameter_area``, ``eccentricity``, ``solidity``, ``intensity_mean``, ``intensity_max``), computed
+    for all nuclei at once where regionprops goes one nucleus at a time.
 
     Parameters
     ----------
     labels : ndarray, shape (H, W), int
     intensity : ndarray, shape (H, W) or (H, W, C), optional
         With C channels, one mean and one max column per channel (``mean_intensity_0``, ...).
+    solidity : ndarray, shape (n,), float, optional
+        The solidity of nucleus i + 1 at i where it is already known (the nucleus score measures it), NaN where
+        not: only those are measured.
 
     Returns
     -------
-    DataFrame, one row per nucleus, in label order
+    DataFrame, one row per nucleus that has pixels, in label order
     """
-    properties = list(dict.fromkeys(name.split("-")[0] for name in MEASUREMENTS))
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"expected labels of shape (H, W), got {labels.shape}")
     if intensity is not None:
-        properties += ["intensity_mean", "intensity_max"]
-    table = pd.DataFrame(skimage.measure.regionprops_table(labels, intensity_image=intensity, properties=properties))
-    renamed = dict(MEASUREMENTS)
-    for column in table.columns:
-        if column.startswith("intensity_"):
-            kind, _, channel = column.removeprefix("intensity_").partition("-")
-            renamed[column] = f"{kind}_intensity" + (f"_{channel}" if channel else "")
-    table = table.rename(columns=renamed)
+        intensity = np.asarray(intensity)
+        if intensity.shape[:2] != labels.shape or intensity.ndim not in (2, 3):
+            raise ValueError(f"expected an intensity image of shape {labels.shape} or {labels.shape} + (C,), "
+                             f"got {intensity.shape}")
+    count = int(labels.max(initial=0))
+    sums = _sums(labels, intensity, count)
+    label = np.flatnonzero(sums["n"][1:]) + 1
+    area, r, c = sums["n"][label], sums["r"][label], sums["c"][label]
+    # second central moments times area squared, from exact integer sums; the inertia tensor is
+    # [[cols, -both], [-both, rows]] / area^2 (skimage.measure.inertia_tensor)
+    rows, cols, both = area * sums["rr"][label] - r * r, area * sums["cc"][label] - c * c, area * sums["rc"][label] - r * c
+    middle, spread = (rows + cols) / 2, np.sqrt(((cols - rows) / 2) ** 2 + both**2)
+    largest, smallest = np.clip(middle + spread, 0, None), np.clip(middle - spread, 0, None)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        eccentricity = np.where(largest > 0, np.sqrt(np.clip(1 - smallest / largest, 0, None)), 0.0)
+    table = {"label": label,
+             "centroid_row": sums["top"][label] + r / area, "centroid_col": sums["left"][label] + c / area,
+             "area": area, "perimeter": sums["perimeter"][label],
+             "equivalent_diameter": np.sqrt(4 * area / np.pi), "eccentricity": eccentricity,
+             "solidity": _solidity(labels, label, solidity)}
+    if intensity is not None:
+        names = [""] if intensity.ndim == 2 else [f"_{channel}" for channel in range(intensity.shape[-1])]
+        for channel, suffix in enumerate(names):
+            table[f"mean_intensity{suffix}"] = sums["sum"][channel][label] / area
+        for channel, suffix in enumerate(names):
+            table[f"max_intensity{suffix}"] = sums["max"][channel][label]
+    table = pd.DataFrame(table)
     if pixel_size is not None:
         table["area_um2"] = table["area"] * pixel_size**2
         table["perimeter_um"] = table["perimeter"] * pixel_size
         table["equivalent_diameter_um"] = table["equivalent_diameter"] * pixel_size
         table["pixel_size_um"] = pixel_size
     return table
+
+
+def _solidity(labels: np.ndarray, label: np.ndarray, known: np.ndarray | None) -> np.ndarray:
+    """The solidity of the nuclei ``label``: from ``known`` (nucleus i + 1's at i, NaN where unknown), else
+    regionprops' (each nucleus's own convex hull)."""
+    values = np.full(len(label), np.nan)
+    if known is not None:
+        known = np.asarray(known, np.float64)
+        inside = label <= len(known)
+        values[inside] = known[label[inside] - 1]
+    missing = set(label[~np.isfinite(values)].tolist())
+    if missing:
+        position = {value: index for index, value in enumerate(label.tolist())}
+        for region in skimage.measure.regionprops(labels):
+            if region.label in missing:
+                values[position[region.label]] = region.solidity
+    return values
 
 
 def display_image(raw: np.ndarray) -> np.ndarray:

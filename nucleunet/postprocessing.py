@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import os
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import scipy.ndimage as ndi
@@ -46,6 +47,14 @@ TTA_VIEW_COUNTS = (2, 4, 8)
 # Fields that earlier versions wrote into postprocessing.json and that their decision rules rejected
 # (docs/results.md), with the value that meant "off": a file that has them still loads.
 REMOVED_FIELDS = {"min_size_relative": None, "auto_gain": False, "gain": 1.0, "gain_base": 0.0}
+
+
+class Nuclei(NamedTuple):
+    """What ``Postprocessing.nuclei`` finds in the maps of an image."""
+
+    labels: np.ndarray  # (H, W) int32, 0 = background, nuclei 1..n
+    scores: np.ndarray | None  # (n,) float64 in [0, 1], nucleus i + 1's at i; None without a score model
+    solidity: np.ndarray | None  # (n,) float64, each nucleus's area over its convex hull's, as the score measured it
 
 
 @dataclass(frozen=True)
@@ -215,18 +224,21 @@ class Postprocessing:
         """
         if self.min_score is None:  # no cut: the scores are not needed
             return self._split(maps)
-        return self.labels_and_scores(maps)[0]
+        return self.nuclei(maps).labels
 
-    def labels_and_scores(self, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """``labels(maps)``, and with a ``score_model`` the score of each of its nuclei: ndarray, shape (n,),
-        float64 in [0, 1], nucleus i + 1's at i (measured before the cut, as the cut saw it); else None."""
+    def nuclei(self, maps: np.ndarray) -> Nuclei:
+        """``labels(maps)``, and with a ``score_model`` the score of each of its nuclei (measured before the cut,
+        as the cut saw it) and the solidity the score measured (``outputs.measure`` reuses it)."""
         labels = self._split(maps)
         if self.score_model is None:
-            return labels, None
-        scores = self.scorer.score(maps, labels)
+            return Nuclei(labels, None, None)
+        measured = nucleus_score.measure_nuclei(maps, labels)
+        scores = self.scorer.predict(measured)
+        solidity = measured[:, nucleus_score.FEATURES.index("solidity")]
         if self.min_score is None:
-            return labels, scores
-        return nucleus_score.drop_unsure(labels, scores, self.min_score), scores[scores >= self.min_score]
+            return Nuclei(labels, scores, solidity)
+        kept = scores >= self.min_score
+        return Nuclei(nucleus_score.drop_unsure(labels, scores, self.min_score), scores[kept], solidity[kept])
 
     def _split(self, maps: np.ndarray) -> np.ndarray:
         contact = maps[..., 1] if maps.shape[-1] > 1 and self.marker_height is None else None

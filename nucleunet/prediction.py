@@ -238,6 +238,7 @@ class Segmented(NamedTuple):
     unevenness: float
     flattened: bool
     smoothed: bool
+    solidity: np.ndarray | None = None  # each nucleus's solidity where the nucleus score measured it, else NaN
 
 
 def segment_image(predict_tiles: PredictTiles, image: np.ndarray, settings: Postprocessing, *,
@@ -271,9 +272,11 @@ def segment_image(predict_tiles: PredictTiles, image: np.ndarray, settings: Post
     mask : ndarray, shape (H, W), bool: the foreground (``settings.mask``)
     probability : ndarray, shape (H, W), float16, or None: the nucleus channel
     scale : float, the zoom the image was predicted at (``adaptation.resolve``: one for all blocks)
-    scores : ndarray, shape (n,), float64, or None: each nucleus's score (``Postprocessing.labels_and_scores``),
+    scores : ndarray, shape (n,), float64, or None: each nucleus's score (``Postprocessing.nuclei``),
         nucleus i + 1's at i; None without a score model
     unevenness, flattened, smoothed : what ``adaptation.prepare`` measured and did
+    solidity : ndarray, shape (n,), float64, or None: each nucleus's solidity as the score measured it (NaN for a
+        nucleus a neighbouring block's trimmed); None without a score model
     """
     prepared = adaptation.prepare(image, settings)
     image = prepared.image
@@ -291,13 +294,13 @@ def segment_image(predict_tiles: PredictTiles, image: np.ndarray, settings: Post
     if height <= block_size and width <= block_size:
         maps = _zoomed_maps(predict_tiles, image, settings, tile_size=tile_size, min_overlap=min_overlap,
                             first=first)
-        labels, scores = settings.labels_and_scores(maps)
-        return Segmented(labels, settings.mask(maps), maps[..., 0].astype(np.float16) if probability else None,
-                         settings.scale, scores, *facts)
+        found = settings.nuclei(maps)
+        return Segmented(found.labels, settings.mask(maps), maps[..., 0].astype(np.float16) if probability else None,
+                         settings.scale, found.scores, *facts, found.solidity)
     labels = np.zeros((height, width), np.int32)
     mask = np.zeros((height, width), bool)
     nucleus = np.zeros((height, width), np.float16) if probability else None
-    count, scores = 0, ([] if settings.score_model is not None else None)
+    count, scores, solidity = 0, [], []
     for top in range(0, height, block_size):
         for left in range(0, width, block_size):
             bottom, right = min(top + block_size, height), min(left + block_size, width)
@@ -309,9 +312,9 @@ def segment_image(predict_tiles: PredictTiles, image: np.ndarray, settings: Post
             mask[top:bottom, left:right] = settings.mask(inner)
             if nucleus is not None:
                 nucleus[top:bottom, left:right] = inner[..., 0]
-            block_labels, block_scores = settings.labels_and_scores(maps)
+            block = settings.nuclei(maps)
             del maps, inner
-            for region in skimage.measure.regionprops(block_labels):
+            for region in skimage.measure.regionprops(block.labels):
                 row, col = region.centroid
                 if not (top <= row + r0 < bottom and left <= col + c0 < right):
                     continue  # a neighbouring block owns it
@@ -319,9 +322,12 @@ def segment_image(predict_tiles: PredictTiles, image: np.ndarray, settings: Post
                 free = labels[rows, cols] == 0  # where a neighbour's nucleus overlaps it, the neighbour keeps them
                 count += 1
                 labels[rows[free], cols[free]] = count
-                if scores is not None:
-                    scores.append(block_scores[region.label - 1])
-    return Segmented(labels, mask, nucleus, settings.scale, None if scores is None else np.asarray(scores), *facts)
+                if block.scores is not None:
+                    scores.append(block.scores[region.label - 1])
+                    solidity.append(block.solidity[region.label - 1] if free.all() else np.nan)  # else trimmed
+    if settings.score_model is None:
+        return Segmented(labels, mask, nucleus, settings.scale, None, *facts)
+    return Segmented(labels, mask, nucleus, settings.scale, np.asarray(scores), *facts, np.asarray(solidity))
 
 
 def tile_count(shape: tuple[int, int], settings: Postprocessing, tile_size=TILE_SIZE,

@@ -12,14 +12,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import skimage.io
+import skimage.measure
 import tifffile
 
 import nucleunet
 import train_and_predicted_masks as cli
-from nucleunet import layouts, models, stratify
+from nucleunet import layouts, models, prediction, stratify
 from nucleunet.errors import MissingPathError, UserError
 
-from conftest import disk_labels, real_dataset_path
+from conftest import disk_labels, ready_test_images, real_dataset_path
 
 READY = models.ready_model_path()
 
@@ -81,6 +82,25 @@ def test_segment_returns_labels_measurements_and_on_request_the_probability(read
     np.testing.assert_array_equal(with_probability.labels, found.labels)
     assert with_probability.probability[found.labels > 0].mean() > 0.5 > with_probability.probability[
         found.labels == 0].mean()
+
+
+def test_measurements_reuse_the_solidity_the_nucleus_score_measured_whole_or_block_by_block(ready, tmp_path):
+    ((image_id, image),) = ready_test_images(tmp_path, clusters=(2,))
+    found = ready.segment(image, tta=False)
+    expected = skimage.measure.regionprops_table(found.labels, properties=["label", "solidity"])
+    assert found.count > 10 and np.array_equal(expected["label"], np.arange(1, found.count + 1))
+    np.testing.assert_array_equal(found.solidity, expected["solidity"], err_msg=image_id)
+    np.testing.assert_array_equal(found.measurements["solidity"], expected["solidity"])
+    # in blocks of 96 pixels: the score's solidity for each nucleus kept whole, NaN where a neighbour trimmed it
+    _, model_input, _ = ready.prepare(image)
+    predict_tiles, tile_size, min_overlap = ready.predictor
+    blocks = prediction.segment_image(predict_tiles, model_input, ready.postprocessing.replace(tta=False),
+                                      tile_size=tile_size, min_overlap=min_overlap, block_size=96, margin=32)
+    measured = skimage.measure.regionprops_table(blocks.labels, properties=["label", "solidity"])
+    given = blocks.solidity[measured["label"] - 1]
+    known = np.isfinite(given)
+    assert image.shape[0] > 2 * 96 and len(blocks.solidity) == len(blocks.scores) and 0.5 < known.mean()
+    np.testing.assert_allclose(given[known], measured["solidity"][known], rtol=1e-12)
 
 
 def test_settings_can_be_changed_per_call_or_for_a_copy_that_shares_the_network(ready):

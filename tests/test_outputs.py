@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
+import skimage.io
 
 from nucleunet import outputs
 
@@ -176,6 +179,84 @@ def test_measurements_equal_regionprops(tmp_path):
         assert (row.centroid_row, row.centroid_col) == pytest.approx(region.centroid)
         assert row.perimeter == pytest.approx(region.perimeter) and row.solidity == pytest.approx(region.solidity)
         assert row.mean_intensity == pytest.approx(region.intensity_mean) and row.max_intensity == region.intensity_max
+
+
+def _regionprops_table(labels, intensity=None) -> pd.DataFrame:
+    """scikit-image's own measurements, one nucleus at a time: what ``outputs.measure`` must equal."""
+    names = ["label", "centroid", "area", "perimeter", "equivalent_diameter_area", "eccentricity", "solidity"]
+    if intensity is not None:
+        names += ["intensity_mean", "intensity_max"]
+    return pd.DataFrame(skimage.measure.regionprops_table(labels, intensity_image=intensity, properties=names))
+
+
+def _awkward_nuclei() -> tuple[np.ndarray, np.ndarray]:
+    """Labels over more than two of measure's bands (1,100 rows): nuclei crossing the band borders, touching each
+    other and the image's edges, a single pixel, a one-pixel line, a ring, a nucleus in two pieces, circles (whose
+    eccentricity is exactly 0), label numbers without pixels; and an RGB float image with a NaN pixel."""
+    rng = np.random.default_rng(3)
+    shape = (1100, 90)
+    labels = np.zeros(shape, np.int32)
+    for label, row in enumerate(range(5, 1100, 37), start=2):
+        rr, cc = skimage.draw.ellipse(row, rng.integers(0, 90), rng.integers(3, 25), rng.integers(3, 25), shape=shape,
+                                      rotation=rng.uniform(0, np.pi))
+        labels[rr, cc] = label
+    labels[500:530, 40:70] = 90  # across the border between the first two bands, at rows 510-514
+    labels[507, 10] = 91
+    labels[600, 0:40] = 92
+    rr, cc = skimage.draw.disk((700, 45), 12)
+    labels[rr, cc] = 93
+    labels[695:706, 40:51] = 0  # a hole: a ring
+    labels[800:805, 0:5] = labels[800:805, 80:85] = 94
+    rr, cc = skimage.draw.disk((1060, 45), 9.5)
+    labels[rr, cc] = 96
+    labels[-1, :] = 97
+    intensity = rng.random(shape + (3,)).astype(np.float32) * 100
+    intensity[702, 0] = intensity[rr[0], cc[0], 1] = np.nan
+    return labels, intensity
+
+
+@pytest.mark.parametrize("channels", [None, "gray", "rgb"])
+def test_measurements_equal_regionprops_on_awkward_nuclei(channels):
+    labels, colour = _awkward_nuclei()
+    intensity = {None: None, "gray": (np.nan_to_num(colour[..., 0]) * 50).astype(np.uint16), "rgb": colour}[channels]
+    table, expected = outputs.measure(labels, intensity), _regionprops_table(labels, intensity)
+    assert len(table) == len(expected) == len(np.unique(labels)) - 1
+    assert np.isnan(table.filter(like="mean").to_numpy()).any() == (channels == "rgb")
+    for ours, theirs in zip(table.columns, expected.columns):
+        np.testing.assert_allclose(table[ours], expected[theirs], rtol=1e-6 if channels == "rgb" else 1e-12,
+                                   atol=1e-12, err_msg=f"{ours} != {theirs}")
+    assert (table.loc[table["label"].isin([96, 91]), "eccentricity"] == 0).all()
+
+
+def test_measurements_of_real_nuclei_equal_regionprops():
+    from nucleunet import layouts
+
+    from conftest import real_dataset_path
+
+    source = real_dataset_path()
+    entries = layouts.scan_layout(layouts.list_files(source))[0]
+    reader = layouts.DatasetReader(source)
+    for entry in entries[::200]:
+        masks = [skimage.io.imread(io.BytesIO(reader.read_bytes(name)[0])) for name in entry.masks]
+        labels = np.zeros(masks[0].shape[:2], np.int32)
+        for number, mask in enumerate(masks, start=1):
+            labels[mask > 0] = number
+        intensity = skimage.io.imread(io.BytesIO(reader.read_bytes(entry.image)[0]))[..., :3]
+        table, expected = outputs.measure(labels, intensity), _regionprops_table(labels, intensity)
+        assert len(table) > 0
+        for ours, theirs in zip(table.columns, expected.columns):
+            np.testing.assert_allclose(table[ours], expected[theirs], rtol=1e-12, atol=1e-12,
+                                       err_msg=f"{entry.image_id}: {ours}")
+
+
+def test_measure_takes_the_solidity_it_is_given_and_measures_the_rest():
+    labels, intensity = _nuclei()
+    expected = _regionprops_table(labels)["solidity"].to_numpy()
+    given = np.full(labels.max(), 0.5)
+    given[[2, 5]] = np.nan
+    solidity = outputs.measure(labels, intensity, solidity=given)["solidity"].to_numpy()
+    assert (solidity[[0, 1, 3, 4, 6]] == 0.5).all() and solidity[[2, 5]] == pytest.approx(expected[[2, 5]])
+    assert outputs.measure(labels, solidity=given[:3])["solidity"].to_numpy()[3:] == pytest.approx(expected[3:])
 
 
 def test_measurements_of_a_colour_image_have_one_column_per_channel():
