@@ -353,10 +353,12 @@ def build_arg_parser() -> argparse.ArgumentParser:
                        help="the typical nucleus diameter (micrometres where the pixel size is known, else pixels): "
                             "each image is zoomed to bring it to the model's training nuclei, in place of --scale")
     group.add_argument("--engine", choices=models.ENGINES, default="auto",
-                       help="what the network runs on: 'onnx' (ONNX Runtime, faster on CPUs), 'keras', 'int8' (the "
-                            "model's 8-bit copy, model.int8.onnx, on ONNX Runtime: faster still, labels close to but "
-                            "not the same as float32's), or 'auto': ONNX Runtime where the model has an ONNX copy "
-                            "(model.onnx) and onnxruntime is installed (default: auto)")
+                       help="what the network runs on: 'int8' (the model's 8-bit copy, model.int8.onnx, on ONNX "
+                            "Runtime: about 2x faster, labels close to but not the same as float32's), 'float32' "
+                            "(ONNX Runtime where the model has an ONNX copy, model.onnx, and onnxruntime is "
+                            "installed, else Keras), 'onnx', 'keras', or 'auto': 'int8' where the model has that copy "
+                            "and the CPU has 8-bit dot products (AVX-512 VNNI, AVX-VNNI), else 'float32' "
+                            "(default: auto)")
     group.add_argument("--max-pixels", type=_pixels, metavar="N", default=inputs.MAX_PIXELS,
                        help=f"skip files of more pixels than this (all planes), judged from their header before "
                             f"anything is decoded (default: {inputs.MAX_PIXELS:.0e})")

@@ -93,7 +93,7 @@ def main(argv=None) -> int:
         else:
             model = models.TrainedModel.open(models.ready_model_path())
             small = cv_images(model)
-        if model.engine("auto") != "onnx":
+        if model.engine("float32") != "onnx":
             raise SystemExit(f"{model.path} has no usable ONNX copy, or onnxruntime is not installed")
         large = [mosaic(small, args.large)]
 

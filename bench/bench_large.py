@@ -121,12 +121,13 @@ def main(argv=None) -> int:
             raise SystemExit(f"predict failed with exit status {finished.returncode}")
         (run_dir,) = (scratch / "runs").iterdir()
         counts = pd.read_csv(run_dir / "counts.csv")
+        engine = json.loads((run_dir / "config.json").read_text())["engine"]  # what 'auto' chose
         nuclei = int(counts["nuclei"].iloc[0])
         flattened = bool(counts["flattened"].iloc[0])
     peak_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
     megapixels_per_second = side**2 / 1e6 / seconds
     results["large"] = {"command": common.portable(" ".join(command[1:]), scratch=scratch), "seconds": seconds,
-                        "peak_rss_gib": peak_gib,
+                        "peak_rss_gib": peak_gib, "engine": engine,
                         "megapixels_per_second": megapixels_per_second, "nuclei": nuclei, "flattened": flattened}
     what = (" with a background ramp" if args.ramp else "") + (" at the model's defaults" if args.defaults else "")
     common.print_table(f"predict on a {side} x {side} image{what}",

@@ -99,7 +99,7 @@ def cv_images(model_path: Path, data: Path | None, quick: bool) -> CVImages:
     if quick:
         train, cv = train[:10], cv[:3]
     reference = postprocessing.reference_area(labels for _, _, labels in dsb.read_raw_images(source, train))
-    predict_tiles, tile_size, min_overlap = model.predictor()
+    predict_tiles, tile_size, min_overlap = model.predictor("float32")
     return CVImages(model, source, train, cv, dict(zip(split["image_id"], split["cluster"].astype(int))), reference,
                     predict_tiles, tile_size, min_overlap)
 

@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     split = stratify.read_split(model.split)
     ids = sorted(split.loc[split["subset"] == args.subset, "image_id"])[: 3 if args.quick else None]
     clusters = dict(zip(split["image_id"], split["cluster"].astype(int)))
-    predict_tiles, tile_size, min_overlap = model.predictor()
+    predict_tiles, tile_size, min_overlap = model.predictor("float32")
     base = model.postprocessing.replace(tta=False)
     started, rows = time.perf_counter(), []
     for image_id, raw, labels in dsb.read_raw_images(dsb.find_dataset(args.data), ids):

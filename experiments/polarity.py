@@ -86,7 +86,7 @@ def main(argv=None) -> int:
     differ = table[table["luminance_rule"] != table["colour_rule"]]
     scored = {}
     if len(differ):
-        predict_tiles, tile_size, min_overlap = model.predictor()
+        predict_tiles, tile_size, min_overlap = model.predictor("float32")
         settings = dataclasses.replace(model.postprocessing, tta=False)
         for image_id, raw, labels in dsb.read_raw_images(dsb.find_dataset(args.data), differ["image_id"]):
             gray = imaging.stretch(imaging.to_grayscale(raw), percentiles)

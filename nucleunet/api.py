@@ -106,15 +106,16 @@ class Model:
     normalization : (float, float)
         The percentiles of each image's intensities stretched to 0 and 1, as in training.
     engine : str
-        What the network runs on: 'onnx' (ONNX Runtime, where the model has an ONNX copy and onnxruntime is
-        installed) or 'keras', both giving the same labels (``tests/test_onnx.py``); or, asked for by name, 'int8'
-        (the model's 8-bit copy on ONNX Runtime: faster, labels close to float32's, ``tests/test_int8.py``).
+        What the network runs on: 'int8' (the model's 8-bit copy on ONNX Runtime: about 2x faster, labels within a
+        stated tolerance of float32's, ``tests/test_int8.py``) where the model has one and the CPU computes 8-bit dot
+        products, else 'onnx' (ONNX Runtime, where the model has an ONNX copy and onnxruntime is installed) or
+        'keras', these two giving the same labels (``tests/test_onnx.py``); see ``models.ENGINES``.
     """
 
     def __init__(self, trained: TrainedModel, name: str | None = None, engine: str = "auto"):
         self.trained = trained
         self.name = name or str(trained.path)
-        self.engine = trained.engine(engine)  # what the network runs on: 'onnx' or 'keras'
+        self.engine = trained.engine(engine)  # what the network runs on: 'onnx', 'int8' or 'keras'
         # one network for this model and its with_settings copies
         self._load = functools.cache(functools.partial(trained.predictor, self.engine))
 
@@ -317,8 +318,9 @@ def load_model(name_or_path: str | Path | None = None, *, engine: str = "auto") 
     name_or_path : str or Path, optional
         None: the ready model (``models/README.md``); the name of a ready model (``READY_MODELS``); a ``.keras``
         file; or a folder that holds ``model.keras`` (a training run or an export), with its run files.
-    engine : 'auto', 'onnx', 'keras' or 'int8'
-        What the network runs on (``Model.engine``): 'auto' takes ONNX Runtime where it can (float32, never 'int8').
+    engine : 'auto', 'float32', 'onnx', 'keras' or 'int8'
+        What the network runs on (``Model.engine``, ``models.ENGINES``): 'auto' takes the 8-bit copy where the model
+        has one and the CPU computes 8-bit dot products, else as 'float32': ONNX Runtime where it can, else Keras.
 
     Raises
     ------

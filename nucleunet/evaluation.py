@@ -119,12 +119,13 @@ def evaluate_run(model_path: Path, *, data: Path | None = None, split: Path | No
     With ``perturb``, also under every shift of ``robustness.SHIFTS``: ``robustness.csv`` (mean Dice and
     mAP per shift, mAP per cluster) and ``robustness_per_image.csv``.
     """
-    model = load_model(model_path).with_settings(**(overrides or {}))
+    model = load_model(model_path, engine="float32").with_settings(**(overrides or {}))  # the reference engine
     records, clusters, source, _ = records_of(model.trained, data, split, subset, cache_dir=cache_dir,
                                               progress=progress)
     run_dir = runs.new_run_dir(out, "evaluate")
     log.info("run folder: %s", run_dir)
     runs.write_json(run_dir / "config.json", {"model": str(model_path), "data": str(source), "subset": subset,
+                                              "engine": model.engine,
                                               "postprocessing": dataclasses.asdict(model.postprocessing)})
     config = model.trained.config
     if figures_per_cluster is None:

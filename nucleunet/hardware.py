@@ -9,8 +9,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import keras
-
 from nucleunet.config import PRESETS
 
 log = logging.getLogger("nucleunet.hardware")
@@ -18,6 +16,8 @@ log = logging.getLogger("nucleunet.hardware")
 
 def detect_accelerator() -> str | None:
     """Name of the first GPU the Keras backend sees, or None."""
+    import keras  # here, not above: cpu_flags serves prediction, which may run without Keras
+
     backend = keras.backend.backend()
     try:
         if backend == "tensorflow":

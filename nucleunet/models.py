@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from nucleunet import imaging, runs, stratify
+from nucleunet import hardware, imaging, runs, stratify
 from nucleunet.config import POSTPROCESSING_FIELDS, TrainConfig
 from nucleunet.errors import MissingPathError, UserError
 from nucleunet.postprocessing import Postprocessing
@@ -32,11 +32,14 @@ READY_MODELS = {
                     "stained tissue); its card is models/README.md",
 }
 DEFAULT_MODEL = "unet_dsb2018"
-# The engines a network can run on: 'auto' takes ONNX Runtime where a model has an ONNX copy and onnxruntime is
-# installed (1.7x faster on a 2-core AVX2 CPU, same nucleus maps to 5e-6: bench/RESULTS.md, table 7), else Keras.
-# 'int8': the ONNX copy quantized to 8-bit integers (write_int8_copy), faster, with labels close to but not the same
-# as float32's (docs/results.md, "8-bit integers"); never chosen by 'auto'.
-ENGINES = ("auto", "keras", "onnx", "int8")
+# The engines a network can run on. 'float32': ONNX Runtime where a model has an ONNX copy and onnxruntime is
+# installed (1.7x faster on a 2-core AVX2 CPU, same nucleus maps to 5e-6: bench/RESULTS.md, table 7), else Keras; the
+# reference that tuning, evaluation, the experiments and the benchmarks run on. 'int8': the ONNX copy quantized to
+# 8-bit integers (write_int8_copy), about 2x faster, labels within a stated tolerance of float32's (docs/results.md,
+# "8-bit integers"). 'auto' (what predict and the API use): 'int8' where the model has that copy and the CPU computes
+# 8-bit dot products (INT8_CPU_FLAGS: where the tolerance was checked), else 'float32'.
+ENGINES = ("auto", "float32", "keras", "onnx", "int8")
+INT8_CPU_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}
 ONNX_FILE, ONNX_RECORD = "model.onnx", "onnx.json"
 INT8_FILE, INT8_RECORD = "model.int8.onnx", "int8.json"
 # Calibration of the 8-bit copy: this many crops of this side from the model's training images.
@@ -159,19 +162,23 @@ class TrainedModel:
         return copy
 
     def engine(self, requested: str = "auto") -> str:
-        """The engine ``predictor`` runs the network on: 'onnx' (ONNX Runtime, faster on CPUs) where ``onnx_path``
-        has a file and onnxruntime is installed and ``requested`` allows it, else 'keras'; ``requested`` 'onnx'
-        without either is a ``UserError``, and so is 'int8' (asked for by name only) without ``int8_path``."""
+        """The engine ``predictor`` runs the network on, 'onnx', 'int8' or 'keras', for ``requested`` (``ENGINES``):
+        'auto' is 'int8' where ``int8_path`` has a file, onnxruntime is installed and the CPU has ``INT8_CPU_FLAGS``,
+        else as 'float32': 'onnx' where ``onnx_path`` has a file and onnxruntime is installed, else 'keras'.
+        'onnx' or 'int8' asked for by name without their copy or onnxruntime is a ``UserError``."""
         if requested not in ENGINES:
             raise UserError(f"engine must be one of {', '.join(ENGINES)}, got {requested!r}")
         if requested == "keras":
             return "keras"
+        runtime = importlib.util.find_spec("onnxruntime") is not None
         if requested == "int8":
-            if self.int8_path() is None or importlib.util.find_spec("onnxruntime") is None:
+            if self.int8_path() is None or not runtime:
                 raise UserError(f"the int8 engine needs onnxruntime installed and an 8-bit copy of {self.path} "
                                 f"beside it ({INT8_FILE}, made by nucleunet.models.write_int8_copy)")
             return "int8"
-        available = self.onnx_path() is not None and importlib.util.find_spec("onnxruntime") is not None
+        if requested == "auto" and runtime and hardware.cpu_flags() & INT8_CPU_FLAGS and self.int8_path() is not None:
+            return "int8"
+        available = runtime and self.onnx_path() is not None
         if requested == "onnx" and not available:
             raise UserError(f"the ONNX engine needs onnxruntime installed and an ONNX copy of {self.path} beside it "
                             f"({ONNX_FILE}, made by 'export --format keras')")

@@ -152,7 +152,7 @@ def _train_and_evaluate(config, run_dir, records, split, distribution, *, progre
     postprocessing.save(run_dir / "postprocessing.json")
     if test_records:
         clusters = dict(zip(split["image_id"], split["cluster"].astype(int)))
-        evaluate_records(load_model(checkpoint), test_records, clusters, run_dir,
+        evaluate_records(load_model(checkpoint, engine="float32"), test_records, clusters, run_dir,
                          figures_per_cluster=config.figures_per_cluster, seed=config.seed, progress=progress)
     else:  # a small dataset's split (fine-tuning) has no test images
         log.info("no test images in the split: score the model on images of your own with "

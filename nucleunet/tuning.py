@@ -113,7 +113,7 @@ def tune_run(model_path: Path, *, data: Path | None = None, split: Path | None =
     runs.write_json(run_dir / "config.json", {"model": str(model_path), "data": str(source), "subset": subset,
                                               "tta": tta, "scale": predicting.scale,
                                               "extra_zooms": predicting.extra_zooms, "fit_score": fit_score})
-    predict_tiles, tile_size, min_overlap = model.predictor()
+    predict_tiles, tile_size, min_overlap = model.predictor("float32")  # the reference engine
     maps = [prediction.image_maps(predict_tiles, record.image, predicting, tile_size=tile_size,
                                   min_overlap=min_overlap)
             for record in tqdm(records, desc="predict images", unit="img", disable=not progress)]

@@ -12,7 +12,7 @@ import pytest
 
 import nucleunet
 import unet
-from nucleunet import models
+from nucleunet import hardware, models
 from nucleunet.errors import UserError
 from nucleunet.metrics import score_image
 
@@ -21,10 +21,18 @@ from conftest import ready_test_images
 READY = models.ready_model_path()
 
 
-def test_the_shipped_int8_copy_is_the_ready_models_and_is_used_only_when_asked_for():
+def test_the_shipped_int8_copy_is_the_ready_models_and_auto_takes_it_where_the_cpu_has_8_bit_dot_products(
+        monkeypatch):
     assert json.loads((READY.parent / "int8.json").read_text())["keras_sha256"] == models.file_sha256(READY)
-    assert nucleunet.load_model().engine == "onnx"  # 'auto' keeps float32
     assert nucleunet.load_model(engine="int8").engine == "int8"
+    assert nucleunet.load_model(engine="float32").engine == "onnx"
+    expected = "int8" if hardware.cpu_flags() & models.INT8_CPU_FLAGS else "onnx"
+    assert nucleunet.load_model().engine == expected
+    for flags, engine in (({"avx2", "fma"}, "onnx"), ({"avx2", "avx_vnni"}, "int8"), ({"avx512f", "avx512_vnni"}, "int8"),
+                          (set(), "onnx")):
+        monkeypatch.setattr(hardware, "cpu_flags", lambda flags=flags: flags)
+        assert nucleunet.load_model().engine == engine, flags
+        assert nucleunet.load_model(engine="float32").engine == "onnx"
 
 
 def test_int8_labels_are_close_to_float32_labels_on_real_images(tmp_path):
@@ -51,7 +59,7 @@ def test_write_int8_copy_quantizes_a_model_to_predict_close_to_it(tmp_path):
     path = models.write_int8_copy(tmp_path / "model.keras", tiles)
     assert path == tmp_path / "model.int8.onnx" and (tmp_path / "model.onnx").is_file()
     trained = models.TrainedModel.open(tmp_path / "model.keras")
-    assert trained.int8_path() == path and trained.engine() == "onnx" and trained.engine("int8") == "int8"
+    assert trained.int8_path() == path and trained.engine("float32") == "onnx" and trained.engine("int8") == "int8"
     probe = rng.random((2, 64, 96, 1)).astype(np.float32)
     expected = models.OnnxNetwork(tmp_path / "model.onnx").predict_on_batch(probe)
     quantized = models.OnnxNetwork(path).predict_on_batch(probe)
@@ -61,7 +69,8 @@ def test_write_int8_copy_quantizes_a_model_to_predict_close_to_it(tmp_path):
         models.write_int8_copy(tmp_path / "model.keras", tiles[..., 0])
 
 
-def test_a_stale_or_missing_int8_copy_is_never_used(tmp_path, caplog):
+def test_a_stale_or_missing_int8_copy_is_never_used(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: {"avx512_vnni"})  # where 'auto' would take a good one
     folder = tmp_path / "model"
     shutil.copytree(READY.parent, folder)
     (folder / "int8.json").write_text(json.dumps({"source": "model.onnx", "keras_sha256": "0" * 64}))

@@ -25,9 +25,10 @@ from conftest import ready_test_images
 READY = models.ready_model_path()
 
 
-def test_the_shipped_onnx_copy_is_the_ready_models_and_is_used_by_default():
+def test_the_shipped_onnx_copy_is_the_ready_models_and_is_the_float32_engine():
     assert json.loads((READY.parent / "onnx.json").read_text())["keras_sha256"] == models.file_sha256(READY)
-    assert nucleunet.load_model().engine == "onnx" and nucleunet.load_model(engine="keras").engine == "keras"
+    assert nucleunet.load_model(engine="float32").engine == "onnx"
+    assert nucleunet.load_model(engine="keras").engine == "keras"
 
 
 def test_onnx_runtime_and_keras_give_the_same_labels_on_real_images(tmp_path):
@@ -66,7 +67,7 @@ def test_a_stale_onnx_copy_is_ignored_and_the_onnx_engine_then_refused(tmp_path,
     (folder / "onnx.json").write_text(json.dumps({"source": "model.keras", "keras_sha256": "0" * 64}))
     trained = models.TrainedModel.open(folder / "model.keras")
     with caplog.at_level(logging.WARNING, logger="nucleunet.models"):
-        assert trained.engine() == "keras"
+        assert trained.engine("float32") == "keras"
     assert "was not made from model.keras" in caplog.text
     with pytest.raises(UserError, match="the ONNX engine needs"):
         trained.engine("onnx")
