@@ -76,7 +76,7 @@ def main(argv=None) -> int:
                         help="add a background ramp to the large image (predict flattens it); part 1 only")
     parser.add_argument("--defaults", action="store_true",
                         help="predict at the model's defaults (test-time augmentation as it says); part 1 only")
-    parser.add_argument("--engine", choices=("auto", "keras", "onnx", "int8"), default="auto",
+    parser.add_argument("--engine", choices=("auto", "float32", "keras", "onnx", "int8"), default="auto",
                         help="what predict runs the network on (its --engine; default auto); part 1 only")
     args = parser.parse_args(argv)
 

@@ -252,7 +252,7 @@ def main(argv=None) -> int:
     parser = common.base_parser("price", __doc__.splitlines()[0])
     parser.add_argument("--subsets", nargs="+", choices=("cv", "test"), default=["cv", "test"])
     parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
-    parser.add_argument("--engine", choices=("auto", "keras", "onnx", "int8"), default="auto")
+    parser.add_argument("--engine", choices=("auto", "float32", "keras", "onnx", "int8"), default="auto")
     parser.add_argument("--leave-cluster-out", metavar="RECIPE",
                         help="mAP of each setting on the held-out clusters, with the networks that "
                              "experiments/leave_cluster_out.py trained for RECIPE (no timing)")

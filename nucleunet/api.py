@@ -80,6 +80,13 @@ class Segmentation:
         return int(self.labels.max(initial=0))
 
     @functools.cached_property
+    def areas(self) -> np.ndarray:
+        """The area (pixels) of each nucleus, nucleus i + 1's at i: ndarray, shape (n,), int64."""
+        labels = self.labels
+        # counted over the foreground only: a count over every pixel of a large image first copies it to int64
+        return np.bincount(labels[labels > 0], minlength=self.count + 1)[1:]
+
+    @functools.cached_property
     def measurements(self) -> pd.DataFrame:
         """One row per nucleus, in label order: label, centroid, area, perimeter, equivalent diameter,
         eccentricity, solidity, mean and max intensity in ``image`` (per channel for colour), and its
@@ -290,7 +297,7 @@ class Model:
                             scores=found.scores, scale=found.scale, unevenness=found.unevenness,
                             flattened=found.flattened, smoothed=found.smoothed, nonfinite_pixels=nonfinite,
                             calibration=calibration, image=plane, solidity=found.solidity)
-        if warning := plausibility(_median_diameter(found.labels), calibration, name):
+        if warning := plausibility(_median_diameter(result.areas), calibration, name):
             log.warning(warning)
         return result
 
@@ -303,9 +310,8 @@ class Model:
         return zoom
 
 
-def _median_diameter(labels: np.ndarray) -> float:
-    """The median equivalent diameter (pixels) of the nuclei of ``labels``; 0 without nuclei."""
-    areas = np.bincount(labels.ravel())[1:]
+def _median_diameter(areas: np.ndarray) -> float:
+    """The median equivalent diameter (pixels) of nuclei of ``areas`` (pixels); 0 without nuclei."""
     areas = areas[areas > 0]
     return float(np.median(2 * np.sqrt(areas / np.pi))) if len(areas) else 0.0
 

@@ -77,6 +77,7 @@ def test_segment_returns_labels_measurements_and_on_request_the_probability(read
     assert isinstance(table, pd.DataFrame) and table["label"].tolist() == [1, 2, 3, 4]
     assert {"area", "centroid_row", "mean_intensity", "score"} <= set(table.columns)
     assert table["area"].between(300, 600).all()  # discs of radius 12: 452 pixels
+    assert found.areas.tolist() == table["area"].tolist()
     with_probability = ready.segment(image, tta=False, scale=1.0, probability=True)
     assert with_probability.probability.dtype == np.float32 and with_probability.probability.shape == image.shape
     np.testing.assert_array_equal(with_probability.labels, found.labels)
