@@ -19,7 +19,6 @@ import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.ndimage as ndi
 import skimage.measure
 import skimage.segmentation
 
@@ -60,21 +59,24 @@ def measure_nuclei(maps: np.ndarray, labels: np.ndarray) -> np.ndarray:
     count = int(labels.max())
     if count == 0:
         return np.zeros((0, len(FEATURES)))
-    index = np.arange(1, count + 1)
-    nucleus = maps[..., 0].astype(np.float32)
-    contact = maps[..., 1].astype(np.float32) if maps.shape[-1] > 1 else np.zeros_like(nucleus)
-    areas = np.bincount(labels.ravel(), minlength=count + 1)[1:].astype(np.float64)
+    inside = labels > 0  # means over the nuclei's pixels alone: the same sums as over every pixel, faster
+    ids = labels[inside]
+    nucleus = maps[..., 0][inside].astype(np.float32)
+    contact = maps[..., 1][inside].astype(np.float32) if maps.shape[-1] > 1 else np.zeros_like(nucleus)
+    areas = np.bincount(ids, minlength=count + 1)[1:].astype(np.float64)
     present = areas > 0  # a label number without pixels (not from probability_to_labels) measures as empty
-    edges = np.where(skimage.segmentation.find_boundaries(labels, mode="inner"), labels, 0)
+    on_edge = skimage.segmentation.find_boundaries(labels, mode="inner")[inside]
+    edge_ids = ids[on_edge]
     solidity = np.ones(count)
     for region in skimage.measure.regionprops(labels):
         solidity[region.label - 1] = region.solidity
     with np.errstate(invalid="ignore", divide="ignore"):
         columns = [
             np.log(np.where(present, areas, 1) / np.median(areas[present])),
-            ndi.mean(nucleus, labels, index),
-            ndi.mean(contact, labels, index),
-            ndi.mean(nucleus, edges, index),
+            np.bincount(ids, nucleus, minlength=count + 1)[1:] / areas,
+            np.bincount(ids, contact, minlength=count + 1)[1:] / areas,
+            np.bincount(edge_ids, nucleus[on_edge], minlength=count + 1)[1:]
+            / np.bincount(edge_ids, minlength=count + 1)[1:],
             solidity,
         ]
     return np.nan_to_num(np.stack(columns, axis=1))

@@ -6,6 +6,8 @@ import json
 
 import numpy as np
 import pytest
+import scipy.ndimage as ndi
+import skimage.segmentation
 
 from nucleunet import adaptation, nucleus_score, postprocessing, prediction
 from nucleunet.errors import UserError
@@ -44,6 +46,22 @@ def test_measurements_of_two_discs():
     np.testing.assert_allclose(column["edge_probability"], [0.95, 0.55], rtol=1e-6)
     np.testing.assert_allclose(column["contact_probability"], [0.0, 0.25], rtol=1e-6)
     assert np.all(column["solidity"] > 0.9)
+
+
+def test_the_mean_probabilities_are_scipys_means_over_each_nucleus_and_its_edge():
+    rng = np.random.default_rng(4)
+    labels = disk_labels((90, 120), [(20, 20), (20, 60), (60, 40), (60, 100), (85, 10)], 11)
+    labels[labels == 3] = 0  # a number without pixels
+    maps = rng.random((90, 120, 2)).astype(np.float16)
+    measured = nucleus_score.measure_nuclei(maps, labels)
+    index = np.arange(1, labels.max() + 1)
+    edges = np.where(skimage.segmentation.find_boundaries(labels, mode="inner"), labels, 0)
+    with np.errstate(invalid="ignore"):
+        expected = [ndi.mean(maps[..., 0].astype(np.float32), labels, index),
+                    ndi.mean(maps[..., 1].astype(np.float32), labels, index),
+                    ndi.mean(maps[..., 0].astype(np.float32), edges, index)]
+    np.testing.assert_array_equal(measured[:, 1:4], np.nan_to_num(np.stack(expected, axis=1)))
+    assert (measured[2, 1:] == [0, 0, 0, 1]).all()  # the number without pixels
 
 
 def test_a_ragged_nucleus_has_a_low_solidity_and_a_small_one_a_negative_relative_area():
