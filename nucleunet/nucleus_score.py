@@ -33,13 +33,15 @@ FEATURES = (
 )
 
 
-def measure_nuclei(maps: np.ndarray, labels: np.ndarray) -> np.ndarray:
+def measure_nuclei(maps: np.ndarray, labels: np.ndarray, *, hulls: np.ndarray | None = None) -> np.ndarray:
     """The ``FEATURES`` of every nucleus.
 
     Parameters
     ----------
     maps : ndarray, shape (H, W, C), float in [0, 1]: nuclei [, contacts] (``prediction.predict_maps``)
     labels : ndarray, shape (H, W), int, 0 = background, nuclei numbered 1..n
+    hulls : ndarray, shape (n,), bool, optional
+        The nuclei whose solidity is measured (each a convex hull, the costly part); the others' is left at 1.
 
     Returns
     -------
@@ -69,7 +71,8 @@ def measure_nuclei(maps: np.ndarray, labels: np.ndarray) -> np.ndarray:
     edge_ids = ids[on_edge]
     solidity = np.ones(count)
     for region in skimage.measure.regionprops(labels):
-        solidity[region.label - 1] = region.solidity
+        if hulls is None or hulls[region.label - 1]:
+            solidity[region.label - 1] = region.solidity
     with np.errstate(invalid="ignore", divide="ignore"):
         columns = [
             np.log(np.where(present, areas, 1) / np.median(areas[present])),

@@ -11,6 +11,7 @@ calls ``segment_image``::
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from typing import NamedTuple
@@ -300,7 +301,7 @@ def segment_image(predict_tiles: PredictTiles, image: np.ndarray, settings: Post
     labels = np.zeros((height, width), np.int32)
     mask = np.zeros((height, width), bool)
     nucleus = np.zeros((height, width), np.float16) if probability else None
-    count, scores, solidity = 0, [], []
+    count, scores, solidity = 0, [np.zeros(0)], [np.zeros(0)]
     for top in range(0, height, block_size):
         for left in range(0, width, block_size):
             bottom, right = min(top + block_size, height), min(left + block_size, width)
@@ -312,22 +313,43 @@ def segment_image(predict_tiles: PredictTiles, image: np.ndarray, settings: Post
             mask[top:bottom, left:right] = settings.mask(inner)
             if nucleus is not None:
                 nucleus[top:bottom, left:right] = inner[..., 0]
-            block = settings.nuclei(maps)
+            owned = functools.partial(_centred_in, origin=(r0, c0), box=(top, left, bottom, right))
+            block = settings.nuclei(maps, measure=owned)  # convex hulls only for the nuclei this block keeps
             del maps, inner
-            for region in skimage.measure.regionprops(block.labels):
-                row, col = region.centroid
-                if not (top <= row + r0 < bottom and left <= col + c0 < right):
-                    continue  # a neighbouring block owns it
-                rows, cols = region.coords[:, 0] + r0, region.coords[:, 1] + c0
-                free = labels[rows, cols] == 0  # where a neighbour's nucleus overlaps it, the neighbour keeps them
-                count += 1
-                labels[rows[free], cols[free]] = count
-                if block.scores is not None:
-                    scores.append(block.scores[region.label - 1])
-                    solidity.append(block.solidity[region.label - 1] if free.all() else np.nan)  # else trimmed
+            kept = owned(block.labels)  # a neighbouring block owns the others
+            numbers = np.zeros(len(kept), np.int32)
+            numbers[kept] = np.arange(count + 1, count + 1 + int(kept.sum()))
+            count += int(kept.sum())
+            placed = numbers[block.labels]
+            here = labels[r0:r1, c0:c1]
+            taken = (here != 0) & (placed != 0)  # where a neighbour's nucleus overlaps one, the neighbour keeps them
+            trimmed = np.zeros(len(kept), bool)
+            trimmed[block.labels[taken]] = True
+            free = (here == 0) & (placed != 0)
+            here[free] = placed[free]
+            if block.scores is not None:
+                scores.append(block.scores[kept[1:]])
+                solidity.append(np.where(trimmed, np.nan, np.concatenate([[np.nan], block.solidity]))[kept])
     if settings.score_model is None:
         return Segmented(labels, mask, nucleus, settings.scale, None, *facts)
-    return Segmented(labels, mask, nucleus, settings.scale, np.asarray(scores), *facts, np.asarray(solidity))
+    return Segmented(labels, mask, nucleus, settings.scale, np.concatenate(scores), *facts, np.concatenate(solidity))
+
+
+def _centred_in(labels: np.ndarray, origin: tuple[int, int], box: tuple[int, int, int, int]) -> np.ndarray:
+    """Which nuclei of a block's ``labels`` (the block's top-left pixel at ``origin`` of the image) have their centre
+    (the mean of their pixels' positions) in ``box`` = (top, left, bottom, right) of the image: ndarray, shape
+    (n + 1,), bool, index 0 (the background) False."""
+    count = int(labels.max(initial=0))
+    rows, cols = np.nonzero(labels)
+    numbers = labels[rows, cols]
+    area = np.bincount(numbers, minlength=count + 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        row = np.bincount(numbers, rows, minlength=count + 1) / area + origin[0]
+        col = np.bincount(numbers, cols, minlength=count + 1) / area + origin[1]
+    top, left, bottom, right = box
+    inside = (top <= row) & (row < bottom) & (left <= col) & (col < right)
+    inside[0] = False
+    return inside
 
 
 def tile_count(shape: tuple[int, int], settings: Postprocessing, tile_size=TILE_SIZE,

@@ -64,6 +64,17 @@ def test_the_mean_probabilities_are_scipys_means_over_each_nucleus_and_its_edge(
     assert (measured[2, 1:] == [0, 0, 0, 1]).all()  # the number without pixels
 
 
+def test_only_the_asked_for_convex_hulls_are_measured():
+    labels = disk_labels((60, 60), [(15, 15), (40, 40)], 9)
+    labels[10:20, 10:20][labels[10:20, 10:20] == 1] = 0  # a notch: nucleus 1 is not convex
+    maps = np.stack([labels > 0, np.zeros(labels.shape)], axis=-1).astype(np.float32)
+    every = nucleus_score.measure_nuclei(maps, labels)
+    second = nucleus_score.measure_nuclei(maps, labels, hulls=np.array([False, True]))
+    column = nucleus_score.FEATURES.index("solidity")
+    assert every[0, column] < 0.9 and second[0, column] == 1.0 and second[1, column] == every[1, column]
+    np.testing.assert_array_equal(np.delete(second, column, axis=1), np.delete(every, column, axis=1))
+
+
 def test_a_ragged_nucleus_has_a_low_solidity_and_a_small_one_a_negative_relative_area():
     labels = np.zeros((30, 60), np.int32)
     labels[5:25, 5:25] = 1  # a square: solidity 1

@@ -178,6 +178,9 @@ def test_blocks_give_each_nucleus_the_score_it_has_in_one_piece():
     for region in skimage.measure.regionprops(whole.labels):
         row, col = region.coords[0]
         assert blocks.scores[blocks.labels[row, col] - 1] == pytest.approx(whole.scores[region.label - 1])
+        in_blocks = blocks.solidity[blocks.labels[row, col] - 1]  # the score's convex hull, NaN where trimmed
+        assert np.isnan(in_blocks) or in_blocks == pytest.approx(whole.solidity[region.label - 1])
+    assert np.isfinite(blocks.solidity).mean() > 0.8 and np.ptp(whole.solidity) > 0.01
     assert np.ptp(whole.scores) > 0.3  # scores that differ, so a mix-up would show
     assert prediction.segment_image(predict, image, postprocessing.Postprocessing(min_size=0), tile_size=64,
                                  min_overlap=16).scores is None
