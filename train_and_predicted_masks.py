@@ -199,7 +199,7 @@ def _add_postprocessing_options(parser: argparse.ArgumentParser, default_text: s
                            help="drop nuclei whose score (how likely, learnt on training images, a predicted nucleus "
                                 "is a true one; 'tune --fit-score') is under P; 0 = keep every nucleus")
         group.add_argument("--tile-size", type=_tile_size, metavar="N|auto",
-                           help="side of the tiles the model sees ('auto': the fewest tiles of at most 768 pixels "
+                           help="side of the tiles the model sees ('auto': the fewest tiles of at most 1024 pixels "
                                 "that cover each image; default: the model's postprocessing.json, else the size it "
                                 "was trained on)")
 

@@ -62,7 +62,7 @@ SETTINGS = {
     "no flat field": ("the defaults without flattening uneven backgrounds", {"flat_field": False}),
     "plain": ("one pass at scale 1: no TTA, no zoom", {"tta": False, "extra_zooms": (), "scale": 1.0}),
     "defaults, whole-image tiles": ("the defaults, tile_size 'auto' (the fewest tiles of up to prediction.AUTO_TILE_MAX px: "
-                                    "2048 in price_tiles.json, 768 since)",
+                                    "2048 in price_tiles.json, 768 in price_tiles_768.json, 1024 since price_tile_max_1024.json)",
                                     {"tile_size": "auto"}),
     "TTA 4 views, second zoom 1 view, whole-image tiles": (
         "4 views at the automatic zoom, the image alone at the second zoom, tile_size 'auto'",

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
-import skimage.measure
 import skimage.transform
 
 from nucleunet import adaptation, tiling
@@ -28,11 +27,12 @@ from nucleunet.tiling import MIN_OVERLAP, TILE_SIZE, inference_tile_size, make_t
 
 log = logging.getLogger("nucleunet.prediction")
 
-# The largest tile side with tile_size='auto': an image up to 768 x 768 is one tile, about as fast as one call on
-# the whole image (bench/bench_large.py). One call on a larger tile keeps more activations than the whole
-# 10,000 x 10,000 image may (ONNX Runtime, ready model: 0.47 GiB at 768 x 768, 1.95 GiB at 1632 x 1632;
-# docs/results/price/decision_rule.txt).
-AUTO_TILE_MAX = 768
+# The largest tile side with tile_size='auto': an image up to 1024 x 1024 is one tile, and a stitched pass runs at
+# least as fast as one call on the whole image up to 2000 x 2000 (bench/bench_large.py). One call on a larger tile
+# keeps more activations than the whole 10,000 x 10,000 image may (ONNX Runtime, ready model: 0.47 GiB at 768 x 768,
+# 0.92 GiB at 1024 x 1024, 1.95 GiB at 1632 x 1632; docs/results/price/decision_rule.txt; 768 until its third
+# candidate, 1024, passed its conditions).
+AUTO_TILE_MAX = 1024
 
 # The most pixels one model call sees (``make_predictor``): what a call's activations take grows with its
 # pixels (about 0.8 GiB per megapixel for the ready model on ONNX Runtime), so 8 trained tiles of 256 x 256 fill a
@@ -277,7 +277,7 @@ def segment_image(predict_tiles: PredictTiles, image: np.ndarray, settings: Post
         nucleus i + 1's at i; None without a score model
     unevenness, flattened, smoothed : what ``adaptation.prepare`` measured and did
     solidity : ndarray, shape (n,), float64, or None: each nucleus's solidity as the score measured it (NaN for a
-        nucleus a neighbouring block's trimmed); None without a score model
+        nucleus that a neighbouring block's nucleus trimmed); None without a score model
     """
     prepared = adaptation.prepare(image, settings)
     image = prepared.image

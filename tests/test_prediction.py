@@ -75,7 +75,7 @@ def test_auto_tiles_and_model_calls_stay_within_their_memory_bounds():
     image = np.random.default_rng(0).random((1000, 1600)).astype(np.float32)
     rebuilt = prediction.predict_maps(predictor, image, tile_size="auto", tta=4)[..., 0]
     np.testing.assert_allclose(rebuilt, image, atol=1e-6)
-    assert {shape[1:3] for shape in calls} == {(544, 576)}  # 2 x 3 tiles, not one of 1000 x 1600
+    assert {shape[1:3] for shape in calls} == {(1024, 832)}  # 1 x 2 tiles, not one of 1000 x 1600
     assert all(shape[0] * shape[1] * shape[2] <= prediction.MAX_BATCH_PIXELS or shape[0] == 1 for shape in calls)
     assert max(side for shape in calls for side in shape[1:3]) <= prediction.AUTO_TILE_MAX
     calls.clear()
