@@ -58,6 +58,9 @@ class Segmentation:
         The pixel size (micrometres) and where it comes from; unknown unless given or read from the file.
     image : ndarray, shape (H, W) or (H, W, C)
         The image the intensities are measured in: the input, or its ``channel``.
+    solidity : ndarray, shape (n,), float64, or None
+        Each nucleus's solidity as the nucleus score measured it (NaN where it did not: a nucleus of a large image
+        that a neighbouring block's nucleus trimmed), which ``measurements`` reuses; None without a nucleus score.
     """
 
     labels: np.ndarray
@@ -71,7 +74,6 @@ class Segmentation:
     nonfinite_pixels: int
     calibration: Calibration
     image: np.ndarray = dataclasses.field(repr=False)
-    # each nucleus's solidity where the nucleus score measured it (NaN or None where not): ``measurements`` reuses it
     solidity: np.ndarray | None = dataclasses.field(default=None, repr=False)
 
     @property
