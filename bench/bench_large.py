@@ -14,10 +14,15 @@ as the robustness table's 'background' shift), so that ``predict`` flattens it (
 only (``bench/results/large_ramp.json``). ``--defaults`` runs part 1 at the model's own defaults (its
 ``postprocessing.json``, test-time augmentation as it says) instead of without test-time augmentation
 (``bench/results/large_defaults.json``). ``--engine`` passes predict's ``--engine`` (e.g. ``int8``), part 1 only.
+``--blank`` measures only what blank tiles save: a ``--side`` image (2048 unless given) whose right half is empty
+(zeros), segmented by ``Model.segment`` at the model's defaults without the flat field (which would make the empty
+half uneven), against the same image with a sparse dot every 7 pixels in that half (so that no tile is blank);
+alternating, median of ``--repeats`` (``bench/results/large_blank.json``).
 
     python bench/bench_large.py                          # the ready model in models/ (or --model)
     python bench/bench_large.py --ramp --json bench/results/large_ramp.json
     python bench/bench_large.py --defaults --json bench/results/large_defaults.json
+    python bench/bench_large.py --blank --json bench/results/large_blank.json
     python bench/bench_large.py --quick
 """
 
@@ -70,7 +75,7 @@ def whole_image(model, image: np.ndarray) -> np.ndarray:
 def main(argv=None) -> int:
     parser = common.base_parser("large", __doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="a saved model.keras (default: the ready model in models/)")
-    parser.add_argument("--side", type=int, default=10_000, help="side of the large image (default 10000)")
+    parser.add_argument("--side", type=int, help="side of the large image (default 10000; 2048 with --blank)")
     parser.add_argument("--repeats", type=int, default=3, help="alternating runs of each, median taken (default 3)")
     parser.add_argument("--ramp", action="store_true",
                         help="add a background ramp to the large image (predict flattens it); part 1 only")
@@ -78,6 +83,8 @@ def main(argv=None) -> int:
                         help="predict at the model's defaults (test-time augmentation as it says); part 1 only")
     parser.add_argument("--engine", choices=("auto", "float32", "keras", "onnx", "int8"), default="auto",
                         help="what predict runs the network on (its --engine; default auto); part 1 only")
+    parser.add_argument("--blank", action="store_true",
+                        help="only what blank tiles save: an image half empty against half sparse dots")
     args = parser.parse_args(argv)
 
     import tifffile
@@ -86,7 +93,7 @@ def main(argv=None) -> int:
     from nucleunet import models, prediction
 
     model_path = args.model or models.ready_model_path()
-    side = 1000 if args.quick else args.side
+    side = 1000 if args.quick else args.side or (2048 if args.blank else 10_000)
     if args.quick and args.model is None:
         scratch_model = Path(tempfile.mkdtemp(prefix="bench-large-")) / "model.keras"
         unet.build_unet((None, None, 1), depth=3, base_filters=4, output_channels=2).save(scratch_model)
@@ -96,6 +103,8 @@ def main(argv=None) -> int:
         low, high = np.percentile(image[::7, ::7], (1, 99))
         ramp = np.linspace(0, 0.5 * (high - low), side, dtype=np.float32)
         image = np.clip(image + ramp, 0, 255).astype(np.uint8)
+    if args.blank:
+        return blank_halves(args, model_path, image)
     settings = Path(model_path).with_name("postprocessing.json")
     results = {"benchmark": "large", "quick": args.quick, "machine": common.machine(),
                "model": common.portable(str(model_path)),
@@ -170,6 +179,35 @@ def main(argv=None) -> int:
                        ("measurement", "median s", "MP/s", "x floor"))
     print(f"targets: peak <= {TARGET_GIB} GiB ({'met' if results['met']['peak_rss'] else 'NOT met'}); "
           f"auto tiles >= {TARGET_RATIO} x floor ({'met' if results['met']['auto_tiles_ratio'] else 'NOT met'})")
+    common.write_json(args.json, results)
+    return 0
+
+
+def blank_halves(args, model_path: Path, image: np.ndarray) -> int:
+    """``--blank``: the image with its right half empty against the same with sparse dots there."""
+    import nucleunet
+
+    side = image.shape[0]
+    empty = image.copy()
+    empty[:, side // 2:] = 0
+    dotted = empty.copy()
+    dotted[::7, side // 2::7] = 1
+    model = nucleunet.load_model(model_path).with_settings(flat_field=False)
+    model.segment(image[:256, :256])  # load and warm up the engine outside the timing
+    seconds, counts = {"half empty": [], "half dotted": []}, {}
+    for _ in range(args.repeats):
+        for name, picture in (("half empty", empty), ("half dotted", dotted)):
+            elapsed, found = common.timed(model.segment, picture)
+            seconds[name].append(elapsed)
+            counts[name] = found.count
+    median = {name: common.median(values) for name, values in seconds.items()}
+    results = {"benchmark": "large", "quick": args.quick, "machine": common.machine(), "blank": True,
+               "model": common.portable(str(model_path)), "side": side, "engine": model.engine,
+               "seconds": seconds, "median_seconds": median, "nuclei": counts,
+               "saved": 1 - median["half empty"] / median["half dotted"]}
+    common.print_table(f"A {side} x {side} image with its right half empty, at the defaults without the flat field",
+                       [(name, median[name], counts[name]) for name in median], ("image", "median s", "nuclei"))
+    print(f"blank tiles save {results['saved']:.0%} of the time")
     common.write_json(args.json, results)
     return 0
 

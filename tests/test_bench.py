@@ -111,6 +111,13 @@ def test_bench_large_quick(tmp_path):
     assert finished.returncode == 0 and "### 5. Large images" in finished.stdout, finished.stderr[-2000:]
 
 
+def test_bench_large_blank_quick(tmp_path):
+    results = run_quick(tmp_path, "bench_large.py", "--blank", "--repeats", "1")
+    assert results["blank"] and results["side"] == 1000 and set(results["median_seconds"]) == {"half empty",
+                                                                                               "half dotted"}
+    assert_positive(results, "median_seconds.half empty", "median_seconds.half dotted")
+
+
 def test_bench_flatfield_quick(tmp_path):
     results = run_quick(tmp_path, "bench_flatfield.py")
     sizes = results["sizes"]

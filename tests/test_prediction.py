@@ -41,11 +41,11 @@ def test_make_predictor_batches_a_model():
             calls.append(len(tiles))
             return tiles * 2
 
-    tiles = np.ones((19, 4, 4, 1), np.float32)
-    assert np.all(prediction.make_predictor(Model(), batch_size=8)(tiles) == 2) and calls == [8, 8, 3]
+    tiles = np.random.default_rng(0).random((19, 4, 4, 1)).astype(np.float32)  # not blank: each tile predicted
+    assert np.array_equal(prediction.make_predictor(Model(), batch_size=8)(tiles), tiles * 2) and calls == [8, 8, 3]
     # Large tiles: fewer a call, so that one call's memory stays bounded; a tile larger than the bound goes alone.
     calls.clear()
-    assert np.all(prediction.make_predictor(Model(), batch_size=8, max_pixels=40)(tiles[:5]) == 2)
+    assert np.array_equal(prediction.make_predictor(Model(), batch_size=8, max_pixels=40)(tiles[:5]), tiles[:5] * 2)
     assert calls == [2, 2, 1]
     calls.clear()
     prediction.make_predictor(Model(), batch_size=8, max_pixels=10)(tiles[:2])
@@ -82,8 +82,31 @@ def test_auto_tiles_and_model_calls_stay_within_their_memory_bounds():
     prediction.predict_maps(predictor, np.zeros((500, 500), np.float32), tile_size="auto")
     assert calls == [(1, 512, 512, 1)]  # an ordinary image: one tile, about its own size
     calls.clear()
-    predictor(np.zeros((20, 256, 256, 1), np.float32))
+    predictor(np.random.default_rng(1).random((20, 256, 256, 1)).astype(np.float32))
     assert [shape[0] for shape in calls] == [8, 8, 4]
+
+
+def test_blank_tiles_are_predicted_once_per_value_and_get_that_output():
+    calls = []
+
+    class Model:  # an output that depends on the position in the tile and on the value
+        def predict_on_batch(self, tiles):
+            calls.append(len(tiles))
+            ramp = np.linspace(0, 1, tiles.shape[2], dtype=np.float32)[None, None, :, None]
+            return np.concatenate([tiles * ramp, tiles + ramp], axis=-1)
+
+    rng = np.random.default_rng(2)
+    tiles = rng.random((12, 64, 64, 1)).astype(np.float32)
+    tiles[[1, 4, 7]] = 0.0  # an empty part of a slide
+    tiles[[2, 9]] = 0.5
+    predicted = prediction.make_predictor(Model(), batch_size=4)(tiles)
+    assert calls == [2, 4, 3]  # the two blank values once each, then the 7 other tiles in batches of 4
+    expected = np.concatenate([Model().predict_on_batch(tiles[index:index + 1]) for index in range(len(tiles))])
+    np.testing.assert_array_equal(predicted, expected)
+    calls.clear()
+    blank = prediction.make_predictor(Model())(np.zeros((5, 32, 32, 1), np.float32))
+    assert calls == [1]
+    np.testing.assert_array_equal(blank, np.repeat(Model().predict_on_batch(np.zeros((1, 32, 32, 1))), 5, axis=0))
 
 
 def test_predict_maps_keeps_every_channel():
