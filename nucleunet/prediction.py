@@ -74,9 +74,9 @@ def make_predictor(model, batch_size: int = 8, max_pixels: int = MAX_BATCH_PIXEL
     def predict_tiles(tiles: np.ndarray) -> np.ndarray:
         # A blank tile (one value throughout: an empty part of a slide or mosaic) is predicted once per value; its
         # copies get that output (the same input gives the same output), not a call each.
-        flat = tiles.reshape(len(tiles), -1)
-        low = flat.min(axis=1)
-        blank = low == flat.max(axis=1)
+        pixels = tuple(range(1, tiles.ndim))  # a view of flipped tiles need not be contiguous: not reshaped
+        low = tiles.min(axis=pixels)
+        blank = low == tiles.max(axis=pixels)
         if not blank.any() or len(tiles) == 1:
             return in_batches(tiles)
         _, first, which = np.unique(low[blank], return_index=True, return_inverse=True)
