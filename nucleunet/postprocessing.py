@@ -226,17 +226,17 @@ class Postprocessing:
             return self._split(maps)
         return self.nuclei(maps).labels
 
-    def nuclei(self, maps: np.ndarray, measure=None) -> Nuclei:
+    def nuclei(self, maps: np.ndarray, kept_by=None) -> Nuclei:
         """``labels(maps)``, and with a ``score_model`` the score of each of its nuclei (measured before the cut,
         as the cut saw it) and the solidity the score measured (``outputs.measure`` reuses it).
 
-        ``measure``: a function of the labels that says which nuclei will be kept (bool, shape (n + 1,), index 0 the
+        ``kept_by``: a function of the labels that says which nuclei will be kept (bool, shape (n + 1,), index 0 the
         background): only their convex hulls are measured, and the others' scores and solidity are not meaningful
         (a block of a large image keeps only the nuclei centred in it)."""
         labels = self._split(maps)
         if self.score_model is None:
             return Nuclei(labels, None, None)
-        measured = nucleus_score.measure_nuclei(maps, labels, hulls=None if measure is None else measure(labels)[1:])
+        measured = nucleus_score.measure_nuclei(maps, labels, hulls=None if kept_by is None else kept_by(labels)[1:])
         scores = self.scorer.predict(measured)
         solidity = measured[:, nucleus_score.FEATURES.index("solidity")]
         if self.min_score is None:

@@ -331,7 +331,7 @@ def segment_image(predict_tiles: PredictTiles, image: np.ndarray, settings: Post
             if nucleus is not None:
                 nucleus[top:bottom, left:right] = inner[..., 0]
             owned = functools.partial(_centred_in, origin=(r0, c0), box=(top, left, bottom, right))
-            block = settings.nuclei(maps, measure=owned)  # convex hulls only for the nuclei this block keeps
+            block = settings.nuclei(maps, kept_by=owned)  # convex hulls only for the nuclei this block keeps
             del maps, inner
             kept = owned(block.labels)  # a neighbouring block owns the others
             numbers = np.zeros(len(kept), np.int32)
