@@ -33,6 +33,16 @@ def assert_positive(results: dict, *paths: str) -> None:
         assert isinstance(value, (int, float)) and value > 0, f"{path} = {value!r}"
 
 
+@pytest.mark.parametrize("script", ["bench_large.py", "bench_price.py"])
+def test_the_benchmarks_engine_choices_are_predicts(script):
+    # written out in the scripts (they import the package only after parsing): kept equal to models.ENGINES here
+    from nucleunet import models
+
+    finished = subprocess.run([sys.executable, str(BENCH_DIR / script), "--help"], capture_output=True, text=True,
+                              timeout=60)
+    assert finished.returncode == 0 and "{" + ",".join(models.ENGINES) + "}" in finished.stdout
+
+
 def test_bench_data_quick(tmp_path):
     results = run_quick(tmp_path, "bench_data.py")
     assert results["benchmark"] == "data" and results["quick"] is True
