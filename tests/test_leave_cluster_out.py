@@ -29,6 +29,15 @@ def _row(cluster, score, true, predicted, matched):
             "f1_50": 2 * matched / (true + predicted), "true_nuclei": true, "predicted_nuclei": predicted}
 
 
+def test_every_recipe_is_options_the_train_command_takes(loco):
+    import train_and_predicted_masks as cli
+
+    parser = cli.build_arg_parser()
+    for name, options in loco.RECIPES.items():
+        args = parser.parse_args(["train", "--preset", "cpu", *options])  # an option removed from train fails here
+        assert args.command == "train", name
+
+
 def test_the_held_out_cluster_goes_to_test_and_nothing_else_moves(loco):
     split = pd.DataFrame({"image_id": list("abcdef"), "cluster": [0, 0, 1, 1, 4, 4],
                           "subset": ["train", "cv", "train", "test", "train", "cv"]})
