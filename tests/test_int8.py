@@ -85,3 +85,14 @@ def test_a_stale_or_missing_int8_copy_is_never_used(tmp_path, caplog, monkeypatc
         models.TrainedModel.open(folder / "model.keras").engine("int8")
     with pytest.raises(UserError, match="needs images"):
         models.calibration_tiles([])
+
+
+def test_evaluate_measures_on_float32_where_auto_would_take_the_8_bit_copy(tmp_path, monkeypatch, synthetic_folder):
+    import train_and_predicted_masks as cli
+
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: {"avx512_vnni"})
+    assert nucleunet.load_model().engine == "int8"
+    assert cli.main(["evaluate", str(READY), "--subset", "all", "--data", str(synthetic_folder), "--no-tta",
+                     "--figures-per-cluster", "0", "--out", str(tmp_path / "runs"), "--no-cache", "--quiet"]) == 0
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert json.loads((run_dir / "config.json").read_text())["engine"] == "onnx"
