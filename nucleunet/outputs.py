@@ -31,7 +31,7 @@ import skimage.measure
 import skimage.segmentation
 import tifffile
 
-from nucleunet import runs
+from nucleunet import nucleus_score, runs
 from nucleunet.errors import UserError
 
 # The TIFF Software tag of the images this package writes.
@@ -263,12 +263,11 @@ def _solidity(labels: np.ndarray, label: np.ndarray, known: np.ndarray | None) -
         known = np.asarray(known, np.float64)
         inside = label <= len(known)
         values[inside] = known[label[inside] - 1]
-    missing = set(label[~np.isfinite(values)].tolist())
-    if missing:
-        position = {value: index for index, value in enumerate(label.tolist())}
-        for region in skimage.measure.regionprops(labels):
-            if region.label in missing:
-                values[position[region.label]] = region.solidity
+    unknown = ~np.isfinite(values)
+    if unknown.any():
+        chosen = np.zeros(int(labels.max(initial=0)), bool)
+        chosen[label[unknown] - 1] = True
+        values[unknown] = nucleus_score.solidity_of(labels, chosen)[label[unknown] - 1]
     return values
 
 
