@@ -114,6 +114,24 @@ def test_metric_agrees_with_a_double_loop_on_random_label_images():
         assert metrics.average_precision(truth, predicted) == pytest.approx(_reference_map(truth, predicted))
 
 
+def test_metric_agrees_with_a_double_loop_where_a_poor_model_adds_many_specks():
+    rng = np.random.default_rng(1)
+    for trial in range(4):
+        truth = disk_labels((40, 40), rng.integers(4, 36, (5, 2)), 5)
+        predicted = np.roll(truth, (1, trial), axis=(0, 1))
+        specks = (rng.random(truth.shape) < 0.08) & (predicted == 0)
+        predicted[specks] = 100 + np.arange(int(specks.sum()))  # each a nucleus of its own, sharing nothing
+        assert metrics.average_precision(truth, predicted) == pytest.approx(_reference_map(truth, predicted))
+
+
+def test_an_iou_of_exactly_a_threshold_does_not_match_at_it():
+    truth = np.array([[1, 1, 1, 1, 0, 0]])
+    half = np.array([[2, 2, 0, 0, 0, 0]])  # IoU 2 / 4 = 0.5
+    assert metrics.precisions(metrics.iou_matrix(truth, half), [0.5]).tolist() == [0.0]
+    three = np.array([[0, 3, 3, 3, 3, 0]])  # IoU 3 / 5 = 0.6
+    assert metrics.precisions(metrics.iou_matrix(truth, three), [0.5, 0.6, 0.55]).tolist() == [1.0, 0.0, 1.0]
+
+
 def test_iou_matrix_ignores_label_numbering():
     truth = np.array([[5, 5, 0, 9]])
     predicted = np.array([[0, 7, 7, 9]])
