@@ -25,8 +25,9 @@ data: venv
 train: venv data
 	$(PY) train_and_predicted_masks.py $(ARGS)
 
+# --durations: the slowest tests end the log, so that a run nearing the 15-minute aim shows where its time went.
 test: venv
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m "not slow" --durations=15
 
 test-slow: venv
 	$(PY) -m pytest -m slow
