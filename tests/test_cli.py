@@ -176,9 +176,13 @@ def test_evaluates_any_dsb_folder_with_clusters(smoke_run, tmp_path, synthetic_f
     assert all(0 <= row["cluster"] < 8 for row in metrics["per_image"])  # nearest training cluster
 
 
-def test_tune_chooses_on_cv_and_saves_the_best_beside_the_model(smoke_run, real_subset_zip, tmp_path):
+@pytest.fixture(scope="module")
+def tuned(smoke_run, real_subset_zip, tmp_path_factory):
+    """One ``tune --scale auto --fit-score`` of a copy of the smoke run's model whose postprocessing.json predates
+    the recorded nucleus area (the two tests below read it; one tune of a poor model's many specks takes minutes):
+    (model copy, tune folder, the settings before, the training run's settings)."""
     folder, run_dir, _ = smoke_run
-    model_copy = tmp_path / "run" / "model.keras"  # a copy, so the shared run's postprocessing.json stays
+    model_copy = tmp_path_factory.mktemp("tuned") / "run" / "model.keras"  # the shared run's files stay
     model_copy.parent.mkdir()
     for name in ("model.keras", "config.json", "split.csv", "postprocessing.json"):
         (model_copy.parent / name).write_bytes((run_dir / name).read_bytes())
@@ -186,14 +190,20 @@ def test_tune_chooses_on_cv_and_saves_the_best_beside_the_model(smoke_run, real_
     assert trained.nucleus_area > 0  # the training run recorded its training images' typical nucleus area
     before = trained.replace(nucleus_area=None)  # as in the files of a model made before it was recorded
     before.save(model_copy.parent / "postprocessing.json")
-    assert cli.main(["tune", str(model_copy), "--scale", "auto", "--data", str(real_subset_zip), "--cache-dir",
-                     str(folder / "cache"), "--quiet", "--out", str(tmp_path / "runs")]) == 0
-    tune_dir = _newest(tmp_path / "runs", "tune")
+    assert cli.main(["tune", str(model_copy), "--scale", "auto", "--fit-score", "--data", str(real_subset_zip),
+                     "--cache-dir", str(folder / "cache"), "--quiet", "--out", str(model_copy.parent / "runs")]) == 0
+    return model_copy, _newest(model_copy.parent / "runs", "tune"), before, trained
+
+
+def test_tune_chooses_on_cv_and_saves_the_best_beside_the_model(tuned):
+    model_copy, tune_dir, before, trained = tuned
     table = pd.read_csv(tune_dir / "tuning.csv")
+    cuts = len(tuning.TUNE_MIN_SCORES) + 1  # the nucleus score's cuts on the best settings come first
     # A contact model (the smoke preset's): every contact threshold, and the distance watershed's marker heights.
-    assert len(table) == len(tuning.tuning_grid(True, postprocessing.Postprocessing()))
+    assert len(table) == len(tuning.tuning_grid(True, postprocessing.Postprocessing())) + cuts - 1
     assert set(table["contact_threshold"]) == set(tuning.TUNE_CONTACT_THRESHOLDS)
-    assert table["mean_map"].is_monotonic_decreasing
+    assert table["mean_map"].iloc[:cuts].is_monotonic_decreasing
+    assert table["mean_map"].iloc[cuts:].is_monotonic_decreasing
     best = postprocessing.Postprocessing.load(model_copy.parent / "postprocessing.json")
     top = table.iloc[0]
     assert (best.threshold, best.min_size, best.contact_threshold, best.tta) == (
@@ -207,24 +217,15 @@ def test_tune_chooses_on_cv_and_saves_the_best_beside_the_model(smoke_run, real_
     assert models.TrainedModel.open(model_copy).postprocessing == best
 
 
-def test_tune_fits_a_nucleus_score_on_the_training_images_and_chooses_its_cut_on_cv(smoke_run, real_subset_zip,
-                                                                                      tmp_path):
-    folder, run_dir, _ = smoke_run
-    model_copy = tmp_path / "run" / "model.keras"
-    model_copy.parent.mkdir()
-    for name in ("model.keras", "config.json", "split.csv", "postprocessing.json"):
-        (model_copy.parent / name).write_bytes((run_dir / name).read_bytes())
-    assert cli.main(["tune", str(model_copy), "--fit-score", "--data", str(real_subset_zip), "--cache-dir",
-                     str(folder / "cache"), "--quiet", "--out", str(tmp_path / "runs")]) == 0
-    tune_dir = _newest(tmp_path / "runs", "tune")
+def test_tune_fits_a_nucleus_score_on_the_training_images_and_chooses_its_cut_on_cv(tuned):
+    model_copy, tune_dir, _, _ = tuned
     fitted = json.loads((tune_dir / "score_model.json").read_text())
     assert fitted["features"] == list(nucleus_score.FEATURES)
     table = pd.read_csv(tune_dir / "tuning.csv")
     cuts = table.iloc[:len(tuning.TUNE_MIN_SCORES) + 1]  # the cuts, tried on the best other settings, come first
     assert set(cuts["min_score"].dropna()) == set(tuning.TUNE_MIN_SCORES) and cuts["min_score"].isna().sum() == 1
     assert len(cuts[["threshold", "min_size", "contact_threshold"]].drop_duplicates()) == 1
-    grid = tuning.tuning_grid(True, postprocessing.Postprocessing())
-    assert len(table) == len(grid) + len(tuning.TUNE_MIN_SCORES)
+    assert table["min_score"].iloc[len(cuts):].isna().all()  # the other settings, without a cut
     best = postprocessing.Postprocessing.load(model_copy.parent / "postprocessing.json")
     assert best.score_model == fitted
     assert best.min_score == (None if pd.isna(table["min_score"].iloc[0]) else table["min_score"].iloc[0])
