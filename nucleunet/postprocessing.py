@@ -266,7 +266,8 @@ class Postprocessing:
         times each of ``extra_zooms`` that lies within ``AUTO_SCALES``' range."""
         if self.scale == "auto":
             raise ValueError("scale 'auto' has no zooms before it is resolved for an image (adaptation.resolve)")
-        return (self.scale, *(self.scale * zoom for zoom in self.extra_zooms if within_zoom_range(self.scale * zoom)))
+        return (self.scale, *(exact_zoom(self.scale * zoom) for zoom in self.extra_zooms
+                              if within_zoom_range(self.scale * zoom)))
 
     @property
     def views(self) -> int:
@@ -297,6 +298,20 @@ def _check_number(name: str, value, low: float, high: float, *, integer: bool = 
                                                                      else low <= value <= high)
     if not good:
         raise UserError(f"{name} must be {allowed}, got {value!r}")
+
+
+def exact_zoom(zoom: float) -> float:
+    """``zoom`` as the power of sqrt(2) it is within rounding of (a product of ``AUTO_SCALES``: 0.71 x 1.41 is
+    1.0000000000000002 in floating point, and must be 1 for the image to be predicted as it is, and the automatic
+    zoom's first pass reused, rather than resized by a factor of one); any other zoom as it is.
+
+    Examples
+    --------
+    >>> 2**-0.5 * 2**0.5 == 1.0, exact_zoom(2**-0.5 * 2**0.5) == 1.0, exact_zoom(1.3)
+    (False, True, 1.3)
+    """
+    snapped = float(2 ** (round(2 * np.log2(zoom)) / 2))
+    return snapped if abs(zoom - snapped) <= 1e-9 * snapped else zoom
 
 
 def within_zoom_range(zoom: float) -> bool:

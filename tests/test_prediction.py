@@ -303,6 +303,32 @@ def test_the_automatic_zooms_first_pass_is_the_1x_view_of_the_prediction():
     assert sum(progress) == 4 * tiles  # the progress bar counts every view of every tile, the first pass as one
 
 
+def test_a_second_zoom_at_1x_reuses_the_automatic_zooms_first_pass():
+    # nuclei twice the training size: the automatic zoom is 0.71 and the second zoom 0.71 x 1.41, which is 1 (not
+    # 1.0000000000000002: then the image was resized by a factor of one and predicted again)
+    image = np.zeros((160, 200), np.float32)
+    rows, cols = np.mgrid[:160, :200]
+    for row, col in ((40, 50), (100, 140), (120, 40)):
+        image[(rows - row) ** 2 + (cols - col) ** 2 < 100] = 0.9
+    settings = postprocessing.Postprocessing(scale="auto", nucleus_area=157.0, tta=True, tta_views=4,
+                                             extra_zooms=(2**0.5,), tta_extra_zooms=False, flat_field=False)
+    options = {"tile_size": 64, "min_overlap": 8}
+    calls = []
+
+    def model(tiles):
+        calls.append(len(tiles))
+        return np.clip(_position_model(tiles), 0, 1)
+
+    maps = prediction.image_maps(model, image, settings, **options)
+    zoom = 2**-0.5
+    shrunk = tuple(int(round(side * zoom)) for side in image.shape)
+    assert sum(calls) == len(tiling.tile_grid(image.shape, 64, 8)) + 4 * len(tiling.tile_grid(shrunk, 64, 8))
+    plain = lambda t: np.clip(_position_model(t), 0, 1)  # noqa: E731
+    expected = (prediction.predict_maps(plain, image, tta=4, scale=zoom, **options)
+                + prediction.predict_maps(plain, image, **options)) / 2
+    np.testing.assert_allclose(maps, expected, atol=1e-5)
+
+
 def test_the_extra_zooms_take_the_views_or_the_image_alone():
     image = np.zeros((160, 200), np.float32)
     rows, cols = np.mgrid[:160, :200]
