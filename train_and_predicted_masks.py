@@ -55,7 +55,7 @@ TRAINING_OPTIONS = ("epochs", "steps_per_epoch", "batch_size", "learning_rate", 
                     "normalization", "batch_norm", "dropout", "loss", "contact_weight", "lr_schedule", "warmup_steps",
                     "sampling", "crop_size", "scale_range", "gamma_range", "contrast_range", "noise", "blur",
                     "precision", "jit_compile", "contacts",
-                    "contact_radius", "distance", "distribute", "figures_per_cluster")
+                    "contact_radius", "distribute", "figures_per_cluster")
 SCALE_HELP = ("zoom images by this factor (0.05-4) before the model sees them (2 for nuclei half the size of the "
               "training set's); 'auto': each image by 0.35-2.83x, to bring its nuclei, measured in a first pass, to "
               "the training images' typical size")
@@ -283,9 +283,6 @@ def build_arg_parser() -> argparse.ArgumentParser:
                        help="a second output channel learns where nuclei touch, to split them")
     group.add_argument("--contact-radius", type=int, metavar="PIXELS",
                        help="the contact channel's target: pixels within this distance of two nuclei (default 2)")
-    group.add_argument("--distance", action=argparse.BooleanOptionalAction, default=None,
-                       help="with contacts: a third output channel learns each pixel's distance to its nucleus's "
-                            "edge, and each dome of it seeds one nucleus")
     group.add_argument("--distribute", choices=configuration.DISTRIBUTE_MODES,
                        help="'mirrored': every GPU of this machine (tf.distribute.MirroredStrategy; "
                             "keras.distribution.DataParallel on JAX); 'multiworker': the machines in TF_CONFIG "

@@ -132,12 +132,10 @@ def soft_dice(y_true, y_pred, smooth: float = 1.0):
 
 @keras.saving.register_keras_serializable(package="unet")
 def bce_dice_loss(y_true, y_pred):
-    """Binary cross-entropy of every channel plus ``1 - soft Dice`` of the nucleus and contact channels.
+    """Binary cross-entropy plus ``1 - soft Dice`` of every channel.
 
     The Dice terms counter the background's majority: without them the rare contact channel of a
-    contact-aware U-Net would learn to say "no contact" everywhere. A third channel (the distance map of a
-    distance-aware U-Net, a share in [0, 1] rather than a class) has cross-entropy alone, which is least where the
-    prediction equals the target; Dice would push its domes up to 1.
+    contact-aware U-Net would learn to say "no contact" everywhere.
 
     Returns
     -------
@@ -148,7 +146,7 @@ def bce_dice_loss(y_true, y_pred):
     """
     bce = keras.losses.binary_crossentropy(ops.cast(y_true, y_pred.dtype), y_pred)
     per_sample_bce = ops.mean(ops.reshape(bce, (ops.shape(bce)[0], -1)), axis=1)
-    return per_sample_bce + ops.sum(1.0 - soft_dice(y_true[..., :2], y_pred[..., :2]))
+    return per_sample_bce + ops.sum(1.0 - soft_dice(y_true, y_pred))
 
 
 @keras.saving.register_keras_serializable(package="unet")
@@ -173,7 +171,7 @@ class ContactWeightedLoss(keras.losses.Loss):
         bce = -(y_true * ops.log(probability) + (1.0 - y_true) * ops.log(1.0 - probability))
         weights = 1.0 + (self.weight - 1.0) * y_true[..., 1:2]
         per_sample = ops.mean(ops.reshape(weights * bce, (ops.shape(bce)[0], -1)), axis=1)
-        return per_sample + ops.sum(1.0 - soft_dice(y_true[..., :2], y_pred[..., :2]))
+        return per_sample + ops.sum(1.0 - soft_dice(y_true, y_pred))
 
     def get_config(self):
         return {**super().get_config(), "weight": self.weight}
@@ -227,7 +225,7 @@ def load_model(path: str | os.PathLike, *, compile: bool = False) -> keras.Model
     ------
     UserError
         The file is missing, is not a Keras model, or does not map one-channel images to one
-        (nuclei), two (nuclei, contacts) or three (nuclei, contacts, distance) channels.
+        (nuclei) or two (nuclei, contacts) probability channels.
     """
     if not Path(path).is_file():
         raise MissingPathError(f"model file not found: {path}")
@@ -236,10 +234,9 @@ def load_model(path: str | os.PathLike, *, compile: bool = False) -> keras.Model
     except Exception as error:  # noqa: BLE001 - Keras raises many types for a file that is not a model
         raise UserError(f"{path} is not a readable Keras model: {error}") from error
     shape = tuple(model.input_shape)
-    if len(shape) != 4 or shape[-1] != 1 or tuple(model.output_shape)[-1] not in (1, 2, 3):
-        raise UserError(f"{path}: expected a model from (batch, H, W, 1) to (batch, H, W, 1) (nuclei), "
-                        f"(batch, H, W, 2) (nuclei, contacts) or (batch, H, W, 3) (nuclei, contacts, distance), "
-                        f"got {shape} -> {model.output_shape}")
+    if len(shape) != 4 or shape[-1] != 1 or tuple(model.output_shape)[-1] not in (1, 2):
+        raise UserError(f"{path}: expected a model from (batch, H, W, 1) to (batch, H, W, 1) (nuclei) or "
+                        f"(batch, H, W, 2) (nuclei, contacts), got {shape} -> {model.output_shape}")
     return model
 
 

@@ -55,9 +55,8 @@ RECIPES: dict[str, list[str]] = {
     # Tried and rejected (decision.txt): "acquisition", --acquisition 0.15 (bright specks, saturation, low light and
     # JPEG in 15 % of the crops each).
     # Tried and rejected (decision.txt): "touch-crops", --touch-crops 0.5 (half the crops centred where nuclei touch).
-    # A third output channel learns each pixel's distance to its nucleus's edge (a share of the nucleus's largest:
-    # tiling.distance_map); post-processing seeds one nucleus per dome of it (postprocessing.probability_to_labels).
-    "distance": ["--distance"],
+    # Tried and rejected (decision.txt): "distance", --distance (a third output channel, each pixel's distance to its
+    # nucleus's edge; one seed per dome of it).
     # A wider network: 24 filters at the first level instead of 16 (about twice the work per step).
     "wide24": ["--base-filters", "24"],
     # A wider contrast range of the training crops (0.3-1.7 about the background, the preset's 0.6-1.4): faint nuclei,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.ndimage as ndi
 
-from nucleunet.tiling import CONTACT_RADIUS, DISTANCE_LEVELS, contact_map, distance_map
+from nucleunet.tiling import CONTACT_RADIUS, contact_map
 
 
 @dataclass(frozen=True)
@@ -135,20 +135,16 @@ def change_intensities(crop: np.ndarray, augmentation: Augmentation, rng: np.ran
     return np.clip(out, 0, 1).astype(np.float32)
 
 
-def crop_targets(labels: np.ndarray, contacts: bool, contact_radius: int = CONTACT_RADIUS, *,
-                 distance: bool = False) -> np.ndarray:
+def crop_targets(labels: np.ndarray, contacts: bool, contact_radius: int = CONTACT_RADIUS) -> np.ndarray:
     """The training targets of a crop, made after zooming so that the contact band keeps its width
-    (``contact_radius`` pixels of the crop: ``tiling.contact_map``); with ``distance``, the distance to each nucleus's
-    edge as a share of its largest (``tiling.distance_map``), at the precision the stored tiles keep.
+    (``contact_radius`` pixels of the crop: ``tiling.contact_map``).
 
     Returns
     -------
-    ndarray, shape (size, size, C), float32: nucleus [, contact [, distance]]
+    ndarray, shape (size, size, C), float32: nucleus [, contact]
     """
     channels = [labels > 0]
     if contacts:
         channels.append(contact_map(labels, contact_radius))
-    if distance:
-        channels.append(np.rint(distance_map(labels) * DISTANCE_LEVELS) / DISTANCE_LEVELS)
     return np.stack(channels, axis=-1).astype(np.float32)
 

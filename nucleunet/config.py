@@ -30,7 +30,7 @@ DEFAULT_SPLIT = "datasets/split.csv"
 # Keys that earlier versions wrote into config.json and that their decision rules rejected (docs/results.md): a saved
 # config that has them still loads. Its value must be one that meant "off".
 REMOVED_KEYS = {"min_size_relative": None, "colour_variants": 0, "cores": False, "cytoplasm": 0.0, "touch_crops": 0.0,
-                "acquisition": 0.0}
+                "acquisition": 0.0, "distance": False}
 
 
 @dataclass(frozen=True)
@@ -86,10 +86,6 @@ class TrainConfig:
         seeds one nucleus per contact-free part of the foreground (see ``postprocessing.probability_to_labels``).
     contact_radius : int
         The contact target: pixels within this many pixels (chessboard distance) of two nuclei.
-    distance : bool
-        With ``contacts``: a third output channel learns each pixel's distance to its nucleus's edge as a share of the
-        nucleus's largest (``tiling.distance_map``); post-processing then seeds one nucleus per dome of that map
-        instead of per contact-free part of the foreground.
     tile_size, min_overlap : int
         Tiles cut from the images for training and for full-image prediction.
     normalization : (float, float)
@@ -137,7 +133,6 @@ class TrainConfig:
     jit_compile: bool | str = False
     contacts: bool = False
     contact_radius: int = CONTACT_RADIUS
-    distance: bool = False
     tile_size: int = TILE_SIZE
     min_overlap: int = MIN_OVERLAP
     normalization: tuple[float, float] = DEFAULT_PERCENTILES
@@ -183,8 +178,6 @@ class TrainConfig:
             raise UserError(f"contact_weight must be at least 1, got {self.contact_weight}")
         if self.contact_weight != 1.0 and not (self.contacts and self.loss == "bce_dice"):
             raise UserError("contact_weight weighs the contact channel's pixels: it needs contacts and loss='bce_dice'")
-        if self.distance and not self.contacts:
-            raise UserError("distance needs contacts (the distance channel comes after the contact channel)")
         self.augmentation  # noqa: B018 - checks the ranges (augment.Augmentation raises ValueError)
         if self.figures_per_cluster < 0:
             raise UserError(f"figures_per_cluster must be non-negative, got {self.figures_per_cluster}")
@@ -239,11 +232,6 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @property
-    def output_channels(self) -> int:
-        """How many probability channels the network outputs: nuclei [, contacts [, distance]]."""
-        return 1 + int(self.contacts) + int(self.distance)
-
-    @property
     def augmentation(self) -> augment.Augmentation:
         """How the training crops vary (with ``sampling='crop'``)."""
         try:
@@ -270,7 +258,7 @@ def without_orphan_contact_weight(values: dict, given: dict) -> dict:
     return {key: value for key, value in values.items() if key != "contact_weight"}
 
 
-ARCHITECTURE = ("depth", "base_filters", "batch_norm", "dropout", "contacts", "contact_radius", "distance", "tile_size",
+ARCHITECTURE = ("depth", "base_filters", "batch_norm", "dropout", "contacts", "contact_radius", "tile_size",
                 "min_overlap", "normalization", "loss", "contact_weight", "threshold", "min_size", "marker_height",
                 "contact_threshold", "tta")
 

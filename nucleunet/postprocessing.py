@@ -31,9 +31,6 @@ log = logging.getLogger("nucleunet.postprocessing")
 # docs/results.md, "Automatic scale").
 AUTO_SCALES = tuple(float(2 ** (step / 2)) for step in range(-3, 4))  # 0.35, 0.5, 0.71, 1, 1.41, 2, 2.83
 MAX_SPECK_FRACTION = 0.25
-# A distance-aware U-Net's seeds: the domes of its distance map (a share of each nucleus's largest distance to its
-# edge) that rise at least this much above the way to a higher one (``probability_to_labels``).
-SEED_DYNAMIC = 0.2
 # Zooms are products of sqrt(2)'s powers: one that is this close above a bound (1.001 times it) counts as on it.
 ZOOM_ROUNDING = 1.001
 
@@ -222,8 +219,7 @@ class Postprocessing:
     def labels(self, maps: np.ndarray) -> np.ndarray:
         """Instances from ``prediction.predict_maps``: ndarray (H, W), int32, 0 = background, nuclei 1..n.
 
-        Split by the contact channel (and the distance channel, where the model has one) if there is one and no
-        marker height is set, else as
+        Split by the contact channel if there is one and no marker height is set, else as
         ``probability_to_labels`` without contacts; then, with ``min_score``, the nuclei scoring under it dropped.
         """
         if self.min_score is None:  # no cut: the scores are not needed
@@ -250,10 +246,9 @@ class Postprocessing:
 
     def _split(self, maps: np.ndarray) -> np.ndarray:
         contact = maps[..., 1] if maps.shape[-1] > 1 and self.marker_height is None else None
-        distance = maps[..., 2] if maps.shape[-1] > 2 and self.marker_height is None else None
         return probability_to_labels(maps[..., 0], threshold=self.threshold, min_size=self.min_size,
                                      marker_height=self.marker_height, contact=contact,
-                                     contact_threshold=self.contact_threshold, distance=distance)
+                                     contact_threshold=self.contact_threshold)
 
     @property
     def scorer(self) -> nucleus_score.ScoreModel | None:
@@ -327,17 +322,12 @@ def probability_to_labels(
     marker_height: float | None = None,
     contact: np.ndarray | None = None,
     contact_threshold: float = 0.2,
-    distance: np.ndarray | None = None,
 ) -> np.ndarray:
     """Split the predicted foreground into nuclei.
 
     With a ``contact`` map (the second output of a contact-aware U-Net), the foreground minus the
     predicted contacts gives one seed per nucleus, and a watershed on the contact map grows the
     seeds back over the whole foreground, so touching nuclei meet where their contact is most likely.
-    With a ``distance`` map as well (the third output of a distance-aware U-Net: ``tiling.distance_map``), each
-    dome of it within the foreground seeds one nucleus instead (the tops of the map lowered by ``SEED_DYNAMIC``
-    and rebuilt under itself, the h-maxima transform: tops joined by a saddle less than that deep are one seed),
-    and the watershed grows the seeds down the domes, so touching nuclei meet in the valley between theirs.
 
     Threshold, then a watershed on the distance transform: every maximum of the distance to the
     background that stands at least ``marker_height`` pixels above its surroundings seeds one
@@ -358,9 +348,7 @@ def probability_to_labels(
     contact : ndarray, shape (H, W), float in [0, 1], optional
         Probability that a pixel lies where two nuclei touch.
     contact_threshold : float
-        Seeds are foreground pixels with ``contact <= contact_threshold`` (without ``distance``).
-    distance : ndarray, shape (H, W), float in [0, 1], optional
-        Each pixel's distance to its nucleus's edge as a share of the nucleus's largest. Only with ``contact``.
+        Seeds are foreground pixels with ``contact <= contact_threshold``.
 
     Returns
     -------
@@ -370,29 +358,14 @@ def probability_to_labels(
     if probability.ndim != 2:
         raise ValueError(f"expected a probability map of shape (H, W), got shape {probability.shape}")
     foreground = probability > threshold
-    if distance is not None and contact is None:
-        raise ValueError("a distance map needs a contact map")
     if contact is not None:
         contact = np.asarray(contact)
         if contact.shape != probability.shape:
             raise ValueError(f"contact map of shape {contact.shape} for a probability map of shape {probability.shape}")
         if marker_height is not None:
             raise ValueError("give either a contact map or a marker height, not both")
-        if distance is None:
-            markers = skimage.measure.label(foreground & (contact <= contact_threshold), connectivity=1)
-            labels = skimage.segmentation.watershed(contact, markers, mask=foreground)
-        else:
-            distance = np.asarray(distance, np.float32)
-            if distance.shape != probability.shape:
-                raise ValueError(f"distance map of shape {distance.shape} for a probability map of shape "
-                                 f"{probability.shape}")
-            domes = np.where(foreground, distance, np.float32(0))
-            # Each dome cut SEED_DYNAMIC below its top (the h-maxima transform): two tops with a shallower saddle
-            # between them become one plateau, one seed; a dome lower than that over the valley keeps no top.
-            lowered = skimage.morphology.reconstruction(domes - np.float32(SEED_DYNAMIC), domes)
-            tops = skimage.morphology.local_maxima(lowered, connectivity=2) & foreground & (lowered > 0)
-            markers = skimage.measure.label(tops, connectivity=2)
-            labels = skimage.segmentation.watershed(-domes, markers, mask=foreground)
+        markers = skimage.measure.label(foreground & (contact <= contact_threshold), connectivity=1)
+        labels = skimage.segmentation.watershed(contact, markers, mask=foreground)
     elif marker_height is None:
         labels = skimage.measure.label(foreground, connectivity=1)
     else:

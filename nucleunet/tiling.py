@@ -221,57 +221,8 @@ def contact_map(labels: np.ndarray, radius: int = CONTACT_RADIUS) -> np.ndarray:
     return (smallest != background) & (largest > smallest)
 
 
-def distance_map(labels: np.ndarray) -> np.ndarray:
-    """Each nucleus pixel's distance to the nucleus's own edge (the background or another nucleus), as a share of
-    the largest such distance in that nucleus: 1 at each nucleus's centre, falling to 0 at its edge, 0 in the
-    background. Touching nuclei meet in a valley of zeros, while a nucleus of any shape or size keeps one dome.
-
-    The third training target of a distance-aware U-Net: post-processing seeds one nucleus per dome of the predicted
-    map (``postprocessing.probability_to_labels``).
-
-    Parameters
-    ----------
-    labels : ndarray, shape (H, W), int, 0 = background
-
-    Returns
-    -------
-    ndarray, shape (H, W), float32 in [0, 1]. The image's border is not an edge (a nucleus cut by it keeps its
-    dome there); a nucleus of one or two pixels' width is all edge, 0.
-
-    Examples
-    --------
-    >>> distance_map(np.array([[0, 1, 1, 1, 1, 1, 2, 2, 2, 0]])).round(2).tolist()
-    [[0.0, 0.0, 0.5, 1.0, 0.5, 0.0, 0.0, 1.0, 0.0, 0.0]]
-    """
-    labels = np.asarray(labels)
-    if labels.ndim != 2:
-        raise ValueError(f"expected labels of shape (H, W), got shape {labels.shape}")
-    nuclei = labels > 0
-    if not nuclei.any():
-        return np.zeros(labels.shape, np.float32)
-    edge = np.zeros(labels.shape, bool)  # a nucleus pixel next (4-connected) to a pixel of another value
-    for axis in (0, 1):
-        differs = np.diff(labels, axis=axis) != 0
-        before, after = [slice(None)] * 2, [slice(None)] * 2
-        before[axis], after[axis] = slice(None, -1), slice(1, None)
-        edge[tuple(before)] |= differs
-        edge[tuple(after)] |= differs
-    distance = ndi.distance_transform_edt(nuclei & ~edge)
-    _, dense = np.unique(labels, return_inverse=True)
-    dense = dense.reshape(labels.shape)
-    largest = np.asarray(ndi.maximum(distance, dense, index=np.arange(dense.max() + 1)))[dense]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(nuclei & (largest > 0), distance / largest, 0.0).astype(np.float32)
-
-
-# Levels of the distance target stored in a training tile's uint8 (``training_target``: bits 2-7).
-DISTANCE_LEVELS = 63
-
-
-def training_target(labels: np.ndarray, contacts: bool = False, radius: int = CONTACT_RADIUS, *,
-                    distance: bool = False) -> np.ndarray:
-    """The training target of one image: bit 0 = nucleus, bit 1 = where nuclei touch (with ``contacts``), bits 2-7 =
-    ``distance_map`` in ``DISTANCE_LEVELS`` steps (with ``distance``).
+def training_target(labels: np.ndarray, contacts: bool = False, radius: int = CONTACT_RADIUS) -> np.ndarray:
+    """The training target of one image: bit 0 = nucleus, bit 1 = where nuclei touch (with ``contacts``).
 
     Parameters
     ----------
@@ -279,24 +230,19 @@ def training_target(labels: np.ndarray, contacts: bool = False, radius: int = CO
     contacts : bool
     radius : int
         Of the contact band (``contact_map``).
-    distance : bool
 
     Returns
     -------
-    ndarray, shape (H, W), uint8 (``training.target_channels`` reads it back)
+    ndarray, shape (H, W), uint8 in {0, 1, 2, 3}
 
     Examples
     --------
     >>> training_target(np.array([[1, 1, 1, 1, 2, 2, 2, 2, 0, 0]]), contacts=True).tolist()
     [[1, 1, 3, 3, 3, 3, 1, 1, 0, 0]]
-    >>> (training_target(np.array([[0, 1, 1, 1, 1, 1, 0]]), contacts=True, distance=True) >> 2).tolist()
-    [[0, 0, 32, 63, 32, 0, 0]]
     """
     target = (np.asarray(labels) > 0).astype(np.uint8)
     if contacts:
         target |= contact_map(labels, radius).astype(np.uint8) << 1
-    if distance:
-        target |= np.rint(distance_map(labels) * DISTANCE_LEVELS).astype(np.uint8) << 2
     return target
 
 
@@ -316,7 +262,7 @@ def finite_image(record) -> np.ndarray | None:
 
 def tiles_for_records(
     records: list, tile_size: int = TILE_SIZE, min_overlap: int = MIN_OVERLAP, *, contacts: bool = False,
-    contact_radius: int = CONTACT_RADIUS, distance: bool = False,
+    contact_radius: int = CONTACT_RADIUS,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Training tiles of many ``dsb.ImageRecord`` s, stored compactly.
 
@@ -324,8 +270,7 @@ def tiles_for_records(
     -------
     images : ndarray, shape (N, tile_size, tile_size), float16 in [0, 1]
     masks : ndarray, shape (N, tile_size, tile_size), uint8: 0 or 1 (nucleus); with ``contacts``,
-        plus 2 where nuclei touch (``training_target``, a band of ``contact_radius``); with ``distance``, bits 2-7
-        hold the ``distance_map``
+        plus 2 where nuclei touch (``training_target``, a band of ``contact_radius``)
     owner : ndarray, shape (N,), int, index into ``records`` of each tile's image
 
     Records that were not loaded by ``dsb.load_dataset`` may hold NaN or infinite pixels: those are
@@ -338,8 +283,8 @@ def tiles_for_records(
         if image is None:
             continue
         image_tiles, _ = make_tiles(image.astype(np.float16), tile_size, min_overlap)
-        mask_tiles, _ = make_tiles(training_target(record.labels, contacts, contact_radius, distance=distance),
-                                   tile_size, min_overlap)
+        mask_tiles, _ = make_tiles(training_target(record.labels, contacts, contact_radius), tile_size,
+                                   min_overlap)
         images.append(image_tiles)
         masks.append(mask_tiles)
         owner.extend([index] * len(image_tiles))

@@ -64,7 +64,7 @@ def _new_model(config: TrainConfig) -> keras.Model:
     side = config.tile_size if config.sampling != "crop" or config.crop_size == config.tile_size else None
     return unet.build_unet(
         (side, side, 1), depth=config.depth, base_filters=config.base_filters,
-        batch_norm=config.batch_norm, dropout=config.dropout, output_channels=config.output_channels,
+        batch_norm=config.batch_norm, dropout=config.dropout, output_channels=2 if config.contacts else 1,
         # Per-replica statistics would differ between workers and come from as little as one tile.
         synchronized_batch_norm=config.distribute != "none",
     )
@@ -74,9 +74,9 @@ def _initial_model(config: TrainConfig) -> keras.Model:
     """The network and weights of ``config.init``, taking any size, computing in the current dtype policy."""
     model = unet.portable(unet.load_model(config.init), dtype=keras.mixed_precision.global_policy().name)
     channels = model.output_shape[-1]
-    if channels != config.output_channels:
+    if channels != (2 if config.contacts else 1):
         raise UserError(f"{config.init} has {channels} output channel(s), but the run's contacts={config.contacts} "
-                        f"and distance={config.distance} need {config.output_channels}")
+                        f"needs {2 if config.contacts else 1}")
     return model
 
 
@@ -127,8 +127,7 @@ def prepare_training_data(records: list, split: pd.DataFrame, config: TrainConfi
             parts[subset] = (empty.astype(np.float16), empty.astype(np.uint8), np.zeros(0, dtype=object))
             continue
         images, masks, owner = tiling.tiles_for_records(chosen, config.tile_size, config.min_overlap,
-                                                     contacts=config.contacts, contact_radius=config.contact_radius,
-                                                     distance=config.distance)
+                                                     contacts=config.contacts, contact_radius=config.contact_radius)
         parts[subset] = (images, masks, np.array([chosen[index].image_id for index in owner], dtype=object))
     if (len(parts["train"][0]) == 0 and not whole) or len(parts["cv"][0]) == 0:
         raise UserError("the split has no training or no CV images; the dataset is too small")
@@ -152,15 +151,11 @@ def dihedral(array: np.ndarray, k: int) -> np.ndarray:
     return prediction.dihedral_tiles(array[None], k)[0]
 
 
-def target_channels(masks: np.ndarray, contacts: bool, distance: bool = False) -> np.ndarray:
-    """Stored target tiles (uint8: bit 0 nucleus, bit 1 contact, bits 2-7 the distance map:
-    ``tiling.training_target``) as the model's float32 targets (N, T, T, C): nucleus [, contact [, distance]]."""
+def target_channels(masks: np.ndarray, contacts: bool) -> np.ndarray:
+    """Stored target tiles (uint8: bit 0 nucleus, bit 1 contact) as the model's float32 targets (N, T, T, C)."""
     masks = np.asarray(masks)
     channels = [masks & 1] + ([(masks >> 1) & 1] if contacts else [])
-    channels = [channel.astype(np.float32) for channel in channels]
-    if distance:
-        channels.append((masks >> 2).astype(np.float32) / tiling.DISTANCE_LEVELS)
-    return np.stack(channels, axis=-1)
+    return np.stack(channels, axis=-1).astype(np.float32)
 
 
 class TileBatches(keras.utils.PyDataset):
@@ -185,7 +180,7 @@ class TileBatches(keras.utils.PyDataset):
         turns = rng.integers(0, 8, self.config.batch_size)
         x = np.stack([dihedral(self.images[i], k) for i, k in zip(chosen, turns)]).astype(np.float32)
         y = np.stack([dihedral(self.masks[i], k) for i, k in zip(chosen, turns)])
-        return x[..., None], target_channels(y, self.config.contacts, self.config.distance)
+        return x[..., None], target_channels(y, self.config.contacts)
 
 
 class CropBatches(keras.utils.PyDataset):
@@ -224,7 +219,7 @@ class CropBatches(keras.utils.PyDataset):
             crop, labels = dihedral(crop, turn), dihedral(labels, turn)
             images.append(augment.change_intensities(crop, self.augmentation, rng))
             targets.append(augment.crop_targets(np.ascontiguousarray(labels), self.config.contacts,
-                                                   self.config.contact_radius, distance=self.config.distance))
+                                                   self.config.contact_radius))
         return np.stack(images)[..., None], np.stack(targets)
 
 
@@ -242,19 +237,16 @@ class ValidationBatches(keras.utils.PyDataset):
     set (and the second copy a ``tf.data`` pipeline would make of it) is never built.
     """
 
-    def __init__(self, images: np.ndarray, masks: np.ndarray, batch_size: int, contacts: bool,
-                 distance: bool = False):
+    def __init__(self, images: np.ndarray, masks: np.ndarray, batch_size: int, contacts: bool):
         super().__init__()
         self.images, self.masks, self.batch_size, self.contacts = images, masks, batch_size, contacts
-        self.distance = distance
 
     def __len__(self) -> int:
         return math.ceil(len(self.images) / self.batch_size)
 
     def __getitem__(self, index: int):
         chosen = slice(index * self.batch_size, (index + 1) * self.batch_size)
-        return self.images[chosen, ..., None].astype(np.float32), target_channels(self.masks[chosen], self.contacts,
-                                                                                   self.distance)
+        return self.images[chosen, ..., None].astype(np.float32), target_channels(self.masks[chosen], self.contacts)
 
 
 def shardable_validation(images: np.ndarray, masks: np.ndarray, batch_size: int):
@@ -496,8 +488,7 @@ def _fit(config: TrainConfig, run_dir: Path, tiles: TrainingData, *, progress: b
     ]
     cv_images, cv_masks, validation_batch_size = shardable_validation(tiles.cv_images, tiles.cv_masks,
                                                                       max(config.batch_size, 8))
-    validation = ValidationBatches(cv_images, cv_masks, validation_batch_size, config.contacts,
-                                   config.distance)
+    validation = ValidationBatches(cv_images, cv_masks, validation_batch_size, config.contacts)
     starting = {}
     if initial_epoch > 0 and (run_dir / "training.json").exists():
         starting = runs.read_json(run_dir / "training.json").get("starting_model", {})

@@ -35,16 +35,14 @@ TUNE_CONTACT_THRESHOLDS = (0.1, 0.2, 0.3, 0.5, 0.7)
 TUNE_MIN_SCORES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
 
 
-def tuning_grid(has_contacts: bool, prediction_settings: Postprocessing, *,
-                has_distance: bool = False) -> list[Postprocessing]:
+def tuning_grid(has_contacts: bool, prediction_settings: Postprocessing) -> list[Postprocessing]:
     """The settings ``tune_postprocessing`` tries: every threshold and speck size with every way of splitting (by
-    the contact channel at each contact threshold if the model has one, once if it seeds from its distance channel
-    (``has_distance``: the contact threshold is not used), else not at all; or by a distance
+    the contact channel at each contact threshold if the model has one, else not at all; or by a distance
     watershed of each marker height). The fields that say how the maps were predicted (``tta``, ``tta_views``,
     ``tta_extra_zooms``, ``scale``, ``tile_size``, ``nucleus_area``, ``extra_zooms``, ``flat_field``, ``denoise``) are those of
     ``prediction_settings`` in every setting, and so are the nucleus score's (tried on top of the best:
     ``tune_run``)."""
-    splits = [(None, c) for c in TUNE_CONTACT_THRESHOLDS] if has_contacts and not has_distance else [(None, 0.2)]
+    splits = ([(None, c) for c in TUNE_CONTACT_THRESHOLDS] if has_contacts else [(None, 0.2)])
     splits += [(height, 0.2) for height in TUNE_MARKER_HEIGHTS]
     base = prediction_settings.replace(min_score=None, score_model=None)
     return [base.replace(threshold=threshold, min_size=min_size, marker_height=height, contact_threshold=contact)
@@ -119,7 +117,7 @@ def tune_run(model_path: Path, *, data: Path | None = None, split: Path | None =
     maps = [prediction.image_maps(predict_tiles, record.image, predicting, tile_size=tile_size,
                                   min_overlap=min_overlap)
             for record in tqdm(records, desc="predict images", unit="img", disable=not progress)]
-    grid = tuning_grid(maps[0].shape[-1] > 1, predicting, has_distance=maps[0].shape[-1] > 2)
+    grid = tuning_grid(maps[0].shape[-1] > 1, predicting)
     truths = [record.labels for record in records]
     rows = tune_postprocessing(maps, truths, grid, progress=lambda items: tqdm(
         items, desc="post-processing grid", disable=not progress))

@@ -97,7 +97,7 @@ def export_package(model_path: Path, folder: Path, *, name: str = "nucleunet-une
         input_axes = [v0_5.BatchAxis(), v0_5.SpaceInputAxis(id=v0_5.AxisId("y"), size=size),
                       v0_5.SpaceInputAxis(id=v0_5.AxisId("x"), size=size),
                       v0_5.ChannelAxis(channel_names=[v0_5.Identifier("gray")])]
-        names = ["nucleus", "contact", "distance"][:channels]
+        names = ["nucleus", "contact"][:channels]
         output_axes = [v0_5.BatchAxis(),
                        v0_5.SpaceOutputAxis(id=v0_5.AxisId("y"), size=v0_5.SizeReference(
                            tensor_id=v0_5.TensorId("raw"), axis_id=v0_5.AxisId("y"))),

@@ -93,15 +93,6 @@ def test_auto_scale_quick(tmp_path):
     assert (tmp_path / "auto_scale.csv").is_file()
 
 
-def test_distance_seeds_quick(tmp_path):
-    results = run_quick(tmp_path, "distance_seeds.py")
-    rows = pd.DataFrame(results["summary"])
-    assert results["images"] >= 5 and len(rows) == 15  # 3 blurs x 5 dynamics
-    assert rows["map"].between(0, 1).all() and (rows["found"] > 0.5).all()  # the true maps find most nuclei
-    unblurred = rows[rows["blur"] == 0].set_index("dynamic")
-    assert unblurred.loc[0.5, "over_split"] <= unblurred.loc[0.1, "over_split"]  # a larger dynamic splits less
-
-
 def two_touching_disks(hole: int = 0) -> np.ndarray:
     """Maps of two touching disks split by a line of high contact, with a hole of ``hole`` pixels in its middle."""
     yy, xx = np.mgrid[:64, :96]
