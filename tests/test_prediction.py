@@ -278,12 +278,18 @@ def test_known_maps_of_the_image_as_it_is_are_reused_not_predicted_again():
         prediction.predict_maps(model, image, tta=8, identity=first, scale=2.0, **options)
 
 
-def test_the_automatic_zooms_first_pass_is_the_1x_view_of_the_prediction():
-    # nuclei of the training size: the automatic zoom stays at 1x and its first pass is reused as the 1x view
+def _three_nuclei() -> np.ndarray:
+    """A 160 x 200 image of three round nuclei of 314 pixels (radius 10) at 0.9 on a black background."""
     image = np.zeros((160, 200), np.float32)
     rows, cols = np.mgrid[:160, :200]
     for row, col in ((40, 50), (100, 140), (120, 40)):
         image[(rows - row) ** 2 + (cols - col) ** 2 < 100] = 0.9
+    return image
+
+
+def test_the_automatic_zooms_first_pass_is_the_1x_view_of_the_prediction():
+    # nuclei of the training size: the automatic zoom stays at 1x and its first pass is reused as the 1x view
+    image = _three_nuclei()
     settings = postprocessing.Postprocessing(scale="auto", nucleus_area=314.0, tta=True, tta_views=4,
                                              flat_field=False)
     options = {"tile_size": 64, "min_overlap": 8}
@@ -306,10 +312,7 @@ def test_the_automatic_zooms_first_pass_is_the_1x_view_of_the_prediction():
 def test_a_second_zoom_at_1x_reuses_the_automatic_zooms_first_pass():
     # nuclei twice the training size: the automatic zoom is 0.71 and the second zoom 0.71 x 1.41, which is 1 (not
     # 1.0000000000000002: then the image was resized by a factor of one and predicted again)
-    image = np.zeros((160, 200), np.float32)
-    rows, cols = np.mgrid[:160, :200]
-    for row, col in ((40, 50), (100, 140), (120, 40)):
-        image[(rows - row) ** 2 + (cols - col) ** 2 < 100] = 0.9
+    image = _three_nuclei()
     settings = postprocessing.Postprocessing(scale="auto", nucleus_area=157.0, tta=True, tta_views=4,
                                              extra_zooms=(2**0.5,), tta_extra_zooms=False, flat_field=False)
     options = {"tile_size": 64, "min_overlap": 8}
@@ -330,10 +333,7 @@ def test_a_second_zoom_at_1x_reuses_the_automatic_zooms_first_pass():
 
 
 def test_the_extra_zooms_take_the_views_or_the_image_alone():
-    image = np.zeros((160, 200), np.float32)
-    rows, cols = np.mgrid[:160, :200]
-    for row, col in ((40, 50), (100, 140), (120, 40)):
-        image[(rows - row) ** 2 + (cols - col) ** 2 < 100] = 0.9
+    image = _three_nuclei()
     options = {"tile_size": 64, "min_overlap": 8}
     both = postprocessing.Postprocessing(tta=True, tta_views=4, extra_zooms=(2.0,), flat_field=False)
     first_only = both.replace(tta_extra_zooms=False)
