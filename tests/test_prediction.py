@@ -278,6 +278,20 @@ def test_known_maps_of_the_image_as_it_is_are_reused_not_predicted_again():
         prediction.predict_maps(model, image, tta=8, identity=first, scale=2.0, **options)
 
 
+def _clipped_model(tiles: np.ndarray) -> np.ndarray:
+    """``_position_model`` clipped to [0, 1], as probabilities are (the automatic zoom thresholds them)."""
+    return np.clip(_position_model(tiles), 0, 1)
+
+
+def _counted(model, calls: list):
+    """``model``, appending the number of tiles of each call to ``calls``."""
+    def counted(tiles):
+        calls.append(len(tiles))
+        return model(tiles)
+
+    return counted
+
+
 def _three_nuclei() -> np.ndarray:
     """A 160 x 200 image of three round nuclei of 314 pixels (radius 10) at 0.9 on a black background."""
     image = np.zeros((160, 200), np.float32)
@@ -294,15 +308,12 @@ def test_the_automatic_zooms_first_pass_is_the_1x_view_of_the_prediction():
                                              flat_field=False)
     options = {"tile_size": 64, "min_overlap": 8}
     calls = []
-
-    def model(tiles):
-        calls.append(len(tiles))
-        return np.clip(_position_model(tiles), 0, 1)
+    model = _counted(_clipped_model, calls)
 
     maps = prediction.image_maps(model, image, settings, **options)
     tiles = len(tiling.tile_grid(image.shape, 64, 8))
     assert sum(calls) == 4 * tiles  # the first pass (1 view) and 3 more views, not 1 + 4
-    expected = prediction.predict_maps(lambda t: np.clip(_position_model(t), 0, 1), image, tta=4, **options)
+    expected = prediction.predict_maps(_clipped_model, image, tta=4, **options)
     np.testing.assert_allclose(maps, expected, atol=1e-5)
     progress = []
     prediction.segment_image(model, image, settings, progress=progress.append, **options)
@@ -317,18 +328,14 @@ def test_a_second_zoom_at_1x_reuses_the_automatic_zooms_first_pass():
                                              extra_zooms=(2**0.5,), tta_extra_zooms=False, flat_field=False)
     options = {"tile_size": 64, "min_overlap": 8}
     calls = []
-
-    def model(tiles):
-        calls.append(len(tiles))
-        return np.clip(_position_model(tiles), 0, 1)
+    model = _counted(_clipped_model, calls)
 
     maps = prediction.image_maps(model, image, settings, **options)
     zoom = 2**-0.5
     shrunk = tuple(int(round(side * zoom)) for side in image.shape)
     assert sum(calls) == len(tiling.tile_grid(image.shape, 64, 8)) + 4 * len(tiling.tile_grid(shrunk, 64, 8))
-    plain = lambda t: np.clip(_position_model(t), 0, 1)  # noqa: E731
-    expected = (prediction.predict_maps(plain, image, tta=4, scale=zoom, **options)
-                + prediction.predict_maps(plain, image, **options)) / 2
+    expected = (prediction.predict_maps(_clipped_model, image, tta=4, scale=zoom, **options)
+                + prediction.predict_maps(_clipped_model, image, **options)) / 2
     np.testing.assert_allclose(maps, expected, atol=1e-5)
 
 
@@ -340,19 +347,16 @@ def test_the_extra_zooms_take_the_views_or_the_image_alone():
     assert both.zoom_views == (4, 4) and first_only.zoom_views == (4, 1)
     assert both.replace(tta=False).zoom_views == (1, 1) and first_only.replace(extra_zooms=()).zoom_views == (4,)
 
-    def model(tiles):
-        calls.append(len(tiles))
-        return np.clip(_position_model(tiles), 0, 1)
-
+    calls = []
+    model = _counted(_clipped_model, calls)
     at_1x = len(tiling.tile_grid(image.shape, 64, 8))
     at_2x = len(tiling.tile_grid((320, 400), 64, 8))
     for settings, views_at_2x in ((both, 4), (first_only, 1)):
-        calls = []
+        calls.clear()
         maps = prediction.image_maps(model, image, settings, **options)
         assert sum(calls) == 4 * at_1x + views_at_2x * at_2x
-        clipped = lambda t: np.clip(_position_model(t), 0, 1)  # noqa: E731
-        expected = (prediction.predict_maps(clipped, image, tta=4, **options)
-                    + prediction.predict_maps(clipped, image, tta=views_at_2x, scale=2.0, **options)) / 2
+        expected = (prediction.predict_maps(_clipped_model, image, tta=4, **options)
+                    + prediction.predict_maps(_clipped_model, image, tta=views_at_2x, scale=2.0, **options)) / 2
         np.testing.assert_allclose(maps, expected, atol=1e-5)
         assert prediction.tile_count(image.shape, settings, **options) == 4 * at_1x + views_at_2x * at_2x
     with pytest.raises(postprocessing.UserError, match="tta_extra_zooms"):
