@@ -60,7 +60,6 @@ SETTINGS = {
                                     {"tta": True, "tta_views": 2, "extra_zooms": ()}),
     "no TTA, no second zoom": ("one pass at the automatic zoom", {"tta": False, "extra_zooms": ()}),
     "no flat field": ("the defaults without flattening uneven backgrounds", {"flat_field": False}),
-    "fill holes": ("the defaults, each nucleus's holes given to it (postprocessing.fill_holes)", {"fill_holes": True}),
     "plain": ("one pass at scale 1: no TTA, no zoom", {"tta": False, "extra_zooms": (), "scale": 1.0}),
     "defaults, whole-image tiles": ("the defaults, tile_size 'auto' (the fewest tiles of up to prediction.AUTO_TILE_MAX px: "
                                     "2048 in price_tiles.json, 768 in price_tiles_768.json, 1024 since price_tile_max_1024.json)",

@@ -121,8 +121,6 @@ class Postprocessing:
         Smooth a noisy image (a Gaussian of ``imaging.DENOISE_SIGMA`` pixels) before predicting, where its pixel
         noise is above ``adaptation.MIN_DENOISE_NOISE`` and its edges are not soft (``adaptation.denoises``); a
         clean or blurred image is left as it is.
-    fill_holes : bool
-        Give each nucleus the holes it encloses (``fill_holes``) once the foreground is split.
     """
 
     threshold: float = 0.5
@@ -140,7 +138,6 @@ class Postprocessing:
     extra_zooms: tuple[float, ...] = ()
     flat_field: bool = True
     denoise: bool = False
-    fill_holes: bool = False
 
     def __post_init__(self):
         if isinstance(self.extra_zooms, (str, bytes)) or not isinstance(self.extra_zooms, (list, tuple)):
@@ -165,7 +162,7 @@ class Postprocessing:
             raise UserError("scale 'auto' needs the typical nucleus area of the model's training images "
                             "(nucleus_area in its postprocessing.json), which this model's files do not give: "
                             "run 'tune' on the model once to add it, or give a --scale factor")
-        for name in ("tta", "tta_extra_zooms", "flat_field", "denoise", "fill_holes"):
+        for name in ("tta", "tta_extra_zooms", "flat_field", "denoise"):
             if not isinstance(getattr(self, name), bool):
                 raise UserError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if isinstance(self.tta_views, bool) or self.tta_views not in TTA_VIEW_COUNTS:
@@ -249,10 +246,9 @@ class Postprocessing:
 
     def _split(self, maps: np.ndarray) -> np.ndarray:
         contact = maps[..., 1] if maps.shape[-1] > 1 and self.marker_height is None else None
-        labels = probability_to_labels(maps[..., 0], threshold=self.threshold, min_size=self.min_size,
-                                       marker_height=self.marker_height, contact=contact,
-                                       contact_threshold=self.contact_threshold)
-        return fill_holes(labels) if self.fill_holes else labels
+        return probability_to_labels(maps[..., 0], threshold=self.threshold, min_size=self.min_size,
+                                     marker_height=self.marker_height, contact=contact,
+                                     contact_threshold=self.contact_threshold)
 
     @property
     def scorer(self) -> nucleus_score.ScoreModel | None:
@@ -395,43 +391,6 @@ def finish_labels(labels: np.ndarray, foreground: np.ndarray, *, min_size: int =
     min_size = min(min_size, max(int(MAX_SPECK_FRACTION * _typical_of_areas(areas[1:])), floor))
     relabelled, _, _ = skimage.segmentation.relabel_sequential(drop_specks(labels, min_size, areas=areas))
     return relabelled.astype(np.int32)
-
-
-def fill_holes(labels: np.ndarray) -> np.ndarray:
-    """``labels`` with every hole of a nucleus given to it: each background region (4-connected) that touches
-    exactly one nucleus and not the edge of the image. A gap enclosed by two or more nuclei stays background.
-
-    A network that has not seen a kind of nucleus may leave its light chromatin out, as holes; a true nucleus has
-    none.
-
-    Examples
-    --------
-    >>> labels = np.zeros((7, 9), np.int32); labels[1:6, 1:6] = 1; labels[3, 3] = 0   # a ring with a hole
-    >>> labels[1:6, 6:8] = 2; labels[2:5, 5] = 0                          # a gap between nuclei 1 and 2
-    >>> filled = fill_holes(labels)
-    >>> int(filled[3, 3]), int(filled[3, 5])
-    (1, 0)
-    """
-    labels = np.asarray(labels)
-    background = labels == 0
-    regions, count = ndi.label(background)  # 4-connected
-    if count == 0:
-        return labels
-    cross = ndi.generate_binary_structure(2, 1)
-    # Each background pixel's highest and lowest neighbouring nucleus (the lowest of none: the dtype's maximum).
-    # A region touches exactly one nucleus when the highest of its pixels' highest equals the lowest of their lowest.
-    none = np.iinfo(labels.dtype).max
-    highest = ndi.maximum(ndi.maximum_filter(labels, footprint=cross), regions, np.arange(1, count + 1))
-    lowest = ndi.minimum(ndi.minimum_filter(np.where(background, none, labels), footprint=cross), regions,
-                         np.arange(1, count + 1))
-    enclosed = (highest == lowest) & (highest > 0)
-    at_edge = np.unique(np.concatenate([regions[0], regions[-1], regions[:, 0], regions[:, -1]]))
-    enclosed[at_edge[at_edge > 0] - 1] = False
-    if not enclosed.any():
-        return labels
-    owner = np.zeros(count + 1, labels.dtype)
-    owner[1:][enclosed] = np.asarray(highest, labels.dtype)[enclosed]
-    return np.where(background, owner[regions], labels)
 
 
 def drop_specks(labels: np.ndarray, min_size: int, *, areas: np.ndarray | None = None) -> np.ndarray:

@@ -41,40 +41,6 @@ def test_specks_are_dropped_and_labels_are_sequential():
     assert labels[2, 2] == 0 and labels[20, 20] == 1
 
 
-def test_fill_holes_gives_a_nucleus_its_holes_and_leaves_gaps_between_nuclei_and_the_edge():
-    labels = disk_labels((60, 90), [(30, 20), (30, 44), (30, 75)], 11)
-    labels[28:33, 18:23] = 0          # a hole in nucleus 1
-    labels[30, 44] = 0                # a one-pixel hole in nucleus 2
-    labels[27:34, 72:79] = 0          # a hole in nucleus 3 ...
-    labels[30, 72:87] = 0             # ... opened to the background by a slit
-    gap = np.zeros_like(labels, bool)
-    gap[25:36, 31:34] = True          # background between nuclei 1 and 2, enclosed by both
-    labels[gap] = 0
-    edge = labels.copy()
-    edge[:, :12] = 0                  # nucleus 1 cut by the image's edge: its hole ...
-    edge[28:33, 0:23] = 0             # ... reaches the edge
-    filled = postprocessing.fill_holes(labels)
-    assert (filled[28:33, 18:23] == 1).all() and filled[30, 44] == 2
-    assert (filled[27:34, 72:79] == 0).all()  # not enclosed: left open
-    assert (filled[gap] == 0).all()
-    changed = filled != labels
-    assert (labels[changed] == 0).all()  # only background changes
-    assert (postprocessing.fill_holes(edge)[28:33, 0:23] == 0).all()
-    assert postprocessing.fill_holes(np.zeros((5, 5), np.int32)).max() == 0
-    assert (postprocessing.fill_holes(np.ones((4, 4), np.int32)) == 1).all()
-
-
-def test_postprocessing_fills_holes_only_when_asked():
-    probability = np.zeros((40, 40, 2), np.float32)
-    probability[8:32, 8:32, 0] = 0.9
-    probability[18:22, 18:22, 0] = 0.1  # a hole in the nucleus
-    plain = postprocessing.Postprocessing(min_size=0).labels(probability)
-    filled = postprocessing.Postprocessing(min_size=0, fill_holes=True).labels(probability)
-    assert plain[20, 20] == 0 and filled[20, 20] == 1 and filled.max() == 1
-    with pytest.raises(UserError, match="fill_holes"):
-        postprocessing.Postprocessing(fill_holes="yes")
-
-
 def test_threshold_is_strict():
     labels = postprocessing.probability_to_labels(np.full((30, 30), 0.5, np.float32), threshold=0.5, min_size=0)
     assert labels.max() == 0
