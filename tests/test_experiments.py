@@ -246,3 +246,24 @@ def test_leave_cluster_out_quick(tmp_path):
     assert all(values["images"] == 6 for values in results["per_cluster"].values())
     assert 0 <= results["mean_over_clusters"] <= 1 and set(results["own_split_test_map_per_fold"]) == {"0", "1"}
     assert "stage1_train" in results["options"] and not any(option.startswith("/") for option in results["options"])
+
+
+def test_capacity_counts_hours_from_steps_at_each_widths_fastest_speed(tmp_path, monkeypatch):
+    capacity = experiment("capacity")
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    results.mkdir()
+    for name, width, epochs, speeds in (("base", 16, 3, [10.0, 5.0]), ("longer", 16, 6, [2.0, 8.0]),
+                                        ("wide", 24, 3, [4.0, 1.0])):
+        for cluster in range(8):
+            folder = runs / name / f"cluster{cluster}"
+            folder.mkdir(parents=True)
+            (folder / "config.json").write_text(json.dumps(dict(base_filters=width, epochs=epochs, steps_per_epoch=100,
+                                                                batch_size=8)))
+            (folder / "training.json").write_text(json.dumps(dict(tiles_per_second=speeds[cluster % 2])))
+        (results / f"leave_cluster_out_{name}.json").write_text(json.dumps(dict(run_files=f"somewhere/{name}")))
+    monkeypatch.setattr(capacity.common, "RESULTS_DIR", results)
+    speeds = capacity.fastest_speeds(runs)
+    assert speeds == {16: 10.0, 24: 4.0}  # a slowed run (shared cores, pauses) does not set the speed
+    assert capacity.training_hours("base", speeds, runs) == pytest.approx(8 * 300 * 8 / 10.0 / 3600)
+    assert capacity.training_hours("longer", speeds, runs) == pytest.approx(8 * 600 * 8 / 10.0 / 3600)
+    assert capacity.training_hours("wide", speeds, runs) == pytest.approx(8 * 300 * 8 / 4.0 / 3600)
