@@ -54,7 +54,7 @@ COMMAND = "nucleunet"  # the same command line, installed by pip (pyproject.toml
 TRAINING_OPTIONS = ("epochs", "steps_per_epoch", "batch_size", "learning_rate", "depth", "base_filters",
                     "normalization", "batch_norm", "dropout", "loss", "contact_weight", "lr_schedule", "warmup_steps",
                     "sampling", "crop_size", "scale_range", "gamma_range", "contrast_range", "noise", "blur",
-                    "texture", "precision", "jit_compile", "contacts",
+                    "precision", "jit_compile", "contacts",
                     "contact_radius", "distribute", "figures_per_cluster")
 SCALE_HELP = ("zoom images by this factor (0.05-4) before the model sees them (2 for nuclei half the size of the "
               "training set's); 'auto': each image by 0.35-2.83x, to bring its nuclei, measured in a first pass, to "
@@ -272,9 +272,6 @@ def build_arg_parser() -> argparse.ArgumentParser:
                        help="with --sampling crop: contrast about the background (e.g. 0.6 1.3)")
     group.add_argument("--noise", type=float, metavar="SIGMA", help="with --sampling crop: largest Gaussian noise")
     group.add_argument("--blur", type=float, metavar="SIGMA", help="with --sampling crop: largest Gaussian blur")
-    group.add_argument("--texture", type=float, metavar="P",
-                       help="with --sampling crop: the share of training crops mottled by a fine random texture, as "
-                            "the chromatin of stained nuclei looks (default 0)")
     group.add_argument("--normalization", type=float, nargs=2, metavar=("LOW", "HIGH"),
                        help="percentiles of each image stretched to 0 and 1 (0 = the minimum; default 0 99.95)")
     group.add_argument("--precision", choices=configuration.PRECISIONS,

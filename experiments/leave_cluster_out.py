@@ -62,9 +62,8 @@ RECIPES: dict[str, list[str]] = {
     # A wider contrast range of the training crops (0.3-1.7 about the background, the preset's 0.6-1.4): faint nuclei,
     # as stained tissue shows them once in gray.
     "contrast-wide": ["--contrast-range", "0.3", "1.7"],
-    # Fluorescence nuclei made to look like stained ones: 30 % of the crops mottled by a fine texture, as chromatin
-    # looks in gray (augment.mottle); held out, the stained clusters' nuclei are cut into pieces along their texture.
-    "texture": ["--texture", "0.3"],
+    # Tried and rejected (decision.txt): "texture", --texture 0.3 (30 % of the crops mottled by a fine texture, as the
+    # chromatin of stained nuclei looks in gray).
 }
 # What the clusters of docs/results/split.csv hold (docs/results.md, "Where it fails").
 KINDS = {0: "fluorescence", 1: "fluorescence", 2: "fluorescence", 3: "fluorescence",

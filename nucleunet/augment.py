@@ -135,30 +135,6 @@ def change_intensities(crop: np.ndarray, augmentation: Augmentation, rng: np.ran
     return np.clip(out, 0, 1).astype(np.float32)
 
 
-# ``mottle``: how coarse the texture is (the Gaussian sigma of its grain, pixels) and how deep (the share of a
-# pixel's intensity it may take away).
-MOTTLE_GRAIN = (1.0, 3.0)
-MOTTLE_DEPTH = (0.3, 0.8)
-
-
-def mottle(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """``crop`` times a smooth random field between ``1 - depth`` and 1: a fine texture that dims some places of
-    each nucleus more than others, as the chromatin of a stained nucleus looks once the image is in gray and
-    inverted, where a fluorescence nucleus is smooth. The dark background stays dark; the labels are unchanged.
-
-    The field is Gaussian noise smoothed by a grain drawn in ``MOTTLE_GRAIN``, scaled to unit spread and mapped to
-    [0, 1] about 0.5 (clipped at two spreads); the depth is drawn in ``MOTTLE_DEPTH``.
-
-    Returns
-    -------
-    ndarray, the crop's shape, float32 in [0, 1]
-    """
-    field = ndi.gaussian_filter(rng.normal(0, 1, np.shape(crop)), rng.uniform(*MOTTLE_GRAIN))
-    field = np.clip(0.5 + 0.25 * field / max(float(field.std()), 1e-6), 0, 1)
-    depth = rng.uniform(*MOTTLE_DEPTH)
-    return np.clip(np.asarray(crop, np.float32) * (1 - depth * field), 0, 1).astype(np.float32)
-
-
 def crop_targets(labels: np.ndarray, contacts: bool, contact_radius: int = CONTACT_RADIUS) -> np.ndarray:
     """The training targets of a crop, made after zooming so that the contact band keeps its width
     (``contact_radius`` pixels of the crop: ``tiling.contact_map``).

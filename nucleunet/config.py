@@ -30,7 +30,7 @@ DEFAULT_SPLIT = "datasets/split.csv"
 # Keys that earlier versions wrote into config.json and that their decision rules rejected (docs/results.md): a saved
 # config that has them still loads. Its value must be one that meant "off".
 REMOVED_KEYS = {"min_size_relative": None, "colour_variants": 0, "cores": False, "cytoplasm": 0.0, "touch_crops": 0.0,
-                "acquisition": 0.0, "distance": False}
+                "acquisition": 0.0, "distance": False, "texture": 0.0}
 
 
 @dataclass(frozen=True)
@@ -72,9 +72,6 @@ class TrainConfig:
         ``tile_size`` tiles all the same).
     scale_range, gamma_range, contrast_range, noise, blur
         With ``sampling='crop'``: how much the crops vary (``augment.Augmentation``).
-    texture : float
-        With ``sampling='crop'``: the share of training crops whose intensities are mottled by a fine random
-        texture (``augment.mottle``), as the chromatin of stained nuclei looks once in gray. 0: none.
     warmup_steps : int
         Steps over which the learning rate rises linearly from 0 to ``learning_rate`` (cosine schedule only).
     precision : str
@@ -131,7 +128,6 @@ class TrainConfig:
     contrast_range: tuple[float, float] = (1.0, 1.0)
     noise: float = 0.0
     blur: float = 0.0
-    texture: float = 0.0
     warmup_steps: int = 0
     precision: str = "float32"
     jit_compile: bool | str = False
@@ -182,10 +178,6 @@ class TrainConfig:
             raise UserError(f"contact_weight must be at least 1, got {self.contact_weight}")
         if self.contact_weight != 1.0 and not (self.contacts and self.loss == "bce_dice"):
             raise UserError("contact_weight weighs the contact channel's pixels: it needs contacts and loss='bce_dice'")
-        if not 0.0 <= self.texture <= 1.0:
-            raise UserError(f"texture must be a share in [0, 1], got {self.texture}")
-        if self.texture and self.sampling != "crop":
-            raise UserError("texture needs sampling='crop' (it mottles training crops)")
         self.augmentation  # noqa: B018 - checks the ranges (augment.Augmentation raises ValueError)
         if self.figures_per_cluster < 0:
             raise UserError(f"figures_per_cluster must be non-negative, got {self.figures_per_cluster}")

@@ -189,8 +189,8 @@ class CropBatches(keras.utils.PyDataset):
     An image is drawn with a chance proportional to its area (as drawing tiles uniformly does), then a
     ``config.crop_size`` crop of it zoomed by a log-uniform ``config.scale_range`` factor, turned by one
     of the 8 flips/rotations and changed in intensity (``augment``); the targets are made from the
-    crop's labels after zooming. With ``config.texture``, that share of the crops is mottled first
-    (``augment.mottle``). Batch ``i`` of epoch ``e`` depends only on ``(seed, e, i)``, as for ``TileBatches``.
+    crop's labels after zooming. Batch ``i`` of epoch ``e`` depends only on ``(seed, e, i)``, as for
+    ``TileBatches``.
     """
 
     def __init__(self, whole: list, config: TrainConfig):
@@ -217,8 +217,6 @@ class CropBatches(keras.utils.PyDataset):
             crop, labels = augment.random_crop(self.images[which], self.labels[which], size, scale, rng)
             turn = int(rng.integers(0, 8))
             crop, labels = dihedral(crop, turn), dihedral(labels, turn)
-            if self.config.texture and rng.random() < self.config.texture:
-                crop = augment.mottle(crop, rng)
             images.append(augment.change_intensities(crop, self.augmentation, rng))
             targets.append(augment.crop_targets(np.ascontiguousarray(labels), self.config.contacts,
                                                    self.config.contact_radius))

@@ -60,18 +60,6 @@ def test_intensity_changes_stay_in_range_and_are_seeded():
     assert not np.array_equal(first, image)
 
 
-def test_mottle_dims_the_nuclei_unevenly_keeps_the_background_dark_and_is_seeded():
-    image, labels = _disk_image()
-    image = image - 0.1  # background 0, nucleus 0.8
-    first = augment.mottle(image, np.random.default_rng(5))
-    np.testing.assert_array_equal(first, augment.mottle(image, np.random.default_rng(5)))
-    assert first.dtype == np.float32 and first.shape == image.shape
-    inside = first[labels > 0]
-    low, high = 0.8 * (1 - augment.MOTTLE_DEPTH[1]), 0.8
-    assert inside.min() >= low - 1e-6 and inside.max() <= high + 1e-6 and inside.std() > 0.02
-    assert np.all(first[labels == 0] == 0)
-
-
 def test_no_augmentation_leaves_intensities_alone():
     image, _ = _disk_image()
     assert augment.change_intensities(image, augment.Augmentation(), np.random.default_rng(0)) is image

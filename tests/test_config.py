@@ -73,7 +73,7 @@ def test_a_saved_config_with_a_removed_key_still_loads(tmp_path):
     assert TrainConfig.load(tmp_path / "config.json") == config
     # Options rejected on the leave-one-cluster-out measure: the committed run files that used them load.
     removed = {"colour_variants": 4, "cores": True, "cytoplasm": 0.3, "touch_crops": 0.5, "acquisition": 0.15,
-               "distance": True}
+               "distance": True, "texture": 0.3}
     (tmp_path / "config.json").write_text(json.dumps({**config.to_dict(), **removed}))
     assert TrainConfig.load(tmp_path / "config.json") == config
     kept = Path(__file__).resolve().parents[1] / "docs" / "results" / "leave-cluster-out"
