@@ -55,6 +55,11 @@ def training_hours(name: str, speeds: dict[int, float], run_files: Path = RUN_FI
     return seconds / 3600
 
 
+def wider_adopted(longer: dict, wider: dict) -> bool:
+    """The rule: the wider network's gain at least 0.01, and its gain per added hour at least training longer's."""
+    return bool(wider["gain"] >= 0.01 and wider["gain_per_added_hour"] >= longer["gain_per_added_hour"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--baseline", default="contact-weight")
@@ -70,16 +75,14 @@ def main() -> None:
         found = result(name)
         gain = found["mean_over_clusters"] - base_map
         hours = training_hours(name, speeds) - base_hours
+        if hours <= 0:
+            raise SystemExit(f"{name} must train longer than {args.baseline}")
         out["recipes"][role] = dict(name=name, mean_over_clusters=found["mean_over_clusters"], gain=round(gain, 4),
-                                    added_hours=round(hours, 3), gain_per_added_hour=round(gain / hours, 4) if hours > 0 else None,
+                                    added_hours=round(hours, 3), gain_per_added_hour=round(gain / hours, 4),
                                     stained_or_brightfield=found["by_kind_mean_over_clusters"]["stained or brightfield"],
                                     fluorescence=found["by_kind_mean_over_clusters"]["fluorescence"])
-        rows.append([name, f"{found['mean_over_clusters']:.4f}", f"{gain:+.4f}", f"{hours:.3f}",
-                     f"{gain / hours:+.4f}" if hours > 0 else "-"])
-    longer, wider = out["recipes"]["longer"], out["recipes"]["wider"]
-    if not longer["added_hours"] > 0 or not wider["added_hours"] > 0:
-        raise SystemExit("both candidates must train longer than the baseline")
-    out["wider_adopted"] = bool(wider["gain"] >= 0.01 and wider["gain_per_added_hour"] >= longer["gain_per_added_hour"])
+        rows.append([name, f"{found['mean_over_clusters']:.4f}", f"{gain:+.4f}", f"{hours:.3f}", f"{gain / hours:+.4f}"])
+    out["wider_adopted"] = wider_adopted(out["recipes"]["longer"], out["recipes"]["wider"])
     common.print_table("Capacity per added hour of training (8 held-out clusters)", rows,
                        ("recipe", "mean mAP", f"gain over {args.baseline}", "added hours", "gain per added hour"))
     print(f"speeds (training tiles/s, fastest run of each width): {speeds}")

@@ -267,3 +267,8 @@ def test_capacity_counts_hours_from_steps_at_each_widths_fastest_speed(tmp_path,
     assert capacity.training_hours("base", speeds, runs) == pytest.approx(8 * 300 * 8 / 10.0 / 3600)
     assert capacity.training_hours("longer", speeds, runs) == pytest.approx(8 * 600 * 8 / 10.0 / 3600)
     assert capacity.training_hours("wide", speeds, runs) == pytest.approx(8 * 300 * 8 / 4.0 / 3600)
+    longer = dict(gain=0.014, gain_per_added_hour=0.026)
+    assert not capacity.wider_adopted(longer, dict(gain=0.002, gain_per_added_hour=0.005))
+    assert not capacity.wider_adopted(longer, dict(gain=0.009, gain_per_added_hour=0.05))  # below 0.01
+    assert not capacity.wider_adopted(longer, dict(gain=0.012, gain_per_added_hour=0.02))  # less per hour
+    assert capacity.wider_adopted(longer, dict(gain=0.02, gain_per_added_hour=0.03))
