@@ -241,11 +241,20 @@ def test_denoise_quick(tmp_path):
 
 
 def test_leave_cluster_out_quick(tmp_path):
-    results = run_quick(tmp_path, "leave_cluster_out.py")
+    keep = tmp_path / "keep"
+    results = run_quick(tmp_path, "leave_cluster_out.py", "--keep", str(keep))
     assert set(results["per_cluster"]) == {"0", "1"} and results["quick"]
     assert all(values["images"] == 6 for values in results["per_cluster"].values())
     assert 0 <= results["mean_over_clusters"] <= 1 and set(results["own_split_test_map_per_fold"]) == {"0", "1"}
     assert "stage1_train" in results["options"] and not any(option.startswith("/") for option in results["options"])
+    assert all(isinstance(seconds, float) for seconds in results["seconds_per_fold"].values())
+    # Run again where the runs are gone (a quick run's runs are in a new scratch folder each time): the finished
+    # folds' kept scores are used, nothing is trained, the tables are the same.
+    (keep / "cluster1" / "metrics.json").unlink()  # as if fold 1 had not finished: it is trained again
+    again = run_quick(tmp_path, "leave_cluster_out.py", "--keep", str(keep))
+    assert again["seconds_per_fold"]["0"] is None and isinstance(again["seconds_per_fold"]["1"], float)
+    assert again["per_cluster"]["0"] == results["per_cluster"]["0"]
+    assert (keep / "cluster1" / "metrics.json").is_file()
 
 
 def test_capacity_counts_hours_from_steps_at_each_widths_fastest_speed(tmp_path, monkeypatch):
