@@ -12,9 +12,10 @@ of true nuclei found: matched at IoU 0.5).
     python experiments/leave_cluster_out.py --report today colour     # the tables of finished recipes, side by side
 
 Runs go to ``runs/leave-cluster-out/<recipe>/cluster<k>/``: a finished one is reused, an unfinished one resumed, so
-the command can be run again after an interruption; where a run's folder is gone but its kept files (below) are there,
-the kept scores are used (``seconds_per_fold`` says null for it). Each run's small files are kept under ``--keep`` (default
-``docs/results/leave-cluster-out/<recipe>/``), the table in ``experiments/results/leave_cluster_out_<recipe>.json``.
+the command can be run again after an interruption; where a run's folder is gone but its kept files (below) are
+there, the kept scores are used (``seconds_per_fold`` says null for it). Each run's small files are kept under
+``--keep`` (default ``docs/results/leave-cluster-out/<recipe>/``), the table in
+``experiments/results/leave_cluster_out_<recipe>.json``.
 The training is the recipe shortened (``--epochs`` x ``--steps-per-epoch``, no time budget, so the result does not
 depend on the machine's speed or on what else runs on it); test-time augmentation is off when scoring.
 """
@@ -182,10 +183,7 @@ def finished_run(folder: Path) -> Path | None:
 
 
 def fold_run(folder: Path, split_path: Path, options: list[str]) -> Path:
-    """The finished run in ``folder``: reused, resumed, or trained."""
-    finished = finished_run(folder)
-    if finished is not None:
-        return finished
+    """The run in ``folder`` that has no finished one yet: resumed where one was started, else trained."""
     existing = sorted(path for path in folder.glob("*") if (path / "state.json").is_file())
     if existing:
         common.run_cli(["resume", str(existing[-1])])
@@ -272,8 +270,8 @@ def main() -> None:
         split_path = folder / "split.csv"
         if not split_path.exists():
             held_out_split(split, cluster).to_csv(split_path, index=False)
-        kept = keep / f"cluster{cluster}"
-        if finished_run(folder) is None and (kept / "metrics.json").is_file():
+        kept, run_dir = keep / f"cluster{cluster}", finished_run(folder)
+        if run_dir is None and (kept / "metrics.json").is_file():
             # The run folder is gone (runs/ is not committed: another machine, a fresh clone) but the finished run's
             # kept files are here: its scores are reused, not trained again. Keep files only land once a run is done.
             print(f"cluster {cluster}: the finished run's kept files in {portable(str(kept))}", flush=True)
@@ -281,7 +279,7 @@ def main() -> None:
             seconds[str(cluster)] = None
         else:
             start = time.perf_counter()
-            run_dir = fold_run(folder, split_path, options)
+            run_dir = run_dir or fold_run(folder, split_path, options)
             seconds[str(cluster)] = round(time.perf_counter() - start, 1)
             folds[cluster] = json.loads((run_dir / "metrics.json").read_text())["per_image"]
             keep_files(run_dir, kept, data)

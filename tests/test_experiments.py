@@ -248,9 +248,9 @@ def test_leave_cluster_out_quick(tmp_path):
     assert 0 <= results["mean_over_clusters"] <= 1 and set(results["own_split_test_map_per_fold"]) == {"0", "1"}
     assert "stage1_train" in results["options"] and not any(option.startswith("/") for option in results["options"])
     assert all(isinstance(seconds, float) for seconds in results["seconds_per_fold"].values())
-    # Run again where the runs are gone (a quick run's runs are in a new scratch folder each time): the finished
-    # folds' kept scores are used, nothing is trained, the tables are the same.
-    (keep / "cluster1" / "metrics.json").unlink()  # as if fold 1 had not finished: it is trained again
+    # Run again where the runs are gone (a quick run's runs are in a new scratch folder each time): fold 0's kept
+    # scores are used and nothing of it is trained; fold 1, whose kept scores are gone, is trained again.
+    (keep / "cluster1" / "metrics.json").unlink()
     again = run_quick(tmp_path, "leave_cluster_out.py", "--keep", str(keep))
     assert again["seconds_per_fold"]["0"] is None and isinstance(again["seconds_per_fold"]["1"], float)
     assert again["per_cluster"]["0"] == results["per_cluster"]["0"]
