@@ -8,6 +8,7 @@ post-processing. Settings run in turn, each over all images, on the engine ``pre
 
     python bench/bench_price.py                        # CV and test split, every setting
     python bench/bench_price.py --subsets cv --settings defaults plain
+    python bench/bench_price.py --subsets cv --settings defaults --model runs/RUN   # a model not yet shipped
     python bench/bench_price.py --quick                # seconds, a tiny untrained model (numbers mean nothing)
     python bench/bench_price.py --leave-cluster-out today --per-cluster 25
 
@@ -253,12 +254,18 @@ def main(argv=None) -> int:
     parser.add_argument("--subsets", nargs="+", choices=("cv", "test"), default=["cv", "test"])
     parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
     parser.add_argument("--engine", choices=("auto", "float32", "keras", "onnx", "int8"), default="auto")
+    parser.add_argument("--model", default=None, metavar="MODEL",
+                        help="the model to price: a .keras file, a folder with model.keras (a run or an export), or "
+                             "a ready model's name (default: the ready model unet_dsb2018)")
     parser.add_argument("--leave-cluster-out", metavar="RECIPE",
                         help="mAP of each setting on the held-out clusters, with the networks that "
                              "experiments/leave_cluster_out.py trained for RECIPE (no timing)")
     parser.add_argument("--per-cluster", type=int, metavar="N",
                         help="with --leave-cluster-out: at most N images of each cluster (default: all)")
     args = parser.parse_args(argv)
+    if args.model and (args.quick or args.leave_cluster_out):
+        parser.error("--model prices one model on its own split: not with --quick (a tiny model of its own) or "
+                     "--leave-cluster-out (the recipe's networks)")
     if args.leave_cluster_out:
         if args.json == common.RESULTS_DIR / f"price{'_quick' if args.quick else ''}.json":  # the split's default
             args.json = common.RESULTS_DIR / f"price_leave_cluster_out_{args.leave_cluster_out}.json"
@@ -266,13 +273,17 @@ def main(argv=None) -> int:
 
     import nucleunet
     from nucleunet import models
+    from nucleunet.errors import UserError
 
     with tempfile.TemporaryDirectory(prefix="bench-price-") as scratch:
         if args.quick:
             path, subsets = quick_setup(Path(scratch))
             model = nucleunet.load_model(path, engine=args.engine)
         else:
-            model = nucleunet.load_model(models.DEFAULT_MODEL, engine=args.engine)
+            try:
+                model = nucleunet.load_model(args.model or models.DEFAULT_MODEL, engine=args.engine)
+            except UserError as error:
+                raise SystemExit(f"bench_price.py: {error}") from None
             subsets = real_setup(model)
         model.predictor  # load the network outside the timing  # noqa: B018
         floor_seconds(model, subsets[args.subsets[0]][:1])  # warm up the engine once

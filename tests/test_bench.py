@@ -211,3 +211,18 @@ def test_bench_large_at_the_defaults_quick(tmp_path):
     assert results["large"]["command"].startswith("train_and_predicted_masks.py predict") and "SCRATCH/" in \
         results["large"]["command"]
     assert_positive(results, "large.seconds", "large.peak_rss_gib")
+
+
+def test_bench_price_prices_the_model_it_is_given(tmp_path):
+    script = str(BENCH_DIR / "bench_price.py")
+    # a model not yet shipped is priced by its path; a wrong one is named before any image is read
+    missing = tmp_path / "no-such-run"
+    finished = subprocess.run([sys.executable, script, "--subsets", "cv", "--settings", "defaults", "--model",
+                               str(missing), "--json", str(tmp_path / "price.json")],
+                              capture_output=True, text=True, timeout=120)
+    assert finished.returncode != 0 and "model not found" in finished.stderr and str(missing) in finished.stderr
+    assert not (tmp_path / "price.json").exists()
+    # --quick prices a tiny model of its own: a model given beside it is refused, not ignored
+    finished = subprocess.run([sys.executable, script, "--quick", "--model", str(missing)], capture_output=True,
+                              text=True, timeout=60)
+    assert finished.returncode == 2 and "--model prices one model" in finished.stderr
