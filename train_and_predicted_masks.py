@@ -255,7 +255,10 @@ def build_arg_parser() -> argparse.ArgumentParser:
     group.add_argument("--loss", choices=configuration.LOSSES, help="training loss")
     group.add_argument("--contact-weight", type=float, metavar="W",
                        help="with contacts and --loss bce_dice: the cross-entropy of the pixels where nuclei touch "
-                            "counts W times (default 1)")
+                            "counts W times (default: the preset's: "
+                            + "; ".join(f"{preset['contact_weight']:g} in {name}"
+                                        for name, preset in configuration.PRESETS.items() if "contact_weight" in preset)
+                            + "; 1 in the others)")
     group.add_argument("--lr-schedule", choices=configuration.LR_SCHEDULES,
                        help="'constant', or 'cosine' decay to 0 over epochs x steps-per-epoch")
     group.add_argument("--warmup-steps", type=int, metavar="N",

@@ -283,7 +283,8 @@ PRESETS: dict[str, dict] = {
     # with bfloat16) on random crops at scales 0.5-2x, gamma 0.5-2, contrast 0.6-1.4, blur and noise, so that it
     # meets nuclei of other sizes and intensities than the training images'. These ranges were chosen on the CV
     # split's robustness table (docs/results.md); its post-processing is tuned on CV after training. Contact weight
-    # 5 as the cpu preset's since 2026-12-06 (the shipped model was trained before, with 1).
+    # 5 as the cpu preset's since 2026-12-06 (the shipped model was trained before, with 1; a model trained with 5
+    # scored 0.003 lower on CV and was not shipped: docs/results.md, "The ready preset trained with it").
     "ready": dict(epochs=40, steps_per_epoch=100, batch_size=8, learning_rate=1e-3, lr_schedule="cosine", minutes=None,
                   precision="auto", jit_compile="auto", depth=5, base_filters=16, batch_norm=True, loss="bce_dice",
                   contacts=True, sampling="crop", scale_range=(0.5, 2.0), gamma_range=(0.5, 2.0),

@@ -427,7 +427,7 @@ def test_options_without_a_command_train(monkeypatch):
     assert seen[1][0].preset == "smoke" and seen[1][0].seed == 4 and len(seen) == 2
 
 
-def test_command_line_overrides_the_preset():
+def test_command_line_overrides_the_preset(capsys):
     args = cli.build_arg_parser().parse_args(["train", "--preset", "cpu", "--batch-size", "4", "--no-batch-norm",
                                               "--seed", "7", "--minutes", "0", "--marker-height", "0"])
     config = cli.config_from_args(args)
@@ -438,6 +438,11 @@ def test_command_line_overrides_the_preset():
     assert wide.contact_radius == 3
     # the preset weighs contact pixels 5 times; without its contact channel the weight goes too, unless given
     assert config.contact_weight == 5.0
+    # and --help says so, preset by preset, instead of a default the presets do not use
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    words = " ".join(capsys.readouterr().out.split())
+    assert "counts W times (default: the preset's: 5 in cpu; 5 in ready; 1 in the others)" in words
     plain = cli.config_from_args(cli.build_arg_parser().parse_args(["train", "--preset", "cpu", "--no-contacts"]))
     assert plain.contacts is False and plain.contact_weight == 1.0
     with pytest.raises(UserError, match="contact_weight"):
