@@ -258,7 +258,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
                             "counts W times (default: the preset's: "
                             + "; ".join(f"{preset['contact_weight']:g} in {name}"
                                         for name, preset in configuration.PRESETS.items() if "contact_weight" in preset)
-                            + "; 1 in the others)")
+                            + f"; {configuration.TrainConfig.contact_weight:g} in the others)")
     group.add_argument("--lr-schedule", choices=configuration.LR_SCHEDULES,
                        help="'constant', or 'cosine' decay to 0 over epochs x steps-per-epoch")
     group.add_argument("--warmup-steps", type=int, metavar="N",
