@@ -13,7 +13,8 @@ of true nuclei found: matched at IoU 0.5).
 
 Runs go to ``runs/leave-cluster-out/<recipe>/cluster<k>/``: a finished one is reused, an unfinished one resumed, so
 the command can be run again after an interruption; where a run's folder is gone but its kept files (below) are
-there, the kept scores are used (``seconds_per_fold`` says null for it). Each run's small files are kept under
+there, the kept scores are used. ``seconds_per_fold`` counts what this command spent training and scoring each
+fold (a resumed run: only the part after the resume), null for a fold it reused (a finished run or kept files). Each run's small files are kept under
 ``--keep`` (default ``docs/results/leave-cluster-out/<recipe>/``), the table in
 ``experiments/results/leave_cluster_out_<recipe>.json``.
 The training is the recipe shortened (``--epochs`` x ``--steps-per-epoch``, no time budget, so the result does not
@@ -235,7 +236,8 @@ def main() -> None:
                         "names its runs and results <recipe>-seed<N>): the spread between seeds is the noise")
     parser.add_argument("--data", type=Path, help="the DSB training set (default: dsb.find_dataset())")
     parser.add_argument("--split", type=Path, default=SPLIT, help="the split whose clusters are held out")
-    parser.add_argument("--runs", type=Path, default=common.PROJECT_DIR / "runs" / "leave-cluster-out")
+    parser.add_argument("--runs", type=Path, help="where the runs go (default: runs/leave-cluster-out; with --quick, "
+                        "a scratch folder)")
     parser.add_argument("--keep", type=Path, help="where each run's small files are kept (default: "
                         "docs/results/leave-cluster-out/<recipe>)")
     parser.add_argument("--report", nargs="+", metavar="RECIPE",
@@ -252,11 +254,12 @@ def main() -> None:
     if args.quick:  # a tiny dataset, the smoke preset, everything under a scratch folder
         scratch = Path(tempfile.mkdtemp(prefix="leave-cluster-out-"))
         data, split = quick_inputs(scratch / "data")
-        args.runs, keep = scratch / "runs", args.keep or scratch / "keep"
+        args.runs, keep = args.runs or scratch / "runs", args.keep or scratch / "keep"
         base = ["--preset", "smoke", "--no-cache"]
     else:
         data, split = dsb.find_dataset(args.data), stratify.read_split(args.split)
         keep = args.keep or common.PROJECT_DIR / "docs" / "results" / "leave-cluster-out" / name
+        args.runs = args.runs or common.PROJECT_DIR / "runs" / "leave-cluster-out"
         base = ["--preset", "cpu", "--epochs", str(args.epochs), "--steps-per-epoch", str(args.steps_per_epoch),
                 "--minutes", "0"]
     clusters = args.clusters if args.clusters is not None else sorted(int(c) for c in split["cluster"].unique())
@@ -278,9 +281,11 @@ def main() -> None:
             folds[cluster] = json.loads((kept / "metrics.json").read_text())["per_image"]
             seconds[str(cluster)] = None
         else:
-            start = time.perf_counter()
-            run_dir = run_dir or fold_run(folder, split_path, options)
-            seconds[str(cluster)] = round(time.perf_counter() - start, 1)
+            seconds[str(cluster)] = None  # a finished run, reused
+            if run_dir is None:
+                start = time.perf_counter()
+                run_dir = fold_run(folder, split_path, options)
+                seconds[str(cluster)] = round(time.perf_counter() - start, 1)
             folds[cluster] = json.loads((run_dir / "metrics.json").read_text())["per_image"]
             keep_files(run_dir, kept, data)
         held = [row["map"] for row in folds[cluster] if row["cluster"] == cluster]

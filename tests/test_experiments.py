@@ -241,7 +241,7 @@ def test_denoise_quick(tmp_path):
 
 
 def test_leave_cluster_out_quick(tmp_path):
-    keep = tmp_path / "keep"
+    keep, runs = tmp_path / "keep", tmp_path / "runs"
     results = run_quick(tmp_path, "leave_cluster_out.py", "--keep", str(keep))
     assert set(results["per_cluster"]) == {"0", "1"} and results["quick"]
     assert all(values["images"] == 6 for values in results["per_cluster"].values())
@@ -251,10 +251,13 @@ def test_leave_cluster_out_quick(tmp_path):
     # Run again where the runs are gone (a quick run's runs are in a new scratch folder each time): fold 0's kept
     # scores are used and nothing of it is trained; fold 1, whose kept scores are gone, is trained again.
     (keep / "cluster1" / "metrics.json").unlink()
-    again = run_quick(tmp_path, "leave_cluster_out.py", "--keep", str(keep))
+    again = run_quick(tmp_path, "leave_cluster_out.py", "--keep", str(keep), "--runs", str(runs))
     assert again["seconds_per_fold"]["0"] is None and isinstance(again["seconds_per_fold"]["1"], float)
     assert again["per_cluster"]["0"] == results["per_cluster"]["0"]
     assert (keep / "cluster1" / "metrics.json").is_file()
+    # Run again where fold 1's finished run is: it is reused, not trained or timed again.
+    third = run_quick(tmp_path, "leave_cluster_out.py", "--keep", str(keep), "--runs", str(runs))
+    assert third["seconds_per_fold"] == {"0": None, "1": None} and third["per_cluster"] == again["per_cluster"]
 
 
 def test_capacity_counts_hours_from_steps_at_each_widths_fastest_speed(tmp_path, monkeypatch):
