@@ -255,7 +255,7 @@ def main() -> None:
     import dsb
     from nucleunet import stratify
 
-    if args.quick:  # a tiny dataset, the smoke preset, everything under a scratch folder
+    if args.quick:  # a tiny dataset, the smoke preset, runs and kept files under a scratch folder unless named
         scratch = Path(tempfile.mkdtemp(prefix="leave-cluster-out-"))
         data, split = quick_inputs(scratch / "data")
         args.runs, keep = args.runs or scratch / "runs", args.keep or scratch / "keep"
@@ -278,14 +278,13 @@ def main() -> None:
         if not split_path.exists():
             held_out_split(split, cluster).to_csv(split_path, index=False)
         kept, run_dir = keep / f"cluster{cluster}", finished_run(folder)
+        seconds[str(cluster)] = None  # stays so for a fold reused (its kept files or its finished run)
         if run_dir is None and (kept / "metrics.json").is_file():
             # The run folder is gone (runs/ is not committed: another machine, a fresh clone) but the finished run's
             # kept files are here: its scores are reused, not trained again. Keep files only land once a run is done.
             print(f"cluster {cluster}: the finished run's kept files in {portable(str(kept))}", flush=True)
             folds[cluster] = json.loads((kept / "metrics.json").read_text())["per_image"]
-            seconds[str(cluster)] = None
         else:
-            seconds[str(cluster)] = None  # a finished run, reused
             if run_dir is None:
                 start = time.perf_counter()
                 run_dir = fold_run(folder, split_path, options)

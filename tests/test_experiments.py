@@ -248,8 +248,8 @@ def test_leave_cluster_out_quick(tmp_path):
     assert 0 <= results["mean_over_clusters"] <= 1 and set(results["own_split_test_map_per_fold"]) == {"0", "1"}
     assert "stage1_train" in results["options"] and not any(option.startswith("/") for option in results["options"])
     assert all(isinstance(seconds, float) for seconds in results["seconds_per_fold"].values())
-    # Run again where the runs are gone (a quick run's runs are in a new scratch folder each time): fold 0's kept
-    # scores are used and nothing of it is trained; fold 1, whose kept scores are gone, is trained again.
+    # Run again where the runs are gone (the first run's are in its scratch folder; this one's go to `runs`): fold 0's
+    # kept scores are used and nothing of it is trained; fold 1, whose kept scores are gone, is trained again.
     (keep / "cluster1" / "metrics.json").unlink()
     again = run_quick(tmp_path, "leave_cluster_out.py", "--keep", str(keep), "--runs", str(runs))
     assert again["seconds_per_fold"]["0"] is None and isinstance(again["seconds_per_fold"]["1"], float)
